@@ -1,0 +1,187 @@
+"""``diagnose(model, data) -> Diagnosis``: per-layer profiles, the inflection band and its stability."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import TextDataset, load_task, probe_batches
+from .errors import ConfigError, DataError
+from .io import atomic_write_text, versions
+from .models import arch_for, load_model
+from .probe import LayerProbe, hf_model, probe_step
+from .select import RULES, bootstrap_stability, local_maxima, select_layers, ski_terms
+
+DEFAULT_RULE_PARAMS = {"ski": {"alpha": 0.5, "top": 2, "widen": 1, "boundary": True, "variant": "level"}}
+
+
+@dataclass
+class Diagnosis:
+    """Everything one probe run measured, in plain attributes (see ``to_json`` for the file format)."""
+
+    model: str
+    family: str
+    num_layers: int
+    layers: list[dict]
+    inflection_layers: list[int]
+    ski: list[float]
+    entropy_term: list[float]
+    grad_term: list[float]
+    peaks: list[int]
+    stability: list[float]
+    selection: dict
+    groups: dict
+    lora_targets: list[str]
+    config: dict
+    versions: dict = field(default_factory=versions)
+    flags: list[str] = field(default_factory=list)
+
+    def profile(self, key: str) -> list[float]:
+        return [row[key] for row in self.layers]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self, path: str | os.PathLike | None = None) -> str:
+        from .io import _jsonable
+
+        text = json.dumps(_jsonable(self.to_dict()), indent=2, allow_nan=False) + "\n"
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "Diagnosis":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"diagnosis file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DataError(f"{path} is not a diagnosis file: {exc}") from None
+
+    def lora_config(self, **kw):
+        """A PEFT ``LoraConfig`` that adapts only the inflection band (defaults r=8, alpha=16, q/k/v)."""
+        from .strategies.lora import lora_config
+
+        if not self.inflection_layers:
+            raise ConfigError("this diagnosis selected no layers (see its flags); pass layers explicitly")
+        return lora_config(self.family, self.inflection_layers, **kw)
+
+
+def _as_batches(data, tokenizer, *, split, batches, batch_size, max_length, seed, causal_lm, data_dir):
+    if isinstance(data, list) and data and isinstance(data[0], dict):
+        return data[:batches]
+    if isinstance(data, list):
+        raise DataError("no probe batches were given (empty list)")
+    if isinstance(data, str):
+        data = load_task(data, split, data_dir)
+    if not isinstance(data, TextDataset):
+        raise DataError(f"cannot diagnose on {type(data).__name__}; pass a task name, a TextDataset or a list of batches")
+    if tokenizer is None:
+        raise ConfigError("a tokenizer is needed to encode a dataset; pass tokenizer=")
+    return probe_batches(data, tokenizer, batches=batches, batch_size=batch_size, max_length=max_length,
+                         seed=seed, causal_lm=causal_lm)
+
+
+def _shard(batches: list) -> list:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return batches[dist.get_rank() :: dist.get_world_size()]
+    return batches
+
+
+def diagnose(
+    model: nn.Module | str,
+    data,
+    tokenizer=None,
+    *,
+    split: str = "validation",
+    batches: int = 8,
+    batch_size: int = 32,
+    max_length: int = 64,
+    rule: str = "ski",
+    rule_params: dict | None = None,
+    resamples: int = 200,
+    seed: int = 0,
+    dropout: bool = False,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> Diagnosis:
+    """Probe ``model`` on target-domain ``data`` (task name, ``TextDataset`` or list of batches) and
+    select the inflection band with ``rule``. Parameters are never updated; the model's mode and
+    gradients are restored. Under ``torch.distributed`` each rank probes its share of the batches
+    and all ranks return the same result."""
+    if batches < 1:
+        raise ConfigError(f"--batches must be at least 1, got {batches}")
+    RULES.get(rule)
+    params = {**DEFAULT_RULE_PARAMS.get(rule, {}), **(rule_params or {})}
+    name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", type(model).__name__)
+    if isinstance(model, str):
+        model, tokenizer = load_model(model)
+    inner = hf_model(model)
+    spec = arch_for(inner)
+    causal_lm = spec.causal and not hasattr(inner, "score") and "ForCausalLM" in type(inner).__name__
+    probe_set = _as_batches(data, tokenizer, split=split, batches=batches, batch_size=batch_size,
+                            max_length=max_length, seed=seed, causal_lm=causal_lm, data_dir=data_dir)
+    was_training = model.training
+    model.train(dropout)
+    losses = []
+    with LayerProbe(model) as probe:
+        for batch in tqdm(_shard(probe_set), desc="diagnose", unit="batch", disable=not progress):
+            losses.append(probe_step(model, probe, batch))
+        probe.gather()
+        layers = probe.layer_results()
+        groups = probe.group_results()
+        n_batches = probe.num_batches()
+
+        def profile_for(idx):
+            rows = probe.layer_results(idx)
+            return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
+
+        entropy, grad = profile_for(None)
+        flags = _flags(layers, losses)
+        try:
+            terms = ski_terms(entropy, grad, params.get("alpha", 0.5), params.get("variant", "level"))
+            chosen = select_layers(rule, entropy, grad, **params)
+            stability = bootstrap_stability(profile_for, n_batches, len(layers), rule, params, resamples=resamples, seed=seed)
+        except DataError as exc:
+            flags.append(str(exc))
+            nan = [math.nan] * len(layers)
+            terms, chosen, stability = {"ski": nan, "entropy_term": nan, "grad_term": nan}, [], nan
+    model.train(was_training)
+    model.zero_grad(set_to_none=True)
+    ski = [float(v) for v in terms["ski"]]
+    for row, s in zip(layers, ski):
+        row["ski"] = s
+    return Diagnosis(
+        model=str(name), family=spec.family, num_layers=len(layers), layers=layers, inflection_layers=chosen,
+        ski=ski, entropy_term=[float(v) for v in terms["entropy_term"]], grad_term=[float(v) for v in terms["grad_term"]],
+        peaks=local_maxima(ski, params.get("boundary", True)) if all(map(math.isfinite, ski)) else [],
+        stability=list(stability), selection={"rule": rule, "parameters": params, "stability": list(stability), "resamples": resamples},
+        groups=groups, lora_targets=list(spec.lora_targets),
+        config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,
+                "dropout": dropout, "probe_batches": n_batches, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
+                "data": data if isinstance(data, str) else getattr(data, "name", "batches")},
+        flags=flags,
+    )
+
+
+def _flags(layers: list[dict], losses: list[float]) -> list[str]:
+    flags = []
+    bad_loss = sum(1 for v in losses if not math.isfinite(v))
+    if bad_loss:
+        flags.append(f"{bad_loss} probe batch(es) had a non-finite loss")
+    for row in layers:
+        for key in ("activation_grad_nonfinite_batches", "param_grad_nonfinite_batches"):
+            if row.get(key):
+                flags.append(f"layer {row['layer']}: {row[key]} batch(es) with non-finite {key.split('_nonfinite')[0].replace('_', ' ')}s")
+    return flags

@@ -1,0 +1,21 @@
+"""Diagnostics: each module holds a pure metric, its streaming accumulator and its probe plugin.
+
+``DIAGNOSTICS`` maps a name to the probe plugin; adding one is a new module plus one line here.
+"""
+from ..registry import Registry
+from .accumulate import ProbePlugin, SumAccumulator
+from .cka import FeatureProbe, delta_cka, linear_cka, pool_hidden, shared_pca
+from .entropy import AttentionEntropy, EntropyProbe, attention_entropy, attention_entropy_sums
+from .grad_norms import (
+    ActivationGradNorm, ActivationGradProbe, ParamGradNorm, ParamGradProbe, activation_grad_norm, param_grad_norm,
+)
+
+DIAGNOSTICS: Registry[type[ProbePlugin]] = Registry("diagnostic")
+for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe):
+    DIAGNOSTICS.register(_plugin.name)(_plugin)
+
+__all__ = [
+    "DIAGNOSTICS", "ActivationGradNorm", "AttentionEntropy", "ParamGradNorm", "ProbePlugin", "SumAccumulator",
+    "activation_grad_norm", "attention_entropy", "attention_entropy_sums", "delta_cka", "linear_cka",
+    "param_grad_norm", "pool_hidden", "shared_pca",
+]

@@ -1,0 +1,81 @@
+"""Streaming accumulators built from sums and counts, so they merge across batches and ranks.
+
+Each accumulator keeps one record per batch (for bootstrap resampling) and a running total.
+Under ``torch.distributed`` the per-batch records of all ranks are gathered before the sums are
+taken, so every rank reports the numbers of a single process over all batches (and can bootstrap).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class SumAccumulator:
+    fields: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, torch.Tensor]] = []
+
+    def add(self, *values) -> None:
+        self.records.append({k: torch.as_tensor(v, dtype=torch.float64).detach().cpu() for k, v in zip(self.fields, values)})
+
+    def totals(self, batches: list[int] | None = None) -> dict[str, torch.Tensor]:
+        chosen = self.records if batches is None else [self.records[i] for i in batches]
+        if not chosen:
+            return {k: torch.zeros(1, dtype=torch.float64) for k in self.fields}
+        return {k: torch.stack([r[k] for r in chosen]).sum(0) for k in self.fields}
+
+    def compute(self, batches: list[int] | None = None) -> dict:
+        return self.compute_from(self.totals(batches))
+
+    def compute_from(self, totals: dict[str, torch.Tensor]) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def gather(self) -> None:
+        """Replace the records by those of every rank, in rank order (no-op without distributed)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, self.records)
+        self.records = [r for rank_records in everyone for r in rank_records]
+
+
+class ProbePlugin:
+    """A diagnostic inside the one-pass probe: attaches hooks, keeps one accumulator per layer."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self.handles: list = []
+        self.layers: list[SumAccumulator] = []
+
+    def attach(self, ctx) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_backward(self, ctx) -> None:
+        pass
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+    def gather(self) -> None:
+        for acc in self.accumulators():
+            acc.gather()
+
+    def accumulators(self) -> list[SumAccumulator]:
+        return list(self.layers)
+
+    def num_batches(self) -> int:
+        return max((len(a) for a in self.layers), default=0)
+
+    def layer_results(self, batches: list[int] | None = None) -> list[dict]:
+        return [acc.compute(batches) for acc in self.layers]
+
+    def group_results(self, batches: list[int] | None = None) -> dict:
+        return {}

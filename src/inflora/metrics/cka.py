@@ -1,0 +1,89 @@
+"""ΔCKA = 1 − CKA(before, after): where representations changed during fine-tuning.
+
+Linear CKA (Kornblith et al. 2019) on centred features, computed in a PCA basis fitted on the
+stacked [before; after] features so both live in the same low-dimensional coordinates.
+"""
+from __future__ import annotations
+
+import torch
+
+from .accumulate import ProbePlugin
+
+
+def _centre(x: torch.Tensor) -> torch.Tensor:
+    x = x.double()
+    return x - x.mean(0, keepdim=True)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
+    """‖YᵀX‖_F² / (‖XᵀX‖_F ‖YᵀY‖_F) on centred [n, d] features; 1 for identical inputs."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"CKA needs the same examples in both: {x.shape[0]} vs {y.shape[0]} rows")
+    x, y = _centre(x), _centre(y)
+    denom = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
+    if denom == 0:
+        return float("nan")
+    return float(torch.linalg.matrix_norm(y.T @ x) ** 2 / denom)
+
+
+def shared_pca(x: torch.Tensor, y: torch.Tensor, k: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project both onto the top-k principal axes of the stacked [x; y] (k ≤ min(n−1, d))."""
+    n, d = x.shape
+    k = max(1, min(k, n - 1, d))
+    stacked = torch.cat([x, y]).double()
+    mean = stacked.mean(0, keepdim=True)
+    _, _, vh = torch.linalg.svd(stacked - mean, full_matrices=False)
+    basis = vh[:k].T
+    return (x.double() - mean) @ basis, (y.double() - mean) @ basis
+
+
+def delta_cka(before: torch.Tensor, after: torch.Tensor, k: int = 64) -> float:
+    """1 − linear CKA of the two feature sets in their shared PCA basis."""
+    xb, xa = shared_pca(before, after, k)
+    return 1.0 - linear_cka(xb, xa)
+
+
+def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """[B, T, D] -> [B, D]: mean over non-padding tokens, or the first ([CLS]) token."""
+    if pooling == "cls":
+        return hidden[:, 0].detach().float()
+    m = attention_mask.to(hidden.dtype)[..., None]
+    return ((hidden * m).sum(1) / m.sum(1).clamp_min(1)).detach().float()
+
+
+class FeatureProbe(ProbePlugin):
+    """Pooled block outputs per layer, kept on CPU, for ΔCKA between two models on one probe set."""
+
+    name = "features"
+
+    def __init__(self, pooling: str = "mean") -> None:
+        super().__init__()
+        self.pooling = pooling
+        self.features: list[list[torch.Tensor]] = []
+
+    def attach(self, ctx) -> None:
+        from ..probe import first_tensor
+
+        self.features = [[] for _ in ctx.blocks]
+        for store, block in zip(self.features, ctx.blocks):
+            def hook(module, args, output, store=store):
+                if ctx.active:
+                    store.append(pool_hidden(first_tensor(output), ctx.attention_mask, self.pooling).cpu())
+            self.handles.append(block.register_forward_hook(hook))
+
+    def num_batches(self) -> int:
+        return max((len(f) for f in self.features), default=0)
+
+    def gather(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            everyone: list = [None] * dist.get_world_size()
+            dist.all_gather_object(everyone, self.features)
+            self.features = [[t for rank in everyone for t in rank[i]] for i in range(len(self.features))]
+
+    def matrices(self) -> list[torch.Tensor]:
+        return [torch.cat(f) if f else torch.empty(0) for f in self.features]
+
+    def layer_results(self, batches=None) -> list[dict]:
+        return [{} for _ in self.features]

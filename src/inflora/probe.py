@@ -1,0 +1,157 @@
+"""One probe pass: every registered diagnostic from one forward + one backward per batch, via hooks.
+
+``ProbeContext`` owns the hooks shared by all diagnostics: it records the batch's attention mask,
+and makes the input of the first block require grad so activation gradients exist below frozen
+layers. Each diagnostic plugin (see ``inflora.metrics``) adds its own hooks and reads the context.
+Attention entropy is reduced inside each attention module's hook, so no layer's map outlives it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import ArchitectureError, DataError
+from .models.architectures import ArchSpec, arch_for, get_attention, get_blocks, parameter_groups
+from .models.loading import ensure_eager_attention
+
+log = logging.getLogger(__name__)
+
+
+def hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def first_tensor(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@dataclass
+class ProbeContext:
+    model: nn.Module
+    spec: ArchSpec = field(init=False)
+    blocks: nn.ModuleList = field(init=False)
+    attention: list[nn.Module] = field(init=False)
+    groups: dict = field(init=False)
+    attention_mask: torch.Tensor | None = None
+    active: bool = True
+    handles: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        inner = hf_model(self.model)
+        self.spec = arch_for(inner)
+        self.blocks = get_blocks(inner)
+        self.attention = [get_attention(b, self.spec) for b in self.blocks]
+        self.groups = parameter_groups(inner)
+        self.handles.append(inner.register_forward_pre_hook(self._record_mask, with_kwargs=True))
+        self.handles.append(self.blocks[0].register_forward_pre_hook(self._input_requires_grad, with_kwargs=True))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def _record_mask(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if mask is None and ids is not None:
+            mask = torch.ones(ids.shape[:2], dtype=torch.long, device=ids.device)
+        self.attention_mask = mask
+
+    def _input_requires_grad(self, module, args, kwargs):
+        # Frozen embeddings give a leaf without grad: gradients would stop there and every block
+        # below a frozen one would report none. Re-root the graph at the block-0 input instead.
+        if not (self.active and torch.is_grad_enabled()):
+            return None
+        if args and torch.is_tensor(args[0]) and not args[0].requires_grad:
+            return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+        hs = kwargs.get("hidden_states")
+        if torch.is_tensor(hs) and not hs.requires_grad:
+            return args, {**kwargs, "hidden_states": hs.detach().requires_grad_(True)}
+        return None
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+class LayerProbe(contextlib.AbstractContextManager):
+    """Attach diagnostics to a model; call ``after_backward()`` after each ``loss.backward()``.
+
+    Used by ``diagnose`` (dedicated probe batches) and by training (the real training batches, with
+    ``active`` toggled every N steps, so no extra passes are run).
+    """
+
+    def __init__(self, model: nn.Module, diagnostics: list[str] | None = None, **options):
+        from .metrics import DIAGNOSTICS
+
+        names = diagnostics or ["attention_entropy", "activation_grad", "param_grad"]
+        if "attention_entropy" in names:
+            ensure_eager_attention(hf_model(model), "the probe measures attention entropy")
+        self.ctx = ProbeContext(model)
+        self.plugins = [DIAGNOSTICS.get(n)(**options.get(n, {})) for n in names]
+        for p in self.plugins:
+            p.attach(self.ctx)
+
+    def forward_kwargs(self) -> dict:
+        needs = self.ctx.spec.maps_need_output_attentions and any(p.name == "attention_entropy" for p in self.plugins)
+        return {"output_attentions": True} if needs else {}
+
+    def after_backward(self) -> None:
+        if self.ctx.active:
+            for p in self.plugins:
+                p.after_backward(self.ctx)
+
+    def gather(self) -> None:
+        for p in self.plugins:
+            p.gather()
+
+    def layer_results(self, batches: list[int] | None = None) -> list[dict]:
+        rows = [{"layer": i} for i in range(self.ctx.num_layers)]
+        for p in self.plugins:
+            for row, res in zip(rows, p.layer_results(batches)):
+                row.update(res)
+        return rows
+
+    def group_results(self, batches: list[int] | None = None) -> dict:
+        out: dict = {}
+        for p in self.plugins:
+            out.update(p.group_results(batches))
+        return out
+
+    def num_batches(self) -> int:
+        return max((p.num_batches() for p in self.plugins), default=0)
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for p in self.plugins:
+            p.detach()
+        self.ctx.close()
+
+
+def probe_step(model: nn.Module, probe: LayerProbe, batch: dict[str, torch.Tensor]) -> float:
+    """One forward + backward on ``batch`` (which carries labels); returns the loss. Parameters are
+    not updated; gradients are cleared afterwards."""
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if int(batch["attention_mask"].sum()) == 0:
+        raise DataError("a probe batch holds only padding (attention_mask is all zeros)")
+    model.zero_grad(set_to_none=True)
+    out = model(**batch, **probe.forward_kwargs())
+    if getattr(out, "loss", None) is None:
+        raise ArchitectureError("the model returned no loss; probe batches need labels")
+    loss = out.loss
+    loss.backward()
+    probe.after_backward()
+    model.zero_grad(set_to_none=True)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        log.warning("non-finite probe loss %s; gradients of this batch are flagged per layer", value)
+    return value

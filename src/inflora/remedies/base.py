@@ -1,0 +1,82 @@
+"""The remedy contract the training loop calls, plus option parsing shared by the CLI.
+
+A remedy touches training at five points (all no-ops here): ``wrap_model`` once before the
+optimizer is built, ``loss`` on every forward, ``after_backward`` between backward and the optimizer
+step, ``after_step`` after each optimizer step, and ``metrics`` when the trainer logs. Keeping the
+hooks tiny lets one trainer run every remedy without knowing any of them.
+
+``step`` is always the 0-based index of the current optimizer step: ``after_backward(model, 0)``
+runs before the first ``optimizer.step()`` and ``after_step(model, opt, 0, batch)`` right after it.
+Under gradient accumulation call ``after_backward`` once, after the last micro-batch.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..errors import ConfigError
+
+
+class Option(NamedTuple):
+    """One CLI option: ``(type, default, help)`` plus the constructor argument it feeds."""
+
+    type: Any
+    default: Any
+    help: str
+    arg: str
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"--{name.replace('_', '-')}: expected true/false, got {value!r}")
+
+
+class Remedy:
+    """Base class: every hook is a no-op, so a subclass overrides only what it needs."""
+
+    name: str = "none"
+    #: option name (``sd_lambda`` -> flag ``--sd-lambda``) -> Option(type, default, help, arg)
+    options: dict[str, Option] = {}
+
+    def wrap_model(self, model):
+        return model
+
+    def loss(self, logits, labels, loss):
+        return loss
+
+    def after_backward(self, model, step: int) -> None:
+        return None
+
+    def after_step(self, model, optimizer, step: int, batch) -> None:
+        return None
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    @classmethod
+    def from_options(cls, **kw):
+        """Build from CLI-style options; accepts ``sd_lambda`` or ``sd-lambda``; unknown keys raise."""
+        args = {}
+        for key, value in kw.items():
+            name = key.replace("-", "_").lstrip("_")
+            if name not in cls.options:
+                known = ", ".join("--" + k.replace("_", "-") for k in cls.options) or "none"
+                raise ConfigError(f"remedy {cls.name!r} has no option {key!r}; options: {known}")
+            opt = cls.options[name]
+            if opt.type is bool and isinstance(value, str):
+                value = _parse_bool(name, value)
+            elif value is not None and opt.type is not None and not isinstance(value, opt.type):
+                try:
+                    value = opt.type(value)
+                except (TypeError, ValueError):
+                    raise ConfigError(f"--{name.replace('_', '-')}: cannot read {value!r} as {opt.type.__name__}") from None
+            args[opt.arg] = value
+        for name, opt in cls.options.items():
+            args.setdefault(opt.arg, opt.default)
+        return cls(**args)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name})"

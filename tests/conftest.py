@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if "INFLORA_DATA_DIR" not in os.environ and DEFAULT_DATA.is_dir():
+    os.environ["INFLORA_DATA_DIR"] = str(DEFAULT_DATA)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ.get("INFLORA_DATA_DIR", DEFAULT_DATA))
+    if not path.is_dir():
+        pytest.fail(f"real data folder {path} is missing; set INFLORA_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2 (eager attention), loaded once per test session."""
+    from inflora.models import load_model
+
+    model, tok = load_model("minilm", num_labels=2)
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def tokenizer(minilm):
+    return minilm[1]
