@@ -14,11 +14,19 @@ from tqdm.auto import tqdm
 from .data import TextDataset, load_task, probe_batches
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
+from .metrics.accumulate import gather_batches
 from .models import arch_for, load_model
 from .probe import LayerProbe, hf_model, probe_step
 from .select import RULES, bootstrap_stability, local_maxima, select_layers, ski_terms
 
-DEFAULT_RULE_PARAMS = {"ski": {"alpha": 0.5, "top": 2, "widen": 1, "boundary": True, "variant": "level"}}
+_SKI_DEFAULTS = {"alpha": 0.5, "top": 2, "widen": 1, "boundary": True, "variant": "level"}
+# Recorded in ``selection.parameters``; ``ski_terms`` is reported with the same alpha/variant the rule used.
+DEFAULT_RULE_PARAMS = {
+    "ski": _SKI_DEFAULTS,
+    "ski-decay": {**_SKI_DEFAULTS, "variant": "decay"},
+    "topk": {"k": 3, "alpha": 0.5, "variant": "level"},
+    "threshold": {"tau": 0.6, "alpha": 0.5, "variant": "level"},
+}
 
 
 @dataclass
@@ -133,32 +141,39 @@ def diagnose(
     probe_set = _as_batches(data, tokenizer, split=split, batches=batches, batch_size=batch_size,
                             max_length=max_length, seed=seed, causal_lm=causal_lm, data_dir=data_dir)
     was_training = model.training
+    saved_grads = {p: p.grad for p in model.parameters()}
     model.train(dropout)
     losses = []
-    with LayerProbe(model) as probe:
-        for batch in tqdm(_shard(probe_set), desc="diagnose", unit="batch", disable=not progress):
-            losses.append(probe_step(model, probe, batch))
-        probe.gather()
-        layers = probe.layer_results()
-        groups = probe.group_results()
-        n_batches = probe.num_batches()
+    try:
+        with LayerProbe(model) as probe:
+            for batch in tqdm(_shard(probe_set), desc="diagnose", unit="batch", disable=not progress):
+                losses.append(probe_step(model, probe, batch))
+            probe.gather()
+            losses = gather_batches(losses)
+            layers = probe.layer_results()
+            groups = probe.group_results()
+            n_batches = probe.num_batches()
 
-        def profile_for(idx):
-            rows = probe.layer_results(idx)
-            return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
+            def profile_for(idx):
+                rows = probe.layer_results(idx)
+                return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
-        entropy, grad = profile_for(None)
-        flags = _flags(layers, losses)
-        try:
-            terms = ski_terms(entropy, grad, params.get("alpha", 0.5), params.get("variant", "level"))
-            chosen = select_layers(rule, entropy, grad, **params)
-            stability = bootstrap_stability(profile_for, n_batches, len(layers), rule, params, resamples=resamples, seed=seed)
-        except DataError as exc:
-            flags.append(str(exc))
-            nan = [math.nan] * len(layers)
-            terms, chosen, stability = {"ski": nan, "entropy_term": nan, "grad_term": nan}, [], nan
-    model.train(was_training)
-    model.zero_grad(set_to_none=True)
+            entropy, grad = profile_for(None)
+            flags = _flags(layers, losses)
+            try:
+                terms = ski_terms(entropy, grad, params.get("alpha", 0.5), params.get("variant", "level"))
+                chosen = select_layers(rule, entropy, grad, **params)
+                stability = bootstrap_stability(profile_for, n_batches, len(layers), rule, params, resamples=resamples, seed=seed)
+            except DataError as exc:
+                flags.append(str(exc))
+                nan = [math.nan] * len(layers)
+                terms, chosen, stability = {"ski": nan, "entropy_term": nan, "grad_term": nan}, [], nan
+    finally:
+        model.train(was_training)
+        for p, g in saved_grads.items():  # the caller's gradients (usually none) are put back
+            p.grad = g
+    if not chosen and all(map(math.isfinite, terms["ski"])):
+        flags.append(f"rule {rule!r} selected no layer (the SKI profile has no peak: is it flat?)")
     ski = [float(v) for v in terms["ski"]]
     for row, s in zip(layers, ski):
         row["ski"] = s

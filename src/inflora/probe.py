@@ -17,7 +17,7 @@ from torch import nn
 
 from .errors import ArchitectureError, DataError
 from .models.architectures import ArchSpec, arch_for, get_attention, get_blocks, parameter_groups
-from .models.loading import ensure_eager_attention
+from .models.loading import attention_implementation, ensure_eager_attention
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,26 @@ class LayerProbe(contextlib.AbstractContextManager):
     """Attach diagnostics to a model; call ``after_backward()`` after each ``loss.backward()``.
 
     Used by ``diagnose`` (dedicated probe batches) and by training (the real training batches, with
-    ``active`` toggled every N steps, so no extra passes are run).
+    ``active`` toggled every N steps, so no extra passes are run). A model using SDPA/flash attention
+    is switched to eager (with a warning) while the probe is attached and switched back on ``close``.
     """
 
     def __init__(self, model: nn.Module, diagnostics: list[str] | None = None, **options):
         from .metrics import DIAGNOSTICS
 
         names = diagnostics or ["attention_entropy", "activation_grad", "param_grad"]
-        if "attention_entropy" in names:
-            ensure_eager_attention(hf_model(model), "the probe measures attention entropy")
-        self.ctx = ProbeContext(model)
         self.plugins = [DIAGNOSTICS.get(n)(**options.get(n, {})) for n in names]
+        self.ctx = ProbeContext(model)  # validates the architecture before anything is changed
+        self._restore_attention: str | None = None
+        if "attention_entropy" in names:
+            inner = hf_model(model)
+            previous = attention_implementation(inner)
+            try:
+                if ensure_eager_attention(inner, "the probe measures attention entropy"):
+                    self._restore_attention = previous
+            except BaseException:
+                self.ctx.close()
+                raise
         for p in self.plugins:
             p.attach(self.ctx)
 
@@ -134,6 +143,10 @@ class LayerProbe(contextlib.AbstractContextManager):
         for p in self.plugins:
             p.detach()
         self.ctx.close()
+        if self._restore_attention is not None:
+            hf_model(self.ctx.model).set_attn_implementation(self._restore_attention)
+            log.info("attention switched back to %r", self._restore_attention)
+            self._restore_attention = None
 
 
 def probe_step(model: nn.Module, probe: LayerProbe, batch: dict[str, torch.Tensor]) -> float:

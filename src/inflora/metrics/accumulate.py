@@ -3,10 +3,26 @@
 Each accumulator keeps one record per batch (for bootstrap resampling) and a running total.
 Under ``torch.distributed`` the per-batch records of all ranks are gathered before the sums are
 taken, so every rank reports the numbers of a single process over all batches (and can bootstrap).
+Rank r probes batches ``r, r + world, r + 2·world, ...`` (``diagnose`` shards with ``[rank::world]``);
+``gather_batches`` interleaves the ranks' lists back into that global batch order, so the records,
+their float sums and any bootstrap over them are exactly those of one process.
 """
 from __future__ import annotations
 
 import torch
+
+
+def gather_batches(local: list) -> list:
+    """All ranks' per-batch lists merged in global batch order (inverse of ``batches[rank::world]``);
+    ``local`` itself when ``torch.distributed`` is not initialised."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return local
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, local)
+    longest = max(len(rank_items) for rank_items in everyone)
+    return [rank_items[j] for j in range(longest) for rank_items in everyone if j < len(rank_items)]
 
 
 class SumAccumulator:
@@ -34,14 +50,8 @@ class SumAccumulator:
         return len(self.records)
 
     def gather(self) -> None:
-        """Replace the records by those of every rank, in rank order (no-op without distributed)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        everyone: list = [None] * dist.get_world_size()
-        dist.all_gather_object(everyone, self.records)
-        self.records = [r for rank_records in everyone for r in rank_records]
+        """Replace the records by those of every rank, in global batch order (no-op without distributed)."""
+        self.records = gather_batches(self.records)
 
 
 class ProbePlugin:

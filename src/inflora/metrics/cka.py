@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .accumulate import ProbePlugin
+from .accumulate import ProbePlugin, gather_batches
 
 
 def _centre(x: torch.Tensor) -> torch.Tensor:
@@ -75,12 +75,9 @@ class FeatureProbe(ProbePlugin):
         return max((len(f) for f in self.features), default=0)
 
     def gather(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            everyone: list = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, self.features)
-            self.features = [[t for rank in everyone for t in rank[i]] for i in range(len(self.features))]
+        """Every rank's pooled features, rows in global batch order (the order of a single process)."""
+        per_batch = gather_batches(list(zip(*self.features)))  # [batch][layer]
+        self.features = [[b[i] for b in per_batch] for i in range(len(self.features))]
 
     def matrices(self) -> list[torch.Tensor]:
         return [torch.cat(f) if f else torch.empty(0) for f in self.features]

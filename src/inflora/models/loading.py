@@ -39,7 +39,7 @@ def is_causal_lm(name_or_path: str) -> bool:
 
 def load_model(
     name_or_path: str,
-    num_labels: int = 2,
+    num_labels: int | None = 2,
     *,
     task: str = "classification",
     attn_implementation: str | None = "eager",
@@ -63,7 +63,8 @@ def load_model(
     arch_for(config.model_type)  # fail early, before loading weights, for an unknown family
     if task == "classification":
         auto = AutoModelForSequenceClassification
-        kwargs["num_labels"] = num_labels
+        if num_labels is not None:  # None: keep the checkpoint's own label count
+            kwargs["num_labels"] = num_labels
     elif task == "causal-lm":
         auto = AutoModelForCausalLM
     else:

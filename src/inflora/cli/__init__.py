@@ -1,0 +1,69 @@
+"""The ``inflora`` command line: diagnose, finetune, experiment, demo, info."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Diagnose where gradient flow is suppressed in a pretrained Transformer, then adapt only there.")
+
+
+def quiet_libraries() -> None:
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+
+
+def friendly_errors(fn):
+    """User mistakes become one line on stderr (exit 2), never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..errors import InfloraError
+
+        quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except InfloraError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("interrupted: finished units are saved; run the same command again to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def command(name: str | None = None, **kw):
+    def deco(fn):
+        return app.command(name, **kw)(friendly_errors(fn))
+
+    return deco
+
+
+from . import demo, diagnose, info  # noqa: E402,F401  (registers the commands)
+
+for _optional in ("finetune", "experiment"):
+    try:
+        __import__(f"{__name__}.{_optional}")
+    except ModuleNotFoundError as _exc:  # a command module not present in this build
+        if _exc.name != f"{__name__}.{_optional}":
+            raise
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app(prog_name="inflora")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""``inflora finetune``: train one strategy and write metrics.json + report; ``demo_compare`` for the demo."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import command
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    from ..errors import ConfigError
+
+    if not text:
+        return None
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--layers expects comma-separated integers like 0,1,4, got {text!r}") from None
+
+
+@command("finetune")
+def finetune_cmd(
+    model: str = typer.Option("minilm", help="model name or path"),
+    task: str = typer.Option("rotten_tomatoes"),
+    strategy: str = typer.Option("lora-inflection", help="full, head, shallow, lora-all, lora-inflection, lora-random"),
+    epochs: int = typer.Option(1),
+    seed: int = typer.Option(42),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: per strategy)"),
+    batch_size: int = typer.Option(32),
+    max_length: int = typer.Option(64),
+    diagnosis: Optional[str] = typer.Option(None, help="diagnosis.json giving the band"),
+    layers: Optional[str] = typer.Option(None, help="explicit band, e.g. 0,1,4"),
+    k: int = typer.Option(2, help="shallow: number of top blocks to unfreeze"),
+    lora_r: int = typer.Option(8),
+    lora_alpha: int = typer.Option(16),
+    lora_dropout: float = typer.Option(0.1),
+    init: Optional[str] = typer.Option(None, help="start from a saved fine-tuned model folder"),
+    limit_train: Optional[int] = typer.Option(None, help="stratified subset of the training split"),
+    limit_eval: Optional[int] = typer.Option(None, help="stratified subset of validation/test"),
+    log_every: int = typer.Option(10, help="log the gradient profile every N steps"),
+    remedy: list[str] = typer.Option([], help="training remedy (repeatable), e.g. spectral-decoupling"),
+    remedy_opt: list[str] = typer.Option([], help="remedy option name=key=value, e.g. spectral-decoupling=lam=0.1"),
+    save_model: bool = typer.Option(False, help="save the final model (usable with --init)"),
+    data_dir: Optional[str] = typer.Option(None),
+    out: Path = typer.Option(Path("runs/finetune")),
+) -> None:
+    """Fine-tune with one strategy; resumable (re-run the same command after an interruption)."""
+    from ..reports import write_finetune_report
+    from ..strategies import STRATEGIES
+    from ..training import FinetuneConfig, finetune
+    from .diagnose import parse_params
+
+    STRATEGIES.get(strategy)
+    options: dict = {}
+    for item in remedy_opt:
+        name, _, rest = item.partition("=")
+        options.setdefault(name, {}).update(parse_params([rest]))
+    cfg = FinetuneConfig(model=model, task=task, strategy=strategy, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
+                         max_length=max_length, diagnosis=diagnosis, layers=parse_layers(layers), k=k, lora_r=lora_r,
+                         lora_alpha=lora_alpha, lora_dropout=lora_dropout, init=init, limit_train=limit_train,
+                         limit_eval=limit_eval, log_every=log_every, remedies=list(remedy), remedy_options=options,
+                         save_model=save_model, data_dir=data_dir)
+    m = finetune(cfg, out)
+    write_finetune_report(m, out)
+    print_comparison([m], Console())
+    Console().print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+
+
+def print_comparison(runs: list[dict], console: Console) -> None:
+    t = Table(title="fine-tuning results")
+    splits = sorted({s for m in runs for s in m["accuracy"]})
+    for col in ["strategy", "layers", "trainable", *splits, "steps/s"]:
+        t.add_column(col, justify="right")
+    for m in runs:
+        t.add_row(m["strategy"], ",".join(map(str, m["layers"])), f"{m['trainable_params']:,}",
+                  *[f"{m['accuracy'].get(s, float('nan')):.4f}" for s in splits], f"{m['steps_per_second']:.2f}")
+    console.print(t)
+
+
+def demo_compare(d, out: Path, console: Console) -> None:
+    """Brief lora-inflection vs lora-all runs on Rotten Tomatoes, using the demo's diagnosis."""
+    from ..reports import write_finetune_report
+    from ..training import FinetuneConfig, finetune
+
+    runs = []
+    for strategy in ("lora-inflection", "lora-all"):
+        cfg = FinetuneConfig(strategy=strategy, epochs=1, limit_train=2000, limit_eval=500, layers=d.inflection_layers,
+                             cka_examples=256)
+        console.print(f"fine-tuning {strategy} (2000 training examples, 1 epoch) …")
+        m = finetune(cfg, out / strategy)
+        write_finetune_report(m, out / strategy)
+        runs.append(m)
+    print_comparison(runs, console)
+    console.print(f"reports: {out / 'diagnose' / 'report.html'}, " + ", ".join(str(out / s / 'report.html') for s in ("lora-inflection", "lora-all")))

@@ -1,0 +1,44 @@
+"""Remedies for gradient pathologies besides inflection-layer suppression, one module each.
+
+``REMEDIES`` maps a CLI name to a :class:`Remedy` subclass; build one from flags with
+``REMEDIES.get(name).from_options(**flags)`` and read its flags from ``cls.options``
+(name -> Option(type, default, help, arg)). Adding a remedy is one module plus one line here.
+"""
+from ..registry import Registry
+from .base import Option, Remedy
+from .dal import DAL, DriftAdjustedLR, curvature_along_gradient, dal_lr, hvp_exact, hvp_fd, lambda_max
+from .grokfast import GrokTracker, Grokfast, generalization_gap, gradfilter_ema, gradfilter_ma, steps_to_threshold
+from .nm_sparsity import (
+    NMConv2d, NMLinear, NMSparsity, FlipRateMeter, GradNormCV, export_masked, grad_cv, mask_flip_rate, nm_mask,
+    pruned_mag_ratio, sdgf_frames, sdgf_schedule, sparsify,
+)
+from .redo import (
+    DormantAccumulator, ReDo, dormant_fraction, dormant_fractions, dormant_mask, dormant_scores, find_units,
+    layer_scores, recycle,
+)
+from .spam import SPAM, SpikeMonitor, spike_stats, warmup_scale
+from .spectral_decoupling import (
+    SpectralDecoupling, StarvationMeter, feature_responses, grad_weights, group_gap, logit_sq, ntk_modes,
+    response_ratio, saturated_fraction, sd_binary_loss, sd_cross_entropy, sd_penalty,
+)
+
+REMEDIES: Registry[type[Remedy]] = Registry("remedy")
+for _cls in (SpectralDecoupling, ReDo, NMSparsity, DriftAdjustedLR, Grokfast, SpikeMonitor):
+    REMEDIES.register(_cls.name)(_cls)
+
+
+def build_remedy(name: str, **options) -> Remedy:
+    """``build_remedy("redo", redo_tau=0.1)``: the CLI's entry point (unknown names/options raise ConfigError)."""
+    return REMEDIES.get(name).from_options(**options)
+
+
+__all__ = [
+    "DAL", "DormantAccumulator", "DriftAdjustedLR", "FlipRateMeter", "GradNormCV", "GrokTracker", "Grokfast",
+    "NMConv2d", "NMLinear", "NMSparsity", "Option", "REMEDIES", "ReDo", "Remedy", "SPAM", "SpectralDecoupling",
+    "SpikeMonitor", "StarvationMeter", "build_remedy", "curvature_along_gradient", "dal_lr", "dormant_fraction",
+    "dormant_fractions", "dormant_mask", "dormant_scores", "export_masked", "feature_responses", "find_units",
+    "generalization_gap", "grad_cv", "grad_weights", "gradfilter_ema", "gradfilter_ma", "group_gap", "hvp_exact",
+    "hvp_fd", "lambda_max", "layer_scores", "logit_sq", "mask_flip_rate", "nm_mask", "ntk_modes",
+    "pruned_mag_ratio", "recycle", "response_ratio", "saturated_fraction", "sd_binary_loss", "sd_cross_entropy",
+    "sd_penalty", "sdgf_frames", "sdgf_schedule", "sparsify", "spike_stats", "steps_to_threshold", "warmup_scale",
+]

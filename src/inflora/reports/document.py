@@ -1,0 +1,80 @@
+"""A report written once as Markdown (PNG files beside it) and once as self-contained HTML."""
+from __future__ import annotations
+
+import base64
+import io
+import math
+import re
+from pathlib import Path
+
+from ..io import atomic_write_bytes, atomic_write_text
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f6f6f6;padding:0 .2em}"""
+
+
+def fmt(value, digits: int = 4) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return "n/a"
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    if isinstance(value, (list, tuple)):
+        return "{" + ", ".join(fmt(v, digits) for v in value) + "}"
+    return str(value)
+
+
+class Report:
+    def __init__(self, title: str):
+        self.title = title
+        self.parts: list[str] = [f"# {title}\n"]
+        self.figures: dict[str, bytes] = {}
+
+    def heading(self, text: str, level: int = 2) -> "Report":
+        self.parts.append(f"{'#' * level} {text}\n")
+        return self
+
+    def text(self, markdown: str) -> "Report":
+        self.parts.append(markdown.strip() + "\n")
+        return self
+
+    def table(self, rows: list[dict], columns: list[str] | None = None, digits: int = 4) -> "Report":
+        if not rows:
+            return self.text("_(no rows)_")
+        columns = columns or list(rows[0])
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(fmt(r.get(c, ""), digits) for c in columns) + " |" for r in rows]
+        self.parts.append("\n".join(lines) + "\n")
+        return self
+
+    def figure(self, fig, name: str, caption: str = "") -> "Report":
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        self.figures[f"{name}.png"] = buf.getvalue()
+        self.parts.append(f"![{caption or name}]({name}.png)\n" + (f"\n*{caption}*\n" if caption else ""))
+        return self
+
+    def markdown(self) -> str:
+        return "\n".join(self.parts)
+
+    def html(self) -> str:
+        import markdown as md
+
+        body = md.markdown(self.markdown(), extensions=["tables"])
+
+        def embed(m: re.Match) -> str:
+            data = self.figures.get(m.group(1))
+            return f'src="data:image/png;base64,{base64.b64encode(data).decode()}"' if data else m.group(0)
+
+        body = re.sub(r'src="([^"]+\.png)"', embed, body)
+        return f"<!doctype html><html><head><meta charset='utf-8'><title>{self.title}</title><style>{_CSS}</style></head><body>{body}</body></html>\n"
+
+    def write(self, out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
+        out = Path(out_dir)
+        paths = {name: atomic_write_bytes(out / name, data) for name, data in self.figures.items()}
+        paths["md"] = atomic_write_text(out / f"{stem}.md", self.markdown())
+        paths["html"] = atomic_write_text(out / f"{stem}.html", self.html())
+        return paths

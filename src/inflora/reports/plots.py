@@ -1,0 +1,88 @@
+"""Matplotlib figures shared by the diagnosis, fine-tuning and experiment reports."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def shade_band(ax, band: list[int], label: str | None = "inflection band") -> None:
+    for k, layer in enumerate(sorted(band)):
+        ax.axvspan(layer - 0.5, layer + 0.5, color="tab:orange", alpha=0.15, lw=0, label=label if k == 0 else None)
+
+
+def _positive(values) -> bool:
+    v = np.asarray(values, dtype=float)
+    return bool(np.isfinite(v).all() and (v > 0).all())
+
+
+def profile_figure(d) -> plt.Figure:
+    """The four per-layer curves, the normalised SKI terms with peaks, and the chosen band."""
+    layers = np.arange(d.num_layers)
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    panels = [
+        ("attention_entropy", "attention entropy (nats)", False),
+        ("attention_entropy_norm", "normalised entropy H / log n", False),
+        ("activation_grad_norm", "activation-gradient norm ‖∂L/∂h‖", True),
+        ("param_grad_norm", "parameter-gradient norm ‖∇θL‖", True),
+    ]
+    for ax, (key, title, log) in zip(axes.flat, panels):
+        values = d.profile(key)
+        ax.plot(layers, values, "o-", color="tab:blue")
+        if log and _positive(values):
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        shade_band(ax, d.inflection_layers)
+    ax = axes.flat[4]
+    ax.plot(layers, d.entropy_term, "s--", label="H̃ (low entropy → 1)")
+    ax.plot(layers, d.grad_term, "^--", label="G̃ (small gradient → 1)")
+    ax.plot(layers, d.ski, "o-", color="k", lw=2, label="SKI")
+    if d.peaks:
+        ax.plot(d.peaks, [d.ski[p] for p in d.peaks], "r*", ms=14, label="peaks")
+    shade_band(ax, d.inflection_layers)
+    ax.set_title(f"SKI = α·H̃ + (1−α)·G̃ (α = {d.selection['parameters'].get('alpha', 0.5)})", fontsize=10)
+    ax.legend(fontsize=7)
+    ax = axes.flat[5]
+    ax.bar(layers, d.stability, color="tab:green")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"stability: share of {d.selection.get('resamples', '')} bootstrap resamples choosing the layer", fontsize=9)
+    shade_band(ax, d.inflection_layers, label=None)
+    for ax in axes.flat:
+        ax.set_xlabel("layer")
+        ax.set_xticks(layers)
+    fig.suptitle(f"{d.model}: per-layer diagnostics", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+def head_heatmap(d) -> plt.Figure:
+    heads = np.array([row["head_entropy"] for row in d.layers], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * heads.shape[1] + 2), max(3, 0.4 * heads.shape[0] + 1.5)))
+    im = ax.imshow(heads, aspect="auto", cmap="viridis")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(heads.shape[0]))
+    fig.colorbar(im, ax=ax, label="mean attention entropy (nats)")
+    ax.set_title("per-head attention entropy (dark = saturated)")
+    fig.tight_layout()
+    return fig
+
+
+def layer_profiles_figure(profiles: dict[str, list[float]], title: str, ylabel: str, band: list[int] | None = None,
+                          log: bool = False) -> plt.Figure:
+    """Several per-layer curves (e.g. one per strategy or training step) on one axis."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, values in profiles.items():
+        ax.plot(range(len(values)), values, "o-", label=label, ms=4)
+    if log and all(_positive(v) for v in profiles.values()):
+        ax.set_yscale("log")
+    if band:
+        shade_band(ax, band)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

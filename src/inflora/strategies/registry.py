@@ -1,0 +1,121 @@
+"""Fine-tuning strategies: which parameters train. One function per strategy, one registry line.
+
+Each strategy takes the loaded model and returns ``Applied`` (the possibly wrapped model, the
+blocks it adapts, and its default learning rate). The classifier and pooler train in every strategy.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.architectures import get_blocks, num_layers, parameter_groups
+from ..registry import Registry
+from .lora import head_modules, inject_lora
+
+
+@dataclass
+class StrategyOptions:
+    layers: list[int] | None = None     # the inflection band (lora-inflection, size for lora-random)
+    k: int = 2                          # shallow: top-k blocks
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    targets: list[str] | None = None
+    seed: int = 42
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Applied:
+    model: nn.Module
+    layers: list[int]
+    lr: float
+
+
+STRATEGIES: Registry = Registry("strategy")
+NEEDS_BAND = {"lora-inflection", "lora-random"}
+
+
+def _freeze_all_but_head(model: nn.Module) -> None:
+    heads = set(head_modules(model))
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            p.requires_grad = name.split(".")[-1] in heads or any(f".{h}." in f".{name}." for h in heads)
+
+
+@STRATEGIES.register("full")
+def full(model: nn.Module, opt: StrategyOptions) -> Applied:
+    for p in model.parameters():
+        p.requires_grad = True
+    return Applied(model, list(range(num_layers(model))), 2e-5)
+
+
+@STRATEGIES.register("head")
+def head(model: nn.Module, opt: StrategyOptions) -> Applied:
+    _freeze_all_but_head(model)
+    return Applied(model, [], 1e-3)
+
+
+@STRATEGIES.register("shallow")
+def shallow(model: nn.Module, opt: StrategyOptions) -> Applied:
+    n = num_layers(model)
+    if not 1 <= opt.k <= n:
+        raise ConfigError(f"shallow unfreezing needs 1 <= k <= {n}, got k={opt.k}")
+    _freeze_all_but_head(model)
+    top = list(range(n - opt.k, n))
+    for i in top:
+        for p in get_blocks(model)[i].parameters():
+            p.requires_grad = True
+    return Applied(model, top, 2e-5)
+
+
+def _lora(model: nn.Module, layers: list[int] | None, opt: StrategyOptions) -> Applied:
+    peft_model = inject_lora(model, layers, r=opt.r, alpha=opt.alpha, dropout=opt.dropout, targets=opt.targets)
+    return Applied(peft_model, list(range(num_layers(model))) if layers is None else sorted(layers), 5e-4)
+
+
+@STRATEGIES.register("lora-all")
+def lora_all(model: nn.Module, opt: StrategyOptions) -> Applied:
+    return _lora(model, None, opt)
+
+
+@STRATEGIES.register("lora-inflection")
+def lora_inflection(model: nn.Module, opt: StrategyOptions) -> Applied:
+    if not opt.layers:
+        raise ConfigError("lora-inflection needs a band: --diagnosis FILE, --layers 0,1,4, or let finetune diagnose")
+    return _lora(model, opt.layers, opt)
+
+
+def random_band(n_layers: int, size: int, seed: int) -> list[int]:
+    """A seeded random set of ``size`` blocks: the control for 'does the choice of layers matter'."""
+    return sorted(random.Random(f"lora-random-{seed}").sample(range(n_layers), size))
+
+
+@STRATEGIES.register("lora-random")
+def lora_random(model: nn.Module, opt: StrategyOptions) -> Applied:
+    if not opt.layers:
+        raise ConfigError("lora-random needs the size of the inflection band: give --diagnosis or --layers")
+    return _lora(model, random_band(num_layers(model), len(opt.layers), opt.seed), opt)
+
+
+def apply_strategy(name: str, model: nn.Module, opt: StrategyOptions | None = None) -> Applied:
+    return STRATEGIES.get(name)(model, opt or StrategyOptions())
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total), each shared tensor counted once."""
+    seen, trainable, total = set(), 0, 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total
+
+
+__all__ = ["Applied", "NEEDS_BAND", "STRATEGIES", "StrategyOptions", "apply_strategy", "count_parameters",
+           "parameter_groups", "random_band"]

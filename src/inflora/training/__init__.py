@@ -1,0 +1,5 @@
+"""Training: the resumable fine-tuning loop, training-time diagnostics, and a Trainer callback."""
+from .config import FinetuneConfig
+from .finetune import finetune, save_final_model
+
+__all__ = ["FinetuneConfig", "finetune", "save_final_model"]

@@ -1,0 +1,50 @@
+"""Fine-tuning configuration: one dataclass, hashed to name and validate a run folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = "minilm"
+    task: str = "rotten_tomatoes"
+    strategy: str = "lora-inflection"
+    epochs: int = 1
+    seed: int = 42
+    lr: float | None = None              # None: the strategy's default (full 2e-5, LoRA 5e-4, ...)
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    max_length: int = 64
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    limit_train: int | None = None       # stratified subsets for quick runs
+    limit_eval: int | None = None
+    layers: list[int] | None = None      # explicit band for lora-inflection / size for lora-random
+    diagnosis: str | None = None         # a diagnosis.json giving the band
+    diagnose_batches: int = 8            # on-the-fly diagnosis when neither is given
+    k: int = 2                           # shallow: top-k blocks
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_targets: list[str] | None = None
+    init: str | None = None              # start from a saved fine-tuned model (source -> target)
+    log_every: int = 10                  # training-time gradient profile every N steps
+    cka_examples: int = 512
+    cka_pooling: str = "mean"
+    decontaminate_against: str | None = "sst2"   # also report test accuracy without source overlap
+    attn_implementation: str = "sdpa"
+    remedies: list[str] = field(default_factory=list)
+    remedy_options: dict = field(default_factory=dict)
+    data_dir: str | None = None
+    save_model: bool = False             # save the final model (needed as a source for --init)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self) -> str:
+        """A digest of everything that changes the result (not where data is read from)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("data_dir",)}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
