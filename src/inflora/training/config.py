@@ -32,7 +32,7 @@ class FinetuneConfig:
     lora_targets: list[str] | None = None
     init: str | None = None              # start from a saved fine-tuned model (source -> target)
     log_every: int = 10                  # training-time gradient profile every N steps
-    cka_examples: int = 512
+    cka_examples: int = 512              # 0: skip ΔCKA
     cka_pooling: str = "mean"
     decontaminate_against: str | None = "sst2"   # also report test accuracy without source overlap
     attn_implementation: str = "sdpa"
@@ -40,6 +40,7 @@ class FinetuneConfig:
     remedy_options: dict = field(default_factory=dict)
     data_dir: str | None = None
     save_model: bool = False             # save the final model (needed as a source for --init)
+    save_epochs: list[int] = field(default_factory=list)  # also save the model after these epochs (UNDER/OVER)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,6 +7,7 @@ forward/backward with the gradient probe. ``InflectionCallback`` brings the same
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import resource
@@ -55,7 +56,12 @@ def load_splits(cfg: FinetuneConfig) -> dict:
     splits["test"] = test.stratified(cfg.limit_eval, cfg.seed)
     if cfg.decontaminate_against and cfg.decontaminate_against != cfg.task:
         source = load_task(cfg.decontaminate_against, "train", cfg.data_dir)
-        splits["test_decontaminated"] = decontaminate(splits["test"], source)
+        clean = decontaminate(splits["test"], source)
+        if len(clean):
+            splits["test_decontaminated"] = clean
+        else:  # a small --limit-eval subset can lie wholly inside the source; not a reason to fail the run
+            log.warning("every %s test example also occurs in %s/train; no decontaminated test accuracy",
+                        cfg.task, cfg.decontaminate_against)
     return splits
 
 
@@ -109,6 +115,21 @@ def _check_labels(model, splits: dict) -> None:
         raise DataError(f"the model has {n} labels but task {splits['train'].name!r} has {splits['train'].num_labels}")
 
 
+def _check_checkpoint_labels(source: str, n: int, task: str) -> None:
+    """A saved classifier whose label count differs from the task's would fail inside transformers
+    with a size-mismatch report; say it in one line instead."""
+    from transformers import AutoConfig
+
+    from ..models import resolve_model_path
+
+    try:
+        conf = AutoConfig.from_pretrained(resolve_model_path(source))
+    except (OSError, ValueError):
+        return  # load_model reports an unreadable model
+    if any(a.endswith("ForSequenceClassification") for a in conf.architectures or []) and conf.num_labels != n:
+        raise DataError(f"the model {source} is a classifier with {conf.num_labels} labels but task {task!r} has {n}")
+
+
 def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
              on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Train one strategy and write ``out/metrics.json`` (+ checkpoints). Re-running the same
@@ -135,17 +156,23 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
     def model_factory(attn: str):
         seed_everything(cfg.seed)  # the classifier's random init is part of the run's identity
         labels = None if cfg.init else splits["train"].num_labels  # a checkpoint keeps its own head
+        if labels is not None:
+            _check_checkpoint_labels(source, labels, cfg.task)
         return load_model(source, num_labels=labels, attn_implementation=attn)
 
     band, band_info = resolve_band(cfg, model_factory)
     model, tok = model_factory(cfg.attn_implementation)
     _check_labels(model, splits)
     encoded = {k: EncodedSplit(v, tok, cfg.max_length) for k, v in splits.items()}
-    cka_set = EncodedSplit(splits["validation"].stratified(cfg.cka_examples, cfg.seed), tok, cfg.max_length)
-    start_path = out / "cka_start.safetensors"
-    if not start_path.exists():
-        save_file({str(i): f for i, f in enumerate(cka_features(model, cka_set, cfg.cka_pooling))}, str(start_path))
-    start_feats = load_file(str(start_path))
+    cka_set, start_feats = None, {}
+    if cfg.cka_examples:
+        cka_set = EncodedSplit(splits["validation"].stratified(cfg.cka_examples, cfg.seed), tok, cfg.max_length)
+        start_path = out / "cka_start.safetensors"
+        if not start_path.exists():
+            tmp = start_path.with_name(f".{start_path.name}.tmp")
+            save_file({str(i): f for i, f in enumerate(cka_features(model, cka_set, cfg.cka_pooling))}, str(tmp))
+            tmp.replace(start_path)
+        start_feats = load_file(str(start_path))
 
     remedies = build_remedies(cfg)
     for r in remedies:
@@ -154,7 +181,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
         layers=band, k=cfg.k, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
         targets=cfg.lora_targets, seed=cfg.seed))
     model = applied.model
-    lr = cfg.lr or applied.lr
+    lr = cfg.lr if cfg.lr is not None else applied.lr
     trainable, total = count_parameters(model)
     steps_per_epoch = encoded["train"].num_batches(cfg.batch_size)
     optimizer = _optimizer(model, lr, cfg.weight_decay)
@@ -215,6 +242,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
                 tmp.replace(out / "checkpoints" / "best.safetensors")
             state["epoch"] = epoch
             save_checkpoint(last, model, optimizer, scheduler, state)
+            if epoch in cfg.save_epochs:
+                save_final_model(model, tok, out / f"model-epoch{epoch}")
             if progress:
                 tqdm.write(f"epoch {epoch}: train loss {state['history'][-1]['train_loss']:.4f}, validation accuracy {val_acc:.4f}")
             if on_epoch_end:
@@ -229,7 +258,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
     for name in ("test", "test_decontaminated"):
         if name in encoded:
             acc[name] = accuracy(model, encoded[name], cfg.eval_batch_size)
-    end_feats = cka_features(model, cka_set, cfg.cka_pooling)
+    end_feats = cka_features(model, cka_set, cfg.cka_pooling) if cka_set else []
     metrics = {
         "strategy": cfg.strategy, "layers": applied.layers, "band": band, "band_info": band_info,
         "trainable_params": trainable, "total_params": total, "lr": lr,
@@ -250,8 +279,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
 
 def save_final_model(model, tokenizer, path: Path) -> Path:
     """A plain transformers folder (LoRA merged) that ``--init`` and ``load_model`` accept."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    if hasattr(model, "merge_and_unload"):  # merge a copy: training may go on with the adapters
+        model = copy.deepcopy(model).merge_and_unload()
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

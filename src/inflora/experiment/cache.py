@@ -1,0 +1,34 @@
+"""Units of work cached under a key derived from their full configuration.
+
+A unit's folder is ``units/<kind>-<key>``; its ``result.json`` is written atomically last, so a
+folder without it is unfinished and is resumed (finetune resumes inside a unit at epoch level).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ..io import atomic_write_json, read_json
+
+
+def unit_key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class UnitCache:
+    def __init__(self, root: Path):
+        self.root = Path(root) / "units"
+
+    def folder(self, kind: str, config: dict) -> Path:
+        return self.root / f"{kind}-{unit_key(config)}"
+
+    def done(self, kind: str, config: dict) -> dict | None:
+        path = self.folder(kind, config) / "result.json"
+        return read_json(path) if path.is_file() else None
+
+    def finish(self, kind: str, config: dict, result: dict) -> dict:
+        folder = self.folder(kind, config)
+        atomic_write_json(folder / "unit.json", {"kind": kind, "config": config})
+        atomic_write_json(folder / "result.json", result)
+        return result

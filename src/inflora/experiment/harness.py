@@ -1,0 +1,142 @@
+"""The SST-2 → Rotten Tomatoes experiment: source runs, diagnoses, target runs, all cached units.
+
+source(seed) trains full fine-tuning on SST-2 and keeps the UNDER (epoch ``under_epochs``) and OVER
+(last epoch) models of the same run; diagnose(regime, seed) finds the band of each on RT
+validation; target(regime, strategy, seed) fine-tunes each on RT train. Interrupt at any time: the
+same command resumes, and a finished experiment re-renders at once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import ConfigError
+from ..strategies import STRATEGIES
+from .cache import UnitCache
+from .profiles import Profile
+
+REGIMES = ("under", "over")
+
+
+@dataclass
+class Plan:
+    profile: Profile
+    seeds: list[int]
+    regimes: list[str]
+    strategies: list[str]
+    data_dir: str | None = None
+
+    def validate(self) -> "Plan":
+        for r in self.regimes:
+            if r not in REGIMES:
+                raise ConfigError(f"unknown regime {r!r}; use under, over")
+        for s in self.strategies:
+            STRATEGIES.get(s)
+        if not self.seeds:
+            raise ConfigError("give at least one seed")
+        return self
+
+
+def source_config(p: Profile, seed: int) -> dict:
+    keys = ("model", "source_limit", "under_epochs", "over_epochs", "source_lr", "max_length", "batch_size")
+    return {"seed": seed, **{k: getattr(p, k) for k in keys}}
+
+
+def diagnose_config(p: Profile, seed: int, regime: str) -> dict:
+    return {"source": source_config(p, seed), "regime": regime, "batches": p.diagnose_batches,
+            "batch_size": p.diagnose_batch_size, "max_length": p.max_length}
+
+
+def target_config(p: Profile, seed: int, regime: str, strategy: str, band: list[int]) -> dict:
+    keys = ("target_limit", "target_epochs", "eval_limit", "max_length", "batch_size", "cka_examples", "log_every")
+    return {"source": source_config(p, seed), "regime": regime, "strategy": strategy, "band": band,
+            **{k: getattr(p, k) for k in keys}}
+
+
+def run_source(cache: UnitCache, p: Profile, seed: int, data_dir) -> dict:
+    from ..training import FinetuneConfig, finetune
+
+    cfg = source_config(p, seed)
+    if (done := cache.done("source", cfg)) is not None:
+        return done
+    folder = cache.folder("source", cfg)
+    ft = FinetuneConfig(model=p.model, task="sst2", strategy="full", epochs=p.over_epochs, seed=seed, lr=p.source_lr,
+                        batch_size=p.batch_size, max_length=p.max_length, limit_train=p.source_limit,
+                        cka_examples=0, log_every=p.log_every, decontaminate_against=None,
+                        save_epochs=sorted({p.under_epochs, p.over_epochs}), data_dir=data_dir)
+    m = finetune(ft, folder / "run", progress=False)
+    return cache.finish("source", cfg, {
+        "under": str(folder / "run" / f"model-epoch{p.under_epochs}"), "over": str(folder / "run" / f"model-epoch{p.over_epochs}"),
+        "history": m["history"], "train_seconds": m["train_seconds"]})
+
+
+def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: dict, data_dir) -> dict:
+    from ..data import load_task
+    from ..diagnosis import diagnose
+    from ..models import load_model
+
+    cfg = diagnose_config(p, seed, regime)
+    if (done := cache.done("diagnose", cfg)) is not None:
+        return done
+    model, tok = load_model(source[regime], num_labels=None)
+    d = diagnose(model, load_task("rotten_tomatoes", "validation", data_dir), tok, batches=p.diagnose_batches,
+                 batch_size=p.diagnose_batch_size, max_length=p.max_length, seed=seed, progress=False)
+    d.model = f"{p.model} ({regime.upper()}, seed {seed})"
+    d.to_json(cache.folder("diagnose", cfg) / "diagnosis.json")
+    return cache.finish("diagnose", cfg, d.to_dict())
+
+
+def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: str, source: dict, band: list[int],
+               data_dir) -> dict:
+    from ..training import FinetuneConfig, finetune
+
+    cfg = target_config(p, seed, regime, strategy, band)
+    if (done := cache.done("target", cfg)) is not None:
+        return done
+    ft = FinetuneConfig(model=p.model, init=source[regime], task="rotten_tomatoes", strategy=strategy,
+                        epochs=p.target_epochs, seed=seed, batch_size=p.batch_size, max_length=p.max_length,
+                        limit_train=p.target_limit, limit_eval=p.eval_limit, layers=band, cka_examples=p.cka_examples,
+                        log_every=p.log_every, decontaminate_against="sst2", data_dir=data_dir)
+    m = finetune(ft, cache.folder("target", cfg) / "run", progress=False)
+    keep = ("strategy", "layers", "band", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
+            "train_seconds", "steps", "steps_per_second", "peak_rss_mb", "grad_profile", "delta_cka")
+    return cache.finish("target", cfg, {"regime": regime, "seed": seed, **{k: m[k] for k in keep}})
+
+
+def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dict:
+    """Run (or resume) every unit of ``plan`` and return the raw unit results."""
+    plan.validate()
+    p = plan.profile
+    cache = UnitCache(Path(out))
+    units = len(plan.seeds) * (1 + len(plan.regimes) * (1 + len(plan.strategies)))
+    # Rough weights for the time estimate: a source run ~ its epochs, a target run ~ its epochs + eval.
+    w_source, w_diag, w_target = p.over_epochs * (p.source_limit or 67000) / 1000, 0.3, p.target_epochs * (p.target_limit or 8530) / 1000 + 1.0
+    total = len(plan.seeds) * (w_source + len(plan.regimes) * (w_diag + len(plan.strategies) * w_target))
+    raw = {"sources": {}, "diagnoses": {}, "targets": []}
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[units]}"),
+               TimeElapsedColumn(), TextColumn("left ~"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("experiment", total=total, units=f"0/{units} units")
+        finished = 0
+
+        def advance(weight: float, label: str) -> None:
+            nonlocal finished
+            finished += 1
+            bar.update(task, advance=weight, description=label, units=f"{finished}/{units} units")
+
+        for seed in plan.seeds:
+            bar.update(task, description=f"source seed {seed}")
+            source = run_source(cache, p, seed, plan.data_dir)
+            raw["sources"][seed] = source
+            advance(w_source, f"source seed {seed} done")
+            for regime in plan.regimes:
+                d = run_diagnose(cache, p, seed, regime, source, plan.data_dir)
+                raw["diagnoses"][f"{regime}/{seed}"] = d
+                advance(w_diag, f"diagnosed {regime} seed {seed}")
+                for strategy in plan.strategies:
+                    bar.update(task, description=f"{regime} {strategy} seed {seed}")
+                    raw["targets"].append(run_target(cache, p, seed, regime, strategy, source, d["inflection_layers"], plan.data_dir))
+                    advance(w_target, f"{regime} {strategy} seed {seed} done")
+    return raw

@@ -1,0 +1,46 @@
+"""Experiment profiles: the same SST-2 → RT protocol at three sizes."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str
+    source_limit: int | None        # stratified SST-2 subsample (None: all of it)
+    under_epochs: int               # UNDER = the source run after this many epochs
+    over_epochs: int                # OVER = the same run at its end
+    source_lr: float
+    target_limit: int | None        # stratified RT train subsample
+    target_epochs: int
+    eval_limit: int | None          # RT validation/test subsample (None: full 1066 each)
+    max_length: int
+    batch_size: int
+    diagnose_batches: int
+    diagnose_batch_size: int
+    cka_examples: int
+    log_every: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES = {
+    # For tests: every stage on the real MiniLM, a handful of steps each.
+    "smoke": Profile("smoke", "minilm", 96, 1, 2, 5e-5, 64, 1, 64, 32, 16, 2, 16, 48, 2),
+    # Sized to run 2 regimes x 6 strategies x 3 seeds in under an hour on 2 CPU cores.
+    "cpu": Profile("cpu", "minilm", 2000, 1, 8, 5e-5, 1000, 2, None, 64, 32, 8, 32, 512, 5),
+    # The paper's protocol (needs a GPU or a very long CPU run).
+    "paper": Profile("paper", "bert-base-uncased", None, 1, 8, 2e-5, None, 3, None, 128, 32, 8, 32, 512, 50),
+}
+
+
+def get_profile(name: str, **overrides) -> Profile:
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
+    base = PROFILES[name].to_dict()
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return Profile(**base)

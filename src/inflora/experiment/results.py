@@ -1,0 +1,78 @@
+"""From raw unit results to the experiment's tables: per regime × strategy summaries, paired
+differences against lora-inflection, the OVER/UNDER gradient ratio, bands and mean profiles."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .stats import paired, summary
+
+METRICS = ("test", "test_decontaminated")
+REFERENCE = "lora-inflection"
+
+
+def mean_activation_grad(run: dict) -> float:
+    """Mean over logged steps and layers of the activation-gradient norm during target training."""
+    rows = [v for r in run["grad_profile"] for v in r["activation_grad_norm"] if v is not None and math.isfinite(v)]
+    return float(np.mean(rows)) if rows else math.nan
+
+
+def low_layer_delta_cka(profile: list[float]) -> float:
+    """Mean ΔCKA over the lower half of the layers: did low-level features change?"""
+    half = max(1, len(profile) // 2)
+    return float(np.mean(profile[:half])) if profile else math.nan
+
+
+def mean_profile(runs: list[dict], key: str) -> list[float]:
+    per_run = []
+    for run in runs:
+        if key == "delta_cka":
+            per_run.append(run["delta_cka"])
+        elif run["grad_profile"]:
+            per_run.append(np.nanmean(np.array([r[key] for r in run["grad_profile"]], dtype=float), axis=0))
+    return np.nanmean(np.array(per_run, dtype=float), axis=0).tolist() if per_run else []
+
+
+def aggregate(targets: list[dict], diagnoses: dict) -> dict:
+    by = {}
+    for run in targets:
+        by.setdefault((run["regime"], run["strategy"]), []).append(run)
+    table = []
+    for (regime, strategy), runs in sorted(by.items()):
+        row = {"regime": regime, "strategy": strategy, "seeds": sorted(r["seed"] for r in runs),
+               "trainable_params": int(np.mean([r["trainable_params"] for r in runs])),
+               "step_seconds": float(np.mean([1 / r["steps_per_second"] for r in runs if r["steps_per_second"]])),
+               "layers": runs[0]["layers"] if len({tuple(r["layers"]) for r in runs}) == 1 else "per seed",
+               "mean_activation_grad": {r["seed"]: mean_activation_grad(r) for r in runs},
+               "low_layer_delta_cka": {r["seed"]: low_layer_delta_cka(r["delta_cka"]) for r in runs},
+               "profiles": {"activation_grad_norm": mean_profile(runs, "activation_grad_norm"),
+                            "param_grad_norm": mean_profile(runs, "param_grad_norm"),
+                            "delta_cka": mean_profile(runs, "delta_cka")}}
+        for metric in METRICS:
+            per_seed = {r["seed"]: r["accuracy"].get(metric) for r in runs if r["accuracy"].get(metric) is not None}
+            row[metric] = {"per_seed": per_seed, **summary(list(per_seed.values()))}
+        table.append(row)
+    paired_rows = []
+    for row in table:
+        ref = next((r for r in table if r["regime"] == row["regime"] and r["strategy"] == REFERENCE), None)
+        if ref is None or row["strategy"] == REFERENCE:
+            continue
+        for metric in METRICS:
+            diff = paired(ref[metric]["per_seed"], row[metric]["per_seed"])
+            paired_rows.append({"regime": row["regime"], "metric": metric, "comparison": f"{REFERENCE} − {row['strategy']}", **diff})
+    ratios = {}
+    for strategy in ("shallow", "full"):
+        under = next((r for r in table if r["regime"] == "under" and r["strategy"] == strategy), None)
+        over = next((r for r in table if r["regime"] == "over" and r["strategy"] == strategy), None)
+        if under and over:
+            seeds = sorted(set(under["mean_activation_grad"]) & set(over["mean_activation_grad"]))
+            per_seed = {s: over["mean_activation_grad"][s] / under["mean_activation_grad"][s] for s in seeds}
+            ratios[strategy] = {"over_over_under": summary(list(per_seed.values())), "per_seed": per_seed,
+                                "under_mean": float(np.mean(list(under["mean_activation_grad"].values()))),
+                                "over_mean": float(np.mean(list(over["mean_activation_grad"].values())))}
+    bands = {}
+    for key, d in diagnoses.items():
+        regime, seed = key.split("/")
+        bands.setdefault(int(seed), {})[regime] = {"band": d["inflection_layers"], "stability": d["stability"]}
+    return {"table": table, "paired": paired_rows, "grad_ratio": ratios, "bands": bands}

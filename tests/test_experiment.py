@@ -1,0 +1,147 @@
+"""The SST-2 → RT harness: claims logic on synthetic tables, the smoke profile end to end, resume."""
+import json
+import math
+
+import pytest
+
+from inflora.errors import ConfigError
+from inflora.experiment import Plan, aggregate, get_profile, judge, paired, run_experiment, summary, verdict
+
+STRATEGIES = ["full", "shallow", "lora-all", "lora-inflection", "lora-random", "head"]
+
+
+def fake_run(regime, strategy, seed, acc, grad=1e-4, cka=(0.1, 0.1, 0.2, 0.3), layers=(0, 1)):
+    return {"regime": regime, "strategy": strategy, "seed": seed, "layers": list(layers), "trainable_params": 10,
+            "steps_per_second": 2.0, "accuracy": {"test": acc, "test_decontaminated": acc - 0.1},
+            "grad_profile": [{"step": 0, "activation_grad_norm": [grad] * 4, "param_grad_norm": [1.0] * 4}],
+            "delta_cka": list(cka)}
+
+
+def synthetic(acc_over_infl=0.90, acc_under_infl=0.80, over_grad=1e-6, under_grad=1e-4, full_low_cka=0.5,
+              bands=((0, 1), (0, 1))):
+    runs, diags = [], {}
+    for seed, jitter in zip((1, 2, 3), (0.0, 0.002, -0.002)):
+        for regime in ("under", "over"):
+            for s in STRATEGIES:
+                acc = 0.85 + jitter
+                if s == "lora-inflection":
+                    acc = (acc_over_infl if regime == "over" else acc_under_infl) + jitter
+                grad = over_grad if regime == "over" else under_grad
+                cka = (full_low_cka, full_low_cka, 0.2, 0.3) if (s == "full" and regime == "under") else (0.1, 0.1, 0.2, 0.3)
+                runs.append(fake_run(regime, s, seed, acc, grad, cka))
+            diags[f"{regime}/{seed}"] = {"inflection_layers": list(bands[regime == "over"]), "stability": [1, 1, 0, 0]}
+    return aggregate(runs, diags)
+
+
+def by_id(claims):
+    return {c["id"]: c["verdict"] for c in claims}
+
+
+def test_stats_helpers():
+    s = summary([1.0, 2.0, 3.0])
+    assert s["mean"] == 2.0 and s["sd"] == 1.0
+    assert s["ci"][0] == pytest.approx(2 - 4.302652729911275 / math.sqrt(3), rel=1e-9)
+    assert math.isnan(summary([1.0])["ci"][0]) and summary([])["n"] == 0
+    d = paired({1: 0.9, 2: 0.8}, {1: 0.7, 2: 0.7, 3: 0.1})
+    assert d["n"] == 2 and d["per_seed"] == pytest.approx({1: 0.2, 2: 0.1})
+    assert verdict([0.1, 0.2], +1) == "supported" and verdict([-0.2, -0.1], +1) == "not supported"
+    assert verdict([-0.1, 0.2], +1) == "inconclusive" and verdict([-0.2, -0.1], -1) == "supported"
+
+
+def test_claims_supported_when_the_numbers_say_so():
+    res = synthetic()
+    v = by_id(judge(res))
+    assert v["a"] == "supported" and v["b"] == "supported" and v["c"] == "supported"
+    assert v["d"] == "supported" and v["e"] == "supported" and v["f-over"] == "supported"
+    assert v["f-under"] == "not supported"
+    assert res["grad_ratio"]["shallow"]["over_over_under"]["mean"] == pytest.approx(0.01)
+
+
+def test_claims_refuted_when_the_numbers_say_the_opposite():
+    res = synthetic(acc_over_infl=0.80, acc_under_infl=0.90, over_grad=1e-4, under_grad=1e-4, full_low_cka=0.05,
+                    bands=((0, 1), (3, 4)))
+    v = by_id(judge(res))
+    assert v["a"] == "not supported" and v["b"] == "not supported" and v["c"] == "not supported"
+    assert v["d"] == "not supported" and v["e"] == "not supported"
+
+
+def test_claims_inconclusive_on_noise_and_missing_runs():
+    res = synthetic(acc_over_infl=0.85, acc_under_infl=0.85)
+    assert by_id(judge(res))["a"] == "inconclusive"
+    partial = aggregate([fake_run("over", "head", 1, 0.8)], {})
+    assert all(c["verdict"] == "inconclusive" for c in judge(partial))
+
+
+def test_plan_validation():
+    with pytest.raises(ConfigError, match="unknown regime"):
+        Plan(get_profile("smoke"), [1], ["sideways"], ["full"]).validate()
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        Plan(get_profile("smoke"), [1], ["under"], ["magic"]).validate()
+    with pytest.raises(ConfigError, match="unknown profile"):
+        get_profile("huge")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("smoke")
+    plan = Plan(get_profile("smoke"), [42], ["under", "over"], STRATEGIES, str(data_dir))
+    return out, plan, run_experiment(plan, out, progress=False)
+
+
+@pytest.mark.real
+def test_smoke_profile_end_to_end(smoke):
+    from inflora.experiment.report import render
+
+    out, plan, raw = smoke
+    assert len(raw["targets"]) == 12 and set(raw["diagnoses"]) == {"under/42", "over/42"}
+    res = aggregate(raw["targets"], raw["diagnoses"])
+    render(res, {"command": "test", "profile": plan.profile.to_dict(), "seeds": [42], "wall_seconds": 1.0,
+                 "cached_units": 0, "computed_units": 15}, out)
+    data = json.loads((out / "results.json").read_text())
+    assert {(r["regime"], r["strategy"]) for r in data["table"]} == {(g, s) for g in ("under", "over") for s in STRATEGIES}
+    assert {c["id"] for c in data["claims"]["test"]} >= {"a", "b", "c", "d", "e"}
+    assert set(data["grad_ratio"]) == {"shallow", "full"}
+    for row in data["table"]:
+        assert 0.0 <= row["test"]["mean"] <= 1.0 and len(row["profiles"]["delta_cka"]) == 6
+    md = (out / "results.md").read_text()
+    assert "Claims" in md and "lora-inflection − lora-random" in md
+    assert "data:image/png;base64" in (out / "results.html").read_text()
+    head = next(r for r in data["table"] if r["strategy"] == "head")
+    full = next(r for r in data["table"] if r["strategy"] == "full")
+    assert head["trainable_params"] < full["trainable_params"]
+
+
+@pytest.mark.real
+def test_interrupted_experiment_resumes_with_identical_results(smoke, tmp_path, monkeypatch, data_dir):
+    import inflora.experiment.harness as harness
+
+    ref_out, _, ref_raw = smoke
+    plan = Plan(get_profile("smoke"), [42], ["over"], ["head", "lora-inflection"], str(data_dir))
+    real_target = harness.run_target
+    calls = []
+
+    def interrupt_after_one(*args, **kw):
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(args[4])
+        return real_target(*args, **kw)
+
+    monkeypatch.setattr(harness, "run_target", interrupt_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(plan, tmp_path, progress=False)
+    finished = list((tmp_path / "units").glob("target-*/result.json"))
+    assert len(finished) == 1
+
+    import inflora.training as training
+
+    monkeypatch.setattr(harness, "run_target", real_target)
+    trained = []
+    real_finetune = training.finetune
+    monkeypatch.setattr(training, "finetune", lambda cfg, *a, **k: (trained.append(cfg.strategy) or real_finetune(cfg, *a, **k)))
+    raw = run_experiment(plan, tmp_path, progress=False)
+    assert trained == ["lora-inflection"]  # the source, the diagnosis and the finished unit came from the cache
+    ref = {(t["regime"], t["strategy"]): t for t in ref_raw["targets"]}
+    for t in raw["targets"]:
+        r = ref[(t["regime"], t["strategy"])]
+        assert t["accuracy"] == r["accuracy"] and t["delta_cka"] == pytest.approx(r["delta_cka"], abs=1e-9)
+        assert t["grad_profile"] == r["grad_profile"]
