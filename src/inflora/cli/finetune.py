@@ -22,8 +22,35 @@ def parse_layers(text: str | None) -> list[int] | None:
         raise ConfigError(f"--layers expects comma-separated integers like 0,1,4, got {text!r}") from None
 
 
-@command("finetune")
+def remedy_flags(remedies: list[str], extra: list[str]) -> dict[str, dict]:
+    """Turn the leftover ``--sd-lambda 0.1``-style flags into per-remedy options."""
+    from ..errors import ConfigError
+    from ..remedies import REMEDIES
+
+    owners = {opt: name for name in remedies for opt in REMEDIES.get(name).options}
+    options: dict[str, dict] = {name: {} for name in remedies}
+    i = 0
+    while i < len(extra):
+        flag = extra[i]
+        key = flag.lstrip("-").replace("-", "_")
+        if not flag.startswith("--") or key.split("=")[0] not in owners:
+            known = ", ".join("--" + k.replace("_", "-") for k in owners) or "none (add --remedy NAME first)"
+            raise ConfigError(f"unknown option {flag!r}; remedy options: {known}")
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(extra):
+            value = extra[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"{flag} needs a value")
+        options[owners[key]][key] = value
+    return options
+
+
+@command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def finetune_cmd(
+    ctx: typer.Context,
     model: str = typer.Option("minilm", help="model name or path"),
     task: str = typer.Option("rotten_tomatoes"),
     strategy: str = typer.Option("lora-inflection", help="full, head, shallow, lora-all, lora-inflection, lora-random"),
@@ -42,23 +69,26 @@ def finetune_cmd(
     limit_train: Optional[int] = typer.Option(None, help="stratified subset of the training split"),
     limit_eval: Optional[int] = typer.Option(None, help="stratified subset of validation/test"),
     log_every: int = typer.Option(10, help="log the gradient profile every N steps"),
-    remedy: list[str] = typer.Option([], help="training remedy (repeatable), e.g. spectral-decoupling"),
-    remedy_opt: list[str] = typer.Option([], help="remedy option name=key=value, e.g. spectral-decoupling=lam=0.1"),
+    remedy: list[str] = typer.Option([], help="training remedy (repeatable): spectral-decoupling, redo, nm-sparsity, "
+                                     "dal, grokfast, spam; its options follow as flags, e.g. --sd-lambda 0.1 (see docs)"),
     save_model: bool = typer.Option(False, help="save the final model (usable with --init)"),
     data_dir: Optional[str] = typer.Option(None),
     out: Path = typer.Option(Path("runs/finetune")),
 ) -> None:
-    """Fine-tune with one strategy; resumable (re-run the same command after an interruption)."""
+    """Fine-tune with one strategy; resumable (re-run the same command after an interruption).
+
+    Remedy options are passed as extra flags after --remedy NAME, e.g. --remedy spectral-decoupling --sd-lambda 0.1."""
     from ..reports import write_finetune_report
     from ..strategies import STRATEGIES
     from ..training import FinetuneConfig, finetune
     from .diagnose import parse_params
 
     STRATEGIES.get(strategy)
-    options: dict = {}
-    for item in remedy_opt:
-        name, _, rest = item.partition("=")
-        options.setdefault(name, {}).update(parse_params([rest]))
+    options = remedy_flags(list(remedy), list(ctx.args))
+    for name, opts in options.items():  # fail on a bad value now, not after loading the model
+        from ..remedies import REMEDIES
+
+        REMEDIES.get(name).from_options(**opts)
     cfg = FinetuneConfig(model=model, task=task, strategy=strategy, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
                          max_length=max_length, diagnosis=diagnosis, layers=parse_layers(layers), k=k, lora_r=lora_r,
                          lora_alpha=lora_alpha, lora_dropout=lora_dropout, init=init, limit_train=limit_train,

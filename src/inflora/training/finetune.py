@@ -96,14 +96,17 @@ def build_remedies(cfg: FinetuneConfig) -> list:
     return [REMEDIES.get(name).from_options(**cfg.remedy_options.get(name, {})) for name in cfg.remedies]
 
 
-def _optimizer(model, lr: float, weight_decay: float):
+def _optimizer(model, lr: float, weight_decay: float, remedies: list = ()):
+    """AdamW without decay on biases and norms, unless a remedy brings its own optimizer (SPAM)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
     if not decay and not no_decay:
         raise ConfigError("the strategy left no trainable parameters")
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    maker = next((r.make_optimizer for r in remedies if hasattr(r, "make_optimizer")), None)
+    return maker(groups, lr=lr) if maker else torch.optim.AdamW(groups, lr=lr)
 
 
 def _check_labels(model, splits: dict) -> None:
@@ -184,7 +187,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
     lr = cfg.lr if cfg.lr is not None else applied.lr
     trainable, total = count_parameters(model)
     steps_per_epoch = encoded["train"].num_batches(cfg.batch_size)
-    optimizer = _optimizer(model, lr, cfg.weight_decay)
+    optimizer = _optimizer(model, lr, cfg.weight_decay, remedies)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps_per_epoch * cfg.epochs),
                                                 steps_per_epoch * cfg.epochs)
     state = {"epoch": 0, "history": [], "best_epoch": None, "best_acc": -1.0, "grad_profile": [],

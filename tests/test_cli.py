@@ -1,0 +1,69 @@
+"""The command line: outputs on the real model, one-line errors, remedy flags."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from inflora.cli import app
+from inflora.models import tiny_model
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("cli") / "bert"
+    tiny_model("bert", layers=4, hidden=32, heads=4).bert.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.real
+def test_diagnose_writes_json_reports_and_summary(tmp_path, data_dir):
+    res = run("diagnose", "--model", "minilm", "--batches", 2, "--batch-size", 16, "--max-length", 32,
+              "--resamples", 20, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert d["num_layers"] == 6 and len(d["layers"]) == 6 and d["selection"]["rule"] == "ski"
+    for name in ("report.html", "report.md", "profile.png", "heads.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert "inflection band" in res.output and "◀ band" in res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["diagnose", "--batches", "0"], "--batches must be at least 1"),
+    (["diagnose", "--rule", "nope"], "unknown selection rule 'nope'"),
+    (["diagnose", "--task", "imdb"], "unknown task 'imdb'"),
+    (["finetune", "--strategy", "nope"], "unknown strategy 'nope'"),
+    (["finetune", "--layers", "a,b"], "--layers expects comma-separated integers"),
+    (["finetune", "--sd-lambda", "0.1"], "unknown option '--sd-lambda'"),
+    (["finetune", "--remedy", "spectral-decoupling", "--sd-lambda", "abc"], "cannot read 'abc' as float"),
+    (["finetune", "--remedy", "magic"], "unknown remedy 'magic'"),
+    (["experiment", "--profile", "huge"], "unknown profile 'huge'"),
+])
+def test_bad_input_is_one_line_error(args, message, tmp_path):
+    res = run(*args, "--out", tmp_path)
+    assert res.exit_code == 2
+    assert message in res.output and "Traceback" not in res.output
+    assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_missing_data_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("INFLORA_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    res = run("diagnose", "--out", tmp_path)
+    assert res.exit_code == 2 and "INFLORA_DATA_DIR" in res.output
+
+
+def test_finetune_with_a_remedy_flag(tiny_dir, tmp_path):
+    res = run("finetune", "--model", tiny_dir, "--strategy", "lora-all", "--limit-train", 32, "--limit-eval", 16,
+              "--max-length", 24, "--log-every", 1, "--remedy", "spectral-decoupling", "--sd-lambda", "0.05", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["config"]["remedy_options"] == {"spectral-decoupling": {"sd_lambda": "0.05"}}
+    assert m["remedy_metrics"] and "starvation.saturated_frac" in m["remedy_metrics"][0]
+    assert (tmp_path / "report.html").exists()
