@@ -145,7 +145,7 @@ def diagnose(
     model.train(dropout)
     losses = []
     try:
-        with LayerProbe(model) as probe:
+        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant"]) as probe:
             for batch in tqdm(_shard(probe_set), desc="diagnose", unit="batch", disable=not progress):
                 losses.append(probe_step(model, probe, batch))
             probe.gather()
@@ -155,7 +155,7 @@ def diagnose(
             n_batches = probe.num_batches()
 
             def profile_for(idx):
-                rows = probe.layer_results(idx)
+                rows = probe.layer_results(idx, only=("attention_entropy", "activation_grad"))
                 return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
             entropy, grad = profile_for(None)

@@ -120,9 +120,11 @@ class LayerProbe(contextlib.AbstractContextManager):
         for p in self.plugins:
             p.gather()
 
-    def layer_results(self, batches: list[int] | None = None) -> list[dict]:
+    def layer_results(self, batches: list[int] | None = None, only: tuple[str, ...] | None = None) -> list[dict]:
         rows = [{"layer": i} for i in range(self.ctx.num_layers)]
         for p in self.plugins:
+            if only is not None and p.name not in only:
+                continue
             for row, res in zip(rows, p.layer_results(batches)):
                 row.update(res)
         return rows

@@ -5,13 +5,14 @@
 from ..registry import Registry
 from .accumulate import ProbePlugin, SumAccumulator
 from .cka import FeatureProbe, delta_cka, linear_cka, pool_hidden, shared_pca
+from .dormant import DormantProbe
 from .entropy import AttentionEntropy, EntropyProbe, attention_entropy, attention_entropy_sums
 from .grad_norms import (
     ActivationGradNorm, ActivationGradProbe, ParamGradNorm, ParamGradProbe, activation_grad_norm, param_grad_norm,
 )
 
 DIAGNOSTICS: Registry[type[ProbePlugin]] = Registry("diagnostic")
-for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe):
+for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe):
     DIAGNOSTICS.register(_plugin.name)(_plugin)
 
 __all__ = [

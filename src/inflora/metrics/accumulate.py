@@ -35,7 +35,7 @@ class SumAccumulator:
         self.records.append({k: torch.as_tensor(v, dtype=torch.float64).detach().cpu() for k, v in zip(self.fields, values)})
 
     def totals(self, batches: list[int] | None = None) -> dict[str, torch.Tensor]:
-        chosen = self.records if batches is None else [self.records[i] for i in batches]
+        chosen = self.records if batches is None or not self.records else [self.records[i] for i in batches]
         if not chosen:
             return {k: torch.zeros(1, dtype=torch.float64) for k in self.fields}
         return {k: torch.stack([r[k] for r in chosen]).sum(0) for k in self.fields}

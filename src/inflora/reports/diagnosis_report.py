@@ -48,6 +48,12 @@ def write_diagnosis_report(d, out_dir: str | Path) -> dict[str, Path]:
     rep.heading("Per-layer table").table(rows)
     rep.text(f"Embeddings ‖∇θL‖ = {fmt(d.groups.get('param_grad_norm_embeddings', float('nan')))}, "
              f"head ‖∇θL‖ = {fmt(d.groups.get('param_grad_norm_head', float('nan')))}.")
+    dormant = [k for k in d.layers[0] if k.startswith("dormant_frac_")]
+    if dormant and any(math.isfinite(r[k]) for r in d.layers for k in dormant):
+        rep.heading("Dormant FFN units (ReDo)").text(
+            "Share of each block's feed-forward units whose mean |activation| is at most τ times the layer's mean "
+            "unit (τ-dormant). Dormant units receive almost no gradient; `--remedy redo` recycles them during training.")
+        rep.table([{"layer": r["layer"], **{f"τ = {k.split('_')[-1]}": r[k] for k in dormant}} for r in d.layers])
     rep.heading("Attention heads").figure(head_heatmap(d), "heads", "Mean entropy of every head; dark cells are saturated heads.")
     rep.heading("Selection").table([{"rule": d.selection["rule"], **d.selection["parameters"],
                                      "band": d.inflection_layers, "peaks": d.peaks}])
