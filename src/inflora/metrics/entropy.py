@@ -28,8 +28,7 @@ def attention_entropy_sums(
     a = attn.detach().float()
     keys = valid_key_mask(attention_mask, causal)  # [B, T, T]
     a = a * keys[:, None]  # masked keys hold ~0 mass already; make it exact
-    plogp = torch.where(a > 0, a * a.clamp_min(1e-30).log(), torch.zeros_like(a))
-    ent = -plogp.sum(-1)  # [B, H, T]
+    ent = -torch.special.xlogy(a, a).sum(-1)  # [B, H, T]; xlogy(0, 0) = 0, one pass over the map
     queries = attention_mask.bool()  # [B, T]
     n_keys = keys.sum(-1).float()  # [B, T]
     normable = queries & (n_keys > 1)

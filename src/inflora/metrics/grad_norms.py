@@ -25,12 +25,13 @@ def activation_grad_norm(grad: torch.Tensor, token_mask: torch.Tensor) -> dict[s
 
 
 def param_grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
-    """sqrt(Σ‖g‖²) over trainable parameters that received a gradient; 0 for a frozen group."""
-    total = 0.0
-    for p in params:
-        if p.requires_grad and p.grad is not None:
-            total += float(p.grad.detach().float().pow(2).sum())
-    return math.sqrt(total)
+    """sqrt(Σ‖g‖²) over trainable parameters that received a gradient; 0 for a frozen group.
+    Per-tensor norms are combined on the device: one host sync per group, no squared copies."""
+    norms = [torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32)
+             for p in params if p.requires_grad and p.grad is not None]
+    if not norms:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
 class _FiniteMean(SumAccumulator):

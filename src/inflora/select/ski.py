@@ -36,7 +36,7 @@ def ski_terms(entropy, grad, alpha: float = 0.5, variant: str = "level") -> dict
     if e.shape != g.shape or e.ndim != 1 or len(e) == 0:
         raise DataError(f"entropy and gradient profiles must be equal-length 1-D, got {e.shape} and {g.shape}")
     if not (np.isfinite(e).all() and np.isfinite(g).all()):
-        bad = sorted(set(np.flatnonzero(~np.isfinite(e))) | set(np.flatnonzero(~np.isfinite(g))))
+        bad = np.flatnonzero(~(np.isfinite(e) & np.isfinite(g))).tolist()
         raise DataError(f"non-finite diagnostics at layers {bad}; cannot score them (see the per-layer flags)")
     if variant == "level":
         g_term = inverse_minmax(g)
