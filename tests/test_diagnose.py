@@ -288,3 +288,18 @@ def test_from_json_bad_files(tmp_path):
     (tmp_path / "partial.json").write_text('{"model": "x"}')
     with pytest.raises(DataError, match="not a diagnosis file"):
         Diagnosis.from_json(tmp_path / "partial.json")
+
+
+def test_lora_config_keeps_pooler_and_classifier_trainable_on_bert(tokenizer, data_dir):
+    from peft import get_peft_model
+
+    from inflora.data import load_task, probe_batches
+    from inflora.models import tiny_model
+
+    model = tiny_model("bert", layers=3)
+    batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=2, batch_size=8, max_length=24)
+    d = diagnose(model, batches, progress=False, resamples=5)
+    peft_model = get_peft_model(model, d.lora_config())
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("pooler" in n for n in trainable) and any("classifier" in n for n in trainable)
+    assert {int(n.split("layer.")[1].split(".")[0]) for n in trainable if "lora_" in n} == set(d.inflection_layers)

@@ -21,6 +21,8 @@ from .select import RULES, bootstrap_stability, local_maxima, select_layers, ski
 
 _SKI_DEFAULTS = {"alpha": 0.5, "top": 2, "widen": 1, "boundary": True, "variant": "level"}
 # Recorded in ``selection.parameters``; ``ski_terms`` is reported with the same alpha/variant the rule used.
+# Classification heads that PEFT's SEQ_CLS mode does not make trainable on its own (the pooler).
+HEADS_WITH_POOLER = {"bert": ("classifier", "pooler")}
 DEFAULT_RULE_PARAMS = {
     "ski": _SKI_DEFAULTS,
     "ski-decay": {**_SKI_DEFAULTS, "variant": "decay"},
@@ -71,6 +73,7 @@ class Diagnosis:
             raise DataError(f"diagnosis file {path} does not exist")
         try:
             data = json.loads(path.read_text())
+            data["layers"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in data.get("layers", [])]
             return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         except (json.JSONDecodeError, TypeError) as exc:
             raise DataError(f"{path} is not a diagnosis file: {exc}") from None
@@ -81,6 +84,7 @@ class Diagnosis:
 
         if not self.inflection_layers:
             raise ConfigError("this diagnosis selected no layers (see its flags); pass layers explicitly")
+        kw.setdefault("modules_to_save", list(HEADS_WITH_POOLER.get(self.family, ())) or None)
         return lora_config(self.family, self.inflection_layers, **kw)
 
 
