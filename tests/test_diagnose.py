@@ -296,8 +296,8 @@ def test_lora_config_keeps_pooler_and_classifier_trainable_on_bert(tokenizer, da
     from inflora.data import load_task, probe_batches
     from inflora.models import tiny_model
 
-    model = tiny_model("bert", layers=3)
-    batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=2, batch_size=8, max_length=24)
+    model = tiny_model("bert", layers=6)
+    batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=4, batch_size=16, max_length=24)
     d = diagnose(model, batches, progress=False, resamples=5)
     peft_model = get_peft_model(model, d.lora_config())
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
