@@ -10,15 +10,15 @@ from .dal import DAL, DriftAdjustedLR, curvature_along_gradient, dal_lr, hvp_exa
 from .grokfast import GrokTracker, Grokfast, generalization_gap, gradfilter_ema, gradfilter_ma, steps_to_threshold
 from .nm_sparsity import (
     NMConv2d, NMLinear, NMSparsity, FlipRateMeter, GradNormCV, export_masked, grad_cv, mask_flip_rate, nm_mask,
-    pruned_mag_ratio, sdgf_frames, sdgf_schedule, sparsify,
+    pruned_mag_ratio, sdgf_frames, sdgf_schedule, sparse_layers, sparsify,
 )
 from .redo import (
     DormantAccumulator, ReDo, dormant_fraction, dormant_fractions, dormant_mask, dormant_scores, find_units,
-    layer_scores, recycle,
+    layer_scores, recycle, score_histogram,
 )
 from .spam import SPAM, SpikeMonitor, spike_stats, warmup_scale
 from .spectral_decoupling import (
-    SpectralDecoupling, StarvationMeter, feature_responses, grad_weights, group_gap, logit_sq, ntk_modes,
+    SpectralDecoupling, StarvationMeter, boundary_margin, feature_responses, grad_weights, group_gap, logit_sq, ntk_modes,
     response_ratio, saturated_fraction, sd_binary_loss, sd_cross_entropy, sd_penalty,
 )
 
@@ -35,10 +35,10 @@ def build_remedy(name: str, **options) -> Remedy:
 __all__ = [
     "DAL", "DormantAccumulator", "DriftAdjustedLR", "FlipRateMeter", "GradNormCV", "GrokTracker", "Grokfast",
     "NMConv2d", "NMLinear", "NMSparsity", "Option", "REMEDIES", "ReDo", "Remedy", "SPAM", "SpectralDecoupling",
-    "SpikeMonitor", "StarvationMeter", "build_remedy", "curvature_along_gradient", "dal_lr", "dormant_fraction",
+    "SpikeMonitor", "StarvationMeter", "boundary_margin", "build_remedy", "curvature_along_gradient", "dal_lr", "dormant_fraction",
     "dormant_fractions", "dormant_mask", "dormant_scores", "export_masked", "feature_responses", "find_units",
     "generalization_gap", "grad_cv", "grad_weights", "gradfilter_ema", "gradfilter_ma", "group_gap", "hvp_exact",
     "hvp_fd", "lambda_max", "layer_scores", "logit_sq", "mask_flip_rate", "nm_mask", "ntk_modes",
-    "pruned_mag_ratio", "recycle", "response_ratio", "saturated_fraction", "sd_binary_loss", "sd_cross_entropy",
-    "sd_penalty", "sdgf_frames", "sdgf_schedule", "sparsify", "spike_stats", "steps_to_threshold", "warmup_scale",
+    "pruned_mag_ratio", "recycle", "response_ratio", "score_histogram", "saturated_fraction", "sd_binary_loss", "sd_cross_entropy",
+    "sd_penalty", "sdgf_frames", "sdgf_schedule", "sparse_layers", "sparsify", "spike_stats", "steps_to_threshold", "warmup_scale",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -20,6 +20,17 @@ from .base import Option, Remedy
 
 def _norm(ts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.sqrt(sum((t.double() ** 2).sum() for t in ts))
+
+
+def _second(g: Sequence[torch.Tensor], params: Sequence[torch.Tensor], vec: Sequence[torch.Tensor]):
+    """d(g . vec)/d params from a create_graph gradient; zero where g is constant (linear loss)."""
+    live = [i for i, x in enumerate(g) if x.requires_grad]
+    out = [torch.zeros_like(p) for p in params]
+    if live:
+        hv = torch.autograd.grad([g[i] for i in live], params, grad_outputs=[vec[i] for i in live],
+                                 allow_unused=True, materialize_grads=True)
+        out = [h.detach() for h in hv]
+    return out
 
 
 def dal_lr(v: float, p: float = 1.0, lr_max: float = 5.0) -> float:
@@ -33,8 +44,8 @@ def hvp_exact(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor
     """(loss, g, Hv) by double backward."""
     loss = loss_fn()
     g = torch.autograd.grad(loss, params, create_graph=True)
-    hv = torch.autograd.grad(g, params, grad_outputs=list(vec))
-    return loss.detach(), [t.detach() for t in g], [t.detach() for t in hv]
+    hv = _second(g, params, list(vec))
+    return loss.detach(), [t.detach() for t in g], hv
 
 
 @torch.no_grad()
@@ -68,8 +79,8 @@ def curvature_along_gradient(loss_fn: Callable[[], torch.Tensor], params: Sequen
     if method == "exact":
         loss = loss_fn()
         g = torch.autograd.grad(loss, params, create_graph=True)
-        hg = torch.autograd.grad(g, params, grad_outputs=[t.detach() for t in g])
-        g, hg = [t.detach() for t in g], [t.detach() for t in hg]
+        hg = _second(g, params, [t.detach() for t in g])
+        g = [t.detach() for t in g]
     elif method == "fd":
         loss = loss_fn()
         g = [t.detach() for t in torch.autograd.grad(loss, params)]
@@ -136,7 +147,7 @@ class DAL(torch.optim.Optimizer):
             if measure and self.hvp == "exact":
                 g = torch.autograd.grad(loss, params, create_graph=True)
                 t1 = time.perf_counter()
-                hg = torch.autograd.grad(g, params, grad_outputs=[x.detach() for x in g])
+                hg = _second(g, params, [x.detach() for x in g])
                 g = [x.detach() for x in g]
             else:
                 g = [x.detach() for x in torch.autograd.grad(loss, params)]
@@ -202,7 +213,8 @@ class DriftAdjustedLR(Remedy):
         inner = model.forward
 
         def forward(*args, **kwargs):
-            self._call = (args, kwargs, torch.random.get_rng_state())
+            cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            self._call = (args, kwargs, (torch.random.get_rng_state(), cuda))
             return inner(*args, **kwargs)
 
         model.forward = forward
@@ -212,9 +224,12 @@ class DriftAdjustedLR(Remedy):
         return (self.start is None or self.start < t) and (self.stop is None or t < self.stop)
 
     def _replay_grad(self, model, params):
-        args, kwargs, rng = self._call
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.random.set_rng_state(rng)
+        args, kwargs, (cpu, cuda) = self._call
+        devices = list(range(len(cuda))) if cuda is not None else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():  # same dropout mask as the step
+            torch.random.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
             out = model(*args, **kwargs)
         loss = getattr(out, "loss", None) if not isinstance(out, dict) else out.get("loss")
         if loss is None:

@@ -49,9 +49,31 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, mode: str = "row") -> torch.Te
     if length % m:
         raise ConfigError(f"N:M {n}:{m}: group length {length} (dim {dim} of {tuple(weight.shape)}) is not divisible by {m}")
     groups = w.reshape(-1, m)
-    keep = torch.sort(groups, dim=-1, descending=True, stable=True).indices[:, :n]
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
+    if min(n, m - n) <= 2:
+        mask = _pick_few(groups, n)
+    else:
+        keep = torch.sort(groups, dim=-1, descending=True, stable=True).indices[:, :n]
+        mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
     return mask.reshape(w.shape).movedim(-1, dim)
+
+
+def _pick_few(groups: torch.Tensor, n: int) -> torch.Tensor:
+    """Same result as the stable descending sort, by repeated argmax (first max wins) when few
+    entries are kept, or repeated argmin from the end (last min loses first) when few are dropped."""
+    m = groups.shape[-1]
+    if n <= m - n:
+        work, mask = groups.clone(), torch.zeros_like(groups, dtype=torch.bool)
+        for _ in range(n):
+            i = work.argmax(-1, keepdim=True)
+            mask.scatter_(-1, i, True)
+            work.scatter_(-1, i, float("-inf"))
+        return mask
+    work, drop = groups.flip(-1).clone(), torch.zeros_like(groups, dtype=torch.bool)
+    for _ in range(m - n):
+        i = work.argmin(-1, keepdim=True)
+        drop.scatter_(-1, i, True)
+        work.scatter_(-1, i, float("inf"))
+    return ~drop.flip(-1)
 
 
 # ---------------------------------------------------------------- schedules
@@ -93,9 +115,19 @@ class _NMMixin:
         self.n, self.m, self.mode, self.beta = n, m, mode, 0.0
         self.dense, self.eval_binary = False, eval_binary
         self.last_mask: torch.Tensor | None = None
+        self._cache: tuple | None = None
 
     def mask(self) -> torch.Tensor:
-        return nm_mask(self.weight, self.n, self.m, self.mode)
+        """The N:M mask of the current weight, cached until the weight changes in place (optimizer
+        steps bump ``weight._version``; edits through ``.data`` do not: call ``invalidate()``)."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), self.n, self.m, self.mode)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, nm_mask(w, self.n, self.m, self.mode))
+        return self._cache[1]
+
+    def invalidate(self) -> None:
+        self._cache = None
 
     def effective_weight(self) -> torch.Tensor:
         w = self.weight
@@ -227,8 +259,12 @@ def grad_cv(norms: Sequence[float] | torch.Tensor) -> float:
 def pruned_mag_ratio(weight: torch.Tensor, mask: torch.Tensor) -> float:
     """mean |w| pruned / mean |w| kept."""
     a = weight.detach().abs()
-    pruned, kept = a[~mask], a[mask]
-    return float(pruned.mean() / kept.mean()) if pruned.numel() and kept.numel() else 0.0
+    n_kept = int(mask.sum())
+    n_pruned = mask.numel() - n_kept
+    if not n_kept or not n_pruned:
+        return 0.0
+    kept = float((a * mask).sum())
+    return ((float(a.sum()) - kept) / n_pruned) / (kept / n_kept)
 
 
 class FlipRateMeter:

@@ -53,6 +53,12 @@ def dormant_fraction(scores: torch.Tensor, tau: float) -> float:
     return float(dormant_mask(scores, tau).float().mean())
 
 
+def score_histogram(scores: torch.Tensor, bins: int = 20, max_score: float = 2.0):
+    """(counts, edges) of unit scores on [0, max_score]; scores above land in the last bin."""
+    s = scores.detach().float().clamp(0, max_score)
+    return torch.histc(s, bins=bins, min=0.0, max=max_score), torch.linspace(0.0, max_score, bins + 1)
+
+
 class DormantAccumulator:
     """Streams sum |h| per unit over batches, so scores over many batches equal one big batch."""
 

@@ -18,9 +18,14 @@ from .base import Option, Remedy
 IGNORE = -100
 
 
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (half logits overflow when squared); fp64 stays fp64."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _rows(logits: torch.Tensor, labels: torch.Tensor | None, ignore_index: int = IGNORE):
     """Flatten to ([N, C] fp32 logits, [N] labels) and drop ignored rows (label -100, padding)."""
-    z = logits.float()
+    z = _fp32(logits)
     z = z.unsqueeze(-1) if z.dim() == 1 else z.reshape(-1, z.shape[-1])
     if labels is None:
         return z, None
@@ -53,7 +58,7 @@ def sd_penalty(
     """SD penalty in fp32. Plain: lam*mean over rows x classes of z^2. Per-class targets:
     sum_c lam*mean_{i: y_i=c}(yhat_i - gamma_c)^2; a class absent from the batch adds 0."""
     z, y = _rows(logits, labels, ignore_index)
-    zero = logits.float().sum() * 0.0  # keeps the graph and dtype when nothing is valid
+    zero = _fp32(logits).sum() * 0.0  # keeps the graph and dtype when nothing is valid
     if z.shape[0] == 0:
         return zero
     if targets is None:
@@ -71,7 +76,7 @@ def sd_penalty(
 
 def sd_binary_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.003) -> torch.Tensor:
     """mean log(1+exp(-y*yhat)) + lam*mean yhat^2 (two-moons form; labels {0,1} or {-1,+1})."""
-    yhat = logits.float().reshape(-1)
+    yhat = _fp32(logits).reshape(-1)
     ys = _signed(labels.reshape(-1))
     return F.softplus(-ys * yhat).mean() + lam * yhat.pow(2).mean()
 
@@ -82,7 +87,7 @@ def sd_cross_entropy(
 ) -> torch.Tensor:
     """CE + SD penalty (DomainBed multi-class form)."""
     z, y = _rows(logits, labels, ignore_index)
-    ce = F.cross_entropy(z, y) if z.shape[0] else logits.float().sum() * 0.0
+    ce = F.cross_entropy(z, y) if z.shape[0] else _fp32(logits).sum() * 0.0
     return ce + sd_penalty(logits, labels, lam, targets, ignore_index)
 
 
@@ -116,7 +121,7 @@ def logit_sq(logits, labels=None, ignore_index: int = IGNORE) -> float:
 
 def group_gap(correct: torch.Tensor, groups: torch.Tensor) -> float:
     """Average accuracy minus worst-group accuracy."""
-    correct, groups = correct.float().reshape(-1), groups.reshape(-1)
+    correct, groups = correct.double().reshape(-1), groups.reshape(-1)
     worst = min(float(correct[groups == g].mean()) for g in groups.unique())
     return float(correct.mean()) - worst
 
@@ -136,6 +141,29 @@ def feature_responses(yhat: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
 def response_ratio(z: torch.Tensor, strong: tuple[int, int] = (0, 3), weak: tuple[int, int] = (3, 20)) -> float:
     """R = ||z_{3..19}|| / ||z_{0..2}||: how much the weak modes were learned relative to the strong."""
     return float(z[weak[0]:weak[1]].norm() / z[strong[0]:strong[1]].norm().clamp_min(1e-300))
+
+
+@torch.no_grad()
+def boundary_margin(predict, x: torch.Tensor, grid: int = 400, lim: float = 2.0) -> tuple[float, float]:
+    """2-D toys: (minimum distance from the points x to the zero level set of ``predict`` on a
+    grid x grid lattice over [-lim, lim]^2, mean |x1| of the boundary inside the data's x2 range).
+    Boundary points are the linearly interpolated sign changes between grid neighbours."""
+    g = torch.linspace(-lim, lim, grid, dtype=torch.float64)
+    step = float(g[1] - g[0])
+    x2, x1 = torch.meshgrid(g, g, indexing="ij")  # rows vary x2, columns vary x1
+    pts = torch.stack([x1.reshape(-1), x2.reshape(-1)], 1).to(x.dtype)
+    f = torch.cat([predict(c).reshape(-1) for c in pts.split(16384)]).double().reshape(grid, grid)
+    found = []
+    for a, b, shift in ((f[:, :-1], f[:, 1:], (1, 0)), (f[:-1, :], f[1:, :], (0, 1))):
+        r, c = torch.nonzero(torch.sign(a) != torch.sign(b), as_tuple=True)
+        t = a[r, c] / (a[r, c] - b[r, c])
+        found.append(torch.stack([x1[r, c] + shift[0] * t * step, x2[r, c] + shift[1] * t * step], 1))
+    bnd = torch.cat(found)
+    if not len(bnd):
+        return float("nan"), float("nan")
+    margin = float(torch.cdist(x.double(), bnd).min())
+    inside = bnd[(bnd[:, 1] >= x[:, 1].min()) & (bnd[:, 1] <= x[:, 1].max())]
+    return margin, float(inside[:, 0].abs().mean()) if len(inside) else float("nan")
 
 
 class StarvationMeter:
