@@ -12,6 +12,19 @@ if "INFLORA_DATA_DIR" not in os.environ and DEFAULT_DATA.is_dir():
     os.environ["INFLORA_DATA_DIR"] = str(DEFAULT_DATA)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread for the whole suite: tiny models gain nothing from a second one, a busy
+    2-core machine makes spinning OpenMP threads many times slower, and CPU float reductions (so the
+    exact numbers the determinism and resume tests compare) depend on the thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     path = Path(os.environ.get("INFLORA_DATA_DIR", DEFAULT_DATA))

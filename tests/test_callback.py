@@ -23,14 +23,6 @@ TEXTS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boil
 LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: oversubscribed intra-op threads make tiny models 10-100x slower. Module scope: set before
-    # the module's run fixtures, since CPU float reductions (hence exact numbers) depend on the thread count.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_bert(layers=4, dropout=0.0, seed=0):

@@ -31,14 +31,6 @@ REQUIRED_KEYS = {"strategy", "layers", "trainable_params", "total_params", "accu
 SAME = ("accuracy", "history", "grad_profile", "delta_cka", "best_epoch", "steps", "trainable_params", "layers")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # 2 shared cores: oversubscribed intra-op threads make tiny models 10-100x slower. Module scope: set before
-    # the module's run fixtures, since CPU float reductions (hence exact numbers) depend on the thread count.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,6 @@ from inflora.metrics import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
-    spinning against other processes can make each op many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 TOL = dict(rtol=1e-5, atol=1e-6)

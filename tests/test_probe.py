@@ -21,14 +21,6 @@ from inflora.probe import LayerProbe, probe_step
 transformers.logging.set_verbosity_error()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from a second thread, and on a busy 2-core machine OpenMP threads
-    spinning against other processes can make each op many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CASES = [(f, "classification") for f in TINY_FAMILIES] + [("gpt2", "causal-lm"), ("llama", "causal-lm")]

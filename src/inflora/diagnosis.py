@@ -7,7 +7,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 

@@ -81,7 +81,6 @@ def finetune_cmd(
     from ..reports import write_finetune_report
     from ..strategies import STRATEGIES
     from ..training import FinetuneConfig, finetune
-    from .diagnose import parse_params
 
     STRATEGIES.get(strategy)
     options = remedy_flags(list(remedy), list(ctx.args))

@@ -6,7 +6,6 @@ claimed side of zero, *not supported* when it lies on the other side, else *inco
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
