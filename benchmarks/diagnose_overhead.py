@@ -29,12 +29,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _memory import peak_extra_memory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 TARGET, LIMIT = 1.2, 1.5
 
@@ -128,34 +129,11 @@ def measure_time(args) -> dict:
     return {"wall": summary(walls), "cpu": summary(cpus)}
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def memory_child(args) -> None:
     """Run one workload once in this fresh process and print its peak-memory figures as JSON."""
-    import gc
-
     model, batches, optimizer = setup(args)
     fn = workloads(model, optimizer, args)[args.memory_child]
-    gc.collect()
-    before = _status_kb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        method = "VmHWM after resetting it with /proc/self/clear_refs, minus VmRSS before the workload"
-    except OSError:
-        method = "ru_maxrss (peak of the whole process, incl. loading), minus VmRSS before the workload"
-    fn(batches)
-    peak = _status_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {"rss_before_mib": before / 1024 if before else None, "peak_rss_mib": peak / 1024,
-           "peak_extra_mib": (peak - before) / 1024 if before else None, "method": method}
-    print("MEMORY " + json.dumps(out), flush=True)
+    print("MEMORY " + json.dumps(peak_extra_memory(lambda: fn(batches))), flush=True)
 
 
 def measure_memory(args) -> dict:

@@ -27,12 +27,12 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _memory import peak_extra_memory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 STRATEGIES = ("full", "head", "shallow", "lora-all", "lora-inflection", "lora-random")
 DEFAULT_BAND = "0,1,2,4,5"  # what diagnose selects for MiniLM on RT validation
@@ -123,33 +123,15 @@ def measure_time(args, names) -> tuple[dict, dict]:
     return timing, info
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def memory_child(args) -> None:
-    import gc
-
     runs, batches = build(args, [args.memory_child])
     run = runs[args.memory_child]
-    gc.collect()
-    before = _status_kb("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        method = "VmHWM after resetting it with /proc/self/clear_refs, minus VmRSS before the steps"
-    except OSError:
-        method = "ru_maxrss (peak of the whole process, incl. loading), minus VmRSS before the steps"
-    for i in range(args.steps):
-        step(run, batches[i % len(batches)])
-    peak = _status_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print("MEMORY " + json.dumps({"rss_before_mib": before / 1024, "peak_rss_mib": peak / 1024,
-                                  "peak_extra_mib": (peak - before) / 1024, "method": method}), flush=True)
+
+    def steps():
+        for i in range(args.steps):
+            step(run, batches[i % len(batches)])
+
+    print("MEMORY " + json.dumps(peak_extra_memory(steps)), flush=True)
 
 
 def measure_memory(args, names) -> dict:
