@@ -34,3 +34,17 @@ def peak_extra_memory(workload) -> dict:
     peak = status_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"rss_before_mib": before / 1024 if before else None, "peak_rss_mib": peak / 1024,
             "peak_extra_mib": (peak - before) / 1024 if before else None, "method": method}
+
+
+def run_memory_child(cmd: list[str], name: str) -> dict:
+    """Run ``cmd`` (a script's ``--memory-child`` mode) in a fresh process and parse its MEMORY line."""
+    import json
+    import subprocess
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"memory child {name} failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(line[len("MEMORY "):])
+    print(f"memory {name}: +{result['peak_extra_mib']:.0f} MiB at peak", flush=True)
+    return result

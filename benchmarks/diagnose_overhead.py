@@ -30,12 +30,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _memory import peak_extra_memory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _memory import peak_extra_memory, run_memory_child  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 TARGET, LIMIT = 1.2, 1.5
 
@@ -144,12 +143,7 @@ def measure_memory(args) -> dict:
                "--resamples", str(args.resamples), "--threads", str(args.threads)]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY ")), None)
-        if proc.returncode != 0 or line is None:
-            raise SystemExit(f"memory child {name} failed:\n{proc.stderr[-2000:]}")
-        result[name] = json.loads(line[len("MEMORY "):])
-        print(f"memory {name}: +{result[name]['peak_extra_mib']:.0f} MiB at peak", flush=True)
+        result[name] = run_memory_child(cmd, name)
     method = result["train"].pop("method")
     for v in result.values():
         v.pop("method", None)

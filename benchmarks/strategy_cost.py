@@ -28,11 +28,10 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import time
 
-from _memory import peak_extra_memory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _memory import peak_extra_memory, run_memory_child  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 STRATEGIES = ("full", "head", "shallow", "lora-all", "lora-inflection", "lora-random")
 DEFAULT_BAND = "0,1,2,4,5"  # what diagnose selects for MiniLM on RT validation
@@ -142,12 +141,7 @@ def measure_memory(args, names) -> dict:
                "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads)]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY ")), None)
-        if proc.returncode != 0 or line is None:
-            raise SystemExit(f"memory child {name} failed:\n{proc.stderr[-2000:]}")
-        result[name] = json.loads(line[len("MEMORY "):])
-        print(f"memory {name}: +{result[name]['peak_extra_mib']:.0f} MiB at peak", flush=True)
+        result[name] = run_memory_child(cmd, name)
     methods = {v.pop("method") for v in result.values()}
     result["method"] = " / ".join(sorted(methods))
     return result
