@@ -122,3 +122,33 @@ def test_user_file_errors(tmp_path):
     empty.write_text("text,label\n,0\n")
     with pytest.raises(DataError, match="no usable rows"):
         load_file(empty)
+
+
+def test_length_sorted_batches_cover_each_row_once_shortest_first(data_dir, tokenizer):
+    from inflora.data import EncodedSplit
+
+    split = EncodedSplit(load_task("rotten_tomatoes", "validation").stratified(100, 0), tokenizer, 64)
+    batches = list(split.batches(16, by_length=True))
+    widths = [b["input_ids"].shape[1] for b in batches]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    plain = list(split.batches(16))
+    assert sum(b["attention_mask"].sum() for b in batches) == sum(b["attention_mask"].sum() for b in plain)
+    assert sorted(int(y) for b in batches for y in b["labels"]) == sorted(split.ds.labels)
+    assert sum(b["input_ids"].numel() for b in batches) < sum(b["input_ids"].numel() for b in plain)
+
+
+def test_length_sorted_evaluation_gives_the_plain_order_accuracy(data_dir, minilm):
+    """Sorting only changes padding, and padding is masked: the same predictions."""
+    import torch
+
+    from inflora.data import EncodedSplit
+    from inflora.models import load_model
+    from inflora.training.evaluate import accuracy
+
+    model, tok = load_model("minilm", num_labels=2)
+    split = EncodedSplit(load_task("rotten_tomatoes", "test").stratified(200, 1), tok, 64)
+    model.eval()
+    with torch.no_grad():
+        plain = sum(int((model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1) == b["labels"]).sum())
+                    for b in split.batches(32)) / len(split)
+    assert accuracy(model, split, 32) == plain

@@ -12,7 +12,7 @@ def accuracy(model, split: EncodedSplit, batch_size: int = 128) -> float:
     model.eval()
     device = next(model.parameters()).device
     correct = 0
-    for batch in split.batches(batch_size):
+    for batch in split.batches(batch_size, by_length=True):
         labels = batch.pop("labels").to(device)
         logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
         correct += int((logits.argmax(-1) == labels).sum())

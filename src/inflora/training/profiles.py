@@ -14,7 +14,7 @@ def cka_features(model, split: EncodedSplit, pooling: str = "mean", batch_size: 
     was_training = model.training
     model.eval()
     with LayerProbe(model, ["features"], features={"pooling": pooling}) as probe:
-        for batch in split.batches(batch_size):
+        for batch in split.batches(batch_size, by_length=True):
             batch.pop("labels", None)
             model(**batch)
         feats = probe.plugins[0].matrices()
