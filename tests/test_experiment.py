@@ -112,6 +112,42 @@ def test_smoke_profile_end_to_end(smoke):
 
 
 @pytest.mark.real
+def test_source_table_reports_the_under_and_over_epochs_of_the_same_run(smoke):
+    _, plan, raw = smoke
+    res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"])
+    src = res["sources"][42]
+    history = raw["sources"][42]["history"]
+    assert (src["under"]["epoch"], src["over"]["epoch"]) == (plan.profile.under_epochs, plan.profile.over_epochs)
+    assert src["over"]["sst2_validation_accuracy"] == history[-1]["validation_accuracy"]
+    assert src["under"]["train_loss"] == history[plan.profile.under_epochs - 1]["train_loss"]
+
+
+@pytest.mark.real
+def test_cli_rerender_from_cache_is_logged_as_an_invocation(smoke, data_dir):
+    from typer.testing import CliRunner
+
+    from inflora.cli import app
+
+    out, _, _ = smoke
+    args = ["experiment", "sst2-to-rt", "--profile", "smoke", "--seeds", "42", "--data-dir", str(data_dir), "--out", str(out)]
+    for _ in range(2):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+    runs = json.loads((out / "invocations.json").read_text())
+    assert len(runs) >= 2 and all(r["finished"] and r["units_after"] == 15 for r in runs[-2:])
+    md = (out / "results.md").read_text()
+    assert "units computed now 0, from cache 15" in md and f"All {len(runs)} invocations" in md
+    assert "Source runs" in md
+
+
+def test_trainable_column_shows_the_range_when_bands_differ_by_seed():
+    from inflora.experiment.report import _trainable
+
+    assert _trainable({"trainable_params": 10, "trainable_per_seed": {1: 10, 2: 10}}) == "10"
+    assert _trainable({"trainable_params": 2000, "trainable_per_seed": {1: 1000, 2: 3000}}) == "2,000 (mean; 1,000–3,000)"
+
+
+@pytest.mark.real
 def test_interrupted_experiment_resumes_with_identical_results(smoke, tmp_path, monkeypatch, data_dir):
     import inflora.experiment.harness as harness
 

@@ -83,13 +83,13 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
 def test_trainable_parameter_counts_and_placement():
     """Exact counts per strategy on a MiniLM-deep tiny model, their order, LoRA only on the chosen blocks,
     classifier and pooler trainable everywhere."""
-    counts, total = {}, None
+    counts, totals, total = {}, {}, None
     for name, opt in [("head", {}), ("lora-inflection", {"layers": [0, 2, 3]}), ("lora-all", {}),
                       ("shallow", {"k": 2}), ("full", {})]:
         model = tiny_model("bert", layers=LAYERS, hidden=HIDDEN, heads=4)
         total = total or count_parameters(model)[1]
         applied = apply_strategy(name, model, StrategyOptions(**opt))
-        counts[name] = count_parameters(applied.model)[0]
+        counts[name], totals[name] = count_parameters(applied.model)
         names = trainable_names(applied.model)
         assert any("classifier" in n for n in names) and any("pooler" in n for n in names), name
         if name.startswith("lora"):
@@ -104,6 +104,9 @@ def test_trainable_parameter_counts_and_placement():
         "full": total,
     }
     assert counts["head"] < counts["lora-inflection"] < counts["lora-all"] < counts["shallow"] < counts["full"]
+    # the total is the model that runs: the base plus LoRA factors, not PEFT's frozen head copies
+    assert totals == {"head": total, "lora-inflection": total + lora_params(3, HIDDEN),
+                      "lora-all": total + lora_params(LAYERS, HIDDEN), "shallow": total, "full": total}
 
 
 def test_shallow_unfreezes_the_top_k_blocks_only():
@@ -131,6 +134,23 @@ def test_one_optimizer_step_changes_exactly_the_trainable_parameters(name, token
     assert changed == got_grad  # no weight decay: exactly the parameters with a gradient move
     assert changed <= trainable_names(model)
     assert {int(m.group(1)) for n in changed for m in [re.search(r"layer\.(\d+)\.", n)] if m} == set(applied.layers)
+
+
+def test_sgd_is_plain_gradient_descent_and_unknown_optimizers_are_refused(tiny_dir, tmp_path, tokenizer):
+    from inflora.remedies import REMEDIES
+
+    model = apply_strategy("full", tiny_model("bert", layers=LAYERS, hidden=HIDDEN, heads=4), StrategyOptions()).model
+    opt = _optimizer(model, 0.1, 0.0, kind="sgd")
+    batch = tokenizer(["a fine film .", "dull and lifeless"], padding=True, return_tensors="pt")
+    model(**batch, labels=torch.tensor([1, 0])).loss.backward()
+    expected = {n: (p - 0.1 * p.grad).detach() for n, p in model.named_parameters() if p.grad is not None}
+    opt.step()
+    assert all(torch.allclose(p, expected[n], atol=1e-7) for n, p in model.named_parameters() if n in expected)
+    with pytest.raises(ConfigError, match="own optimizer"):
+        _optimizer(model, 0.1, 0.0, [REMEDIES.get("spam").from_options()], kind="sgd")
+    with pytest.raises(ConfigError, match="unknown optimizer 'adam'"):
+        finetune(config(tiny_dir, optimizer="adam"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_strategy_is_a_one_line_config_error(tiny_dir, tmp_path):

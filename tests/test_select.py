@@ -42,6 +42,23 @@ def test_local_maxima_with_and_without_boundaries():
     assert local_maxima([0.3]) == [0]
 
 
+def test_plateau_peaks_are_opt_in_and_sit_at_the_middle_of_the_run():
+    assert local_maxima([0.1, 0.5, 0.5, 0.1], plateaus=True) == [1]
+    assert local_maxima([0.1, 0.5, 0.5, 0.5, 0.2, 0.4], plateaus=True) == [2, 5]
+    assert local_maxima([0.5, 0.5, 0.1, 0.3, 0.3], plateaus=True) == [0, 3]  # flat tops at both ends
+    assert local_maxima([0.5, 0.5, 0.1, 0.3, 0.3], plateaus=True, boundary=False) == []
+    assert local_maxima([0.2, 0.2, 0.2], plateaus=True) == []  # a flat profile has no peak
+    assert local_maxima([0.1, 0.5, 0.5, 0.7], plateaus=True) == [3]  # a shelf on the way up is no peak
+    s = [0.9, 0.5, 0.7, 0.2, 0.8]
+    assert local_maxima(s, plateaus=True) == local_maxima(s)  # no ties: the same as strict peaks
+
+
+def test_ski_rule_with_plateaus_selects_a_band_where_strict_peaks_select_none():
+    entropy, grad = [3.0, 2.0, 2.0, 3.0], [3.0, 2.0, 2.0, 3.0]  # SKI = [0, 1, 1, 0]
+    assert select_layers("ski", entropy, grad) == []
+    assert select_layers("ski", entropy, grad, plateaus=True) == [0, 1, 2]
+
+
 def test_band_keeps_top_two_peaks_widened_by_one_and_clipped():
     s = [0.9, 0.5, 0.7, 0.2, 0.8]
     assert band_from_peaks(s, [0, 2, 4]) == [0, 1, 3, 4]

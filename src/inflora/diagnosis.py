@@ -176,14 +176,15 @@ def diagnose(
         for p, g in saved_grads.items():  # the caller's gradients (usually none) are put back
             p.grad = g
     if not chosen and all(map(math.isfinite, terms["ski"])):
-        flags.append(f"rule {rule!r} selected no layer (the SKI profile has no peak: is it flat?)")
+        flags.append(f"rule {rule!r} selected no layer (the SKI profile has no strict peak: is it flat? "
+                     "--param plateaus=true counts a flat top as a peak)")
     ski = [float(v) for v in terms["ski"]]
     for row, s in zip(layers, ski):
         row["ski"] = s
     return Diagnosis(
         model=str(name), family=spec.family, num_layers=len(layers), layers=layers, inflection_layers=chosen,
         ski=ski, entropy_term=[float(v) for v in terms["entropy_term"]], grad_term=[float(v) for v in terms["grad_term"]],
-        peaks=local_maxima(ski, params.get("boundary", True)) if all(map(math.isfinite, ski)) else [],
+        peaks=local_maxima(ski, params.get("boundary", True), params.get("plateaus", False)) if all(map(math.isfinite, ski)) else [],
         stability=list(stability), selection={"rule": rule, "parameters": params, "stability": list(stability), "resamples": resamples},
         groups=groups, lora_targets=list(spec.lora_targets),
         config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,

@@ -43,15 +43,24 @@ def experiment_cmd(
     if name != "sst2-to-rt":
         raise ConfigError(f"unknown experiment {name!r}; available: sst2-to-rt")
     plan = Plan(get_profile(profile, model=model), _split(seeds, int), _split(regimes), _split(strategies), data_dir).validate()
-    cache_before = _count_done(UnitCache(out))
+    cache = UnitCache(out)
+    command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    cache_before = _count_done(cache)
     t0 = time.perf_counter()
-    raw = run_experiment(plan, out)
-    wall = time.perf_counter() - t0
+    finished = False
+    try:
+        raw = run_experiment(plan, out)
+        finished = True
+    finally:  # an interrupted invocation is logged too: its time counts toward the experiment's total
+        wall = time.perf_counter() - t0
+        invocations = cache.log_invocation({"command": command_line, "wall_seconds": wall, "finished": finished,
+                                            "units_before": cache_before, "units_after": _count_done(cache)})
     total_units = len(plan.seeds) * (1 + len(plan.regimes) * (1 + len(plan.strategies)))
-    res = aggregate(raw["targets"], raw["diagnoses"])
-    meta = {"command": "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "profile": plan.profile.to_dict(),
+    res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"])
+    meta = {"command": command_line, "profile": plan.profile.to_dict(),
             "seeds": plan.seeds, "regimes": plan.regimes, "strategies": plan.strategies, "wall_seconds": wall,
-            "cached_units": min(cache_before, total_units), "computed_units": total_units - min(cache_before, total_units)}
+            "cached_units": min(cache_before, total_units), "computed_units": total_units - min(cache_before, total_units),
+            "invocations": invocations}
     render(res, meta, out)
     console = Console()
     t = Table(title=f"SST-2 → RT ({plan.profile.name}), RT test accuracy %")

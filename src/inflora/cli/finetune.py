@@ -57,6 +57,7 @@ def finetune_cmd(
     epochs: int = typer.Option(1),
     seed: int = typer.Option(42),
     lr: Optional[float] = typer.Option(None, help="learning rate (default: per strategy)"),
+    optimizer: str = typer.Option("adamw", help="adamw | sgd (plain SGD, no momentum: what --remedy dal assumes)"),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64),
     diagnosis: Optional[str] = typer.Option(None, help="diagnosis.json giving the band"),
@@ -88,7 +89,8 @@ def finetune_cmd(
         from ..remedies import REMEDIES
 
         REMEDIES.get(name).from_options(**opts)
-    cfg = FinetuneConfig(model=model, task=task, strategy=strategy, epochs=epochs, seed=seed, lr=lr, batch_size=batch_size,
+    cfg = FinetuneConfig(model=model, task=task, strategy=strategy, epochs=epochs, seed=seed, lr=lr, optimizer=optimizer,
+                         batch_size=batch_size,
                          max_length=max_length, diagnosis=diagnosis, layers=parse_layers(layers), k=k, lora_r=lora_r,
                          lora_alpha=lora_alpha, lora_dropout=lora_dropout, init=init, limit_train=limit_train,
                          limit_eval=limit_eval, log_every=log_every, remedies=list(remedy), remedy_options=options,

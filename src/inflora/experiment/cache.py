@@ -27,6 +27,13 @@ class UnitCache:
         path = self.folder(kind, config) / "result.json"
         return read_json(path) if path.is_file() else None
 
+    def log_invocation(self, record: dict) -> list[dict]:
+        """Append one command's record to ``invocations.json`` beside ``units/``; returns them all."""
+        path = self.root.parent / "invocations.json"
+        records = (read_json(path) if path.is_file() else []) + [record]
+        atomic_write_json(path, records)
+        return records
+
     def finish(self, kind: str, config: dict, result: dict) -> dict:
         folder = self.folder(kind, config)
         atomic_write_json(folder / "unit.json", {"kind": kind, "config": config})

@@ -69,7 +69,7 @@ def run_source(cache: UnitCache, p: Profile, seed: int, data_dir) -> dict:
     m = finetune(ft, folder / "run", progress=False)
     return cache.finish("source", cfg, {
         "under": str(folder / "run" / f"model-epoch{p.under_epochs}"), "over": str(folder / "run" / f"model-epoch{p.over_epochs}"),
-        "history": m["history"], "train_seconds": m["train_seconds"]})
+        "under_epoch": p.under_epochs, "over_epoch": p.over_epochs, "history": m["history"], "train_seconds": m["train_seconds"]})
 
 
 def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: dict, data_dir) -> dict:

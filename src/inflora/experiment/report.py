@@ -20,6 +20,25 @@ def _acc(cell: dict) -> str:
     return f"{100 * cell['mean']:.2f}{sd}{ci}"
 
 
+def _trainable(row: dict) -> str:
+    """The count, or the mean and range when the band (and so the count) differs between seeds."""
+    counts = list(row.get("trainable_per_seed", {}).values()) or [row["trainable_params"]]
+    if len(set(counts)) == 1:
+        return f"{counts[0]:,}"
+    return f"{row['trainable_params']:,} (mean; {min(counts):,}–{max(counts):,})"
+
+
+def _wall_time(meta: dict) -> str:
+    """This invocation's wall time, and the total over every invocation on this folder (resumes)."""
+    text = (f"Wall time of this invocation {meta['wall_seconds'] / 60:.1f} min; units computed now "
+            f"{meta['computed_units']}, from cache {meta['cached_units']}.")
+    runs = meta.get("invocations") or []
+    if len(runs) > 1:
+        total = sum(r["wall_seconds"] for r in runs)
+        text += f" All {len(runs)} invocations on this folder (resumes and re-renders): {total / 60:.1f} min in total."
+    return text
+
+
 def common_band(res: dict, regime: str) -> list[int]:
     bands = [tuple(b[regime]["band"]) for b in res["bands"].values() if regime in b]
     return list(Counter(bands).most_common(1)[0][0]) if bands else []
@@ -31,12 +50,10 @@ def render(res: dict, meta: dict, out: Path) -> dict:
     atomic_write_json(out / "results.json", payload)
     rep = Report("SST-2 → Rotten Tomatoes: inflection-layer LoRA vs other strategies")
     rep.text(f"Command: `{meta['command']}`  \nProfile **{meta['profile']['name']}** ({meta['profile']['model']}), seeds "
-             f"{fmt(meta['seeds'])}; wall time of this invocation {meta['wall_seconds'] / 60:.1f} min"
-             + (" (resumed: earlier units came from the cache)" if meta.get("cached_units") else "")
-             + f". Units computed now: {meta['computed_units']}, from cache: {meta['cached_units']}.")
+             f"{fmt(meta['seeds'])}. " + _wall_time(meta))
     rep.text("Accuracy in % on the RT test split (mean ± sd over seeds [95% t-interval]). *decontaminated* drops the "
              "test sentences that also occur in SST-2 train (761 of 1066 on the full test).")
-    rows = [{"regime": r["regime"].upper(), "strategy": r["strategy"], "trainable": f"{r['trainable_params']:,}",
+    rows = [{"regime": r["regime"].upper(), "strategy": r["strategy"], "trainable": _trainable(r),
              "layers": r["layers"], "RT test": _acc(r["test"]), "RT test (decontaminated)": _acc(r["test_decontaminated"]),
              "step s": r["step_seconds"]} for r in res["table"]]
     rep.heading("Results").table(rows)
@@ -46,10 +63,15 @@ def render(res: dict, meta: dict, out: Path) -> dict:
                 "mean": f"{100 * p['mean']:+.2f}" if p["n"] else "n/a",
                 "95% CI": f"[{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]" if p["n"] > 1 else "n/a"} for p in res["paired"]])
     rep.heading("Gradient suppression: OVER vs UNDER")
-    rep.table([{"strategy": s, "UNDER mean ‖∂L/∂h‖": r["under_mean"], "OVER mean ‖∂L/∂h‖": r["over_mean"],
-                "OVER/UNDER": r["over_over_under"]["mean"], "per seed": fmt(list(r["per_seed"].values()), 3)}
+    rep.table([{"strategy": s, "UNDER mean ‖∂L/∂h‖": f"{r['under_mean']:.3g}", "OVER mean ‖∂L/∂h‖": f"{r['over_mean']:.3g}",
+                "OVER/UNDER": f"{r['over_over_under']['mean']:.3g}", "per seed": fmt(list(r["per_seed"].values()), 3)}
                for s, r in res["grad_ratio"].items()])
     rep.text("The review of the paper reports ≈1.9e-6 (OVER) vs 3.5e-5 (UNDER) under shallow unfreezing, a ratio of ≈0.05.")
+    if res.get("sources"):
+        rep.heading("Source runs (SST-2 full fine-tuning; accuracy on SST-2 validation)")
+        rep.table([{"seed": seed, **{f"{g.upper()} (epoch {s[g]['epoch']})": f"{100 * s[g]['sst2_validation_accuracy']:.2f} % "
+                                      f"(train loss {s[g]['train_loss']:.3f})" for g in ("under", "over")}}
+                   for seed, s in sorted(res["sources"].items())])
     rep.heading("Bands (diagnosis of each source checkpoint on RT validation)")
     rep.table([{"seed": s, **{f"{g.upper()} band": b[g]["band"] for g in ("under", "over") if g in b},
                 **{f"{g.upper()} stability": fmt(b[g]["stability"], 2) for g in ("under", "over") if g in b}}

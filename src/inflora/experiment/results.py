@@ -34,7 +34,21 @@ def mean_profile(runs: list[dict], key: str) -> list[float]:
     return np.nanmean(np.array(per_run, dtype=float), axis=0).tolist() if per_run else []
 
 
-def aggregate(targets: list[dict], diagnoses: dict) -> dict:
+def source_summary(sources: dict) -> dict:
+    """Per seed: SST-2 validation accuracy and train loss at the UNDER and OVER epochs: how under- and
+    over-trained the two checkpoints really are."""
+    out = {}
+    for seed, src in sources.items():
+        by_epoch = {h["epoch"]: h for h in src.get("history", [])}
+        regimes = {g: by_epoch.get(src.get(f"{g}_epoch")) for g in ("under", "over")}
+        if all(regimes.values()):
+            out[int(seed)] = {g: {"epoch": h["epoch"], "train_loss": h["train_loss"],
+                                  "sst2_validation_accuracy": h["validation_accuracy"]} for g, h in regimes.items()}
+            out[int(seed)]["train_seconds"] = src.get("train_seconds")
+    return out
+
+
+def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None) -> dict:
     by = {}
     for run in targets:
         by.setdefault((run["regime"], run["strategy"]), []).append(run)
@@ -42,6 +56,7 @@ def aggregate(targets: list[dict], diagnoses: dict) -> dict:
     for (regime, strategy), runs in sorted(by.items()):
         row = {"regime": regime, "strategy": strategy, "seeds": sorted(r["seed"] for r in runs),
                "trainable_params": int(np.mean([r["trainable_params"] for r in runs])),
+               "trainable_per_seed": {r["seed"]: r["trainable_params"] for r in runs},
                "step_seconds": float(np.mean([1 / r["steps_per_second"] for r in runs if r["steps_per_second"]])),
                "layers": runs[0]["layers"] if len({tuple(r["layers"]) for r in runs}) == 1 else "per seed",
                "mean_activation_grad": {r["seed"]: mean_activation_grad(r) for r in runs},
@@ -75,4 +90,5 @@ def aggregate(targets: list[dict], diagnoses: dict) -> dict:
     for key, d in diagnoses.items():
         regime, seed = key.split("/")
         bands.setdefault(int(seed), {})[regime] = {"band": d["inflection_layers"], "stability": d["stability"]}
-    return {"table": table, "paired": paired_rows, "grad_ratio": ratios, "bands": bands}
+    return {"table": table, "paired": paired_rows, "grad_ratio": ratios, "bands": bands,
+            "sources": source_summary(sources or {})}

@@ -15,10 +15,11 @@ RULES: Registry[Rule] = Registry("selection rule")
 
 @RULES.register("ski")
 def ski_rule(entropy, grad, *, alpha: float = 0.5, top: int = 2, widen: int = 1, boundary: bool = True,
-             variant: str = "level") -> list[int]:
-    """Top-``top`` SKI peaks widened by ±``widen`` (the default; yields {0,1,4,5,6} on BERT-base per the review)."""
+             variant: str = "level", plateaus: bool = False) -> list[int]:
+    """Top-``top`` SKI peaks widened by ±``widen`` (the default; yields {0,1,4,5,6} on BERT-base per the
+    review). ``plateaus=True`` also counts a flat top (equal neighbours) as one peak."""
     score = ski_terms(entropy, grad, alpha, variant)["ski"]
-    return band_from_peaks(score, local_maxima(score, boundary), top, widen)
+    return band_from_peaks(score, local_maxima(score, boundary, plateaus), top, widen)
 
 
 @RULES.register("ski-decay")

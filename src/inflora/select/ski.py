@@ -48,19 +48,26 @@ def ski_terms(entropy, grad, alpha: float = 0.5, variant: str = "level") -> dict
     return {"entropy_term": h_term, "grad_term": g_term, "ski": alpha * h_term + (1 - alpha) * g_term}
 
 
-def local_maxima(score, boundary: bool = True) -> list[int]:
+def local_maxima(score, boundary: bool = True, plateaus: bool = False) -> list[int]:
     """Indices strictly above their neighbours; layer 0 and the last count when above their one
-    neighbour (``boundary``)."""
+    neighbour (``boundary``). With ``plateaus``, a run of equal values above both its neighbours is
+    one peak, placed at the run's middle (lower middle for an even run) [ours: the paper is silent]."""
     s = list(score)
     n = len(s)
     if n == 1:
         return [0]
-    peaks = [i for i in range(1, n - 1) if s[i] > s[i - 1] and s[i] > s[i + 1]]
-    if boundary:
-        if s[0] > s[1]:
-            peaks.insert(0, 0)
-        if s[-1] > s[-2]:
-            peaks.append(n - 1)
+    peaks = []
+    i = 0
+    while i < n:
+        j = i
+        if plateaus:
+            while j + 1 < n and s[j + 1] == s[i]:
+                j += 1
+        left = s[i - 1] < s[i] if i > 0 else boundary
+        right = s[j + 1] < s[j] if j < n - 1 else boundary
+        if left and right and (i > 0 or j < n - 1):
+            peaks.append((i + j) // 2)
+        i = j + 1
     return peaks
 
 

@@ -106,10 +106,12 @@ def apply_strategy(name: str, model: nn.Module, opt: StrategyOptions | None = No
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total), each shared tensor counted once."""
+    """(trainable, total), each shared tensor counted once. PEFT keeps a frozen ``original_module``
+    beside each trainable ``modules_to_save`` copy (classifier, pooler); only the copy takes part in
+    the forward pass, so the original is left out of the total."""
     seen, trainable, total = set(), 0, 0
-    for p in model.parameters():
-        if id(p) in seen:
+    for name, p in model.named_parameters():
+        if id(p) in seen or ".original_module." in f".{name}":
             continue
         seen.add(id(p))
         total += p.numel()

@@ -19,6 +19,7 @@ class FinetuneConfig:
     max_length: int = 64
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    optimizer: str = "adamw"             # adamw | sgd (plain, no momentum: what DAL assumes)
     max_grad_norm: float = 1.0
     limit_train: int | None = None       # stratified subsets for quick runs
     limit_eval: int | None = None

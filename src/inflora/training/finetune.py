@@ -96,8 +96,12 @@ def build_remedies(cfg: FinetuneConfig) -> list:
     return [REMEDIES.get(name).from_options(**cfg.remedy_options.get(name, {})) for name in cfg.remedies]
 
 
-def _optimizer(model, lr: float, weight_decay: float, remedies: list = ()):
-    """AdamW without decay on biases and norms, unless a remedy brings its own optimizer (SPAM)."""
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def _optimizer(model, lr: float, weight_decay: float, remedies: list = (), kind: str = "adamw"):
+    """AdamW (or plain SGD) without decay on biases and norms, unless a remedy brings its own
+    optimizer (SPAM). ``finetune`` has checked ``kind`` before loading the model."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -106,7 +110,9 @@ def _optimizer(model, lr: float, weight_decay: float, remedies: list = ()):
         raise ConfigError("the strategy left no trainable parameters")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     maker = next((r.make_optimizer for r in remedies if hasattr(r, "make_optimizer")), None)
-    return maker(groups, lr=lr) if maker else torch.optim.AdamW(groups, lr=lr)
+    if maker and kind != "adamw":
+        raise ConfigError(f"a remedy brings its own optimizer; it cannot be combined with --optimizer {kind}")
+    return maker(groups, lr=lr) if maker else OPTIMIZERS[kind](groups, lr=lr)
 
 
 def _check_labels(model, splits: dict) -> None:
@@ -139,6 +145,8 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
     command resumes from the last completed epoch; a finished run returns its metrics at once."""
     out = Path(out)
     STRATEGIES.get(cfg.strategy)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
     metrics_path = out / "metrics.json"
@@ -187,7 +195,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
     lr = cfg.lr if cfg.lr is not None else applied.lr
     trainable, total = count_parameters(model)
     steps_per_epoch = encoded["train"].num_batches(cfg.batch_size)
-    optimizer = _optimizer(model, lr, cfg.weight_decay, remedies)
+    optimizer = _optimizer(model, lr, cfg.weight_decay, remedies, cfg.optimizer)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps_per_epoch * cfg.epochs),
                                                 steps_per_epoch * cfg.epochs)
     state = {"epoch": 0, "history": [], "best_epoch": None, "best_acc": -1.0, "grad_profile": [],
