@@ -31,7 +31,7 @@ class Profile:
 PROFILES = {
     # For tests: every stage on the real MiniLM, a handful of steps each.
     "smoke": Profile("smoke", "minilm", 96, 1, 2, 5e-5, 64, 1, 64, 32, 16, 2, 16, 48, 2),
-    # Sized to run 2 regimes x 6 strategies x 3 seeds in under an hour on 2 CPU cores.
+    # 2 regimes x 6 strategies x 3 seeds: measured 42 min on 2 CPU cores (docs/results/README.md).
     "cpu": Profile("cpu", "minilm", 2000, 1, 8, 5e-5, 1000, 2, None, 64, 32, 8, 32, 512, 5),
     # The paper's protocol (needs a GPU or a very long CPU run).
     "paper": Profile("paper", "bert-base-uncased", None, 1, 8, 2e-5, None, 3, None, 128, 32, 8, 32, 512, 50),
