@@ -14,7 +14,6 @@ rounds of (sorted / plain), the padded-token count of each order, and whether ev
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random

@@ -181,3 +181,23 @@ def test_interrupted_experiment_resumes_with_identical_results(smoke, tmp_path, 
         r = ref[(t["regime"], t["strategy"])]
         assert t["accuracy"] == r["accuracy"] and t["delta_cka"] == pytest.approx(r["delta_cka"], abs=1e-9)
         assert t["grad_profile"] == r["grad_profile"]
+
+
+def test_an_interrupted_invocation_is_logged_with_its_time(tmp_path, monkeypatch):
+    """Ctrl-C between units: the time spent still counts toward the experiment's total."""
+    from typer.testing import CliRunner
+
+    import inflora.experiment as experiment
+    from inflora.cli import app
+
+    def interrupted(plan, out, **kw):
+        (out / "units" / "source-x").mkdir(parents=True)
+        (out / "units" / "source-x" / "result.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "run_experiment", interrupted)
+    res = CliRunner().invoke(app, ["experiment", "--profile", "smoke", "--seeds", "1", "--out", str(tmp_path)])
+    assert res.exit_code == 130 and "run the same command again to resume" in res.output
+    runs = json.loads((tmp_path / "invocations.json").read_text())
+    assert len(runs) == 1 and runs[0]["finished"] is False
+    assert (runs[0]["units_before"], runs[0]["units_after"]) == (0, 1) and runs[0]["wall_seconds"] >= 0
