@@ -26,7 +26,7 @@ def predictions(model, split, batch_size: int, by_length: bool) -> dict[int, int
     """Row index -> predicted label, whatever order the batches came in."""
     import torch
 
-    order = sorted(range(len(split)), key=lambda i: len(split.ids[i])) if by_length else list(range(len(split)))
+    order = split.row_order(by_length)
     preds, k = {}, 0
     with torch.no_grad():
         for batch in split.batches(batch_size, by_length=by_length):

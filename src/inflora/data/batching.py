@@ -82,6 +82,11 @@ class EncodedSplit:
     def num_batches(self, batch_size: int) -> int:
         return (len(self.ids) + batch_size - 1) // batch_size
 
+    def row_order(self, by_length: bool = False) -> list[int]:
+        """Row indices in plain order, or shortest first (stable, so ties keep their plain order)."""
+        rows = range(len(self.ids))
+        return sorted(rows, key=lambda i: len(self.ids[i])) if by_length else list(rows)
+
     def batches(self, batch_size: int, *, seed: int | None = None, by_length: bool = False
                 ) -> Iterator[dict[str, torch.Tensor]]:
         """Plain order; shuffled length groups with ``seed`` (training); or, with ``by_length``, a fixed
@@ -89,8 +94,7 @@ class EncodedSplit:
         if seed is not None:
             order = length_grouped_order([len(x) for x in self.ids], batch_size, seed)
         else:
-            idx = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i])) if by_length else range(len(self.ids))
-            idx = list(idx)
-            order = [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+            rows = self.row_order(by_length)
+            order = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
         for b in order:
             yield collate(self.tokenizer, [self.ids[i] for i in b], [self.ds.labels[i] for i in b], self.causal_lm)
