@@ -7,7 +7,7 @@ import torch
 from inflora.data import load_task, probe_batches
 from inflora.diagnosis import diagnose
 from inflora.models import tiny_model
-from inflora.remedies.redo import dormant_fractions
+from inflora.metrics.dormant import dormant_fractions
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
@@ -26,7 +26,12 @@ def test_probe_dormant_fractions_match_redo(family, tokenizer, data_dir):
     assert d.layers[1]["dormant_frac_0.1"] >= 0.3
 
 
-def test_families_without_ffn_layout_report_nan(tokenizer, data_dir):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_ffn_units_are_measured_from_the_table(family, tokenizer, data_dir):
+    """Decoders (GPT-2's Conv1D MLP, Llama's gated MLP) report dormant fractions that agree with ReDo's."""
     batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=2, batch_size=8, max_length=24)
-    d = diagnose(tiny_model("llama"), batches, progress=False, resamples=5)
-    assert all(math.isnan(r["dormant_frac_0.1"]) for r in d.layers) and d.inflection_layers
+    model = tiny_model(family, layers=2)
+    d = diagnose(model, batches, progress=False, resamples=5)
+    expected = dormant_fractions(model, batches, (0.1,))[0.1]
+    got = [r["dormant_frac_0.1"] for r in d.layers]
+    assert not any(math.isnan(v) for v in got) and got == pytest.approx(expected, abs=1e-6)

@@ -3,7 +3,7 @@ import torch
 
 from inflora.errors import ArchitectureError, ConfigError
 from inflora.models import (
-    arch_for, ensure_eager_attention, get_attention, get_blocks, load_model, parameter_groups, tiny_model,
+    arch_for, ensure_eager_attention, get_attention, get_blocks, get_ffn, load_model, parameter_groups, tiny_model,
 )
 from inflora.models.tiny import TINY_FAMILIES
 
@@ -27,6 +27,34 @@ def test_table_locates_blocks_attention_and_projections(family):
     total = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for g in groups.values() for _, p in g) == total
     assert all(groups[f"block.{i}"] for i in range(3)) and groups["embeddings"]
+
+
+MLP_NAMES = {
+    "bert": ("intermediate.dense", "output.dense"), "distilbert": ("ffn.lin1", "ffn.lin2"),
+    "mpnet": ("intermediate.dense", "output.dense"), "gpt2": ("mlp.c_fc", "mlp.c_proj"),
+    "llama": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+}
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_table_locates_the_ffn_and_its_hidden_units(family):
+    """The FFN units are ffn_down's input: intermediate-sized, and act(gate x) * up x where gated."""
+    model = tiny_model(family, layers=1)
+    spec = arch_for(model)
+    if family in MLP_NAMES:
+        assert spec.mlp_targets == MLP_NAMES[family]
+    block = get_blocks(model)[0]
+    ffn = get_ffn(block, spec)
+    seen = {}
+    ffn.down.register_forward_pre_hook(lambda m, args: seen.__setitem__("h", args[0]))
+    for name, mod in zip(("gate", "up") if spec.ffn_gate else ("up",), ffn.inputs):
+        mod.register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, o))
+    ids = torch.randint(5, 1000, (2, 6))
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    width = 128 if family == "gpt2" else 64  # GPT-2's inner size is 4 * hidden, the others' 2 * hidden
+    assert seen["h"].shape == (2, 6, width) and seen["up"].shape == (2, 6, width)
+    if spec.ffn_gate:
+        torch.testing.assert_close(seen["h"], torch.nn.functional.silu(seen["gate"]) * seen["up"])
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -14,8 +14,8 @@ from .data import TextDataset, load_task, probe_batches
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .metrics.accumulate import gather_batches
-from .models import arch_for, load_model
-from .probe import LayerProbe, hf_model, probe_step
+from .models import arch_for, hf_model, load_model
+from .probe import LayerProbe, probe_step
 from .select import RULES, bootstrap_stability, local_maxima, select_layers, ski_terms
 
 _SKI_DEFAULTS = {"alpha": 0.5, "top": 2, "widen": 1, "boundary": True, "variant": "level"}

@@ -16,24 +16,17 @@ import torch
 from torch import nn
 
 from .errors import ArchitectureError, DataError
-from .models.architectures import ArchSpec, arch_for, get_attention, get_blocks, parameter_groups
+from .metrics import DIAGNOSTICS
+from .models.architectures import ArchSpec, arch_for, get_attention, get_blocks, hf_model, parameter_groups
 from .models.loading import attention_implementation, ensure_eager_attention
 
 log = logging.getLogger(__name__)
 
 
-def hf_model(model: nn.Module) -> nn.Module:
-    """The transformers model inside a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def first_tensor(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 @dataclass
 class ProbeContext:
     model: nn.Module
+    inner: nn.Module = field(init=False)  # the transformers model (inside a PEFT wrapper, if any)
     spec: ArchSpec = field(init=False)
     blocks: nn.ModuleList = field(init=False)
     attention: list[nn.Module] = field(init=False)
@@ -43,7 +36,7 @@ class ProbeContext:
     handles: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        inner = hf_model(self.model)
+        self.inner = inner = hf_model(self.model)
         self.spec = arch_for(inner)
         self.blocks = get_blocks(inner)
         self.attention = [get_attention(b, self.spec) for b in self.blocks]
@@ -89,8 +82,6 @@ class LayerProbe(contextlib.AbstractContextManager):
     """
 
     def __init__(self, model: nn.Module, diagnostics: list[str] | None = None, **options):
-        from .metrics import DIAGNOSTICS
-
         names = diagnostics or ["attention_entropy", "activation_grad", "param_grad"]
         self.plugins = [DIAGNOSTICS.get(n)(**options.get(n, {})) for n in names]
         self.ctx = ProbeContext(model)  # validates the architecture before anything is changed

@@ -235,3 +235,14 @@ def test_mask_property_random_shapes():
         assert torch.equal(mask.reshape(-1, m), ref.scatter_(-1, order, True))
 
     check()
+
+
+def test_default_targets_come_from_the_architecture_table():
+    from inflora.models import tiny_model
+    from inflora.remedies.nm_sparsity import default_targets
+
+    llama = tiny_model("llama", layers=2)
+    assert default_targets(llama, layers=[1]) == [f"model.layers.1.mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")]
+    distil = tiny_model("distilbert", layers=1)
+    assert default_targets(distil, "ffn+qkv") == [f"distilbert.transformer.layer.0.{p}" for p in (
+        "ffn.lin1", "ffn.lin2", "attention.q_lin", "attention.k_lin", "attention.v_lin")]

@@ -190,7 +190,7 @@ def test_dormant_fractions_on_tiny_bert():
     multi = dormant_fractions(model, batches, tau=(0.025, 0.5))
     assert multi[0.5] == fr
     assert model.training  # restored after scoring in eval mode
-    assert all(len(u.act._forward_hooks) == 0 for u in find_units(model))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     # padding tokens are excluded: changing them does not change the scores
     ids2 = ids.clone()
     ids2[0, 4:] = 7
@@ -221,3 +221,31 @@ def test_score_histogram_counts_every_unit():
 
     counts, edges = score_histogram(torch.tensor([0.0, 0.01, 0.9, 1.1, 5.0]), bins=4, max_score=2.0)
     assert counts.tolist() == [2.0, 1.0, 1.0, 1.0] and len(edges) == 5
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_recycling_decoder_ffn_units_keeps_the_output(family):
+    """GPT-2 (Conv1D, weight [in, out]) and gated Llama FFNs: killed units are found through the
+    architecture table, recycled (fresh incoming rows, zero outgoing columns), and the output is unchanged."""
+    from inflora.models import tiny_model
+
+    model = tiny_model(family, layers=2, hidden=32, heads=4)
+    unit = find_units(model)[1]
+    dead = torch.zeros(128 if family == "gpt2" else 64, dtype=torch.bool)
+    dead[:16] = True
+    with torch.no_grad():  # make 16 units dead: zero incoming rows (gate/up) and outgoing columns
+        for layer in unit.incoming:
+            w = layer.weight.T if family == "gpt2" else layer.weight
+            w[dead] = 0
+            if layer.bias is not None:
+                layer.bias[dead] = 0
+    batch = {"input_ids": torch.randint(5, 1000, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    scores = layer_scores(model, [batch])
+    assert dormant_mask(scores[1], 0.0)[:16].all()
+    with torch.no_grad():
+        before = model(**batch).logits
+        assert recycle(unit, dormant_mask(scores[1], 0.0)) >= 16
+        after = model(**batch).logits
+    torch.testing.assert_close(before, after)
+    w_in = unit.incoming[0].weight.T if family == "gpt2" else unit.incoming[0].weight
+    assert w_in[:16].abs().sum() > 0  # fresh incoming weights

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.architectures import first_tensor
 from .accumulate import ProbePlugin, gather_batches
 
 
@@ -62,8 +63,6 @@ class FeatureProbe(ProbePlugin):
         self.features: list[list[torch.Tensor]] = []
 
     def attach(self, ctx) -> None:
-        from ..probe import first_tensor
-
         self.features = [[] for _ in ctx.blocks]
         for store, block in zip(self.features, ctx.blocks):
             def hook(module, args, output, store=store):

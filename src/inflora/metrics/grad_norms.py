@@ -6,6 +6,7 @@ from typing import Iterable
 
 import torch
 
+from ..models.architectures import first_tensor
 from .accumulate import ProbePlugin, SumAccumulator
 
 
@@ -79,8 +80,6 @@ class ActivationGradProbe(ProbePlugin):
     name = "activation_grad"
 
     def attach(self, ctx) -> None:
-        from ..probe import first_tensor
-
         self.layers = [ActivationGradNorm() for _ in ctx.blocks]
         for acc, block in zip(self.layers, ctx.blocks):
             def hook(module, args, output, acc=acc):

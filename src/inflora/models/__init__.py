@@ -1,13 +1,14 @@
 """Models: loading, and the per-family architecture table used for layer discovery."""
 from .architectures import (
-    ARCHITECTURES, ArchSpec, arch_for, base_model, get_attention, get_blocks, get_embeddings,
-    num_layers, parameter_groups, supported_model_types,
+    ARCHITECTURES, FFN, ArchSpec, arch_for, base_model, first_tensor, get_attention, get_blocks, get_embeddings,
+    get_ffn, hf_model, num_layers, parameter_groups, supported_model_types,
 )
 from .loading import ALIASES, attention_implementation, ensure_eager_attention, load_model, resolve_model_path
 from .tiny import tiny_model
 
 __all__ = [
-    "ALIASES", "ARCHITECTURES", "ArchSpec", "arch_for", "attention_implementation", "base_model",
-    "ensure_eager_attention", "get_attention", "get_blocks", "get_embeddings", "load_model",
+    "ALIASES", "ARCHITECTURES", "FFN", "ArchSpec", "arch_for", "attention_implementation", "base_model",
+    "ensure_eager_attention", "first_tensor", "get_attention", "get_blocks", "get_embeddings", "get_ffn",
+    "hf_model", "load_model",
     "num_layers", "parameter_groups", "resolve_model_path", "supported_model_types", "tiny_model",
 ]

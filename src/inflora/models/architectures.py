@@ -4,6 +4,10 @@ Like BackPACK's module map, nothing is guessed: a family is supported when it ha
 Paths are dotted attribute paths; ``blocks`` and ``embeddings`` are relative to
 ``model.base_model`` and the others relative to one block. To add a family, add one
 ``ArchSpec`` to ``ARCHITECTURES`` with its ``config.model_type`` values.
+
+The feed-forward layout is ``ffn_up`` (and ``ffn_gate`` in gated families: h = act(gate x) * up x)
+into the hidden units, and ``ffn_down`` out of them; the units h are always ``ffn_down``'s input,
+so every family's FFN activations can be read the same way (ReDo, the dormant diagnostic).
 """
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ class ArchSpec:
     value: str
     output: str                      # attention output projection
     embeddings: tuple[str, ...]      # embedding modules (relative to base_model)
+    ffn_up: str                      # feed-forward input projection (into the hidden units)
+    ffn_down: str                    # feed-forward output projection (its input is the hidden units)
+    ffn_gate: str | None = None      # gated FFNs (SwiGLU): the gate projection beside ffn_up
     causal: bool = False
     fused_qkv: bool = False          # GPT-2's c_attn holds q, k and v in one Linear
     maps_need_output_attentions: bool = False  # the module returns its map only when asked
@@ -34,15 +41,34 @@ class ArchSpec:
         """Default LoRA targets: q/k/v (the fused projection where the family fuses them)."""
         return (self.query,) if self.fused_qkv else (self.query, self.key, self.value)
 
+    @property
+    def mlp_targets(self) -> tuple[str, ...]:
+        """The feed-forward projections (gate, up, down where present), relative to one block."""
+        return tuple(p for p in (self.ffn_gate, self.ffn_up, self.ffn_down) if p)
+
+    @property
+    def ffn_inputs(self) -> tuple[str, ...]:
+        """The projections whose output rows make the hidden units (up, plus gate where gated)."""
+        return tuple(p for p in (self.ffn_gate, self.ffn_up) if p)
+
+
+@dataclass(frozen=True)
+class FFN:
+    """One block's feed-forward modules: ``inputs`` make the hidden units, ``down`` consumes them."""
+
+    inputs: tuple[nn.Module, ...]
+    down: nn.Module
+
 
 _BERT_LIKE = dict(
     blocks="encoder.layer", attention="attention.self", query="attention.self.query",
     key="attention.self.key", value="attention.self.value", output="attention.output.dense",
-    embeddings=("embeddings",),
+    embeddings=("embeddings",), ffn_up="intermediate.dense", ffn_down="output.dense",
 )
 _LLAMA_LIKE = dict(
     blocks="layers", attention="self_attn", query="self_attn.q_proj", key="self_attn.k_proj",
     value="self_attn.v_proj", output="self_attn.o_proj", embeddings=("embed_tokens",), causal=True,
+    ffn_gate="mlp.gate_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
 )
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (
@@ -52,16 +78,18 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec(
         "distilbert", ("distilbert",), blocks="transformer.layer", attention="attention",
         query="attention.q_lin", key="attention.k_lin", value="attention.v_lin",
-        output="attention.out_lin", embeddings=("embeddings",),
+        output="attention.out_lin", embeddings=("embeddings",), ffn_up="ffn.lin1", ffn_down="ffn.lin2",
     ),
     ArchSpec(
         "mpnet", ("mpnet",), blocks="encoder.layer", attention="attention.attn",
         query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
         output="attention.attn.o", embeddings=("embeddings",), maps_need_output_attentions=True,
+        ffn_up="intermediate.dense", ffn_down="output.dense",
     ),
     ArchSpec(
         "gpt2", ("gpt2",), blocks="h", attention="attn", query="attn.c_attn", key="attn.c_attn",
         value="attn.c_attn", output="attn.c_proj", embeddings=("wte", "wpe"), causal=True, fused_qkv=True,
+        ffn_up="mlp.c_fc", ffn_down="mlp.c_proj",
     ),
     ArchSpec("llama", ("llama", "mistral", "qwen2"), **_LLAMA_LIKE),
 )
@@ -95,10 +123,19 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
         raise ArchitectureError(f"{type(root).__name__} has no module {path!r}; the architecture table does not match this model") from None
 
 
+def hf_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def first_tensor(output):
+    """A module's main output: the first element of a tuple output, else the output itself."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 def base_model(model: nn.Module) -> nn.Module:
     """The backbone (``model.bert``, ``model.transformer``...), also through a PEFT wrapper."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
+    model = hf_model(model)
     return getattr(model, "base_model", model)
 
 
@@ -111,6 +148,10 @@ def get_blocks(model: nn.Module) -> nn.ModuleList:
 
 def get_attention(block: nn.Module, spec: ArchSpec) -> nn.Module:
     return get_submodule(block, spec.attention)
+
+
+def get_ffn(block: nn.Module, spec: ArchSpec) -> FFN:
+    return FFN(tuple(get_submodule(block, p) for p in spec.ffn_inputs), get_submodule(block, spec.ffn_down))
 
 
 def get_embeddings(model: nn.Module) -> list[nn.Module]:

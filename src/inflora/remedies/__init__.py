@@ -12,7 +12,7 @@ from .nm_sparsity import (
     NMConv2d, NMLinear, NMSparsity, FlipRateMeter, GradNormCV, export_masked, grad_cv, mask_flip_rate, nm_mask,
     pruned_mag_ratio, sdgf_frames, sdgf_schedule, sparse_layers, sparsify,
 )
-from .redo import (
+from .redo import (  # the measurement itself lives in inflora.metrics.dormant
     DormantAccumulator, ReDo, dormant_fraction, dormant_fractions, dormant_mask, dormant_scores, find_units,
     layer_scores, recycle, score_histogram,
 )

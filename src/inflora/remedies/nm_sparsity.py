@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ArchitectureError, ConfigError
+from ..models import arch_for, get_blocks
 from .base import Option, Remedy
 
 RECIPES = ("ste", "sr-ste", "mdgf-linear", "mdgf-exp", "sdgf-stepwise", "sdgf-geometric")
@@ -184,12 +185,9 @@ def sparse_layers(model: nn.Module) -> dict[str, _NMMixin]:
 
 
 def default_targets(model: nn.Module, targets: str = "ffn", layers: Sequence[int] | None = None) -> list[str]:
-    """Module names to sparsify. Transformers: the FFN dense layers of each (chosen) block
-    (``ffn+qkv`` adds Q/K/V); attention output, embeddings and head stay dense. Other models:
-    every nn.Linear except the last one (the head)."""
-    from ..errors import ArchitectureError
-    from ..models import arch_for, get_blocks
-
+    """Module names to sparsify. Transformers: the FFN projections of each (chosen) block, from the
+    architecture table (``ffn+qkv`` adds Q/K/V); attention output, embeddings and head stay dense;
+    only nn.Linear layers (GPT-2's Conv1D is skipped). Other models: every nn.Linear but the last (the head)."""
     try:
         spec, blocks = arch_for(model), get_blocks(model)
     except ArchitectureError:
@@ -197,7 +195,7 @@ def default_targets(model: nn.Module, targets: str = "ffn", layers: Sequence[int
         return names[:-1]
     prefix = {id(mod): name for name, mod in model.named_modules()}
     chosen = range(len(blocks)) if layers is None else layers
-    rel = [p for p in ("intermediate.dense", "output.dense", "ffn.lin1", "ffn.lin2")]
+    rel = list(spec.mlp_targets)
     if targets == "ffn+qkv":
         rel += list(dict.fromkeys((spec.query, spec.key, spec.value)))
     elif targets != "ffn":
@@ -206,13 +204,7 @@ def default_targets(model: nn.Module, targets: str = "ffn", layers: Sequence[int
     for i in chosen:
         if not 0 <= i < len(blocks):
             raise ConfigError(f"--nm-layers: block {i} does not exist (model has {len(blocks)})")
-        for r in rel:
-            try:
-                mod = blocks[i].get_submodule(r)
-            except AttributeError:
-                continue
-            if isinstance(mod, nn.Linear):
-                out.append(f"{prefix[id(blocks[i])]}.{r}")
+        out += [f"{prefix[id(blocks[i])]}.{r}" for r in rel if isinstance(blocks[i].get_submodule(r), nn.Linear)]
     return out
 
 

@@ -26,7 +26,8 @@ from transformers import TrainerCallback
 
 from ..errors import ConfigError
 from ..io import atomic_write_json, versions
-from ..probe import LayerProbe, hf_model
+from ..models import hf_model
+from ..probe import LayerProbe
 from .profiles import delta_cka_profile
 
 log = logging.getLogger(__name__)

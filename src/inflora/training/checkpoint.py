@@ -1,7 +1,14 @@
-"""Epoch checkpoints written atomically (temp folder + rename), so a killed run loses nothing it finished."""
+"""Epoch checkpoints written atomically (temp folder + rename), so a killed run loses nothing it finished.
+
+Nothing in a checkpoint can run code when loaded: weights are safetensors, metadata is JSON, and
+``state.pt`` (optimizer, scheduler, RNG) holds only tensors and plain Python values, loaded with
+``torch.load(..., weights_only=True)``. A ``state.pt`` that needs more (a pickled object, e.g. a
+tampered run folder) is refused with a one-line error rather than unpickled.
+"""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -10,6 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import ConfigError
 from ..io import atomic_write_json, read_json
 
 
@@ -26,13 +34,38 @@ def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor])
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG the run draws from, as tensors and JSON values only (so ``weights_only`` loads it):
+    torch CPU, each CUDA device (empty list without CUDA), Python's ``random`` and NumPy's global RNG."""
+    version, words, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+    }
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state()`` returned (CUDA states only where CUDA is available)."""
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+
+
+def load_state(path: Path) -> dict:
+    """``torch.load`` with ``weights_only=True``; a file that needs arbitrary unpickling is refused."""
+    try:
+        return torch.load(Path(path), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"refusing to load {path}: it holds more than tensors and plain values "
+                          f"({reason[:120]}); delete the checkpoint folder to start over") from None
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, meta: dict) -> Path:
@@ -56,7 +89,7 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, meta: dict) -> Path
 def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> dict:
     load_trainable_state(model, load_file(str(Path(path) / "trainable.safetensors")))
     if optimizer is not None:
-        state = torch.load(Path(path) / "state.pt", weights_only=False)
+        state = load_state(Path(path) / "state.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
