@@ -125,19 +125,20 @@ def test_partially_frozen_blocks_report_zero_param_grads():
     assert all(r["activation_grad_norm"] > 0 for r in d.layers)
 
 
-@pytest.mark.parametrize("family", ["bert", "mpnet", "llama"])
-def test_probe_keeps_no_attention_map_alive(family):
+@pytest.mark.parametrize("family,attention", [("bert", "eager"), ("mpnet", None), ("llama", "eager"), ("llama", None)])
+def test_probe_keeps_no_attention_map_alive(family, attention):
     model = tiny_model(family, layers=3)
     spec = arch_for(model)
-    seen = []  # weak references to every attention map the model produced
-    handles = [get_attention(b, spec).register_forward_hook(lambda m, a, o: seen.append(weakref.ref(o[1])))
-               for b in get_blocks(model)]
+    seen = []  # weak references to every attention map the model produced (None: streaming makes none)
+    handles = [get_attention(b, spec).register_forward_hook(
+        lambda m, a, o: seen.append(None if o[1] is None else weakref.ref(o[1]))) for b in get_blocks(model)]
     batch = make_batch("classification")
-    with LayerProbe(model) as probe:
+    with LayerProbe(model, attention=attention) as probe:
         probe_step(model, probe, batch)
         gc.collect()
         assert len(seen) == 3
-        assert all(r() is None for r in seen), "an attention map outlived the probe step"
+        assert all(r is None or r() is None for r in seen), "an attention map outlived the probe step"
+        assert (probe.attention_mode == "streaming") == all(r is None for r in seen)
 
         # nothing of shape [B, H, T, T] is stored anywhere on the probe or its accumulators
         def walk(obj, depth=0):
@@ -163,7 +164,7 @@ def test_probe_keeps_no_attention_map_alive(family):
 def test_entropy_hook_returns_nothing():
     # A forward hook that returned a value would replace the module output; this one only reduces it.
     model = tiny_model("bert", layers=2)
-    with LayerProbe(model, ["attention_entropy"]) as probe:
+    with LayerProbe(model, ["attention_entropy"], attention="eager") as probe:
         probe.ctx.attention_mask = torch.ones(1, 4, dtype=torch.long)
         acc = AttentionEntropy()
         hook = EntropyProbe._hook(probe.ctx, acc)
@@ -178,13 +179,13 @@ def test_sdpa_model_is_switched_to_eager_with_a_message_and_back(caplog):
     sdpa.set_attn_implementation("sdpa")
     batch = make_batch("classification")
     with caplog.at_level(logging.WARNING):
-        with LayerProbe(sdpa) as probe:
+        with LayerProbe(sdpa, attention="eager") as probe:
             assert sdpa.config._attn_implementation == "eager"
             probe_step(sdpa, probe, batch)
             got = probe.layer_results()
     assert "switching attention from 'sdpa' to 'eager'" in caplog.text
     assert sdpa.config._attn_implementation == "sdpa"  # restored when the probe is closed
-    with LayerProbe(eager) as probe:
+    with LayerProbe(eager, attention="eager") as probe:
         probe_step(eager, probe, batch)
         want = probe.layer_results()
     for a, b in zip(got, want):
@@ -195,7 +196,7 @@ def test_sdpa_model_is_switched_to_eager_with_a_message_and_back(caplog):
 def test_probe_never_returns_empty_entropies_when_maps_are_missing():
     # If attention is switched to SDPA behind the probe's back, the hook must fail loudly.
     model = tiny_model("bert", layers=2)
-    with LayerProbe(model) as probe:
+    with LayerProbe(model, attention="eager") as probe:
         model.set_attn_implementation("sdpa")
         with pytest.raises(ArchitectureError, match="no attention map.*eager"):
             probe_step(model, probe, make_batch("classification"))

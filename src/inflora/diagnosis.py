@@ -126,11 +126,18 @@ def diagnose(
     dropout: bool = False,
     data_dir: str | None = None,
     progress: bool = True,
+    attention: str | None = None,
+    entropy_queries: int | None = None,
 ) -> Diagnosis:
     """Probe ``model`` on target-domain ``data`` (task name, ``TextDataset`` or list of batches) and
     select the inflection band with ``rule``. Parameters are never updated; the model's mode and
     gradients are restored. Under ``torch.distributed`` each rank probes its share of the batches
-    and all ranks return the same result."""
+    and all ranks return the same result.
+
+    ``attention``: ``'streaming'`` (the default where the family allows it: SDPA with the entropy
+    streamed beside it, memory linear in context length) or ``'eager'`` (attention maps).
+    ``entropy_queries=N`` estimates the entropy from N sampled query positions per sequence (seeded
+    by ``seed``); each layer then also reports its standard error."""
     if batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {batches}")
     RULES.get(rule)
@@ -148,7 +155,10 @@ def diagnose(
     model.train(dropout)
     losses = []
     try:
-        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant"]) as probe:
+        entropy_options = {"queries": entropy_queries, "seed": seed}
+        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant"], attention=attention,
+                        attention_entropy=entropy_options) as probe:
+            attention_mode = probe.attention_mode
             for batch in tqdm(_shard(probe_set), desc="diagnose", unit="batch", disable=not progress):
                 losses.append(probe_step(model, probe, batch))
             probe.gather()
@@ -188,7 +198,8 @@ def diagnose(
         stability=list(stability), selection={"rule": rule, "parameters": params, "stability": list(stability), "resamples": resamples},
         groups=groups, lora_targets=list(spec.lora_targets),
         config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,
-                "dropout": dropout, "probe_batches": n_batches, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
+                "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,
+                "entropy_queries": entropy_queries, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
                 "data": data if isinstance(data, str) else getattr(data, "name", "batches")},
         flags=flags,
     )

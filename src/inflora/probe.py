@@ -3,7 +3,9 @@
 ``ProbeContext`` owns the hooks shared by all diagnostics: it records the batch's attention mask,
 and makes the input of the first block require grad so activation gradients exist below frozen
 layers. Each diagnostic plugin (see ``inflora.metrics``) adds its own hooks and reads the context.
-Attention entropy is reduced inside each attention module's hook, so no layer's map outlives it.
+Attention entropy is streamed beside SDPA (``models/attention.py``) for families whose modeling code
+calls transformers' attention interface, and otherwise reduced inside each attention module's hook
+from the eager map, so no layer's map outlives it.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import nn
 from .errors import ArchitectureError, DataError
 from .metrics import DIAGNOSTICS
 from .models.architectures import ArchSpec, arch_for, get_attention, get_blocks, hf_model, parameter_groups
-from .models.loading import attention_implementation, ensure_eager_attention
+from .models.attention import resolve_attention_mode, switch_attention
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class ProbeContext:
     attention: list[nn.Module] = field(init=False)
     groups: dict = field(init=False)
     attention_mask: torch.Tensor | None = None
+    attention_mode: str = "eager"  # how attention entropy is read: "streaming" (beside SDPA) or "eager" maps
+    forwards: int = 0  # model forward calls seen; tells a first attention call from a checkpoint recompute
     active: bool = True
     handles: list = field(default_factory=list)
 
@@ -54,6 +58,7 @@ class ProbeContext:
         if mask is None and ids is not None:
             mask = torch.ones(ids.shape[:2], dtype=torch.long, device=ids.device)
         self.attention_mask = mask
+        self.forwards += 1
 
     def _input_requires_grad(self, module, args, kwargs):
         # Frozen embeddings give a leaf without grad: gradients would stop there and every block
@@ -77,29 +82,39 @@ class LayerProbe(contextlib.AbstractContextManager):
     """Attach diagnostics to a model; call ``after_backward()`` after each ``loss.backward()``.
 
     Used by ``diagnose`` (dedicated probe batches) and by training (the real training batches, with
-    ``active`` toggled every N steps, so no extra passes are run). A model using SDPA/flash attention
-    is switched to eager (with a warning) while the probe is attached and switched back on ``close``.
+    ``active`` toggled every N steps, so no extra passes are run). With attention entropy among the
+    diagnostics, ``attention`` chooses how it is read: ``'streaming'`` (default where the family
+    calls transformers' attention interface: SDPA stays, entropy is streamed beside it) or
+    ``'eager'`` (maps; the fallback for the others, with one log line). The model's attention
+    implementation is switched while the probe is attached and switched back on ``close``.
     """
 
-    def __init__(self, model: nn.Module, diagnostics: list[str] | None = None, **options):
+    def __init__(self, model: nn.Module, diagnostics: list[str] | None = None, *, attention: str | None = None, **options):
         names = diagnostics or ["attention_entropy", "activation_grad", "param_grad"]
         self.plugins = [DIAGNOSTICS.get(n)(**options.get(n, {})) for n in names]
         self.ctx = ProbeContext(model)  # validates the architecture before anything is changed
         self._restore_attention: str | None = None
         if "attention_entropy" in names:
             inner = hf_model(model)
-            previous = attention_implementation(inner)
             try:
-                if ensure_eager_attention(inner, "the probe measures attention entropy"):
-                    self._restore_attention = previous
+                self.ctx.attention_mode = resolve_attention_mode(inner, attention)
+                why = "the probe measures attention entropy"
+                if self.ctx.attention_mode == "eager" and attention is None:
+                    why += f" and {self.ctx.spec.family} attention does not go through transformers' attention interface"
+                self._restore_attention = switch_attention(inner, self.ctx.attention_mode, why)
             except BaseException:
                 self.ctx.close()
                 raise
         for p in self.plugins:
             p.attach(self.ctx)
 
+    @property
+    def attention_mode(self) -> str:
+        return self.ctx.attention_mode
+
     def forward_kwargs(self) -> dict:
-        needs = self.ctx.spec.maps_need_output_attentions and any(p.name == "attention_entropy" for p in self.plugins)
+        needs = (self.ctx.spec.maps_need_output_attentions and self.ctx.attention_mode == "eager"
+                 and any(p.name == "attention_entropy" for p in self.plugins))
         return {"output_attentions": True} if needs else {}
 
     def after_backward(self) -> None:

@@ -41,6 +41,10 @@ def print_summary(d, out: Path, console: Console | None = None) -> None:
                   f"{r['activation_grad_norm']:.3e}", f"{r['param_grad_norm']:.3e}", f"{r['ski']:.3f}", f"{s:.2f}",
                   "◀ band" if r["layer"] in d.inflection_layers else "")
     console.print(t)
+    if "attention_entropy_se" in d.layers[0]:
+        se = max(r["attention_entropy_se"] for r in d.layers)
+        console.print(f"entropy is an estimate from {d.config['entropy_queries']} sampled queries per sequence "
+                      f"(largest standard error {se:.3g} nats)")
     for flag in d.flags:
         console.print(f"[yellow]warning:[/] {flag}")
     console.print(f"wrote {out / 'diagnosis.json'}, {out / 'report.html'}, {out / 'report.md'}, {out / 'profile.png'}")
@@ -62,6 +66,12 @@ def diagnose_cmd(
     label_column: str = typer.Option("label", help="label column of a user data file"),
     data_dir: Optional[str] = typer.Option(None, help="data folder (default: $INFLORA_DATA_DIR, else the HF hub)"),
     out: Path = typer.Option(Path("runs/diagnose"), help="output folder"),
+    attention: Optional[str] = typer.Option(
+        None, help="how attention entropy is measured: streaming (beside SDPA, memory linear in context length; "
+        "default where the family allows it) or eager (attention maps; the fallback for MPNet)"),
+    entropy_queries: Optional[int] = typer.Option(
+        None, help="estimate attention entropy from N sampled query positions per sequence (streaming only; "
+        "reports a standard error); default: every query, exact"),
 ) -> None:
     """Measure per-layer attention entropy and gradient flow, and choose the inflection band."""
     from ..data import load_file, load_task
@@ -72,15 +82,22 @@ def diagnose_cmd(
     from ..errors import ConfigError
     from ..select import RULES
 
+    from ..models.attention import check_attention_mode
+
     if batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {batches}")
+    if entropy_queries is not None and entropy_queries < 1:
+        raise ConfigError(f"--entropy-queries must be at least 1, got {entropy_queries}")
+    if attention is not None:
+        check_attention_mode(attention)
     RULES.get(rule)
     console = Console(stderr=True)
     data = load_file(task, text_column, label_column) if Path(task).suffix in (".csv", ".tsv", ".jsonl") else load_task(task, split, data_dir)
     console.print(f"loading {model} …")
     net, tok = load_model(model, num_labels=max(data.num_labels, 2))
     d = diagnose(net, data, tok, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
-                 rule_params=parse_params(param), resamples=resamples, seed=seed, split=split)
+                 rule_params=parse_params(param), resamples=resamples, seed=seed, split=split,
+                 attention=attention, entropy_queries=entropy_queries)
     d.model = model
     d.config["task"] = task
     out.mkdir(parents=True, exist_ok=True)

@@ -1,32 +1,43 @@
-"""Attention entropy: a saturation proxy (a near one-hot row has a near-zero softmax Jacobian)."""
+"""Attention entropy: a saturation proxy (a near one-hot row has a near-zero softmax Jacobian).
+
+Two ways in, one accumulator: ``attention_entropy_sums`` reads an eager attention map (the slow
+reference, and the path for families outside transformers' attention interface), and
+``streaming_entropy_sums`` (``streaming_entropy.py``) streams the same sums beside SDPA.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 
-from ..errors import ArchitectureError
+from ..errors import ArchitectureError, ConfigError
+from ..models.architectures import attention_window
+from ..models.attention import SINKS
 from .accumulate import ProbePlugin, SumAccumulator
+from .streaming_entropy import SUM_FIELDS, standard_error, streaming_entropy_sums
 
 
-def valid_key_mask(attention_mask: torch.Tensor, causal: bool) -> torch.Tensor:
-    """[B, Tq, Tk] booleans: key s is a real token (and s <= t for causal models)."""
+def valid_key_mask(attention_mask: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:
+    """[B, Tq, Tk] booleans: key s is a real token (and s <= t for causal models, and s > t - window
+    under a sliding window)."""
     keys = attention_mask.bool()[:, None, :]
     t = attention_mask.shape[1]
     valid = keys.expand(-1, t, -1)
     if causal:
         valid = valid & torch.ones(t, t, dtype=torch.bool, device=keys.device).tril()[None]
+    if window is not None and window < t:
+        valid = valid & torch.ones(t, t, dtype=torch.bool, device=keys.device).triu(1 - window)[None]
     return valid
 
 
 def attention_entropy_sums(
-    attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
+    attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head sums over non-padding queries of -Σ_s a log a (natural log), and of the same divided
     by log(#valid keys); with the query counts each sum is over. Returns four [H] tensors:
     (raw_sum, raw_count, norm_sum, norm_count). Queries with one valid key have no normalised form."""
     a = attn.detach().float()
-    keys = valid_key_mask(attention_mask, causal)  # [B, T, T]
+    keys = valid_key_mask(attention_mask, causal, window)  # [B, T, T]
     a = a * keys[:, None]  # masked keys hold ~0 mass already; make it exact
     ent = -torch.special.xlogy(a, a).sum(-1)  # [B, H, T]; xlogy(0, 0) = 0, one pass over the map
     queries = attention_mask.bool()  # [B, T]
@@ -48,33 +59,88 @@ def attention_entropy(attn: torch.Tensor, attention_mask: torch.Tensor, causal: 
 
 
 class AttentionEntropy(SumAccumulator):
-    """Streams per-head entropy sums of one layer over batches."""
+    """Streams per-head entropy sums of one layer over batches (from maps or from the streaming path).
 
-    fields = ("raw_sum", "raw_count", "norm_sum", "norm_count")
+    With sampled queries the sums are unbiased estimates, and the layer result carries standard
+    errors (``*_se``) and the number of sampled queries; exact sums carry zero variance."""
 
-    def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> None:
-        self.add(*attention_entropy_sums(attn, attention_mask, causal))
+    fields = SUM_FIELDS
+
+    def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None) -> None:
+        raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window)
+        self.add(raw, n, norm, nn_, torch.zeros_like(raw), 0.0, 0.0, 0.0)
+
+    def update_streaming(self, *sums: torch.Tensor) -> None:
+        self.add(*sums)
 
     def compute_from(self, s: dict[str, torch.Tensor]) -> dict:
         head = s["raw_sum"] / s["raw_count"].clamp_min(1)
         head_norm = s["norm_sum"] / s["norm_count"].clamp_min(1)
         empty = float(s["raw_count"].sum()) == 0
-        return {
+        out = {
             "attention_entropy": math.nan if empty else float(head.mean()),
             "attention_entropy_norm": math.nan if empty else float(head_norm.mean()),
             "head_entropy": [math.nan if empty else float(v) for v in head],
         }
+        if float(s["sampled"].sum()) > 0:
+            count, norm_count = float(s["raw_count"][0]), float(s["norm_count"].mean())
+            out["attention_entropy_se"] = standard_error(float(s["mean_var"].sum()), count)
+            out["attention_entropy_norm_se"] = standard_error(float(s["norm_mean_var"].sum()), norm_count)
+            out["head_entropy_se"] = [standard_error(float(v), count) for v in s["raw_var"]]
+            out["entropy_queries_sampled"] = int(s["sampled"].sum())
+        return out
 
 
 class EntropyProbe(ProbePlugin):
-    """Reduces each layer's attention map to per-head entropy sums inside that layer's hook."""
+    """Per-head entropy sums of each layer: streamed beside SDPA (``ctx.attention_mode ==
+    'streaming'``), or reduced from the eager map inside the layer's forward hook.
+
+    ``queries=N`` (streaming only) samples N valid query positions per sequence, seeded by ``seed``."""
 
     name = "attention_entropy"
 
+    def __init__(self, queries: int | None = None, seed: int = 0, chunk: int | None = None) -> None:
+        super().__init__()
+        if queries is not None and queries < 1:
+            raise ConfigError(f"--entropy-queries must be at least 1, got {queries}")
+        self.queries, self.seed, self.chunk = queries, seed, chunk
+
     def attach(self, ctx) -> None:
         self.layers = [AttentionEntropy() for _ in ctx.attention]
+        streaming = getattr(ctx, "attention_mode", "eager") == "streaming"
+        if self.queries is not None and not streaming:
+            raise ConfigError("--entropy-queries needs the streaming attention path (attention='streaming')")
+        if streaming:
+            self._attach_sinks(ctx)
+            return
         for acc, module in zip(self.layers, ctx.attention):
             self.handles.append(module.register_forward_hook(self._hook(ctx, acc)))
+
+    def _attach_sinks(self, ctx) -> None:
+        generator = torch.Generator().manual_seed(self.seed) if self.queries is not None else None
+        options = {"queries": self.queries, "generator": generator, **({"chunk": self.chunk} if self.chunk else {})}
+        self.last_forward = [-1] * len(self.layers)
+        for i, module in enumerate(ctx.attention):
+            SINKS[module] = self._sink(ctx, i, options)
+            self.handles.append(_SinkHandle(module))
+
+    def _sink(self, ctx, i: int, options: dict):
+        def sink(query, key, mask, *, scaling, causal):
+            # once per model forward: a gradient-checkpointing recompute in backward calls attention again
+            if ctx.active and self.last_forward[i] != ctx.forwards:
+                self.last_forward[i] = ctx.forwards
+                self.layers[i].update_streaming(*streaming_entropy_sums(
+                    query, key, mask, ctx.attention_mask, scaling=scaling, causal=causal, **options))
+
+        return sink
+
+    def after_backward(self, ctx) -> None:
+        missing = [i for i, f in enumerate(getattr(self, "last_forward", ())) if f != ctx.forwards]
+        if ctx.active and missing:
+            raise ArchitectureError(
+                f"layers {missing} ran no streaming attention in this step (was attn_implementation changed while "
+                "the probe was attached?); the entropy would be missing"
+            )
 
     @staticmethod
     def _hook(ctx, acc: AttentionEntropy):
@@ -86,6 +152,16 @@ class EntropyProbe(ProbePlugin):
                 raise ArchitectureError(
                     f"{type(module).__name__} returned no attention map; the probe needs attn_implementation='eager'"
                 )
-            acc.update(attn, ctx.attention_mask, ctx.spec.causal)
+            acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module))
 
         return hook
+
+
+class _SinkHandle:
+    """Removes a streaming sink like a hook handle, so ``ProbePlugin.detach`` treats both alike."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def remove(self) -> None:
+        SINKS.pop(self.module, None)

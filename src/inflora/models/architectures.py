@@ -35,6 +35,7 @@ class ArchSpec:
     causal: bool = False
     fused_qkv: bool = False          # GPT-2's c_attn holds q, k and v in one Linear
     maps_need_output_attentions: bool = False  # the module returns its map only when asked
+    attention_interface: bool = True  # modeling code calls transformers' AttentionInterface (streaming entropy works)
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
@@ -85,6 +86,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
         output="attention.attn.o", embeddings=("embeddings",), maps_need_output_attentions=True,
         ffn_up="intermediate.dense", ffn_down="output.dense",
+        attention_interface=False,
     ),
     ArchSpec(
         "gpt2", ("gpt2",), blocks="h", attention="attn", query="attn.c_attn", key="attn.c_attn",
@@ -152,6 +154,14 @@ def get_attention(block: nn.Module, spec: ArchSpec) -> nn.Module:
 
 def get_ffn(block: nn.Module, spec: ArchSpec) -> FFN:
     return FFN(tuple(get_submodule(block, p) for p in spec.ffn_inputs), get_submodule(block, spec.ffn_down))
+
+
+def attention_window(module: nn.Module) -> int | None:
+    """The sliding window an attention module passes to its attention function (Mistral reads its
+    config, Qwen2 sets it per layer type); None for full attention."""
+    if hasattr(module, "sliding_window"):
+        return module.sliding_window
+    return getattr(getattr(module, "config", None), "sliding_window", None)
 
 
 def get_embeddings(model: nn.Module) -> list[nn.Module]:

@@ -43,12 +43,15 @@ TINY_FAMILIES = ("bert", "roberta", "electra", "mpnet", "distilbert", "gpt2", "l
 
 def tiny_model(
     family: str = "bert", *, layers: int = 4, hidden: int = 32, heads: int = 4,
-    task: str = "classification", seed: int = 0,
+    task: str = "classification", seed: int = 0, **config_overrides,
 ) -> nn.Module:
-    """A seeded random-init model (``task``: ``classification`` or ``causal-lm``), eager attention."""
+    """A seeded random-init model (``task``: ``classification`` or ``causal-lm``), eager attention.
+    ``config_overrides`` set config fields (e.g. ``num_key_value_heads=2``, ``sliding_window=4``)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     config = _config(family, layers, hidden, heads)
+    for name, value in config_overrides.items():
+        setattr(config, name, value)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification

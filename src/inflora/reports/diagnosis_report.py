@@ -34,6 +34,20 @@ def explain(d) -> str:
     )
 
 
+def entropy_note(d) -> str:
+    """How the entropy column was measured, and for sampled queries that it is an estimate (with SEs)."""
+    mode = d.config.get("attention", "eager")
+    how = ("streamed beside SDPA from each layer's queries and keys" if mode == "streaming"
+           else "read from eager attention maps")
+    queries = d.config.get("entropy_queries")
+    if not queries or "attention_entropy_se" not in d.layers[0]:
+        return f"Attention entropy was {how}, exactly over every non-padding query."
+    se = max(r["attention_entropy_se"] for r in d.layers)
+    return (f"Attention entropy was {how} and is an **estimate**: {queries} query positions per sequence were drawn "
+            f"uniformly without replacement (seed {d.config.get('seed')}); the column 'entropy SE' gives each layer's "
+            f"standard error (largest {fmt(se, 3)} nats). Omit --entropy-queries for the exact value.")
+
+
 def write_diagnosis_report(d, out_dir: str | Path) -> dict[str, Path]:
     rep = Report(f"inflora diagnosis — {d.model}")
     rep.text(explain(d))
@@ -45,7 +59,10 @@ def write_diagnosis_report(d, out_dir: str | Path) -> dict[str, Path]:
              "‖∂L/∂h‖": r["activation_grad_norm"], "‖∇θL‖": r["param_grad_norm"], "H̃": h, "G̃": g, "SKI": r["ski"],
              "stability": s, "band": "●" if r["layer"] in d.inflection_layers else ""}
             for r, h, g, s in zip(d.layers, d.entropy_term, d.grad_term, d.stability)]
-    rep.heading("Per-layer table").table(rows)
+    for row, r in zip(rows, d.layers):
+        if "attention_entropy_se" in r:
+            row["entropy SE"] = r["attention_entropy_se"]
+    rep.heading("Per-layer table").table(rows).text(entropy_note(d))
     rep.text(f"Embeddings ‖∇θL‖ = {fmt(d.groups.get('param_grad_norm_embeddings', float('nan')))}, "
              f"head ‖∇θL‖ = {fmt(d.groups.get('param_grad_norm_head', float('nan')))}.")
     dormant = [k for k in d.layers[0] if k.startswith("dormant_frac_")]
