@@ -32,6 +32,7 @@ def test_diagnose_writes_json_reports_and_summary(tmp_path, data_dir):
     for name in ("report.html", "report.md", "profile.png", "heads.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "inflection band" in res.output and "◀ band" in res.output
+    assert d["config"]["attention"] == "streaming" and "streamed beside SDPA" in (tmp_path / "report.md").read_text()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -44,6 +45,8 @@ def test_diagnose_writes_json_reports_and_summary(tmp_path, data_dir):
     (["finetune", "--remedy", "spectral-decoupling", "--sd-lambda", "abc"], "cannot read 'abc' as float"),
     (["finetune", "--remedy", "magic"], "unknown remedy 'magic'"),
     (["experiment", "--profile", "huge"], "unknown profile 'huge'"),
+    (["diagnose", "--attention", "fast"], "unknown attention mode 'fast'; choose one of streaming, eager"),
+    (["diagnose", "--entropy-queries", "0"], "--entropy-queries must be at least 1"),
 ])
 def test_bad_input_is_one_line_error(args, message, tmp_path):
     res = run(*args, "--out", tmp_path)
@@ -67,3 +70,25 @@ def test_finetune_with_a_remedy_flag(tiny_dir, tmp_path):
     assert m["config"]["remedy_options"] == {"spectral-decoupling": {"sd_lambda": "0.05"}}
     assert m["remedy_metrics"] and "starvation.saturated_frac" in m["remedy_metrics"][0]
     assert (tmp_path / "report.html").exists()
+
+
+def test_diagnose_with_sampled_entropy_queries_reports_an_estimate(tiny_dir, tmp_path):
+    res = run("diagnose", "--model", tiny_dir, "--batches", 2, "--batch-size", 8, "--max-length", 32,
+              "--resamples", 0, "--entropy-queries", 4, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "diagnosis.json").read_text())
+    assert d["config"]["entropy_queries"] == 4 and d["config"]["attention"] == "streaming"
+    assert all(row["attention_entropy_se"] > 0 for row in d["layers"])
+    report = (tmp_path / "report.md").read_text()
+    assert "**estimate**" in report and "entropy SE" in report
+    assert "estimate from 4 sampled queries" in res.output
+
+
+def test_streaming_attention_on_mpnet_is_one_line_error_naming_the_families(tokenizer, tmp_path):
+    path = tmp_path / "mpnet"
+    tiny_model("mpnet", layers=2).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    res = run("diagnose", "--model", path, "--attention", "streaming", "--batches", 1, "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "'mpnet' does not" in errors[0] and "bert" in errors[0] and "qwen2" in errors[0]
