@@ -16,7 +16,7 @@ from .io import atomic_write_text, versions
 from .metrics.accumulate import gather_batches
 from .models import arch_for, hf_model, load_model
 from .probe import LayerProbe, probe_step
-from .select import RULES, bootstrap_stability, local_maxima, select_layers, ski_terms
+from .select import RULES, RuleInputs, bootstrap_stability, local_maxima, rule_needs, score_rules, select_layers, ski_terms
 
 _SKI_DEFAULTS = {"alpha": 0.5, "top": 2, "widen": 1, "boundary": True, "variant": "level"}
 # Recorded in ``selection.parameters``; ``ski_terms`` is reported with the same alpha/variant the rule used.
@@ -28,6 +28,8 @@ DEFAULT_RULE_PARAMS = {
     "topk": {"k": 3, "alpha": 0.5, "variant": "level"},
     "threshold": {"tau": 0.6, "alpha": 0.5, "variant": "level"},
 }
+# Per-layer probe results that rules may read (``select.RuleInputs.profiles``).
+PROFILE_KEYS = ("attention_entropy", "activation_grad_norm", "param_grad_norm", "io_cka")
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Diagnosis:
     config: dict
     versions: dict = field(default_factory=versions)
     flags: list[str] = field(default_factory=list)
+    rules: dict = field(default_factory=dict)   # --rules: every rule's scores and K-block selection, overlap
 
     def profile(self, key: str) -> list[float]:
         return [row[key] for row in self.layers]
@@ -128,6 +131,8 @@ def diagnose(
     progress: bool = True,
     attention: str | None = None,
     entropy_queries: int | None = None,
+    rules: list[str] | None = None,
+    budget=None,
 ) -> Diagnosis:
     """Probe ``model`` on target-domain ``data`` (task name, ``TextDataset`` or list of batches) and
     select the inflection band with ``rule``. Parameters are never updated; the model's mode and
@@ -137,10 +142,14 @@ def diagnose(
     ``attention``: ``'streaming'`` (the default where the family allows it: SDPA with the entropy
     streamed beside it, memory linear in context length) or ``'eager'`` (attention maps).
     ``entropy_queries=N`` estimates the entropy from N sampled query positions per sequence (seeded
-    by ``seed``); each layer then also reports its standard error."""
+    by ``seed``); each layer then also reports its standard error. ``rules`` (e.g. ``["ski", "kappa",
+    "top-grad"]``) are also scored side by side at ``budget`` (a ``strategies.budget.Budget``; default
+    K = the band's size)."""
     if batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {batches}")
     RULES.get(rule)
+    for name in rules or []:
+        RULES.get(name)
     params = {**DEFAULT_RULE_PARAMS.get(rule, {}), **(rule_params or {})}
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", type(model).__name__)
     if isinstance(model, str):
@@ -156,8 +165,9 @@ def diagnose(
     losses = []
     try:
         entropy_options = {"queries": entropy_queries, "seed": seed}
-        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant"], attention=attention,
-                        attention_entropy=entropy_options) as probe:
+        extra = ["block_io"] if any("forward" in rule_needs(n) for n in rules or []) else []
+        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant", *extra], attention=attention,
+                        attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"}) as probe:
             attention_mode = probe.attention_mode
             for batch in tqdm(_shard(probe_set), desc="diagnose", unit="batch", disable=not progress):
                 losses.append(probe_step(model, probe, batch))
@@ -191,6 +201,7 @@ def diagnose(
     ski = [float(v) for v in terms["ski"]]
     for row, s in zip(layers, ski):
         row["ski"] = s
+    compared = _compare_rules(model, rules, layers, chosen, budget, seed, {rule: params}, flags) if rules else {}
     return Diagnosis(
         model=str(name), family=spec.family, num_layers=len(layers), layers=layers, inflection_layers=chosen,
         ski=ski, entropy_term=[float(v) for v in terms["entropy_term"]], grad_term=[float(v) for v in terms["grad_term"]],
@@ -201,8 +212,51 @@ def diagnose(
                 "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,
                 "entropy_queries": entropy_queries, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
                 "data": data if isinstance(data, str) else getattr(data, "name", "batches")},
-        flags=flags,
+        flags=flags, rules=compared,
     )
+
+
+def _compare_rules(model, rules, layers, chosen, budget, seed, params, flags) -> dict:
+    """Every requested rule at K blocks (``budget`` layers=K, else the band's size), on the probe's
+    profiles and the model's weights; with ``params=N``, each rule's rank for N LoRA parameters."""
+    from .strategies.budget import Budget, match_budget
+
+    budget = budget or Budget()
+    k = budget.layers or len(chosen)
+    if k == 0:
+        flags.append("rules not compared: the band is empty, so give the budget explicitly (--budget layers=K)")
+        return {}
+    profiles = {key: [r[key] for r in layers] for key in PROFILE_KEYS if all(key in r for r in layers)}
+    return _scored(model, rules, RuleInputs(len(layers), model=hf_model(model), profiles=profiles, seed=seed), k, budget, params)
+
+
+def _scored(model, rules, inputs, k, budget, params=None) -> dict:
+    from .strategies.budget import match_budget
+
+    result = score_rules(rules, inputs, k, params)
+    result["budget"] = {**budget.to_dict(), "k": k}
+    selections = {n: r["selected"] for n, r in result["rules"].items()}
+    for name, sizes in match_budget(hf_model(model), selections, budget).items():
+        result["rules"][name].update(sizes)
+    return result
+
+
+def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: int = 0) -> dict:
+    """Weight-only rules (and ``random``/``all``) without data and without a backward pass; the
+    budget must name K (``layers=K``, or ``layers=K,params=N``)."""
+    from .models import num_layers
+    from .select import check_rules
+    from .strategies.budget import Budget
+
+    budget = budget or Budget()
+    check_rules(rules, {"weights"})
+    inner = hf_model(model)
+    n = num_layers(inner)
+    k = budget.layers
+    if k is None:
+        raise ConfigError("without data there is no band to size the budget: give --budget layers=K "
+                          "(with a parameter budget: layers=K,params=N)")
+    return _scored(inner, rules, RuleInputs(n, model=inner, seed=seed), k, budget)
 
 
 def _flags(layers: list[dict], losses: list[float]) -> list[str]:

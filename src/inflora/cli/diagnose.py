@@ -58,7 +58,7 @@ def diagnose_cmd(
     batches: int = typer.Option(8, help="number of probe batches"),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64),
-    rule: str = typer.Option("ski", help="selection rule: ski, ski-decay, topk, threshold"),
+    rule: str = typer.Option("ski", help="rule that chooses the band: ski, ski-decay, topk, threshold (or a gradient/entropy rule)"),
     param: list[str] = typer.Option([], help="rule parameter key=value (repeatable), e.g. alpha=0.3"),
     resamples: int = typer.Option(200, help="bootstrap resamples for the stability estimate"),
     seed: int = typer.Option(0),
@@ -72,6 +72,12 @@ def diagnose_cmd(
     entropy_queries: Optional[int] = typer.Option(
         None, help="estimate attention entropy from N sampled query positions per sequence (streaming only; "
         "reports a standard error); default: every query, exact"),
+    rules: Optional[str] = typer.Option(None, help="also score these rules side by side, e.g. ski,top-grad,spectrum-snr,kappa,cka-io "
+                                        "(see `inflora info`)"),
+    budget: Optional[str] = typer.Option(None, help="for --rules: layers=K (every rule picks K blocks; default: the band's size) "
+                                         "or params=N (LoRA rank per rule for N trainable parameters)"),
+    weights_only: bool = typer.Option(False, "--weights-only", help="with --rules: no data, no backward pass; only "
+                                      "weight rules (spectrum-snr, kappa, alpha-hts) and random/all"),
 ) -> None:
     """Measure per-layer attention entropy and gradient flow, and choose the inflection band."""
     from ..data import load_file, load_task
@@ -83,6 +89,7 @@ def diagnose_cmd(
     from ..select import RULES
 
     from ..models.attention import check_attention_mode
+    from ..strategies.budget import Budget
 
     if batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {batches}")
@@ -91,16 +98,66 @@ def diagnose_cmd(
     if attention is not None:
         check_attention_mode(attention)
     RULES.get(rule)
+    rule_names = [r.strip() for r in (rules or "").split(",") if r.strip()]
+    for name in rule_names:
+        RULES.get(name)
+    spend = Budget.parse(budget)
+    if weights_only:
+        return _weights_only(model, rule_names, spend, seed, out)
     console = Console(stderr=True)
     data = load_file(task, text_column, label_column) if Path(task).suffix in (".csv", ".tsv", ".jsonl") else load_task(task, split, data_dir)
     console.print(f"loading {model} …")
     net, tok = load_model(model, num_labels=max(data.num_labels, 2))
     d = diagnose(net, data, tok, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
                  rule_params=parse_params(param), resamples=resamples, seed=seed, split=split,
-                 attention=attention, entropy_queries=entropy_queries)
+                 attention=attention, entropy_queries=entropy_queries, rules=rule_names or None, budget=spend)
     d.model = model
     d.config["task"] = task
     out.mkdir(parents=True, exist_ok=True)
     d.to_json(out / "diagnosis.json")
     write_diagnosis_report(d, out)
     print_summary(d, out)
+    if d.rules:
+        print_rules(d.rules, d.num_layers)
+
+
+def _weights_only(model: str, rule_names: list[str], spend, seed: int, out: Path) -> None:
+    from ..diagnosis import score_without_data
+    from ..errors import ConfigError
+    from ..io import atomic_write_json
+    from ..models import load_model
+    from ..reports.document import Report
+    from ..reports.rules_section import add_rules_section
+    from ..select import check_rules
+
+    if not rule_names:
+        raise ConfigError("--weights-only needs --rules (weight rules: spectrum-snr, kappa, alpha-hts; or random, all)")
+    check_rules(rule_names, {"weights"})
+    net, _ = load_model(model, num_labels=2)
+    result = score_without_data(net, rule_names, spend, seed)
+    n = len(next(iter(result["rules"].values()))["raw"])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "rules.json", {"model": model, **result})
+    rep = Report(f"inflora rules (weights only) — {model}")
+    add_rules_section(rep, result, n)
+    rep.write(out, stem="rules")
+    print_rules(result, n)
+    Console(stderr=True).print(f"wrote {out / 'rules.json'}, {out / 'rules.md'}, {out / 'rules.html'}")
+
+
+def print_rules(result: dict, num_layers: int) -> None:
+    from ..reports.rules_section import selection_rows
+
+    console = Console(width=None if Console().is_terminal else 120)
+    rows = selection_rows(result, num_layers)
+    t = Table(title=f"rules side by side at K = {result['k']} blocks (● chosen)")
+    for col in rows[0]:
+        t.add_column(col, justify="left" if col in ("rule", "needs", "selects") else "center")
+    for row in rows:
+        t.add_row(*(f"{v:,}" if isinstance(v, int) and v > 999 else str(v) for v in row.values()))
+    console.print(t)
+    names = list(result["overlap"])
+    o = Table("Jaccard", *names, title="overlap of the chosen blocks")
+    for a in names:
+        o.add_row(a, *(f"{result['overlap'][a][b]:.2f}" for b in names))
+    console.print(o)

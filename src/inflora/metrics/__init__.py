@@ -4,7 +4,7 @@
 """
 from ..registry import Registry
 from .accumulate import ProbePlugin, SumAccumulator
-from .cka import FeatureProbe, delta_cka, linear_cka, pool_hidden, shared_pca
+from .cka import BlockIOProbe, FeatureProbe, delta_cka, io_cka, linear_cka, pool_hidden, shared_pca
 from .dormant import DormantProbe
 from .entropy import AttentionEntropy, EntropyProbe, attention_entropy, attention_entropy_sums
 from .grad_norms import (
@@ -12,11 +12,11 @@ from .grad_norms import (
 )
 
 DIAGNOSTICS: Registry[type[ProbePlugin]] = Registry("diagnostic")
-for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe):
+for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe, BlockIOProbe):
     DIAGNOSTICS.register(_plugin.name)(_plugin)
 
 __all__ = [
     "DIAGNOSTICS", "ActivationGradNorm", "AttentionEntropy", "ParamGradNorm", "ProbePlugin", "SumAccumulator",
-    "activation_grad_norm", "attention_entropy", "attention_entropy_sums", "delta_cka", "linear_cka",
+    "activation_grad_norm", "attention_entropy", "attention_entropy_sums", "delta_cka", "io_cka", "linear_cka",
     "param_grad_norm", "pool_hidden", "shared_pca",
 ]

@@ -45,9 +45,14 @@ def delta_cka(before: torch.Tensor, after: torch.Tensor, k: int = 64) -> float:
 
 
 def pool_hidden(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """[B, T, D] -> [B, D]: mean over non-padding tokens, or the first ([CLS]) token."""
+    """[B, T, D] -> [B, D]: mean over non-padding tokens, the first ([CLS]) token, or the last
+    non-padding token (``last``, for decoders; works for left and right padding)."""
     if pooling == "cls":
         return hidden[:, 0].detach().float()
+    if pooling == "last":
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (attention_mask.to(torch.long) * positions).argmax(1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].detach().float()
     m = attention_mask.to(hidden.dtype)[..., None]
     return ((hidden * m).sum(1) / m.sum(1).clamp_min(1)).detach().float()
 
@@ -83,3 +88,41 @@ class FeatureProbe(ProbePlugin):
 
     def layer_results(self, batches=None) -> list[dict]:
         return [{} for _ in self.features]
+
+
+def io_cka(features: list[torch.Tensor]) -> list[float]:
+    """CKA(input, output) of each block from ``features[0]`` = block-0 input and ``features[l + 1]`` =
+    block l's output, all [n, d] on the same examples (layer-wise LoRA with CKA, ``selectors.md`` §4)."""
+    return [linear_cka(a, b) for a, b in zip(features[:-1], features[1:])]
+
+
+class BlockIOProbe(FeatureProbe):
+    """Pooled features of block 0's input and of every block's output, for ``io_cka`` per layer.
+
+    Pooling ``last`` (last non-padding token, decoders, as the reference), ``mean`` (encoders [ours]:
+    [CLS] at block 0's input is the same vector for every example, so its CKA is 0/0) or ``cls``."""
+
+    name = "block_io"
+
+    def attach(self, ctx) -> None:
+        self.inputs: list[torch.Tensor] = []
+
+        def pre_hook(module, args, kwargs):
+            if ctx.active:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                self.inputs.append(pool_hidden(hidden, ctx.attention_mask, self.pooling).cpu())
+
+        self.handles.append(ctx.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        super().attach(ctx)
+
+    def gather(self) -> None:
+        self.inputs = gather_batches(self.inputs)
+        super().gather()
+
+    def layer_results(self, batches=None) -> list[dict]:
+        chosen = range(len(self.inputs)) if batches is None else batches
+        if not self.inputs:
+            return [{} for _ in self.features]
+        stacked = [torch.cat([self.inputs[i] for i in chosen])]
+        stacked += [torch.cat([f[i] for i in chosen]) for f in self.features]
+        return [{"io_cka": v} for v in io_cka(stacked)]

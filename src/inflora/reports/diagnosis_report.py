@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .document import Report, fmt
 from .plots import head_heatmap, profile_figure
+from .rules_section import add_rules_section
 
 
 def explain(d) -> str:
@@ -74,6 +75,8 @@ def write_diagnosis_report(d, out_dir: str | Path) -> dict[str, Path]:
     rep.heading("Attention heads").figure(head_heatmap(d), "heads", "Mean entropy of every head; dark cells are saturated heads.")
     rep.heading("Selection").table([{"rule": d.selection["rule"], **d.selection["parameters"],
                                      "band": d.inflection_layers, "peaks": d.peaks}])
+    if getattr(d, "rules", None):
+        add_rules_section(rep, d.rules, d.num_layers)
     rep.heading("Configuration").table([{k: v for k, v in d.config.items()}]).text(
         "Versions: " + ", ".join(f"{k} {v}" for k, v in d.versions.items()))
     return rep.write(out_dir)

@@ -1,0 +1,242 @@
+"""Peer selection rules (selectors.md): hand-checkable scores, directions, matched budgets, the
+side-by-side comparison, and their bad input."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from inflora.cli import app
+from inflora.diagnosis import diagnose, score_without_data
+from inflora.errors import ConfigError
+from inflora.metrics import io_cka, linear_cka
+from inflora.models import get_blocks, tiny_model
+from inflora.select import (
+    RULES, BlockScores, RuleInputs, fit_band, random_blocks, score_rules, select_layers, within_type_percentile,
+)
+from inflora.select.alpha_hts import alpha_hts, hill_alpha, ks_distance
+from inflora.select.kappa import condition_number
+from inflora.select.spectrum_snr import spectrum_snr
+from inflora.strategies import random_band
+from inflora.strategies.budget import Budget, lora_params_per_rank, match_budget, rank_for_params
+from inflora.strategies.lora import inject_lora
+
+PEERS = ["top-grad", "low-grad", "low-entropy", "spectrum-snr", "kappa", "cka-io", "alpha-hts", "random", "all"]
+runner = CliRunner()
+
+
+def with_spectrum(s, m=None, n=None, seed=0):
+    """A matrix with exactly the singular values ``s``."""
+    m, n = m or len(s), n or len(s)
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, m, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    d = torch.zeros(m, n, dtype=torch.float64)
+    d[range(len(s)), range(len(s))] = torch.tensor(s, dtype=torch.float64)
+    return u @ d @ v.T
+
+
+# ------------------------------------------------------------------ hand-checkable scores
+
+def test_spectrum_snr_of_a_known_spectrum():
+    # S = [10, 1, 1, 1]: Q25 = 1, Q75 = 3.25, σ̂ = 2.25/1.349, β = 1, τ = 2σ̂ ≈ 3.34;
+    # signal = 10, noise = 3, SNR = (10/3)/10 = 1/3
+    s = torch.linalg.svdvals(with_spectrum([10.0, 1.0, 1.0, 1.0])).numpy()
+    assert spectrum_snr(s, (4, 4)) == pytest.approx(1 / 3, rel=1e-9)
+    # a flat spectrum: IQR 0, τ = 0, every value is signal, noise falls back to 1: SNR = 8/1/2 = 4
+    assert spectrum_snr([2.0, 2.0, 2.0, 2.0], (4, 4)) == pytest.approx(4.0)
+    # the rectangular threshold τ = σ̂(1 + √β) with β = 4/16 = 1/4: S = [8, 2, 1, 1]:
+    # Q25 = 1, Q75 = 3.5, σ̂ = 2.5/1.349, τ = 1.5σ̂ ≈ 2.78: signal 8, noise 4, SNR = 2/8 = 0.25
+    assert spectrum_snr([8.0, 2.0, 1.0, 1.0], (4, 16)) == pytest.approx(0.25)
+
+
+def test_condition_number_of_a_diagonal_matrix():
+    assert condition_number(torch.linalg.svdvals(torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)))) \
+        == pytest.approx(4.0, rel=1e-7)
+
+
+def test_kappa_rule_reads_the_block_weights(tmp_path):
+    model = tiny_model("bert", layers=3, hidden=32)
+    with torch.no_grad():
+        get_blocks(model)[1].attention.self.query.weight.copy_(torch.diag(torch.arange(1.0, 33.0)))
+    res = score_rules(["kappa"], RuleInputs(3, model=model), 1)["rules"]["kappa"]
+    assert res["per_module"]["1.attention.self.query"] == pytest.approx(32.0, rel=1e-6)
+    assert res["direction"] == "low" and res["meta"]["n_svd"] == 3 * 6  # q, k, v, o, intermediate, output
+    assert not any("LayerNorm" in k or "embeddings" in k for k in res["per_module"])
+
+
+def test_cka_of_identical_and_orthogonal_features():
+    x = torch.randn(20, 5, generator=torch.Generator().manual_seed(0))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3 * x + 1) == pytest.approx(1.0)  # invariant to scale and shift
+    a = torch.tensor([[1.0], [-1.0], [0.0], [0.0]])
+    b = torch.tensor([[0.0], [0.0], [1.0], [-1.0]])
+    assert linear_cka(a, b) == pytest.approx(0.0)
+    assert io_cka([x, x, a.repeat(5, 5)[:20]]) [0] == pytest.approx(1.0)
+
+
+def test_alpha_hill_ks_and_the_estimator_on_a_power_law_spectrum():
+    assert hill_alpha([1.0, math.e, math.e ** 2]) == pytest.approx(2.0)  # 1 + 3/(0 + 1 + 2)
+    # exact Pareto quantiles with exponent α: the fitted CDF matches, distance ≈ 1/n
+    for alpha in (2.0, 3.0, 4.0):
+        n = 400
+        lam = (1 - np.arange(n) / n) ** (-1 / (alpha - 1))
+        assert ks_distance(lam, alpha) < 2 / n
+        assert alpha_hts(np.sqrt(lam)) == pytest.approx(alpha, rel=0.02)
+
+
+def test_within_type_percentile_never_mixes_types():
+    values = [{"a": 1.0, "b": 300.0}, {"a": 2.0, "b": 100.0}, {"a": 3.0, "b": 200.0}]
+    # a ranks 0, .5, 1; b ranks 1, 0, .5
+    assert within_type_percentile(values) == pytest.approx([0.5, 0.25, 0.75])
+    assert math.isnan(within_type_percentile([{"a": 1.0}, {}])[1])
+
+
+# ------------------------------------------------------------------ directions and selection
+
+def test_select_applies_the_direction_with_nan_last_and_ties_low():
+    assert BlockScores("x", [3.0, 1.0, 2.0, float("nan")], "high").select(2) == [0, 2]
+    assert BlockScores("x", [3.0, 1.0, 2.0, float("nan")], "low").select(2) == [1, 2]
+    assert BlockScores("x", [1.0, 1.0, 1.0], "high").select(2) == [0, 1]
+    assert BlockScores("x", [1.0, 5.0, 2.0, 0.0], "low").select(2, skip_best=1) == [0, 2]  # CKA's encoder mode
+
+
+def test_single_signal_rules_on_a_hand_made_profile():
+    entropy, grad = [2.0, 1.0, 3.0, 1.5], [1e-3, 5e-4, 2e-4, 9e-4]
+    assert select_layers("top-grad", entropy, grad, k=2) == [0, 3]
+    assert select_layers("low-grad", entropy, grad, k=2) == [1, 2]
+    assert select_layers("low-entropy", entropy, grad, k=2) == [1, 3]
+
+
+def test_random_rule_is_lora_randoms_draw_and_all_ignores_k():
+    res = score_rules(["random", "all"], RuleInputs(12, seed=43), 3)["rules"]
+    assert res["random"]["selected"] == random_band(12, 3, 43) == random_blocks(12, 3, 43)
+    assert res["all"]["selected"] == list(range(12))
+
+
+def test_ski_band_is_trimmed_or_extended_to_k_by_score():
+    score = [0.9, 0.2, 0.8, 0.7, 0.1]
+    assert fit_band([0, 1, 2], score, 2) == [0, 2]
+    assert fit_band([1], score, 3) == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ matched budgets
+
+def _tiny_batches(n=2, b=4, t=8):
+    g = torch.Generator().manual_seed(0)
+    return [{"input_ids": torch.randint(5, 1000, (b, t), generator=g), "attention_mask": torch.ones(b, t, dtype=torch.long),
+             "labels": torch.arange(b) % 2} for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_rules():
+    model = tiny_model("bert", layers=4, hidden=32)
+    d = diagnose(model, _tiny_batches(), rules=["ski", *PEERS], budget=Budget(layers=2), progress=False, resamples=5)
+    return model, d
+
+
+def test_every_rule_picks_the_same_k_and_the_same_count(tiny_rules):
+    _, d = tiny_rules
+    rules = d.rules["rules"]
+    assert set(rules) == {"ski", *PEERS} and d.rules["k"] == 2
+    assert {len(r["selected"]) for n, r in rules.items() if n != "all"} == {2} and len(rules["all"]["selected"]) == 4
+    assert {r["lora_params"] for n, r in rules.items() if n != "all"} == {8 * 2 * 3 * 64}  # r·blocks·(q,k,v)·(32+32)
+    assert all(math.isfinite(v) for v in rules["cka-io"]["raw"]) and d.layers[0]["io_cka"] == rules["cka-io"]["raw"][0]
+    assert d.rules["overlap"]["all"]["ski"] == pytest.approx(0.5)
+
+
+def test_param_budget_matches_counts_within_one_rank_step():
+    model = tiny_model("bert", layers=4, hidden=32)
+    sel = {"two": [0, 3], "all": [0, 1, 2, 3], "one": [2]}
+    sizes = match_budget(model, sel, Budget(params=5000))
+    steps = {n: lora_params_per_rank(model, layers) for n, layers in sel.items()}
+    for n, s in sizes.items():
+        assert 0 <= 5000 - s["lora_params"] < steps[n]  # never over; under by less than one rank step
+    assert sizes["all"]["r"] < sizes["two"]["r"] < sizes["one"]["r"]
+    # the count is PEFT's own trainable LoRA parameter count
+    peft = inject_lora(tiny_model("bert", layers=4, hidden=32), [0, 3], r=sizes["two"]["r"])
+    lora = sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n and p.requires_grad)
+    assert lora == sizes["two"]["lora_params"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("layers", "--budget expects layers=K, params=N"), ("depth=2", "--budget expects layers=K, params=N"),
+    ("params=abc", "needs a whole number"), ("layers=0", "needs a whole number >= 1"),
+])
+def test_budget_parse_errors(text, message):
+    with pytest.raises(ConfigError, match=message):
+        Budget.parse(text)
+    assert Budget.parse("params=1.5k") == Budget(params=1500)
+    assert Budget.parse("layers=2,params=2M") == Budget(layers=2, params=2_000_000)
+
+
+def test_a_param_budget_no_rank_can_meet():
+    with pytest.raises(ConfigError, match="no rank can meet it"):
+        rank_for_params(tiny_model("bert", layers=4, hidden=32), [0, 1], 100)
+
+
+def test_weight_rules_refuse_meta_weights_and_data_rules_refuse_no_data():
+    with torch.device("meta"):
+        model = tiny_model("bert", layers=2, hidden=32)
+    with pytest.raises(ConfigError, match="meta device") as exc:
+        score_without_data(model, ["kappa"], Budget(layers=1))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match="rule 'top-grad' needs data"):
+        score_without_data(tiny_model("bert", layers=2, hidden=32), ["top-grad"], Budget(layers=1))
+    with pytest.raises(ConfigError, match="needs data"):
+        score_rules(["cka-io"], RuleInputs(2), 1)
+
+
+# ------------------------------------------------------------------ command line
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    path = tmp_path_factory.mktemp("sel") / "bert"
+    tiny_model("bert", layers=4, hidden=32, heads=4).bert.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_weights_only_cli_needs_no_data(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("INFLORA_DATA_DIR", str(tmp_path / "nowhere"))
+    res = runner.invoke(app, ["diagnose", "--model", str(tiny_dir), "--rules", "spectrum-snr,kappa,alpha-hts,random,all",
+                              "--weights-only", "--budget", "layers=2", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "rules.json").read_text())
+    assert out["k"] == 2 and set(out["rules"]) == {"spectrum-snr", "kappa", "alpha-hts", "random", "all"}
+    assert "Rules side by side" in (tmp_path / "rules.md").read_text() and "overlap" in res.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rules", "ski,nope"], "unknown selection rule 'nope'; choose one of: all, alpha-hts"),
+    (["--rules", "kappa", "--weights-only", "--budget", "layers=5"], "a budget of 5 blocks is impossible for a 4-block model"),
+    (["--rules", "kappa", "--weights-only", "--budget", "layers=0"], "needs a whole number >= 1"),
+    (["--rules", "kappa", "--weights-only", "--budget", "layers=2,params=10"], "no rank can meet it"),
+    (["--rules", "kappa", "--weights-only", "--budget", "params=10"], "give --budget layers=K"),
+    (["--rules", "kappa,top-grad", "--weights-only", "--budget", "layers=2"], "rule 'top-grad' needs data"),
+    (["--rules", "cka-io", "--weights-only", "--budget", "layers=2"], "rule 'cka-io' needs data"),
+    (["--weights-only"], "--weights-only needs --rules"),
+])
+def test_rule_bad_input_is_one_line_error(args, message, tiny_dir, tmp_path):
+    res = runner.invoke(app, ["diagnose", "--model", str(tiny_dir), *args, "--out", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1
+
+
+# ------------------------------------------------------------------ the real MiniLM on RT validation
+
+@pytest.mark.real
+def test_every_rule_runs_on_real_minilm_rt_validation(minilm, data_dir):
+    model, tok = minilm
+    d = diagnose(model, "rotten_tomatoes", tok, batches=2, batch_size=16, max_length=32, resamples=5,
+                 data_dir=str(data_dir), progress=False, rules=["ski", *PEERS], budget=Budget(layers=2))
+    rules = d.rules["rules"]
+    for name in PEERS:
+        assert len(rules[name]["selected"]) == (6 if name == "all" else 2), name
+        if name not in ("random", "all"):
+            assert all(math.isfinite(v) for v in rules[name]["raw"]), name
+    assert rules["top-grad"]["selected"] != rules["low-grad"]["selected"]  # opposite ends of one profile
+    assert all(0 < v <= 1 for v in rules["cka-io"]["raw"])
