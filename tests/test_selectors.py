@@ -61,7 +61,7 @@ def test_kappa_rule_reads_the_block_weights(tmp_path):
     model = tiny_model("bert", layers=3, hidden=32)
     with torch.no_grad():
         get_blocks(model)[1].attention.self.query.weight.copy_(torch.diag(torch.arange(1.0, 33.0)))
-    res = score_rules(["kappa"], RuleInputs(3, model=model), 1)["rules"]["kappa"]
+    res = score_rules(["kappa"], RuleInputs(3, blocks=get_blocks(model)), 1)["rules"]["kappa"]
     assert res["per_module"]["1.attention.self.query"] == pytest.approx(32.0, rel=1e-6)
     assert res["direction"] == "low" and res["meta"]["n_svd"] == 3 * 6  # q, k, v, o, intermediate, output
     assert not any("LayerNorm" in k or "embeddings" in k for k in res["per_module"])

@@ -14,7 +14,7 @@ from .data import TextDataset, load_task, probe_batches
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .metrics.accumulate import gather_batches
-from .models import arch_for, hf_model, load_model
+from .models import arch_for, get_blocks, hf_model, load_model
 from .probe import LayerProbe, probe_step
 from .select import RULES, RuleInputs, bootstrap_stability, local_maxima, rule_needs, score_rules, select_layers, ski_terms
 
@@ -227,7 +227,7 @@ def _compare_rules(model, rules, layers, chosen, budget, seed, params, flags) ->
         flags.append("rules not compared: the band is empty, so give the budget explicitly (--budget layers=K)")
         return {}
     profiles = {key: [r[key] for r in layers] for key in PROFILE_KEYS if all(key in r for r in layers)}
-    return _scored(model, rules, RuleInputs(len(layers), model=hf_model(model), profiles=profiles, seed=seed), k, budget, params)
+    return _scored(model, rules, RuleInputs(len(layers), blocks=get_blocks(hf_model(model)), profiles=profiles, seed=seed), k, budget, params)
 
 
 def _scored(model, rules, inputs, k, budget, params=None) -> dict:
@@ -244,19 +244,18 @@ def _scored(model, rules, inputs, k, budget, params=None) -> dict:
 def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: int = 0) -> dict:
     """Weight-only rules (and ``random``/``all``) without data and without a backward pass; the
     budget must name K (``layers=K``, or ``layers=K,params=N``)."""
-    from .models import num_layers
     from .select import check_rules
     from .strategies.budget import Budget
 
     budget = budget or Budget()
     check_rules(rules, {"weights"})
     inner = hf_model(model)
-    n = num_layers(inner)
+    blocks = get_blocks(inner)
     k = budget.layers
     if k is None:
         raise ConfigError("without data there is no band to size the budget: give --budget layers=K "
                           "(with a parameter budget: layers=K,params=N)")
-    return _scored(inner, rules, RuleInputs(n, model=inner, seed=seed), k, budget)
+    return _scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
 
 
 def _flags(layers: list[dict], losses: list[float]) -> list[str]:

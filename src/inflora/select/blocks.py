@@ -67,7 +67,7 @@ class RuleInputs:
     (``attention_entropy``, ``activation_grad_norm``, ``param_grad_norm``, ``io_cka``)."""
 
     num_layers: int
-    model: nn.Module | None = None
+    blocks: list[nn.Module] | None = None    # the model's transformer blocks (``models.get_blocks``)
     profiles: dict[str, list[float]] = field(default_factory=dict)
     seed: int = 0
 
@@ -119,14 +119,12 @@ def profile_rule(name: str, key: str, direction: str, doc: str) -> ScoreRule:
 
 # --------------------------------------------------------------------------- weight matrices
 
-def block_matrices(model: nn.Module) -> list[dict[str, nn.Parameter]]:
+def block_matrices(blocks) -> list[dict[str, nn.Parameter]]:
     """Per block, its 2-D weight matrices keyed by the exact path after the block index (the *type*):
     attention and MLP projections, never embeddings, norms, pooler or head. LoRA factors of a PEFT
     wrapper are skipped and a wrapped layer is named as the base layer it wraps."""
-    from ..models.architectures import get_blocks
-
     out = []
-    for block in get_blocks(model):
+    for block in blocks:
         mats: dict[str, nn.Parameter] = {}
         for path, module in block.named_modules():
             w = module._parameters.get("weight")
@@ -139,10 +137,10 @@ def block_matrices(model: nn.Module) -> list[dict[str, nn.Parameter]]:
     return out
 
 
-def weight_matrices(model: nn.Module | None, rule: str) -> list[dict[str, nn.Parameter]]:
-    if model is None:
+def weight_matrices(blocks, rule: str) -> list[dict[str, nn.Parameter]]:
+    if blocks is None:
         raise ConfigError(f"rule {rule!r} needs {NEEDS_TEXT['weights']}; no model was given")
-    mats = block_matrices(model)
+    mats = block_matrices(blocks)
     meta = [t for m in mats for t, w in m.items() if w.is_meta]
     if meta:
         raise ConfigError(f"rule {rule!r} reads weights, but the model's weights are on the meta device "
@@ -177,7 +175,7 @@ def matrix_rule(name: str, direction: str, metric: Callable[[np.ndarray, tuple[i
 
     def score(inp: RuleInputs):
         per_block, per_module, n_svd = [], {}, 0
-        for i, mats in enumerate(weight_matrices(inp.model, name)):
+        for i, mats in enumerate(weight_matrices(inp.blocks, name)):
             row = {}
             for t, w in mats.items():
                 s = torch.linalg.svdvals(w.detach().to("cpu", getattr(torch, dtype))).numpy()
