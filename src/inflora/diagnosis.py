@@ -10,18 +10,17 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import TextDataset, load_task, probe_batches
+from .data import InstructionDataset, TextDataset, instruction_probe_batches, is_instruction_task, load_task, probe_batches
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .metrics.accumulate import gather_batches
 from .models import arch_for, get_blocks, hf_model, load_model
 from .probe import LayerProbe, probe_step
 from .select import RULES, RuleInputs, bootstrap_stability, local_maxima, rule_needs, score_rules, select_layers, ski_terms
+from .strategies.lora import head_modules, task_type_of
 
 _SKI_DEFAULTS = {"alpha": 0.5, "top": 2, "widen": 1, "boundary": True, "variant": "level"}
 # Recorded in ``selection.parameters``; ``ski_terms`` is reported with the same alpha/variant the rule used.
-# Classification heads that PEFT's SEQ_CLS mode does not make trainable on its own (the pooler).
-HEADS_WITH_POOLER = {"bert": ("classifier", "pooler")}
 DEFAULT_RULE_PARAMS = {
     "ski": _SKI_DEFAULTS,
     "ski-decay": {**_SKI_DEFAULTS, "variant": "decay"},
@@ -53,6 +52,8 @@ class Diagnosis:
     versions: dict = field(default_factory=versions)
     flags: list[str] = field(default_factory=list)
     rules: dict = field(default_factory=dict)   # --rules: every rule's scores and K-block selection, overlap
+    task_type: str = "classification"   # or "causal-lm": what the loss was and what LoRA should adapt
+    head_modules: list[str] = field(default_factory=list)  # heads that stay trainable (PEFT modules_to_save)
 
     def profile(self, key: str) -> list[float]:
         return [row[key] for row in self.layers]
@@ -81,12 +82,14 @@ class Diagnosis:
             raise DataError(f"{path} is not a diagnosis file: {exc}") from None
 
     def lora_config(self, **kw):
-        """A PEFT ``LoraConfig`` that adapts only the inflection band (defaults r=8, alpha=16, q/k/v)."""
-        from .strategies.lora import lora_config
+        """A PEFT ``LoraConfig`` that adapts only the inflection band (defaults r=8, alpha=16, q/k/v;
+        ``targets='mlp'`` etc. as in ``inject_lora``), built by the same function as ``inject_lora``."""
+        from .strategies.lora import TASK_TYPES, lora_config
 
         if not self.inflection_layers:
             raise ConfigError("this diagnosis selected no layers (see its flags); pass layers explicitly")
-        kw.setdefault("modules_to_save", list(HEADS_WITH_POOLER.get(self.family, ())) or None)
+        kw.setdefault("modules_to_save", self.head_modules or None)
+        kw.setdefault("task_type", TASK_TYPES.get(self.task_type, "SEQ_CLS"))
         return lora_config(self.family, self.inflection_layers, **kw)
 
 
@@ -101,6 +104,11 @@ def _as_batches(data, tokenizer, *, split, batches, batch_size, max_length, seed
         raise DataError(f"cannot diagnose on {type(data).__name__}; pass a task name, a TextDataset or a list of batches")
     if tokenizer is None:
         raise ConfigError("a tokenizer is needed to encode a dataset; pass tokenizer=")
+    if isinstance(data, InstructionDataset):
+        if not causal_lm:
+            raise ConfigError(f"{data.name} is instruction data: it needs a causal LM (load_model(..., task='causal-lm'))")
+        return instruction_probe_batches(data, tokenizer, batches=batches, batch_size=batch_size,
+                                         max_length=max_length, seed=seed)
     return probe_batches(data, tokenizer, batches=batches, batch_size=batch_size, max_length=max_length,
                          seed=seed, causal_lm=causal_lm)
 
@@ -153,10 +161,12 @@ def diagnose(
     params = {**DEFAULT_RULE_PARAMS.get(rule, {}), **(rule_params or {})}
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", type(model).__name__)
     if isinstance(model, str):
-        model, tokenizer = load_model(model)
+        instructions = isinstance(data, InstructionDataset) or (isinstance(data, str) and is_instruction_task(data))
+        model, tokenizer = load_model(model, task="causal-lm" if instructions else "classification")
     inner = hf_model(model)
     spec = arch_for(inner)
-    causal_lm = spec.causal and not hasattr(inner, "score") and "ForCausalLM" in type(inner).__name__
+    task_type = task_type_of(inner)
+    causal_lm = spec.causal and task_type == "causal-lm"
     probe_set = _as_batches(data, tokenizer, split=split, batches=batches, batch_size=batch_size,
                             max_length=max_length, seed=seed, causal_lm=causal_lm, data_dir=data_dir)
     was_training = model.training
@@ -212,7 +222,8 @@ def diagnose(
                 "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,
                 "entropy_queries": entropy_queries, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
                 "data": data if isinstance(data, str) else getattr(data, "name", "batches")},
-        flags=flags, rules=compared,
+        flags=flags, rules=compared, task_type=task_type,
+        head_modules=head_modules(inner) if task_type == "classification" else [],
     )
 
 

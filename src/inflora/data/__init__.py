@@ -1,11 +1,15 @@
-"""Data layer: built-in tasks (exact split recipes), user files, decontamination."""
+"""Data layer: built-in tasks (exact split recipes), user files, instruction data, decontamination."""
 from .batching import EncodedSplit, collate, probe_batches
 from .dataset import TextDataset
 from .decontam import decontaminate, normalize, overlap_mask
 from .files import load_file
-from .tasks import ENV_VAR, TASKS, load_task, resolve_data_dir
+from .instruction_batching import EncodedInstructions, instruction_probe_batches
+from .instruction_files import is_instruction_file, load_instructions
+from .instructions import InstructionDataset
+from .tasks import ENV_VAR, TASKS, is_instruction_task, load_task, resolve_data_dir
 
 __all__ = [
-    "ENV_VAR", "TASKS", "EncodedSplit", "collate", "probe_batches", "TextDataset", "decontaminate", "load_file", "load_task", "normalize",
-    "overlap_mask", "resolve_data_dir",
+    "ENV_VAR", "TASKS", "EncodedInstructions", "EncodedSplit", "InstructionDataset", "TextDataset", "collate",
+    "decontaminate", "instruction_probe_batches", "is_instruction_file", "is_instruction_task", "load_file",
+    "load_instructions", "load_task", "normalize", "overlap_mask", "probe_batches", "resolve_data_dir",
 ]

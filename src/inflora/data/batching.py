@@ -97,4 +97,8 @@ class EncodedSplit:
             rows = self.row_order(by_length)
             order = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
         for b in order:
-            yield collate(self.tokenizer, [self.ids[i] for i in b], [self.ds.labels[i] for i in b], self.causal_lm)
+            yield self.collate_rows(b)
+
+    def collate_rows(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        """One padded batch of the given rows (instruction splits add their completion mask)."""
+        return collate(self.tokenizer, [self.ids[i] for i in rows], [self.ds.labels[i] for i in rows], self.causal_lm)

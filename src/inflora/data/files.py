@@ -1,4 +1,4 @@
-"""User data from CSV, TSV or JSON Lines with configurable text and label columns."""
+"""User data from CSV, TSV, JSON Lines or Parquet with configurable text and label columns."""
 from __future__ import annotations
 
 import csv
@@ -24,8 +24,12 @@ def _rows(path: Path):
     elif suffix in (".csv", ".tsv"):
         with open(path, encoding="utf-8", newline="") as f:
             yield from csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(path).to_pylist()
     else:
-        raise DataError(f"unsupported data file {path.name}: use .csv, .tsv or .jsonl")
+        raise DataError(f"unsupported data file {path.name}: use .csv, .tsv, .jsonl or .parquet")
 
 
 def load_file(

@@ -17,6 +17,7 @@ from typing import Callable
 from ..errors import ChecksumError, DataError
 from ..registry import Registry
 from .dataset import TextDataset
+from .instructions import InstructionDataset
 
 ENV_VAR = "INFLORA_DATA_DIR"
 
@@ -35,6 +36,8 @@ class TaskSpec:
     read_local: Callable[[Path, str, bool], tuple[list[str], list[int], int]]
     hub_id: tuple[str, ...]
     num_labels: int = 2
+    prompt_template: str | None = None   # an instruction task: each text as a prompt...
+    options: tuple[str, ...] = ()        # ...and the option of its label as the completion
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
@@ -106,6 +109,9 @@ def _read_sst2(root: Path, split: str, skip_nontextual: bool) -> tuple[list[str]
 
 TASKS.register("rotten_tomatoes")(TaskSpec("rotten_tomatoes", ("train", "validation", "test"), _read_rt, ("rotten_tomatoes",)))
 TASKS.register("sst2")(TaskSpec("sst2", ("train", "validation"), _read_sst2, ("glue", "sst2")))
+# Rotten Tomatoes for causal LMs: the same splits, rows and decontamination, as prompt -> ' positive'/' negative'.
+TASKS.register("rt-instruct")(TaskSpec("rt-instruct", ("train", "validation", "test"), _read_rt, ("rotten_tomatoes",),
+                                       prompt_template="Review: {text}\nSentiment:", options=(" negative", " positive")))
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -169,4 +175,9 @@ def load_task(
             f"no data folder for {name!r}: pass --data-dir DIR or set {ENV_VAR} "
             "(the Hugging Face hub is not reachable)"
         )
-    return TextDataset(texts, labels, name, split, spec.num_labels, skipped, source).require_nonempty()
+    ds = TextDataset(texts, labels, name, split, spec.num_labels, skipped, source).require_nonempty()
+    return InstructionDataset.from_labelled(ds, spec.prompt_template, list(spec.options)) if spec.prompt_template else ds
+
+
+def is_instruction_task(name: str) -> bool:
+    return name in TASKS and TASKS.get(name).prompt_template is not None

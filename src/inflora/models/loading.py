@@ -30,6 +30,56 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+TINY_PREFIX = "tiny-"
+
+
+def tiny_family(name_or_path: str) -> str | None:
+    """``tiny-llama`` -> ``llama``: a seeded random-init tiny model (see ``tiny_model``), no download."""
+    if name_or_path.startswith(TINY_PREFIX) and not os.path.exists(name_or_path):
+        return name_or_path[len(TINY_PREFIX):]
+    return None
+
+
+def model_config(name_or_path: str):
+    """The model's config without its weights (a tiny name, a folder, or a hub name)."""
+    from transformers import AutoConfig
+
+    from .tiny import tiny_config
+
+    family = tiny_family(name_or_path)
+    if family:
+        return tiny_config(family)
+    path = resolve_model_path(name_or_path)
+    if not os.path.exists(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(f"model {name_or_path!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1)")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load model config from {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+
+
+def ensure_pad_token(tokenizer):
+    """Decoder tokenizers often ship without a pad token: pad with EOS (padding never enters the loss)."""
+    if getattr(tokenizer, "pad_token", None) is not None:
+        return tokenizer
+    if getattr(tokenizer, "eos_token", None) is None:
+        raise ConfigError("the tokenizer has neither a pad token nor an EOS token; set tokenizer.pad_token")
+    log.warning("the tokenizer has no pad token; padding with its EOS token %r", tokenizer.eos_token)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_tiny(family: str, task: str, attn_implementation: str | None):
+    from transformers import AutoTokenizer
+
+    from .tiny import tiny_model
+
+    model = tiny_model(family, task=task)
+    if attn_implementation and attn_implementation != "eager":
+        model.set_attn_implementation(attn_implementation)
+    return model, AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
+
+
 def is_causal_lm(name_or_path: str) -> bool:
     from transformers import AutoConfig
 
@@ -51,33 +101,30 @@ def load_model(
     Attention maps are only materialised by the eager implementation, so that is the default;
     pass ``attn_implementation='sdpa'`` for faster training when no maps are needed.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    path = resolve_model_path(name_or_path)
-    if not os.path.exists(path) and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ConfigError(f"model {name_or_path!r} is not a local folder and the hub is offline (HF_HUB_OFFLINE=1)")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot load model config from {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+    config = model_config(name_or_path)
     arch_for(config.model_type)  # fail early, before loading weights, for an unknown family
+    if task not in ("classification", "causal-lm"):
+        raise ConfigError(f"unknown task type {task!r}; use 'classification' or 'causal-lm'")
+    if tiny_family(name_or_path):
+        model, tokenizer = _load_tiny(tiny_family(name_or_path), task, attn_implementation)
+        model.config.name_or_path = name_or_path
+        return model, ensure_pad_token(tokenizer)
+    path = resolve_model_path(name_or_path)
     if task == "classification":
         auto = AutoModelForSequenceClassification
         if num_labels is not None:  # None: keep the checkpoint's own label count
             kwargs["num_labels"] = num_labels
-    elif task == "causal-lm":
-        auto = AutoModelForCausalLM
     else:
-        raise ConfigError(f"unknown task type {task!r}; use 'classification' or 'causal-lm'")
+        auto = AutoModelForCausalLM
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = auto.from_pretrained(path, **kwargs)
     except ValueError as exc:
         raise ArchitectureError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:  # decoder LLMs ship without one
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config.name_or_path = name_or_path if name_or_path in ALIASES else str(Path(path))

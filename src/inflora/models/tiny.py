@@ -1,7 +1,8 @@
 """Tiny random-init models of every supported family, built locally (no download).
 
 Used by fast tests and for trying the pipeline without weights. The vocabulary size matches the
-BERT tokenizer of the bundled MiniLM so the same tokenizer can feed every family.
+BERT tokenizer of the bundled MiniLM so the same tokenizer can feed every family. The tiny Qwen2
+uses grouped-query attention (2 query heads per key/value head), like the real ones.
 """
 from __future__ import annotations
 
@@ -13,14 +14,20 @@ from ..errors import ArchitectureError
 VOCAB = 30522
 
 
-def _config(family: str, layers: int, hidden: int, heads: int):
+# Key/value heads per query head where the real family uses grouped-query attention (Qwen2).
+GQA_GROUPS = {"qwen2": 2}
+
+
+def tiny_config(family: str, layers: int = 4, hidden: int = 32, heads: int = 4):
+    """The config of ``tiny_model`` (also used to build a tiny model on the meta device)."""
     import transformers as tf
 
     common = dict(vocab_size=VOCAB, num_labels=2, pad_token_id=0)
     enc = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                intermediate_size=2 * hidden, max_position_embeddings=128, **common)
+    kv_heads = max(1, heads // GQA_GROUPS.get(family, 1))
     dec = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-               num_key_value_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=128, **common)
+               num_key_value_heads=kv_heads, intermediate_size=2 * hidden, max_position_embeddings=128, **common)
     table = {
         "bert": lambda: tf.BertConfig(**enc),
         "roberta": lambda: tf.RobertaConfig(**{**enc, "pad_token_id": 1}),
@@ -49,7 +56,7 @@ def tiny_model(
     ``config_overrides`` set config fields (e.g. ``num_key_value_heads=2``, ``sliding_window=4``)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    config = _config(family, layers, hidden, heads)
+    config = tiny_config(family, layers, hidden, heads)
     for name, value in config_overrides.items():
         setattr(config, name, value)
     config._attn_implementation = "eager"

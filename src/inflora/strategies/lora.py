@@ -1,32 +1,69 @@
-"""LoRA through Hugging Face PEFT on chosen blocks, with targets from the architecture table."""
+"""LoRA through Hugging Face PEFT on chosen blocks, with targets from the architecture table.
+
+The one place PEFT configs are built: ``lora_config`` serves ``inject_lora``, ``Diagnosis.lora_config``
+and ``inflora export``; ``HEAD_MODULES`` is the one list of heads that stay trainable; and
+``match_lora_targets`` dry-runs a config against a model with PEFT's own matcher, so a target or a
+band layer that matches nothing is an error instead of a silently smaller adapter.
+"""
 from __future__ import annotations
+
+import copy
+import re
 
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.architectures import ARCHITECTURES, arch_for, num_layers
+from ..models.architectures import ARCHITECTURES, ArchSpec, arch_for, num_layers
 
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
 HEAD_MODULES = ("pooler", "pre_classifier", "classifier", "score")
 LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.1}
+TARGET_PRESETS = ("qkv", "attention", "mlp", "all")
+TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
-def _spec(family: str):
+def family_spec(family: str) -> ArchSpec:
     for spec in ARCHITECTURES:
         if spec.family == family or family in spec.model_types:
             return spec
     return arch_for(family)  # raises the table's error
 
 
+def _unique(paths) -> list[str]:
+    return list(dict.fromkeys(paths))
+
+
+def resolve_targets(family: str, targets: str | list[str] | None) -> list[str]:
+    """LoRA target paths inside a block: ``qkv`` (the default: query/key/value, or GPT-2's fused
+    ``c_attn``), ``attention`` (q/k/v and the output projection), ``mlp`` (the feed-forward
+    projections), ``all`` (both), or explicit names (a comma list; short names like ``q_proj`` match
+    by suffix, as in PEFT)."""
+    spec = family_spec(family)
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if not targets:
+        return list(spec.lora_targets)
+    presets = {
+        "qkv": list(spec.lora_targets),
+        "attention": _unique([*spec.lora_targets, spec.output]),
+        "mlp": list(spec.mlp_targets),
+        "all": _unique([*spec.lora_targets, spec.output, *spec.mlp_targets]),
+    }
+    out: list[str] = []
+    for t in targets:
+        out += presets.get(t, [t])
+    return _unique(out)
+
+
 def lora_config(
     family: str, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
-    targets: list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
+    targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
 ):
-    """A ``LoraConfig`` restricted to ``layers`` (None: every block). ``targets`` are paths inside a
-    block (default q/k/v of the family); short names like ``query`` also work."""
+    """A ``LoraConfig`` restricted to ``layers`` (None: every block); ``targets`` as in
+    ``resolve_targets``; ``modules_to_save`` the heads that train in full."""
     from peft import LoraConfig
 
-    spec = _spec(family)
+    spec = family_spec(family)
     if layers is not None:
         if not layers:
             raise ConfigError("LoRA needs at least one layer")
@@ -36,21 +73,65 @@ def lora_config(
         raise ConfigError(f"LoRA rank must be >= 1, got {r}")
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout,
-        target_modules=list(targets or spec.lora_targets),
+        target_modules=resolve_targets(family, targets),
         layers_to_transform=sorted(set(layers)) if layers is not None else None,
         layers_pattern=spec.blocks.split(".")[-1] if layers is not None else None,
         fan_in_fan_out=spec.fused_qkv,
-        modules_to_save=modules_to_save, task_type=task_type,
+        modules_to_save=list(modules_to_save) if modules_to_save else None, task_type=task_type,
     )
 
 
 def head_modules(model: nn.Module) -> list[str]:
+    """The entries of ``HEAD_MODULES`` this model has (a causal LM has none)."""
     names = {n.split(".")[-1] for n, _ in model.named_modules()}
     return [h for h in HEAD_MODULES if h in names]
 
 
+def task_type_of(model: nn.Module) -> str:
+    """``classification`` when the model has a classifier/score head, else ``causal-lm``."""
+    return "classification" if {"classifier", "score"} & set(head_modules(model)) else "causal-lm"
+
+
+def _layer_of(name: str, pattern: str | None) -> int | None:
+    match = re.match(rf"(?:^|.*?\.){re.escape(pattern)}\.(\d+)\.", name) if pattern else None
+    return int(match.group(1)) if match else None
+
+
+def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
+    """Dry-run ``config`` against ``model.named_modules()`` with PEFT's matcher (a model on the meta
+    device will do): the number of modules each target matches. Raises when a target, or a layer of
+    ``layers_to_transform``, matches nothing."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    names = [n for n, _ in model.named_modules() if n]
+    counts, layers_hit = {}, set()
+    for target in config.target_modules:
+        one = copy.copy(config)
+        one.target_modules = {target}
+        hits = [n for n in names if check_target_module_exists(one, n)]
+        counts[target] = len(hits)
+        layers_hit |= {_layer_of(n, config.layers_pattern) for n in hits}
+    missing = [t for t, c in counts.items() if c == 0]
+    kind = getattr(model.config, "model_type", type(model).__name__)
+    if missing:
+        where = f" in layers {config.layers_to_transform}" if config.layers_to_transform else ""
+        raise ConfigError(f"LoRA target(s) {missing} match no module of this {kind} model{where}; "
+                          f"presets: {', '.join(TARGET_PRESETS)}, or module names such as {_examples(model)}")
+    empty = [i for i in config.layers_to_transform or [] if i not in layers_hit]
+    if empty:
+        raise ConfigError(f"layer(s) {empty} of the band match no module: this {kind} model has "
+                          f"{num_layers(model)} blocks (0-{num_layers(model) - 1})")
+    return counts
+
+
+def _examples(model: nn.Module) -> str:
+    """A few target paths of block 0 from the architecture table, for the error message."""
+    spec = arch_for(model)
+    return ", ".join(_unique([*spec.lora_targets, spec.output, *spec.mlp_targets])[:6])
+
+
 def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
-                targets: list[str] | None = None, train_head: bool = True):
+                targets: str | list[str] | None = None, train_head: bool = True):
     """Wrap ``model`` in a PEFT model with LoRA on ``layers`` only (None = all blocks); the
     classifier (and pooler) stay trainable. Returns the PEFT model."""
     from peft import get_peft_model
@@ -59,10 +140,11 @@ def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = 8, alpha
     n = num_layers(model)
     if layers is not None and any(i >= n for i in layers):
         raise ConfigError(f"layers {sorted(layers)} out of range for a {n}-layer model")
-    is_cls = any(h in head_modules(model) for h in ("classifier", "score"))
+    task = task_type_of(model)
     config = lora_config(
         spec.family, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
-        modules_to_save=head_modules(model) if train_head and is_cls else None,
-        task_type="SEQ_CLS" if is_cls else "CAUSAL_LM",
+        modules_to_save=head_modules(model) if train_head and task == "classification" else None,
+        task_type=TASK_TYPES[task],
     )
+    match_lora_targets(model, config)
     return get_peft_model(model, config)
