@@ -115,8 +115,11 @@ def test_user_file_errors(tmp_path):
         load_file(p, text_column="sentence")
     with pytest.raises(DataError, match="does not exist"):
         load_file(tmp_path / "missing.csv")
-    (tmp_path / "d.parquet").write_bytes(b"PAR1")
+    (tmp_path / "d.xlsx").write_bytes(b"PK")
     with pytest.raises(DataError, match="unsupported"):
+        load_file(tmp_path / "d.xlsx")
+    (tmp_path / "d.parquet").write_bytes(b"PAR1")
+    with pytest.raises(DataError, match="not a readable Parquet file"):
         load_file(tmp_path / "d.parquet")
     empty = tmp_path / "e.csv"
     empty.write_text("text,label\n,0\n")

@@ -1,4 +1,4 @@
-"""The ``inflora`` command line: diagnose, finetune, experiment, demo, info."""
+"""The ``inflora`` command line: diagnose, finetune, export, experiment, demo, info."""
 from __future__ import annotations
 
 import functools
@@ -51,7 +51,7 @@ def command(name: str | None = None, **kw):
     return deco
 
 
-from . import demo, diagnose, info  # noqa: E402,F401  (registers the commands)
+from . import demo, diagnose, export, info  # noqa: E402,F401  (registers the commands)
 
 for _optional in ("finetune", "experiment"):
     try:

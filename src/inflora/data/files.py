@@ -25,9 +25,14 @@ def _rows(path: Path):
         with open(path, encoding="utf-8", newline="") as f:
             yield from csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        yield from pq.read_table(path).to_pylist()
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path.name} is not a readable Parquet file: {str(exc).splitlines()[0]}") from None
+        yield from table.to_pylist()
     else:
         raise DataError(f"unsupported data file {path.name}: use .csv, .tsv, .jsonl or .parquet")
 

@@ -55,6 +55,15 @@ def resolve_targets(family: str, targets: str | list[str] | None) -> list[str]:
     return _unique(out)
 
 
+def _shadowed(spec: ArchSpec, paths: list[str]) -> list[str] | None:
+    """Block paths that PEFT's suffix matching would also hit but were not asked for: BERT's FFN
+    ``output.dense`` is a suffix of ``attention.output.dense``. PEFT's ``exclude_modules`` keeps them out."""
+    known = _unique([spec.query, spec.key, spec.value, spec.output, *spec.mlp_targets])
+    exact = [p for p in paths if p in known]  # a table path means that module; a short name matches by suffix
+    out = [q for q in known if q not in paths and any(q.endswith("." + p) for p in exact)]
+    return out or None
+
+
 def lora_config(
     family: str, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
     targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
@@ -71,9 +80,10 @@ def lora_config(
             raise ConfigError(f"layer indices must be >= 0, got {layers}")
     if r < 1:
         raise ConfigError(f"LoRA rank must be >= 1, got {r}")
+    paths = resolve_targets(family, targets)
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout,
-        target_modules=resolve_targets(family, targets),
+        target_modules=paths, exclude_modules=_shadowed(spec, paths),
         layers_to_transform=sorted(set(layers)) if layers is not None else None,
         layers_pattern=spec.blocks.split(".")[-1] if layers is not None else None,
         fan_in_fan_out=spec.fused_qkv,
