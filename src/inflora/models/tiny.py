@@ -35,7 +35,8 @@ def tiny_config(family: str, layers: int = 4, hidden: int = 32, heads: int = 4):
         "mpnet": lambda: tf.MPNetConfig(**enc),
         "distilbert": lambda: tf.DistilBertConfig(dim=hidden, n_layers=layers, n_heads=heads,
                                                   hidden_dim=2 * hidden, max_position_embeddings=128, **common),
-        "gpt2": lambda: tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=128, **common),
+        "gpt2": lambda: tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=128,
+                                      bos_token_id=101, eos_token_id=102, **common),  # MiniLM [CLS]/[SEP]
         "llama": lambda: tf.LlamaConfig(**dec),
         "mistral": lambda: tf.MistralConfig(**dec),
         "qwen2": lambda: tf.Qwen2Config(**dec),
