@@ -1,5 +1,5 @@
 """Two CPU processes (gloo) diagnose the same batches: both ranks report identical numbers, equal
-to a single process over the same batches (bootstrap stability included)."""
+to a single process over the same batches (bootstrap stability and the output section included)."""
 import json
 import math
 import os
@@ -80,6 +80,9 @@ def test_two_gloo_ranks_match_a_single_process(tmp_path):
     d = ranks[0]["diagnosis"]
     assert d["config"]["probe_batches"] == 5
     assert_same(d, single)
+    # the output section too: 5 batches x 4 examples, merged from both ranks' sums
+    assert d["output"]["predictions"] == 20 and sum(d["output"]["histogram"]["count"]) == 20
+    assert all(r["wrong_token_share"] is not None for r in d["layers"])
     stab = d["selection"]["stability"]
     assert all(s is not None and 0 <= s <= 1 for s in stab)
     assert any(0 < s < 1 for s in stab)  # fractional: the comparison above checks the batch order too

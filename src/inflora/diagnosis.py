@@ -54,6 +54,7 @@ class Diagnosis:
     rules: dict = field(default_factory=dict)   # --rules: every rule's scores and K-block selection, overlap
     task_type: str = "classification"   # or "causal-lm": what the loss was and what LoRA should adapt
     head_modules: list[str] = field(default_factory=list)  # heads that stay trainable (PEFT modules_to_save)
+    output: dict = field(default_factory=dict)  # output saturation (metrics.output); {} in older files
 
     def profile(self, key: str) -> list[float]:
         return [row[key] for row in self.layers]
@@ -77,6 +78,7 @@ class Diagnosis:
         try:
             data = json.loads(path.read_text())
             data["layers"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in data.get("layers", [])]
+            data["output"] = _nan_for_null(data.get("output", {}))
             return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
         except (json.JSONDecodeError, TypeError) as exc:
             raise DataError(f"{path} is not a diagnosis file: {exc}") from None
@@ -91,6 +93,17 @@ class Diagnosis:
         kw.setdefault("modules_to_save", self.head_modules or None)
         kw.setdefault("task_type", TASK_TYPES.get(self.task_type, "SEQ_CLS"))
         return lora_config(self.family, self.inflection_layers, **kw)
+
+
+def _nan_for_null(obj):
+    """JSON has no NaN (``to_json`` writes null): read the output section's nulls back as NaN."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: _nan_for_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_for_null(v) for v in obj]
+    return obj
 
 
 def _as_batches(data, tokenizer, *, split, batches, batch_size, max_length, seed, causal_lm, data_dir):
@@ -176,7 +189,7 @@ def diagnose(
     try:
         entropy_options = {"queries": entropy_queries, "seed": seed}
         extra = ["block_io"] if any("forward" in rule_needs(n) for n in rules or []) else []
-        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant", *extra], attention=attention,
+        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant", "output", *extra], attention=attention,
                         attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"}) as probe:
             attention_mode = probe.attention_mode
             for batch in tqdm(_shard(probe_set), desc="diagnose", unit="batch", disable=not progress):
@@ -185,6 +198,7 @@ def diagnose(
             losses = gather_batches(losses)
             layers = probe.layer_results()
             groups = probe.group_results()
+            output = probe.summaries().get("output", {})
             n_batches = probe.num_batches()
 
             def profile_for(idx):
@@ -192,7 +206,7 @@ def diagnose(
                 return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
             entropy, grad = profile_for(None)
-            flags = _flags(layers, losses)
+            flags = _flags(layers, losses, output)
             try:
                 terms = ski_terms(entropy, grad, params.get("alpha", 0.5), params.get("variant", "level"))
                 chosen = select_layers(rule, entropy, grad, **params)
@@ -222,7 +236,7 @@ def diagnose(
                 "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,
                 "entropy_queries": entropy_queries, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
                 "data": data if isinstance(data, str) else getattr(data, "name", "batches")},
-        flags=flags, rules=compared, task_type=task_type,
+        flags=flags, rules=compared, task_type=task_type, output=output,
         head_modules=head_modules(inner) if task_type == "classification" else [],
     )
 
@@ -269,8 +283,10 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
     return _scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
 
 
-def _flags(layers: list[dict], losses: list[float]) -> list[str]:
+def _flags(layers: list[dict], losses: list[float], output: dict) -> list[str]:
     flags = []
+    if output.get("nonfinite_batches"):
+        flags.append(f"output: {output['nonfinite_batches']} batch(es) with non-finite logits, left out of the output section")
     bad_loss = sum(1 for v in losses if not math.isfinite(v))
     if bad_loss:
         flags.append(f"{bad_loss} probe batch(es) had a non-finite loss")

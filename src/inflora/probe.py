@@ -141,6 +141,10 @@ class LayerProbe(contextlib.AbstractContextManager):
             out.update(p.group_results(batches))
         return out
 
+    def summaries(self, batches: list[int] | None = None) -> dict:
+        """Each plugin's model-level numbers by plugin name (plugins without any are left out)."""
+        return {p.name: s for p in self.plugins if (s := p.summary(batches))}
+
     def num_batches(self) -> int:
         return max((p.num_batches() for p in self.plugins), default=0)
 

@@ -45,9 +45,14 @@ def print_summary(d, out: Path, console: Console | None = None) -> None:
         se = max(r["attention_entropy_se"] for r in d.layers)
         console.print(f"entropy is an estimate from {d.config['entropy_queries']} sampled queries per sequence "
                       f"(largest standard error {se:.3g} nats)")
+    o = d.output
+    if o.get("predictions"):
+        console.print(f"output ({o['predictions']} {o['unit']}s): accuracy {o['accuracy']:.3f}, mean confidence "
+                      f"{o['mean_confidence']:.3f}, ECE {o['ece']:.3f}, confidence > 0.9: {o['share_confidence_over_0.9']:.1%}, "
+                      f"confident wrong answers carry {o['confident_wrong_grad_share']:.1%} of ‖p − y‖")
     for flag in d.flags:
         console.print(f"[yellow]warning:[/] {flag}")
-    console.print(f"wrote {out / 'diagnosis.json'}, {out / 'report.html'}, {out / 'report.md'}, {out / 'profile.png'}")
+    console.print(f"wrote {out / 'diagnosis.json'}, {out / 'report.html'}, {out / 'report.md'}, {out / 'profile.png'}, {out / 'reliability.png'}")
 
 
 @command("diagnose")

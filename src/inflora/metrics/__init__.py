@@ -10,13 +10,18 @@ from .entropy import AttentionEntropy, EntropyProbe, attention_entropy, attentio
 from .grad_norms import (
     ActivationGradNorm, ActivationGradProbe, ParamGradNorm, ParamGradProbe, activation_grad_norm, param_grad_norm,
 )
+from .output import (
+    OutputProbe, OutputSaturation, expected_calibration_error, grad_weights, output_saturation, saturated_fraction,
+)
 
 DIAGNOSTICS: Registry[type[ProbePlugin]] = Registry("diagnostic")
-for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe, BlockIOProbe):
+for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe, BlockIOProbe, OutputProbe):
     DIAGNOSTICS.register(_plugin.name)(_plugin)
 
 __all__ = [
-    "DIAGNOSTICS", "ActivationGradNorm", "AttentionEntropy", "ParamGradNorm", "ProbePlugin", "SumAccumulator",
-    "activation_grad_norm", "attention_entropy", "attention_entropy_sums", "delta_cka", "io_cka", "linear_cka",
+    "DIAGNOSTICS", "ActivationGradNorm", "AttentionEntropy", "OutputProbe", "OutputSaturation", "ParamGradNorm",
+    "ProbePlugin", "SumAccumulator",
+    "activation_grad_norm", "attention_entropy", "attention_entropy_sums", "delta_cka", "expected_calibration_error",
+    "grad_weights", "io_cka", "linear_cka", "output_saturation", "saturated_fraction",
     "param_grad_norm", "pool_hidden", "shared_pca",
 ]

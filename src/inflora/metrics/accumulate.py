@@ -89,3 +89,7 @@ class ProbePlugin:
 
     def group_results(self, batches: list[int] | None = None) -> dict:
         return {}
+
+    def summary(self, batches: list[int] | None = None) -> dict:
+        """Model-level numbers (not per layer), e.g. the output section; empty for per-layer metrics."""
+        return {}

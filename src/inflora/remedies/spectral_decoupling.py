@@ -13,32 +13,20 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+# The measurement (per-example gradient weight 1 - p_y, saturated share) lives in metrics.output.
+from ..metrics.output import (  # noqa: F401 - grad_weights, saturated_fraction are re-exported
+    IGNORE, at_least_fp32, grad_weights, output_rows, saturated_fraction, signed, true_class_prob,
+)
 from .base import Option, Remedy
-
-IGNORE = -100
-
-
-def _fp32(t: torch.Tensor) -> torch.Tensor:
-    """At least fp32 (half logits overflow when squared); fp64 stays fp64."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _rows(logits: torch.Tensor, labels: torch.Tensor | None, ignore_index: int = IGNORE):
     """Flatten to ([N, C] fp32 logits, [N] labels) and drop ignored rows (label -100, padding)."""
-    z = _fp32(logits)
-    z = z.unsqueeze(-1) if z.dim() == 1 else z.reshape(-1, z.shape[-1])
     if labels is None:
-        return z, None
-    y = labels.reshape(-1)
-    if y.numel() != z.shape[0]:
-        raise ConfigError(f"spectral decoupling: {z.shape[0]} logit rows but {y.numel()} labels")
-    keep = y != ignore_index
-    return z[keep], y[keep].long()
-
-
-def _signed(y: torch.Tensor) -> torch.Tensor:
-    """Labels {0,1} or {-1,+1} -> {-1,+1}."""
-    return torch.where(y > 0, 1.0, -1.0)
+        z = at_least_fp32(logits)
+        return (z.unsqueeze(-1) if z.dim() == 1 else z.reshape(-1, z.shape[-1])), None
+    z, y, _ = output_rows(logits, labels, ignore_index=ignore_index)
+    return z, y
 
 
 def _binary_logit(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -58,7 +46,7 @@ def sd_penalty(
     """SD penalty in fp32. Plain: lam*mean over rows x classes of z^2. Per-class targets:
     sum_c lam*mean_{i: y_i=c}(yhat_i - gamma_c)^2; a class absent from the batch adds 0."""
     z, y = _rows(logits, labels, ignore_index)
-    zero = _fp32(logits).sum() * 0.0  # keeps the graph and dtype when nothing is valid
+    zero = at_least_fp32(logits).sum() * 0.0  # keeps the graph and dtype when nothing is valid
     if z.shape[0] == 0:
         return zero
     if targets is None:
@@ -76,8 +64,8 @@ def sd_penalty(
 
 def sd_binary_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.003) -> torch.Tensor:
     """mean log(1+exp(-y*yhat)) + lam*mean yhat^2 (two-moons form; labels {0,1} or {-1,+1})."""
-    yhat = _fp32(logits).reshape(-1)
-    ys = _signed(labels.reshape(-1))
+    yhat = at_least_fp32(logits).reshape(-1)
+    ys = signed(labels.reshape(-1))
     return F.softplus(-ys * yhat).mean() + lam * yhat.pow(2).mean()
 
 
@@ -87,29 +75,13 @@ def sd_cross_entropy(
 ) -> torch.Tensor:
     """CE + SD penalty (DomainBed multi-class form)."""
     z, y = _rows(logits, labels, ignore_index)
-    ce = F.cross_entropy(z, y) if z.shape[0] else _fp32(logits).sum() * 0.0
+    ce = F.cross_entropy(z, y) if z.shape[0] else at_least_fp32(logits).sum() * 0.0
     return ce + sd_penalty(logits, labels, lam, targets, ignore_index)
 
 
 # ---------------------------------------------------------------- diagnostics
-def _p_correct(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if z.shape[1] == 1:
-        return torch.sigmoid(_signed(y) * z[:, 0])
-    return z.softmax(-1).gather(1, y.unsqueeze(1))[:, 0]
-
-
-@torch.no_grad()
-def grad_weights(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE) -> torch.Tensor:
-    """Per-example gradient weight |dl/dyhat|: sigma(-y*yhat) (binary) or 1 - p_y (multi-class)."""
-    z, y = _rows(logits.detach(), labels, ignore_index)
-    return 1.0 - _p_correct(z, y)
-
-
-@torch.no_grad()
-def saturated_fraction(logits, labels, threshold: float = 0.99, ignore_index: int = IGNORE) -> float:
-    """Share of examples with p(correct) > threshold (their gradient is nearly switched off)."""
-    z, y = _rows(logits.detach(), labels, ignore_index)
-    return float((_p_correct(z, y) > threshold).float().mean()) if len(y) else 0.0
+# grad_weights / saturated_fraction (the per-example gradient weight 1 - p_y and the share of
+# saturated examples) are the output-saturation diagnostic's, imported from metrics.output.
 
 
 @torch.no_grad()
@@ -181,7 +153,7 @@ class StarvationMeter:
     @torch.no_grad()
     def update(self, logits, labels, ignore_index: int = IGNORE) -> None:
         z, y = _rows(logits.detach(), labels, ignore_index)
-        self._w.append(1.0 - _p_correct(z, y))
+        self._w.append(1.0 - true_class_prob(z, y))
         self._y.append(y)
         self._sq_sum += float(z.pow(2).sum())
         self._sq_n += z.numel()

@@ -5,8 +5,46 @@ import math
 from pathlib import Path
 
 from .document import Report, fmt
-from .plots import head_heatmap, profile_figure
+from .plots import head_heatmap, profile_figure, reliability_figure
 from .rules_section import add_rules_section
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.0f} %" if math.isfinite(value) else "n/a"
+
+
+def _mean_finite(values) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _carried_by(wrong_over_right: float) -> str:
+    if wrong_over_right > 1.5:
+        return "mostly by the mistakes"
+    if wrong_over_right < 1 / 1.5:
+        return "mostly by the right answers"
+    return "by right and wrong examples alike"
+
+
+def explain_output(d) -> str:
+    """The output paragraph: how saturated and calibrated the predictions are, who carries the
+    logit gradient p − y, and (for a classifier) how that shows up in the per-layer ‖∂L/∂h‖."""
+    o = d.output
+    unit = o.get("unit", "example")
+    text = (f"On {o['predictions']} probe {unit}s the model is right {pct(o['accuracy'])} of the time with mean "
+            f"confidence {fmt(o['mean_confidence'], 3)} (ECE {fmt(o['ece'], 3)}); {pct(o['share_confidence_over_0.9'])} "
+            f"of predictions are made with confidence > 0.9 and {pct(o['share_confidence_over_0.99'])} with > 0.99. "
+            f"The gradient at the logits is p − y: right answers send back ‖p − y‖ = {fmt(o['grad_norm_correct'], 3)} "
+            f"on average, wrong ones {fmt(o['grad_norm_wrong'], 3)}. {pct(o['wrong_share'])} of predictions are wrong and "
+            f"carry {pct(o['wrong_grad_share'])} of the logit gradient (Σ‖p − y‖); {pct(o['wrong_confident_share'])} of "
+            f"wrong answers are made with confidence > 0.9, and they carry {pct(o['confident_wrong_grad_share'])} of it.")
+    wrong = _mean_finite(r.get("activation_grad_norm_wrong") for r in d.layers)
+    right = _mean_finite(r.get("activation_grad_norm_correct") for r in d.layers)
+    if math.isfinite(wrong) and math.isfinite(right) and right > 0:
+        text += (f" Downstream, ‖∂L/∂h‖ averaged over the layers is {fmt(wrong, 3)} on the tokens of wrong examples and "
+                 f"{fmt(right, 3)} on those of right ones ({fmt(wrong / right, 3)}×): the per-layer gradient profiles "
+                 f"are carried {_carried_by(wrong / right)}.")
+    return text
 
 
 def explain(d) -> str:
@@ -54,6 +92,11 @@ def write_diagnosis_report(d, out_dir: str | Path) -> dict[str, Path]:
     rep.text(explain(d))
     if d.flags:
         rep.heading("Warnings").text("\n".join(f"- {f}" for f in d.flags))
+    if d.output.get("predictions"):
+        rep.heading("Output saturation").text(explain_output(d)).figure(
+            reliability_figure(d.output), "reliability",
+            "Accuracy per confidence bin (10 equal-width bins; n = predictions in the bin); bars under the diagonal "
+            "are over-confident.")
     rep.heading("Profiles").figure(profile_figure(d), "profile",
                                    "Per-layer curves; the shaded layers are the chosen band; stars mark SKI peaks.")
     rows = [{"layer": r["layer"], "entropy": r["attention_entropy"], "entropy / log n": r["attention_entropy_norm"],

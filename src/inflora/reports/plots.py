@@ -86,3 +86,30 @@ def layer_profiles_figure(profiles: dict[str, list[float]], title: str, ylabel: 
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def reliability_figure(output: dict) -> plt.Figure:
+    """Reliability diagram of the output section: accuracy per confidence bin (one bar per non-empty
+    bin, its count above it) against the diagonal of perfect calibration, mean confidence as a dot."""
+    hist = output["histogram"]
+    edges = np.asarray(hist["edges"], dtype=float)
+    filled = [i for i, c in enumerate(hist["count"]) if c > 0]
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    left = edges[filled]
+    width = np.diff(edges)[filled]
+    acc = np.asarray([hist["accuracy"][i] for i in filled], dtype=float)
+    bars = ax.bar(left, acc, width=width, align="edge", color="tab:blue", edgecolor="k", alpha=0.75, label="accuracy")
+    ax.plot(left + width / 2, [hist["mean_confidence"][i] for i in filled], "o", color="tab:red", ms=4,
+            label="mean confidence")
+    for bar, i in zip(bars, filled):
+        ax.annotate(f"n={hist['count'][i]}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel(f"confidence (max softmax probability) per {output.get('unit', 'example')}")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability: ECE = {output['ece']:.3f}, accuracy = {output['accuracy']:.3f}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
