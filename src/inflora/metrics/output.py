@@ -23,6 +23,7 @@ import math
 import torch
 
 from ..errors import DataError
+from ..models.architectures import first_tensor
 from .accumulate import ProbePlugin, SumAccumulator
 from .grad_norms import activation_grad_sums
 
@@ -209,14 +210,12 @@ class OutputProbe(ProbePlugin):
     name = "output"
 
     def attach(self, ctx) -> None:
-        from ..probe import first_tensor, hf_model
-
         self.summary_acc = OutputSaturation()
         self.layers = [WrongRightGradSplit() for _ in ctx.blocks]
         self._labels: torch.Tensor | None = None
         self._wrong: torch.Tensor | None = None
         self.unit = "example"
-        inner = hf_model(ctx.model)
+        inner = ctx.inner
         self.handles.append(inner.register_forward_pre_hook(self._labels_hook(ctx, inner), with_kwargs=True))
         self.handles.append(inner.register_forward_hook(self._logits_hook(ctx)))
         for acc, block in zip(self.layers, ctx.blocks):
