@@ -58,7 +58,8 @@ def print_summary(d, out: Path, console: Console | None = None) -> None:
 @command("diagnose")
 def diagnose_cmd(
     model: str = typer.Option("minilm", help="model name or path ('minilm' = bundled all-MiniLM-L6-v2)"),
-    task: str = typer.Option("rotten_tomatoes", help="built-in task (rotten_tomatoes, sst2) or a .csv/.tsv/.jsonl file"),
+    task: str = typer.Option("rotten_tomatoes", help="built-in task (rotten_tomatoes, sst2, rt-instruct) or a "
+                             ".csv/.tsv/.jsonl/.parquet file (text/label, or prompt/completion or messages for a causal LM)"),
     split: str = typer.Option("validation", help="split of the task to probe on"),
     batches: int = typer.Option(8, help="number of probe batches"),
     batch_size: int = typer.Option(32),
@@ -69,6 +70,9 @@ def diagnose_cmd(
     seed: int = typer.Option(0),
     text_column: str = typer.Option("text", help="text column of a user data file"),
     label_column: str = typer.Option("label", help="label column of a user data file"),
+    prompt_column: str = typer.Option("prompt", help="instruction file: prompt column (a causal LM is loaded)"),
+    completion_column: str = typer.Option("completion", help="instruction file: completion column (the loss covers it only)"),
+    messages_column: str = typer.Option("messages", help="instruction file: chat column (a list of role/content messages)"),
     data_dir: Optional[str] = typer.Option(None, help="data folder (default: $INFLORA_DATA_DIR, else the HF hub)"),
     out: Path = typer.Option(Path("runs/diagnose"), help="output folder"),
     attention: Optional[str] = typer.Option(
@@ -85,7 +89,7 @@ def diagnose_cmd(
                                       "weight rules (spectrum-snr, kappa, alpha-hts) and random/all"),
 ) -> None:
     """Measure per-layer attention entropy and gradient flow, and choose the inflection band."""
-    from ..data import load_file, load_task
+    from ..data import InstructionDataset, load_file, load_instruction_source, load_task
     from ..diagnosis import diagnose
     from ..models import load_model
     from ..reports import write_diagnosis_report
@@ -110,9 +114,18 @@ def diagnose_cmd(
     if weights_only:
         return _weights_only(model, rule_names, spend, seed, out)
     console = Console(stderr=True)
-    data = load_file(task, text_column, label_column) if Path(task).suffix in (".csv", ".tsv", ".jsonl") else load_task(task, split, data_dir)
+    data = load_instruction_source(task, split, data_dir, prompt_column=prompt_column,
+                                   completion_column=completion_column, messages_column=messages_column)
+    if data is None:
+        data = load_file(task, text_column, label_column) if Path(task).suffix in (".csv", ".tsv", ".jsonl", ".parquet") else load_task(task, split, data_dir)
+    if data.skipped:
+        reasons = data.meta.get("skipped_reasons")
+        console.print(f"skipped {data.skipped} row(s) of {task}" + (f": {reasons}" if reasons else ""))
     console.print(f"loading {model} …")
-    net, tok = load_model(model, num_labels=max(data.num_labels, 2))
+    if isinstance(data, InstructionDataset):  # a causal LM measured with the completion-only loss
+        net, tok = load_model(model, task="causal-lm")
+    else:
+        net, tok = load_model(model, num_labels=max(data.num_labels, 2))
     d = diagnose(net, data, tok, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
                  rule_params=parse_params(param), resamples=resamples, seed=seed, split=split,
                  attention=attention, entropy_queries=entropy_queries, rules=rule_names or None, budget=spend)

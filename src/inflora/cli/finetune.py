@@ -66,6 +66,8 @@ def finetune_cmd(
     lora_r: int = typer.Option(8),
     lora_alpha: int = typer.Option(16),
     lora_dropout: float = typer.Option(0.1),
+    lora_targets: Optional[str] = typer.Option(None, help="LoRA targets: qkv (default) | attention (+ output projection) "
+                                               "| mlp | all | comma list of module names"),
     init: Optional[str] = typer.Option(None, help="start from a saved fine-tuned model folder"),
     limit_train: Optional[int] = typer.Option(None, help="stratified subset of the training split"),
     limit_eval: Optional[int] = typer.Option(None, help="stratified subset of validation/test"),
@@ -92,7 +94,9 @@ def finetune_cmd(
     cfg = FinetuneConfig(model=model, task=task, strategy=strategy, epochs=epochs, seed=seed, lr=lr, optimizer=optimizer,
                          batch_size=batch_size,
                          max_length=max_length, diagnosis=diagnosis, layers=parse_layers(layers), k=k, lora_r=lora_r,
-                         lora_alpha=lora_alpha, lora_dropout=lora_dropout, init=init, limit_train=limit_train,
+                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                         lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
+                         init=init, limit_train=limit_train,
                          limit_eval=limit_eval, log_every=log_every, remedies=list(remedy), remedy_options=options,
                          save_model=save_model, data_dir=data_dir)
     m = finetune(cfg, out)

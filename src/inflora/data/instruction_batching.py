@@ -115,3 +115,11 @@ def instruction_probe_batches(ds: InstructionDataset, tokenizer, *, batches: int
     order = list(range(len(enc)))
     random.Random(seed).shuffle(order)
     return [enc.collate_rows(order[s:s + batch_size]) for s in range(0, len(order), batch_size)][:batches]
+
+
+def encode_split(ds, tokenizer, max_length: int) -> EncodedSplit:
+    """A split tokenised for training/evaluation: completion-only labels for instruction data,
+    class labels otherwise."""
+    if isinstance(ds, InstructionDataset):
+        return EncodedInstructions(ds, tokenizer, max_length)
+    return EncodedSplit(ds, tokenizer, max_length)

@@ -112,3 +112,16 @@ def is_instruction_file(path: str | os.PathLike, prompt_column: str = "prompt", 
         if isinstance(row, dict):
             return prompt_column in row or messages_column in row
     return False
+
+
+def load_instruction_source(task: str, split: str = "validation", data_dir=None, *, prompt_column: str = "prompt",
+                            completion_column: str = "completion", messages_column: str = "messages"):
+    """``task`` as instruction data (a built-in instruction task such as ``rt-instruct``, or a file
+    with a prompt or messages column), or None when it is classification data."""
+    from .tasks import is_instruction_task, load_task
+
+    if is_instruction_task(str(task)):
+        return load_task(str(task), split, data_dir)
+    if is_instruction_file(task, prompt_column, messages_column):
+        return load_instructions(task, prompt_column, completion_column, messages_column=messages_column, split=split)
+    return None

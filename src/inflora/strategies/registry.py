@@ -40,10 +40,15 @@ NEEDS_BAND = {"lora-inflection", "lora-random"}
 
 
 def _freeze_all_but_head(model: nn.Module) -> None:
+    """Train only the head: the classifier (and pooler); for a causal LM, the LM head (the output
+    embedding, which GPT-2 ties to the input embedding)."""
     heads = set(head_modules(model))
     for name, module in model.named_modules():
         for p in module.parameters(recurse=False):
             p.requires_grad = name.split(".")[-1] in heads or any(f".{h}." in f".{name}." for h in heads)
+    if not heads and getattr(model, "get_output_embeddings", lambda: None)() is not None:
+        for p in model.get_output_embeddings().parameters():
+            p.requires_grad = True
 
 
 @STRATEGIES.register("full")

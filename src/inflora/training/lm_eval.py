@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..data import EncodedInstructions
 from ..data.instruction_batching import IGNORE_INDEX, fit, tokenize_example
 from ..models import hf_model
+from .evaluate import accuracy
 
 
 def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,4 +90,17 @@ def completion_metrics(model, split: EncodedInstructions, batch_size: int = 64) 
             out["accuracy"] = option_accuracy(model, split, batch_size)
     finally:
         model.train(was_training)
+    return out
+
+
+def evaluate_split(model, split, batch_size: int = 64, accelerator=None) -> dict:
+    """One split's scores: ``accuracy`` for classification; for instruction data the completion
+    metrics (``accuracy`` by option scoring when the completions are labels). ``score`` is what
+    best-epoch selection maximises: accuracy where there is one, else minus the completion loss."""
+    if isinstance(split, EncodedInstructions):
+        out = completion_metrics(model, split, batch_size)
+    else:
+        out = {"accuracy": accuracy(model, split, batch_size, accelerator) if accelerator else
+               accuracy(model, split, batch_size)}
+    out["score"] = out["accuracy"] if "accuracy" in out else -out["completion_loss"]
     return out

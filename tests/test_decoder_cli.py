@@ -1,0 +1,72 @@
+"""Decoder LLMs from the command line: diagnose a tiny causal LM on rt-instruct or an instruction
+file with the completion-only loss; bad instruction input ends in one line and exit code 2."""
+import copy
+import json
+import logging
+
+import pytest
+from typer.testing import CliRunner
+
+from inflora.cli import app
+from inflora.diagnosis import Diagnosis
+from inflora.errors import ConfigError
+from inflora.models import ensure_pad_token
+
+FAST = ["--batches", "2", "--batch-size", "4", "--resamples", "5", "--max-length", "48"]
+
+
+def _run(*args):
+    result = CliRunner().invoke(app, list(map(str, args)))
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_cli_diagnose_causal_lm_on_rt_instruct(tmp_path, family):
+    code, out = _run("diagnose", "--model", f"tiny-{family}", "--task", "rt-instruct", *FAST, "--out", tmp_path)
+    assert code == 0, out
+    d = Diagnosis.from_json(tmp_path / "diagnosis.json")
+    assert d.task_type == "causal-lm" and d.family == family and d.head_modules == [] and d.num_layers == 4
+    assert d.config["mean_loss"] > 5  # a random-init model over a 30k vocabulary: about log(30522) = 10.3
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_diagnose_instruction_file_reports_skipped_rows(tmp_path):
+    rows = [{"prompt": f"Question {i}: is it good?", "completion": " yes" if i % 2 else " no"} for i in range(8)]
+    rows += [{"prompt": "no answer"}, {"prompt": "empty", "completion": ""},
+             {"messages": [{"role": "user", "content": "hello"}]}]
+    code, out = _run("diagnose", "--model", "tiny-qwen2", "--task", _jsonl(tmp_path / "d.jsonl", rows), *FAST,
+                     "--out", tmp_path / "out")
+    assert code == 0, out
+    assert "skipped 3 row(s)" in out and "chat without an assistant turn" in out and "empty completion" in out
+
+
+@pytest.mark.parametrize("rows,args,match", [
+    ([{"prompt": "p", "completion": ""}, {"prompt": "q"}], [], r"no usable rows \(2 skipped"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], [], r"no usable rows .*chat without an assistant turn"),
+    ([{"prompt": "a very long prompt " * 20, "completion": " yes"}] * 3, ["--max-length", "8"],
+     r"no example fits --max-length 8 \(\{'prompt alone longer than --max-length': 3\}\)"),
+])
+def test_cli_bad_instruction_data_is_one_line(tmp_path, rows, args, match):
+    import re
+
+    code, out = _run("diagnose", "--model", "tiny-llama", "--task", _jsonl(tmp_path / "bad.jsonl", rows), *FAST, *args,
+                     "--out", tmp_path / "out")
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in out, out  # progress lines may precede it
+    assert re.search(match, errors[0]), out
+
+
+def test_tokenizer_without_pad_token_pads_with_eos(tokenizer, caplog):
+    tok = copy.deepcopy(tokenizer)
+    tok.pad_token, tok.eos_token = None, "[SEP]"
+    with caplog.at_level(logging.WARNING):
+        ensure_pad_token(tok)
+    assert tok.pad_token == "[SEP]" and tok.pad_token_id == tok.eos_token_id
+    assert "no pad token; padding with its EOS token" in caplog.text
+    tok.pad_token, tok.eos_token = None, None
+    with pytest.raises(ConfigError, match="neither a pad token nor an EOS token"):
+        ensure_pad_token(tok)
