@@ -45,3 +45,14 @@ def minilm():
 @pytest.fixture(scope="session")
 def tokenizer(minilm):
     return minilm[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, tokenizer):
+    """A saved 4-block random-init BERT with MiniLM's tokenizer: a model folder the CLI can load fast."""
+    from inflora.models import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny") / "bert"
+    tiny_model("bert", layers=4, hidden=32, heads=4).bert.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -191,12 +191,9 @@ def test_weight_rules_refuse_meta_weights_and_data_rules_refuse_no_data():
 
 # ------------------------------------------------------------------ command line
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("sel") / "bert"
-    tiny_model("bert", layers=4, hidden=32, heads=4).bert.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def tiny_dir(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 def test_weights_only_cli_needs_no_data(tiny_dir, tmp_path, monkeypatch):

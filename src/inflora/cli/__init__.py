@@ -53,7 +53,7 @@ def command(name: str | None = None, **kw):
 
 from . import demo, diagnose, export, info  # noqa: E402,F401  (registers the commands)
 
-for _optional in ("finetune", "experiment"):
+for _optional in ("finetune", "experiment", "compare"):
     try:
         __import__(f"{__name__}.{_optional}")
     except ModuleNotFoundError as _exc:  # a command module not present in this build

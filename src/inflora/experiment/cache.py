@@ -27,6 +27,10 @@ class UnitCache:
         path = self.folder(kind, config) / "result.json"
         return read_json(path) if path.is_file() else None
 
+    def count_done(self) -> int:
+        """Finished units in this folder (any kind)."""
+        return len(list(self.root.glob("*/result.json"))) if self.root.exists() else 0
+
     def log_invocation(self, record: dict) -> list[dict]:
         """Append one command's record to ``invocations.json`` beside ``units/``; returns them all."""
         path = self.root.parent / "invocations.json"

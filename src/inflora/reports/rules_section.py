@@ -28,5 +28,6 @@ def add_rules_section(rep, result: dict, num_layers: int) -> None:
     rep.table(selection_rows(result, num_layers))
     rep.text("Overlap of the chosen sets (Jaccard |A∩B|/|A∪B|; 1 = the same blocks).")
     rep.table(overlap_rows(result), digits=2)
-    rep.table([{"rule": n, **{f"score b{i}": v for i, v in enumerate(r["raw"])}} for n, r in result["rules"].items()],
-              digits=3)
+    rep.text("Raw block scores (weight rules: mean within-type percentile over the blocks; n/a = no order).")
+    rep.table([{"rule": n, **{f"b{i}": float("nan") if v is None else v for i, v in enumerate(r["raw"])}}
+               for n, r in result["rules"].items()], digits=3)

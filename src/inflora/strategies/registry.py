@@ -5,7 +5,6 @@ blocks it adapts, and its default learning rate). The classifier and pooler trai
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -13,7 +12,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.architectures import get_blocks, num_layers, parameter_groups
 from ..registry import Registry
+from ..select import random_blocks
 from .lora import head_modules, inject_lora
+from .rule_arms import arm_rules
 
 
 @dataclass
@@ -95,8 +96,9 @@ def lora_inflection(model: nn.Module, opt: StrategyOptions) -> Applied:
 
 
 def random_band(n_layers: int, size: int, seed: int) -> list[int]:
-    """A seeded random set of ``size`` blocks: the control for 'does the choice of layers matter'."""
-    return sorted(random.Random(f"lora-random-{seed}").sample(range(n_layers), size))
+    """A seeded random set of ``size`` blocks: the control for 'does the choice of layers matter'
+    (the ``random`` selection rule's draw)."""
+    return random_blocks(n_layers, size, seed)
 
 
 @STRATEGIES.register("lora-random")
@@ -104,6 +106,22 @@ def lora_random(model: nn.Module, opt: StrategyOptions) -> Applied:
     if not opt.layers:
         raise ConfigError("lora-random needs the size of the inflection band: give --diagnosis or --layers")
     return _lora(model, random_band(num_layers(model), len(opt.layers), opt.seed), opt)
+
+
+def _rule_arm(rule: str):
+    def arm(model: nn.Module, opt: StrategyOptions) -> Applied:
+        if not opt.layers:
+            raise ConfigError(f"lora-{rule} needs the blocks rule {rule!r} chose: --diagnosis FILE from "
+                              f"`inflora diagnose --rules {rule}`, or --layers")
+        return _lora(model, opt.layers, opt)
+
+    arm.__doc__ = f"LoRA on the blocks chosen by rule {rule!r}."
+    return arm
+
+
+for _rule in arm_rules():  # lora-kappa, lora-spectrum-snr, ... (strategies/rule_arms.py)
+    STRATEGIES.register(f"lora-{_rule}")(_rule_arm(_rule))
+    NEEDS_BAND.add(f"lora-{_rule}")
 
 
 def apply_strategy(name: str, model: nn.Module, opt: StrategyOptions | None = None) -> Applied:

@@ -1,0 +1,78 @@
+"""``inflora compare``: one diagnosis, one LoRA arm per rule × seed at a matched budget, a recommendation."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import command
+from .experiment import _split
+
+
+@command("compare")
+def compare_cmd(
+    model: str = typer.Option("minilm", help="model name or local path"),
+    task: str = typer.Option("rotten_tomatoes", help="built-in task (rotten_tomatoes, sst2)"),
+    rules: str = typer.Option("ski,top-grad,spectrum-snr,kappa,cka-io,random,all", help="rules to compare (see `inflora info`)"),
+    seeds: str = typer.Option("42,43,44"),
+    budget: Optional[str] = typer.Option(None, help="layers=K (default: SKI's band size), params=N, or layers=K,params=N"),
+    epochs: int = typer.Option(1),
+    limit_train: Optional[int] = typer.Option(None, help="stratified training subset"),
+    limit_eval: Optional[int] = typer.Option(None, help="stratified validation/test subsets"),
+    batch_size: int = typer.Option(32),
+    max_length: int = typer.Option(64),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: LoRA's 5e-4)"),
+    lora_r: int = typer.Option(8, help="LoRA rank (with params=N: chosen per rule instead)"),
+    lora_alpha: int = typer.Option(16),
+    batches: int = typer.Option(8, help="probe batches of the one diagnosis"),
+    diagnose_batch_size: int = typer.Option(32),
+    data_dir: Optional[str] = typer.Option(None),
+    out: Path = typer.Option(Path("runs/compare")),
+) -> None:
+    """Which blocks to adapt, measured: every rule's choice trained at the same budget, with intervals."""
+    from ..experiment.cache import UnitCache
+    from ..experiment.compare import ComparePlan, count_units, run_compare
+    from ..experiment.compare_report import render_compare
+    from ..experiment.compare_results import aggregate_compare
+    from ..strategies.budget import Budget
+
+    plan = ComparePlan(model=model, task=task, rules=_split(rules), seeds=_split(seeds, int), budget=Budget.parse(budget),
+                       epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, batch_size=batch_size,
+                       max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, diagnose_batches=batches,
+                       diagnose_batch_size=diagnose_batch_size, data_dir=data_dir).validate()
+    cache = UnitCache(out)
+    command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    before, t0, finished = cache.count_done(), time.perf_counter(), False
+    try:
+        raw = run_compare(plan, out)
+        finished = True
+    finally:  # an interrupted invocation is logged too
+        wall = time.perf_counter() - t0
+        invocations = cache.log_invocation({"command": command_line, "wall_seconds": wall, "finished": finished,
+                                            "units_before": before, "units_after": cache.count_done()})
+    total = count_units(plan)
+    res = aggregate_compare(raw["arms"], plan.rules)
+    meta = {"command": command_line, "plan": plan.to_dict(), "wall_seconds": wall, "invocations": invocations,
+            "cached_units": min(before, total), "computed_units": total - min(before, total)}
+    render_compare(res, raw["diagnosis"], meta, out)
+    _print(res)
+    Console().print(f"wall time {wall / 60:.1f} min; wrote {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}")
+
+
+def _print(res: dict) -> None:
+    metric = res["metric"]
+    t = Table("rule", "blocks", "r", "trainable", f"{metric} %", "± sd", title="matched-budget comparison")
+    for r in sorted(res["table"], key=lambda r: -r[metric]["mean"]):
+        blocks = sorted({tuple(v) for v in r["layers"].values()})
+        t.add_row(r["rule"], str(list(blocks[0])) if len(blocks) == 1 else "per seed", str(r["r"]),
+                  f"{r['trainable_params']:,}", f"{100 * r[metric]['mean']:.2f}",
+                  f"{100 * r[metric]['sd']:.2f}" if r[metric]["n"] > 1 else "n/a")
+    console = Console()
+    console.print(t)
+    console.print("recommendation: " + res["recommendation"]["text"].replace("**", ""))

@@ -1,0 +1,131 @@
+"""``inflora compare``: one diagnosis, then one LoRA arm per rule and seed at a matched budget.
+
+Every rule's blocks come from the same diagnosis (same probe batches, same head init), every arm
+from the same data, seeds and LoRA targets; with ``params=N`` each arm's rank is matched to N
+trainable LoRA parameters. Units are cached like ``experiment`` (``OUT/units/<kind>-<hash>``), so an
+interrupted comparison resumes and a finished one re-renders at once.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import ConfigError
+from ..select import RULES
+from ..strategies.budget import Budget
+from ..strategies.rule_arms import strategy_for_rule
+from .cache import UnitCache
+
+ARM_KEEP = ("strategy", "layers", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
+            "train_seconds", "steps", "steps_per_second")
+
+
+@dataclass
+class ComparePlan:
+    model: str = "minilm"
+    task: str = "rotten_tomatoes"
+    rules: list[str] = field(default_factory=lambda: ["ski", "top-grad", "spectrum-snr", "kappa", "cka-io", "random", "all"])
+    seeds: list[int] = field(default_factory=lambda: [42, 43, 44])
+    budget: Budget = field(default_factory=Budget)
+    epochs: int = 1
+    limit_train: int | None = None
+    limit_eval: int | None = None
+    batch_size: int = 32
+    max_length: int = 64
+    lr: float | None = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    diagnose_batches: int = 8
+    diagnose_batch_size: int = 32
+    diagnose_split: str = "validation"
+    diagnose_seed: int = 0
+    data_dir: str | None = None
+
+    def validate(self) -> "ComparePlan":
+        if not self.rules:
+            raise ConfigError("give at least one rule (--rules)")
+        for rule in self.rules:
+            RULES.get(rule)
+        if len(set(self.rules)) != len(self.rules):
+            raise ConfigError(f"a rule is listed twice in {self.rules}")
+        if not self.seeds:
+            raise ConfigError("give at least one seed")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        return self
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "budget": self.budget.to_dict()}
+
+    def diagnose_config(self) -> dict:
+        keys = ("model", "task", "rules", "diagnose_batches", "diagnose_batch_size", "diagnose_split", "diagnose_seed",
+                "max_length")
+        return {**{k: getattr(self, k) for k in keys}, "budget": self.budget.to_dict()}
+
+    def arm_config(self, rule: str, seed: int, layers: list[int], r: int) -> dict:
+        keys = ("model", "task", "epochs", "limit_train", "limit_eval", "batch_size", "max_length", "lr", "lora_alpha")
+        return {**{k: getattr(self, k) for k in keys}, "rule": rule, "seed": seed, "layers": layers, "lora_r": r}
+
+
+def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
+    """The one diagnosis every arm's blocks come from (the head seeded with ``diagnose_seed``)."""
+    from ..data import load_task
+    from ..diagnosis import diagnose
+    from ..models import load_model
+    from ..training.finetune import seed_everything
+
+    cfg = plan.diagnose_config()
+    if (done := cache.done("diagnose", cfg)) is not None:
+        return done
+    data = load_task(plan.task, plan.diagnose_split, plan.data_dir)
+    seed_everything(plan.diagnose_seed)
+    model, tok = load_model(plan.model, num_labels=max(data.num_labels, 2))
+    d = diagnose(model, data, tok, batches=plan.diagnose_batches, batch_size=plan.diagnose_batch_size,
+                 max_length=plan.max_length, seed=plan.diagnose_seed, progress=False, rules=plan.rules,
+                 budget=plan.budget, split=plan.diagnose_split)
+    if not d.rules:
+        raise ConfigError("the diagnosis compared no rules: " + "; ".join(d.flags))
+    d.model = plan.model
+    d.to_json(cache.folder("diagnose", cfg) / "diagnosis.json")
+    return cache.finish("diagnose", cfg, d.to_dict())
+
+
+def run_arm(cache: UnitCache, plan: ComparePlan, rule: str, seed: int, chosen: dict) -> dict:
+    from ..training import FinetuneConfig, finetune
+
+    layers, r = chosen["selected"], chosen.get("r", plan.lora_r)
+    cfg = plan.arm_config(rule, seed, layers, r)
+    if (done := cache.done("arm", cfg)) is not None:
+        return done
+    ft = FinetuneConfig(model=plan.model, task=plan.task, strategy=strategy_for_rule(rule), epochs=plan.epochs,
+                        seed=seed, lr=plan.lr, batch_size=plan.batch_size, max_length=plan.max_length,
+                        limit_train=plan.limit_train, limit_eval=plan.limit_eval, layers=layers, lora_r=r,
+                        lora_alpha=plan.lora_alpha, cka_examples=0, decontaminate_against=None, data_dir=plan.data_dir)
+    m = finetune(ft, cache.folder("arm", cfg) / "run", progress=False)
+    return cache.finish("arm", cfg, {"rule": rule, "seed": seed, "r": r, "lora_params": chosen.get("lora_params"),
+                                     **{k: m[k] for k in ARM_KEEP}})
+
+
+def count_units(plan: ComparePlan) -> int:
+    return 1 + len(plan.rules) * len(plan.seeds)
+
+
+def run_compare(plan: ComparePlan, out: str | Path, *, progress: bool = True) -> dict:
+    """Run (or resume) the diagnosis and every arm; returns ``{"diagnosis", "arms"}``."""
+    plan.validate()
+    cache = UnitCache(Path(out))
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total} units"),
+               TimeElapsedColumn(), TextColumn("left ~"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("diagnose", total=count_units(plan))
+        d = run_diagnosis(cache, plan)
+        bar.advance(task)
+        arms = []
+        for seed in plan.seeds:
+            for rule in plan.rules:
+                bar.update(task, description=f"{rule} seed {seed}")
+                arms.append(run_arm(cache, plan, rule, seed, d["rules"]["rules"][rule]))
+                bar.advance(task)
+    return {"diagnosis": d, "arms": arms}

@@ -1,0 +1,62 @@
+"""compare.json / compare.md / compare.html: the matched-budget tournament and its recommendation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import atomic_write_json, versions
+from ..reports.document import Report, fmt
+from ..reports.rules_section import add_rules_section
+from .report import _acc, _wall_time
+
+
+def _blocks(row: dict) -> str:
+    sets = {tuple(v) for v in row["layers"].values()}
+    return fmt(list(sets.pop())) if len(sets) == 1 else "per seed: " + "; ".join(
+        f"{s} {fmt(v)}" for s, v in sorted(row["layers"].items()))
+
+
+def _diff(d: dict) -> str:
+    if d["n"] < 2:
+        return f"{100 * d['mean']:+.2f}" if d["n"] else "n/a"
+    return f"{100 * d['mean']:+.2f} [{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]"
+
+
+def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
+    out = Path(out)
+    atomic_write_json(out / "compare.json", {**res, "diagnosis_rules": diagnosis["rules"], "meta": meta,
+                                             "versions": versions()})
+    plan, k = meta["plan"], diagnosis["rules"]["k"]
+    budget = diagnosis["rules"]["budget"]
+    rep = Report(f"Which blocks to adapt? {len(res['table'])} rules on {plan['model']} / {plan['task']}")
+    rep.text(f"Command: `{meta['command']}`  \n" + _wall_time(meta))
+    rep.heading("Recommendation").text(res["recommendation"]["text"] + ".")
+    rep.text(f"Budget: K = {k} blocks per rule (`all`: every block)"
+             + (f", rank matched to {budget['params']:,} LoRA parameters per arm" if budget.get("params") else
+                f", LoRA rank {plan['lora_r']}") + f"; SKI's own band has {len(diagnosis['inflection_layers'])} blocks "
+             f"({fmt(diagnosis['inflection_layers'])}). Seeds {fmt(plan['seeds'])}; {plan['epochs']} epoch(s) on "
+             f"{plan['limit_train'] or 'all'} training examples; evaluation on {plan['limit_eval'] or 'all'} examples "
+             "per split.")
+    metric = res["metric"]
+    rep.heading(f"Accuracy (%; mean ± sd over seeds [95 % t-interval]; ranked by {metric})")
+    rep.table([{"rule": r["rule"], "blocks": _blocks(r), "r": r["r"], "trainable": f"{r['trainable_params']:,}",
+                "LoRA params": f"{r['lora_params']:,}" if r.get("lora_params") else "n/a",
+                "step ms": 1000 * r["step_seconds"], "test": _acc(r["test"]),
+                "test (decontaminated)": _acc(r["test_decontaminated"]), "validation": _acc(r["validation"])}
+               for r in sorted(res["table"], key=lambda r: -r[metric]["mean"])], digits=3)
+    rep.heading(f"Paired differences ({metric}, points, same seed [95 % t-interval]; negative = worse)")
+    rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p), "n": p["n"]}
+               for p in res["paired"]])
+    n = len(plan["seeds"])
+    if n > 1:
+        from scipy import stats
+
+        rep.text(f"Intervals are t-intervals over seeds of the per-seed paired differences; with {n} seeds "
+                 f"t = {stats.t.ppf(0.975, n - 1):.2f}, so only large, consistent differences are distinguishable. "
+                 "No multiple-comparison correction is applied.")
+    add_rules_section(rep, diagnosis["rules"], diagnosis["num_layers"])
+    if "random" in diagnosis["rules"]["rules"]:
+        rep.text("`random` above is the diagnosis' own draw; each training seed draws its own K blocks (see the "
+                 "blocks column of the accuracy table).")
+    rep.heading("Configuration").table([{k: v for k, v in plan.items() if k not in ("rules", "seeds")}]).text(
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    return rep.write(out, stem="compare")

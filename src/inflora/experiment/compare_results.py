@@ -1,0 +1,91 @@
+"""From the arms of a comparison to its table, paired differences and a recommendation.
+
+Per rule: accuracy mean ± sd and t-interval over seeds; paired differences (same seed) against the
+best rule and against ``all``. The recommendation names a winner only when every other rule's paired
+95 % interval lies below it; otherwise it names the rules it cannot tell apart and the cheapest of
+them (inputs: nothing < weights < a forward pass < a backward pass; then trainable parameters).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..select import COST_ORDER, rule_needs
+from .stats import paired, summary
+
+METRICS = ("test", "test_decontaminated", "validation")
+
+
+def primary_metric(arms: list[dict]) -> str:
+    """RT test when the task has one (SST-2 has no labelled test split), else validation."""
+    return "test" if all("test" in a["accuracy"] for a in arms) else "validation"
+
+
+def rule_rows(arms: list[dict], rules: list[str]) -> list[dict]:
+    rows = []
+    for rule in rules:
+        runs = [a for a in arms if a["rule"] == rule]
+        if not runs:
+            continue
+        row = {"rule": rule, "seeds": sorted(a["seed"] for a in runs), "needs": sorted(rule_needs(rule)),
+               "layers": {a["seed"]: a["layers"] for a in runs}, "r": runs[0]["r"],
+               "trainable_params": int(np.mean([a["trainable_params"] for a in runs])),
+               "lora_params": runs[0].get("lora_params"),
+               "step_seconds": float(np.mean([1 / a["steps_per_second"] for a in runs if a["steps_per_second"]]))}
+        for metric in METRICS:
+            per_seed = {a["seed"]: a["accuracy"][metric] for a in runs if a["accuracy"].get(metric) is not None}
+            row[metric] = {"per_seed": per_seed, **summary(list(per_seed.values()))}
+        rows.append(row)
+    return rows
+
+
+def _cost(row: dict) -> tuple:
+    return (max([COST_ORDER[n] for n in row["needs"]] or [0]), row["trainable_params"], row["step_seconds"])
+
+
+def recommend(rows: list[dict], metric: str) -> dict:
+    """The winner and how sure, or the rules that cannot be told apart and the cheapest of them."""
+    scored = [r for r in rows if math.isfinite(r[metric]["mean"])]
+    if not scored:
+        return {"winner": None, "text": "no arm finished; nothing to recommend"}
+    best = max(scored, key=lambda r: r[metric]["mean"])
+    diffs = {r["rule"]: paired(best[metric]["per_seed"], r[metric]["per_seed"]) for r in scored if r is not best}
+    beaten = sorted(n for n, d in diffs.items() if d["n"] > 1 and d["ci"][0] > 0)
+    tied = [r for r in scored if r is best or r["rule"] not in beaten]
+    cheapest = min(tied, key=_cost)["rule"]
+    n = min((d["n"] for d in diffs.values()), default=len(best[metric]["per_seed"]))
+    pct = 100 * best[metric]["mean"]
+    if not diffs:
+        text = f"only one rule was run ({best['rule']}, {pct:.2f} %); nothing to compare"
+    elif n < 2:
+        text = f"{best['rule']} has the highest mean ({pct:.2f} %), but one seed gives no interval: run more seeds"
+    elif len(tied) == 1:
+        margin = min(diffs.values(), key=lambda d: d["mean"])
+        text = (f"**{best['rule']}** wins ({pct:.2f} %): every other rule's paired 95 % interval lies below it "
+                f"(n = {n} seeds; smallest margin {100 * margin['mean']:+.2f} points)")
+    elif len(tied) == len(scored):
+        text = (f"no rule is distinguishable: every paired 95 % interval against the best mean ({best['rule']}, "
+                f"{pct:.2f} %) includes 0 (n = {n} seeds). The cheapest one suffices: **{cheapest}**")
+    else:
+        others = ", ".join(r["rule"] for r in tied if r is not best)
+        text = (f"{best['rule']} has the highest mean ({pct:.2f} %) and beats {', '.join(beaten)}, but cannot be told "
+                f"apart from {others} (n = {n} seeds). Among those, the cheapest suffices: **{cheapest}**")
+    return {"winner": best["rule"] if len(tied) == 1 and n > 1 else None, "best_mean": best["rule"],
+            "indistinguishable": [r["rule"] for r in tied], "beaten": beaten, "cheapest": cheapest, "seeds": n,
+            "text": text}
+
+
+def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
+    metric = primary_metric(arms)
+    rows = rule_rows(arms, rules)
+    best = max((r for r in rows if math.isfinite(r[metric]["mean"])), key=lambda r: r[metric]["mean"], default=None)
+    ref = next((r for r in rows if r["rule"] == "all"), None)
+    pairs = []
+    for against, label in ((best, "best"), (ref, "all")):
+        for row in rows:
+            if against is None or row is against:
+                continue
+            pairs.append({"against": label, "comparison": f"{row['rule']} − {against['rule']}",
+                          **paired(row[metric]["per_seed"], against[metric]["per_seed"])})
+    return {"metric": metric, "table": rows, "paired": pairs, "recommendation": recommend(rows, metric)}

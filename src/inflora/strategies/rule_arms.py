@@ -1,0 +1,43 @@
+"""``lora-<rule>``: LoRA on the K blocks a peer selection rule chose (``selectors.md`` §10).
+
+One strategy per ordered rule (``lora-kappa``, ``lora-spectrum-snr``, ``lora-top-grad`` ...): like
+``lora-inflection``, but the blocks come from that rule's selection in a diagnosis run with
+``--rules`` (``Diagnosis.rules``), so every arm of a comparison adapts the same number of blocks.
+``lora-all`` and ``lora-random`` already exist, and ``lora-inflection`` is SKI's arm.
+"""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from ..select import RULES, ScoreRule
+
+ARMLESS = {"all", "random"}   # lora-all / lora-random exist; their arms are those strategies
+
+
+def arm_rules() -> list[str]:
+    """Rules with a ``lora-<rule>`` strategy: the ordered peer rules (not SKI's own band rules)."""
+    return [n for n in RULES.names() if isinstance(RULES.get(n), ScoreRule) and n not in ARMLESS]
+
+
+def strategy_for_rule(rule: str) -> str:
+    """The strategy that trains a rule's selection: lora-inflection for SKI-family rules."""
+    RULES.get(rule)
+    if rule in ARMLESS:
+        return f"lora-{rule}"
+    return f"lora-{rule}" if rule in arm_rules() else "lora-inflection"
+
+
+def rule_of(strategy: str) -> str | None:
+    rule = strategy.removeprefix("lora-")
+    return rule if strategy.startswith("lora-") and rule in arm_rules() else None
+
+
+def blocks_from_diagnosis(strategy: str, diagnosis) -> list[int]:
+    """The blocks ``strategy`` trains according to a diagnosis (its band, or a rule's selection)."""
+    rule = rule_of(strategy)
+    if rule is None:
+        return list(diagnosis.inflection_layers)
+    chosen = (getattr(diagnosis, "rules", None) or {}).get("rules", {}).get(rule)
+    if chosen is None:
+        raise ConfigError(f"the diagnosis has no selection by rule {rule!r} (needed by {strategy}); "
+                          f"diagnose with --rules {rule}, or pass --layers")
+    return list(chosen["selected"])
