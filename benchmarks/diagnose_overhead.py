@@ -181,7 +181,7 @@ def main() -> None:
     result = {
         "benchmark": "diagnose_overhead",
         "command": " ".join(["python", "benchmarks/diagnose_overhead.py", *sys.argv[1:]]),
-        "model": "minilm (all-MiniLM-L6-v2, 6 layers, eager attention)",
+        "model": "minilm (all-MiniLM-L6-v2, 6 layers); train and fwd_bwd with eager attention as loaded, the probe with its default (streaming entropy beside SDPA since issue 11)",
         "data": "rotten_tomatoes/validation",
         "config": {"batches": args.batches, "batch_size": args.batch_size, "max_length": args.max_length,
                    "repeats": args.repeats, "resamples": args.resamples},

@@ -255,3 +255,16 @@ def test_real_minilm_streaming_equals_eager_on_rt_validation(minilm, data_dir):
             results[mode] = probe.layer_results()
     assert_rows_match(results["streaming"], results["eager"])
     assert model.config._attn_implementation == "eager"
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts check it on one)")
+
+
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.bfloat16), pytest.param("cuda", torch.float32, marks=GPU),
+                                          pytest.param("cuda", torch.bfloat16, marks=GPU)])
+def test_streaming_matches_eager_on_device_and_dtype(device, dtype):
+    model = sharpen(tiny_model("llama", layers=2, task="causal-lm", num_key_value_heads=2)).to(device, dtype)
+    batch = {k: v.to(device) for k, v in padded_batch("causal-lm", "left").items()}
+    _, eager = probe_rows(model, batch, "eager")
+    _, streaming = probe_rows(model, batch, "streaming")
+    assert_rows_match(streaming, eager, rel=1e-5 if dtype == torch.float32 else 2e-2)

@@ -173,6 +173,7 @@ def probe_step(model: nn.Module, probe: LayerProbe, batch: dict[str, torch.Tenso
     if getattr(out, "loss", None) is None:
         raise ArchitectureError("the model returned no loss; probe batches need labels")
     loss = out.loss
+    del out  # the logits (B × T × vocab) need not live through backward: at long context they dominate memory
     loss.backward()
     probe.after_backward()
     model.zero_grad(set_to_none=True)
