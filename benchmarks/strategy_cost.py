@@ -47,7 +47,7 @@ def build(args, names):
     from inflora.data import EncodedSplit, load_task
     from inflora.models import load_model
     from inflora.strategies import StrategyOptions, apply_strategy, count_parameters
-    from inflora.training.finetune import _optimizer
+    from inflora.training.parts import build_optimizer as _optimizer
 
     transformers.logging.set_verbosity_error()
     if args.threads:

@@ -100,5 +100,6 @@ class EncodedSplit:
             yield self.collate_rows(b)
 
     def collate_rows(self, rows: list[int]) -> dict[str, torch.Tensor]:
-        """One padded batch of the given rows (instruction splits add their completion mask)."""
+        """One padded batch of the given rows (what a ``DataLoader`` over row indices collates;
+        instruction splits add their completion mask)."""
         return collate(self.tokenizer, [self.ids[i] for i in rows], [self.ds.labels[i] for i in rows], self.causal_lm)

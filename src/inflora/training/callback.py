@@ -7,12 +7,10 @@ embeddings and head groups. Rows go to a JSON file (atomically) and, when ``"ten
 ``args.report_to``, to TensorBoard. With ``cka_batches=`` it also reports ΔCKA per block between
 the model at ``on_train_begin`` and the model at ``on_train_end`` on that fixed probe set.
 
-Timing inside ``Trainer``: gradients are clipped *before* ``on_pre_optimizer_step`` is called, so
-reading ``p.grad`` there would give post-clip norms. The callback instead records each trainable
-parameter's squared gradient norm as its gradient is accumulated (``register_post_accumulate_grad_hook``,
-only on logged steps) and sums them per block in ``on_pre_optimizer_step``: the numbers are the
-pre-clip gradients, as in ``inflora finetune``'s ``grad_profile``. With gradient accumulation a
-logged step covers all its micro-batches (the gradients Trainer backpropagates, loss scaling included).
+The per-step recording is ``GradProfileRecorder`` (the same code as ``inflora finetune``'s
+``grad_profile``): pre-clip gradients, every micro-batch of a logged step under gradient
+accumulation, and under DDP every rank records the numbers of one process with the same global
+batch (one rank writes the files).
 """
 from __future__ import annotations
 
@@ -28,6 +26,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_json, versions
 from ..models import hf_model
 from ..probe import LayerProbe
+from .grad_profile import GradProfileRecorder
 from .profiles import delta_cka_profile
 
 log = logging.getLogger(__name__)
@@ -86,11 +85,8 @@ class InflectionCallback(TrainerCallback):
         self.tensorboard_dir = tensorboard_dir
         self.rows: list[dict] = []
         self.delta_cka: list[float] | None = None
-        self.probe: LayerProbe | None = None
+        self.recorder: GradProfileRecorder | None = None
         self.writer = None
-        self._active = False
-        self._grad_handles: list = []
-        self._sq: dict[int, torch.Tensor] = {}
         self._losses: list[float] = []
         self._loss_handle = None
         self._start_features: list[torch.Tensor] | None = None
@@ -105,8 +101,7 @@ class InflectionCallback(TrainerCallback):
         self._model_name = getattr(getattr(hf_model(model), "config", None), "name_or_path", None)
         if self.cka_batches is not None:
             self._start_features = batch_features(model, self.cka_batches, self.cka_pooling)
-        self.probe = LayerProbe(model, ["activation_grad"])
-        self.probe.ctx.active = False
+        self.recorder = GradProfileRecorder(model, self.every)
         self._loss_handle = model.register_forward_hook(self._record_loss)
         if state.is_world_process_zero and _reports_tensorboard(args.report_to):
             from torch.utils.tensorboard import SummaryWriter
@@ -116,30 +111,23 @@ class InflectionCallback(TrainerCallback):
             self.writer = SummaryWriter(log_dir=str(logdir))
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if self.probe is None or state.global_step % self.every != 0:
-            return
-        self._active = True
-        self.probe.ctx.active = True
-        self._losses = []
-        self._sq = {}
-        for acc in self.probe.plugins[0].layers:
-            acc.records.clear()
-        for _, params in self.probe.ctx.groups.items():
-            for _, p in params:
-                if p.requires_grad:
-                    self._grad_handles.append(p.register_post_accumulate_grad_hook(self._record_grad))
+        if self.recorder is not None:
+            self._losses = []
+            self.recorder.start_step(state.global_step)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if not self._active:
+        if self.recorder is None or not self.recorder.active:
             return
-        row = self._finish_step(state)
+        row = self.recorder.finish_step(state.global_step, self._step_loss())
+        row.update({"global_step": state.global_step + 1, "epoch": state.epoch})
+        self.rows.append(row)
         if self.writer is not None:
             self._write_tensorboard(row, row["global_step"])
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._active:  # no on_pre_optimizer_step came (optimizer step skipped): drop, never leak hooks
+        if self.recorder is not None and self.recorder.active:  # no optimizer step came: drop, never leak hooks
             log.warning("InflectionCallback: step %d ended without an optimizer step; not recorded", state.global_step)
-            self._deactivate()
+            self.recorder.cancel()
 
     def on_log(self, args, state, control, **kwargs):
         self._save(args, state)
@@ -161,45 +149,23 @@ class InflectionCallback(TrainerCallback):
             self.writer = None
 
     # ---------------------------------------------------------------- internals
-    def _record_grad(self, p: torch.nn.Parameter) -> None:
-        # Called after p.grad is accumulated: the last call before the optimizer step is the step's gradient.
-        self._sq[id(p)] = p.grad.detach().float().pow(2).sum()
-
     def _record_loss(self, module, args, output) -> None:
         loss = getattr(output, "loss", None)
         if loss is None and isinstance(output, dict):
             loss = output.get("loss")
-        if self._active and torch.is_grad_enabled() and torch.is_tensor(loss):
+        if self.recorder is not None and self.recorder.active and torch.is_grad_enabled() and torch.is_tensor(loss):
             self._losses.append(float(loss.detach()))
 
-    def _finish_step(self, state) -> dict:
-        acts = [acc.compute()["activation_grad_norm"] for acc in self.probe.plugins[0].layers]
-        norms = {}
-        for name, params in self.probe.ctx.groups.items():
-            parts = [self._sq[id(p)] for _, p in params if id(p) in self._sq]
-            norms[name] = math.sqrt(float(torch.stack(parts).sum())) if parts else 0.0
-        n = self.probe.ctx.num_layers
-        row = {
-            "step": state.global_step, "global_step": state.global_step + 1, "epoch": state.epoch,
-            "loss": sum(self._losses) / len(self._losses) if self._losses else None,
-            "activation_grad_norm": acts,
-            "param_grad_norm": [norms[f"block.{i}"] for i in range(n)],
-            "param_grad_norm_embeddings": norms["embeddings"], "param_grad_norm_head": norms["head"],
-        }
-        self.rows.append(row)
-        self._deactivate()
-        return row
+    def _step_loss(self) -> float | None:
+        """Mean loss over the step's micro-batches, and over ranks under DDP."""
+        import torch.distributed as dist
 
-    def _deactivate(self) -> None:
-        self._active = False
-        if self.probe is not None:
-            self.probe.ctx.active = False
-            for acc in self.probe.plugins[0].layers:
-                acc.records.clear()
-        for h in self._grad_handles:
-            h.remove()
-        self._grad_handles.clear()
-        self._sq = {}
+        mean = sum(self._losses) / len(self._losses) if self._losses else math.nan
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            t = torch.tensor([mean], dtype=torch.float64, device=self.recorder.device)
+            dist.all_reduce(t)
+            mean = float(t) / dist.get_world_size()
+        return mean if math.isfinite(mean) else None
 
     def _write_tensorboard(self, row: dict, step: int) -> None:
         for kind in ("activation_grad_norm", "param_grad_norm"):
@@ -209,13 +175,12 @@ class InflectionCallback(TrainerCallback):
         self.writer.add_scalar("inflora/param_grad_norm/head", row["param_grad_norm_head"], step)
 
     def _close(self) -> None:
-        self._deactivate()
         if self._loss_handle is not None:
             self._loss_handle.remove()
             self._loss_handle = None
-        if self.probe is not None:
-            self.probe.close()
-            self.probe = None
+        if self.recorder is not None:
+            self.recorder.close()
+            self.recorder = None
 
     def _save(self, args, state) -> None:
         if not state.is_world_process_zero:

@@ -12,6 +12,7 @@ import pickle
 import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -68,32 +69,59 @@ def load_state(path: Path) -> dict:
                           f"({reason[:120]}); delete the checkpoint folder to start over") from None
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, meta: dict) -> Path:
-    """Write ``path`` as a whole or not at all."""
+def _no_barrier() -> None:
+    return None
+
+
+def rank_rng_file(rank: int) -> str:
+    """Rank 0's RNG state lives in state.pt; every other rank's in its own file."""
+    return f"rng-rank{rank}.pt"
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, meta: dict, *, rank: int = 0, world: int = 1,
+                    barrier: Callable[[], None] = _no_barrier) -> Path:
+    """Write ``path`` as a whole or not at all. Under several processes rank 0 writes the (identical)
+    weights and optimizer state, and every rank its own RNG state, into one temporary folder that
+    rank 0 renames once all are written: a resumed run continues every rank's random stream."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "state.pt")
-    atomic_write_json(tmp / "meta.json", meta)
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   tmp / "state.pt")
+    barrier()
+    if rank != 0:
+        torch.save(rng_state(), tmp / rank_rng_file(rank))
+    barrier()
+    if rank == 0:
+        atomic_write_json(tmp / "meta.json", {**meta, "world_size": world})
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier()
     return path
 
 
-def load_checkpoint(path: Path, model, optimizer=None, scheduler=None) -> dict:
-    load_trainable_state(model, load_file(str(Path(path) / "trainable.safetensors")))
+def load_checkpoint(path: Path, model, optimizer=None, scheduler=None, *, rank: int = 0, world: int = 1) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG. A checkpoint written by another
+    number of processes is refused: its data order and random streams would not continue."""
+    path = Path(path)
+    meta = read_json(path / "meta.json")
+    saved_world = int(meta.get("world_size", 1))
+    if saved_world != world:
+        raise ConfigError(f"{path.parent.parent} was started with {saved_world} process(es) and this run has {world}; "
+                          f"resume it with {saved_world} or choose another --out")
+    load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
     if optimizer is not None:
-        state = load_state(Path(path) / "state.pt")
+        state = load_state(path / "state.pt")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-    return read_json(Path(path) / "meta.json")
+        set_rng_state(state["rng"] if rank == 0 else load_state(path / rank_rng_file(rank)))
+    return meta
 
 
 def is_complete(path: Path) -> bool:

@@ -6,6 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 
+_KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1}
+
+
 @dataclass
 class FinetuneConfig:
     model: str = "minilm"
@@ -37,6 +40,9 @@ class FinetuneConfig:
     cka_pooling: str = "mean"
     decontaminate_against: str | None = "sst2"   # also report test accuracy without source overlap
     attn_implementation: str = "sdpa"
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps (see inflora.devices)
+    precision: str = "fp32"              # fp32 | bf16 | fp16 (autocast through accelerate; fp16 needs a GPU)
+    grad_accum: int = 1                  # micro-batches of --batch-size per optimizer step (per process)
     remedies: list[str] = field(default_factory=list)
     remedy_options: dict = field(default_factory=dict)
     data_dir: str | None = None
@@ -47,6 +53,11 @@ class FinetuneConfig:
         return asdict(self)
 
     def key(self) -> str:
-        """A digest of everything that changes the result (not where data is read from)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ("data_dir",)}
+        """A digest of everything that changes the result: not where data is read from nor which
+        device computes it (a run may resume on another one); precision and accumulation only when
+        not the defaults, so folders written before they existed keep their key."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("data_dir", "device")}
+        for name, default in _KEY_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

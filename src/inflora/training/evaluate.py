@@ -1,20 +1,31 @@
-"""Accuracy on a split, in eval mode and without gradients."""
+"""Accuracy on a split, in eval mode and without gradients; under several processes each rank
+scores its share and the predictions are gathered (accelerate drops the padding duplicates)."""
 from __future__ import annotations
 
 import torch
 
 from ..data import EncodedSplit
+from ..errors import TrainingError
 
 
 @torch.no_grad()
-def accuracy(model, split: EncodedSplit, batch_size: int = 128) -> float:
+def accuracy(model, split: EncodedSplit, batch_size: int = 128, accelerator=None) -> float:
+    from .loaders import eval_loader
+
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    correct = 0
-    for batch in split.batches(batch_size, by_length=True):
-        labels = batch.pop("labels").to(device)
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-        correct += int((logits.argmax(-1) == labels).sum())
+    correct = seen = 0
+    batches = eval_loader(split, batch_size, accelerator) if accelerator else split.batches(batch_size, by_length=True)
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        preds = model(**batch).logits.argmax(-1)
+        if accelerator:
+            preds, labels = accelerator.gather_for_metrics((preds, labels))
+        correct += int((preds == labels).sum())
+        seen += len(labels)
     model.train(was_training)
+    if seen != len(split):
+        raise TrainingError(f"evaluation counted {seen} examples of {len(split)}; the gather lost or duplicated some")
     return correct / len(split)

@@ -13,10 +13,11 @@ def cka_features(model, split: EncodedSplit, pooling: str = "mean", batch_size: 
     """[n, d] pooled features per block, model in eval mode."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     with LayerProbe(model, ["features"], features={"pooling": pooling}) as probe:
         for batch in split.batches(batch_size, by_length=True):
             batch.pop("labels", None)
-            model(**batch)
+            model(**{k: v.to(device) for k, v in batch.items()})
         feats = probe.plugins[0].matrices()
     model.train(was_training)
     return feats

@@ -1,0 +1,113 @@
+"""The one device decision: where a run computes, in which precision, and how many processes share it.
+
+Every entry point (``diagnose``, ``finetune``, ``experiment``, ``demo``, the Python API) calls
+``resolve_device`` with the user's ``device`` and ``precision`` strings and gets a ``DeviceChoice``
+or a one-line ``ConfigError``. Placement, autocast, the fp16 gradient scaler, gradient accumulation
+and DDP are then done by Hugging Face accelerate (``make_accelerator``), never by hand.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}   # ours -> accelerate's mixed_precision
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    device: str          # "cpu", "cuda", "cuda:1", "mps": what this process computes on
+    precision: str       # fp32 | bf16 | fp16
+    world_size: int = 1  # processes launched together (torchrun / accelerate launch)
+
+    @property
+    def type(self) -> str:
+        return self.device.split(":")[0]
+
+    def to_dict(self) -> dict:
+        return {"device": self.device, "precision": self.precision, "world_size": self.world_size}
+
+
+def launched_world_size() -> int:
+    """How many processes torchrun / accelerate launch started (1 when run directly)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _check_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if _mps_available() else "cpu"
+    if device == "cpu":
+        return device
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m:
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
+            raise ConfigError(f"--device {device}: no CUDA GPU is available (torch {torch.__version__}, {build}); "
+                              "use --device cpu or auto")
+        if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                              f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
+        return device
+    if device == "mps":
+        if not _mps_available():
+            raise ConfigError("--device mps: Apple's Metal backend (MPS) is not available here; use --device cpu or auto")
+        return device
+    raise ConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _check_precision(precision: str, device_type: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device_type == "cpu":
+        raise ConfigError("--precision fp16 needs a GPU (its gradient scaler is CUDA-only); on a CPU use bf16 or fp32")
+    if precision == "bf16" and device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("--precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
+
+
+def resolve_device(device: str = "auto", precision: str = "fp32") -> DeviceChoice:
+    """Validate ``device`` (auto|cpu|cuda|cuda:N|mps) and ``precision`` (fp32|bf16|fp16) for this
+    machine. ``auto`` is cuda if available, else mps, else cpu. Under several processes each rank
+    uses its local GPU, so an explicit ``cuda:N`` is refused there."""
+    device = str(device).strip().lower()
+    chosen = _check_device(device)
+    _check_precision(str(precision), chosen.split(":")[0])
+    world = launched_world_size()
+    if world > 1 and ":" in chosen:
+        raise ConfigError(f"--device {device} under {world} processes: each process uses its local GPU "
+                          "(LOCAL_RANK); pass --device cuda")
+    return DeviceChoice(chosen, str(precision), world)
+
+
+def make_accelerator(choice: DeviceChoice, grad_accum: int = 1):
+    """The ``accelerate.Accelerator`` for ``choice``: device placement, autocast (+ fp16 scaler),
+    gradient accumulation, and DDP when launched with torchrun / accelerate launch."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if grad_accum < 1:
+        raise ConfigError(f"--grad-accum must be at least 1, got {grad_accum}")
+    if choice.type == "cuda" and ":" in choice.device:
+        torch.cuda.set_device(int(choice.device.split(":")[1]))
+    # accelerate keeps one process-wide state; a second run in this process may use another precision
+    AcceleratorState._reset_state()
+    return Accelerator(cpu=choice.type == "cpu", mixed_precision=PRECISIONS[choice.precision],
+                       gradient_accumulation_steps=grad_accum, step_scheduler_with_optimizer=False)
+
+
+__all__ = ["DEVICES", "PRECISIONS", "DeviceChoice", "launched_world_size", "make_accelerator", "resolve_device"]

@@ -1,0 +1,122 @@
+"""One gradient-profile recorder for inflora's own loop and for any ``Trainer`` (``InflectionCallback``).
+
+Every ``every`` optimizer steps the recorder switches a ``LayerProbe`` on for that step's own
+micro-batches (no extra passes) and records, per block, the activation-gradient norm ‖∂L/∂h⁽ˡ⁾‖
+(per token, padding excluded) and the pre-clip parameter-gradient norm ‖∇θ L‖, plus the embeddings
+and head groups.
+
+Parameter gradients are read as they are accumulated (``register_post_accumulate_grad_hook``): the
+last call before the optimizer step is the step's whole gradient, before any clipping (Trainer clips
+before its callbacks see the gradients). Under DDP those are each rank's local gradients, so on a
+logged step the recorder keeps a copy and averages the copies across ranks, as DDP does; activation
+sums are added across ranks and scaled by 1/world, because each rank's loss is the mean over its own
+examples only. Every rank therefore records the numbers one process would record with the same
+global batch. An fp16 loss scale is divided out (``loss_scale``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ..probe import LayerProbe
+
+
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum over ranks (on ``device``: NCCL reduces only GPU tensors); ``t`` itself with one process."""
+    import torch.distributed as dist
+
+    if _world() == 1:
+        return t
+    moved = t.to(device)
+    dist.all_reduce(moved)
+    return moved.to(t.device)
+
+
+class GradProfileRecorder:
+    def __init__(self, model, every: int = 10, *, loss_scale: Callable[[], float] | None = None):
+        self.every = max(1, int(every))
+        self.probe = LayerProbe(model, ["activation_grad"])
+        self.probe.ctx.active = False
+        self.loss_scale = loss_scale
+        self.world = _world()
+        self.device = next(model.parameters()).device
+        self.active = False
+        self._handles: list = []
+        self._grads: dict[int, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ per step
+    def start_step(self, step: int) -> bool:
+        """Arm the hooks if ``step`` is a logged step; returns whether it is."""
+        self._reset()
+        if step % self.every != 0:
+            return False
+        self.active = self.probe.ctx.active = True
+        for params in self.probe.ctx.groups.values():
+            for _, p in params:
+                if p.requires_grad:
+                    self._handles.append(p.register_post_accumulate_grad_hook(self._record_grad))
+        return True
+
+    def finish_step(self, step: int, loss: float | None) -> dict | None:
+        """The row of a logged step (call after its last backward, before clipping), else None."""
+        if not self.active:
+            return None
+        n = self.probe.ctx.num_layers
+        norms = self._param_norms()
+        row = {"step": step, "loss": loss, "activation_grad_norm": self._activation_norms(),
+               "param_grad_norm": [norms[f"block.{i}"] for i in range(n)],
+               "param_grad_norm_embeddings": norms["embeddings"], "param_grad_norm_head": norms["head"]}
+        self._reset()
+        return row
+
+    def cancel(self) -> None:
+        self._reset()
+
+    def close(self) -> None:
+        self._reset()
+        self.probe.close()
+
+    # ------------------------------------------------------------------ internals
+    def _record_grad(self, p: torch.nn.Parameter) -> None:
+        g = p.grad.detach()
+        # one process: the squared norm is enough; several: the tensor, to average it like DDP
+        self._grads[id(p)] = g.float().clone() if self.world > 1 else g.float().pow(2).sum()
+
+    def _param_norms(self) -> dict[str, float]:
+        scale = float(self.loss_scale()) if self.loss_scale else 1.0
+        out = {}
+        for name, params in self.probe.ctx.groups.items():
+            parts = []
+            for _, p in params:
+                if id(p) not in self._grads:
+                    continue
+                g = self._grads[id(p)]
+                if self.world > 1:
+                    g = _all_reduce(g, self.device).div_(self.world).pow(2).sum()
+                parts.append(g)
+            out[name] = math.sqrt(float(torch.stack(parts).sum())) / scale if parts else 0.0
+        return out
+
+    def _activation_norms(self) -> list[float]:
+        sums = torch.tensor([[float(acc.totals()["token_norm_sum"]), float(acc.totals()["token_count"])]
+                             for acc in self.probe.plugins[0].layers], dtype=torch.float64)
+        sums = _all_reduce(sums, self.device)
+        scale = (float(self.loss_scale()) if self.loss_scale else 1.0) * self.world
+        return [float(s / n) / scale if n else math.nan for s, n in sums.tolist()]
+
+    def _reset(self) -> None:
+        self.active = self.probe.ctx.active = False
+        for acc in self.probe.plugins[0].layers:
+            acc.records.clear()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._grads = {}
