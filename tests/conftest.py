@@ -56,3 +56,19 @@ def tiny_bert_dir(tmp_path_factory, tokenizer):
     tiny_model("bert", layers=4, hidden=32, heads=4).bert.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def minilm_no_dropout(tmp_path_factory):
+    """The real all-MiniLM-L6-v2 encoder saved with dropout off (same weights): runs that split a
+    batch differently (gradient accumulation, several processes) can then be compared number for
+    number, since no random dropout mask depends on how the batch was split."""
+    from inflora.models import load_model
+
+    model, tok = load_model("minilm")
+    path = tmp_path_factory.mktemp("minilm") / "minilm-no-dropout"
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = 0.0
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    getattr(base, base.base_model_prefix, base).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -128,7 +128,7 @@ def test_callback_with_gradient_accumulation_plain_model_and_custom_json(tmp_pat
         assert r["param_grad_norm_embeddings"] > 0
     assert not (tmp_path / "run" / "inflora_grad_profile.json").exists()
     assert not (tmp_path / "run" / "runs").exists()
-    assert cb.probe is None and not cb._grad_handles  # detached at the end
+    assert cb.recorder is None  # detached at the end
 
 
 def test_callback_rejects_bad_options():

@@ -79,6 +79,9 @@ def test_two_gloo_ranks_match_a_single_process(tmp_path):
     # ... equal to one process over all batches, bootstrap stability and mean loss included
     d = ranks[0]["diagnosis"]
     assert d["config"]["probe_batches"] == 5
+    # where it ran is recorded: two data-parallel processes here, one alone
+    assert (d["config"].pop("world_size"), d["config"].pop("sharding")) == (2, "ddp")
+    assert (single["config"].pop("world_size"), single["config"].pop("sharding")) == (1, None)
     assert_same(d, single)
     # the output section too: 5 batches x 4 examples, merged from both ranks' sums
     assert d["output"]["predictions"] == 20 and sum(d["output"]["histogram"]["count"]) == 20

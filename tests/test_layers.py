@@ -10,7 +10,7 @@ import inflora
 
 ROOT = Path(inflora.__file__).parent
 LAYERS = {  # lower number = lower layer; a package may import only from strictly lower numbers
-    "errors": 0, "io": 1, "registry": 1,
+    "errors": 0, "io": 1, "registry": 1, "devices": 1,
     "models": 2, "data": 2, "select": 2,
     "metrics": 3, "strategies": 3,
     "probe": 4,

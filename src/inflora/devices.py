@@ -71,7 +71,8 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def _check_precision(precision: str, device_type: str) -> None:
+def check_precision(precision: str, device_type: str) -> None:
+    """``precision`` must be known and usable on ``device_type`` (fp16 is refused on a CPU)."""
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
     if precision == "fp16" and device_type == "cpu":
@@ -86,12 +87,39 @@ def resolve_device(device: str = "auto", precision: str = "fp32") -> DeviceChoic
     uses its local GPU, so an explicit ``cuda:N`` is refused there."""
     device = str(device).strip().lower()
     chosen = _check_device(device)
-    _check_precision(str(precision), chosen.split(":")[0])
+    check_precision(str(precision), chosen.split(":")[0])
     world = launched_world_size()
     if world > 1 and ":" in chosen:
         raise ConfigError(f"--device {device} under {world} processes: each process uses its local GPU "
                           "(LOCAL_RANK); pass --device cuda")
     return DeviceChoice(chosen, str(precision), world)
+
+
+def init_processes(device: str = "cpu"):
+    """Join the process group torchrun / accelerate launch set up (gloo on CPU, NCCL on GPUs) through
+    accelerate's ``PartialState``, which also pins each rank to its local GPU; returns that state."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=str(device).split(":")[0] == "cpu")
+
+
+def autocast(device_type: str, precision: str):
+    """torch's autocast context for ``precision`` (a no-op for fp32): the same autocast accelerate applies
+    to a prepared model, for code paths that run outside a training loop (the diagnosis probe)."""
+    import contextlib
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def is_fsdp(model) -> bool:
+    """Whether ``model``'s parameters are FSDP2 shards (``DTensor``s)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def make_accelerator(choice: DeviceChoice, grad_accum: int = 1):
@@ -110,4 +138,5 @@ def make_accelerator(choice: DeviceChoice, grad_accum: int = 1):
                        gradient_accumulation_steps=grad_accum, step_scheduler_with_optimizer=False)
 
 
-__all__ = ["DEVICES", "PRECISIONS", "DeviceChoice", "launched_world_size", "make_accelerator", "resolve_device"]
+__all__ = ["DEVICES", "PRECISIONS", "DeviceChoice", "autocast", "check_precision", "init_processes", "is_fsdp", "launched_world_size",
+           "make_accelerator", "resolve_device"]

@@ -126,12 +126,33 @@ def _as_batches(data, tokenizer, *, split, batches, batch_size, max_length, seed
                          seed=seed, causal_lm=causal_lm)
 
 
-def _shard(batches: list) -> list:
+def _shard(batches: list, placement: dict) -> list:
+    """Data-parallel (DDP-style): rank r probes batches r, r + world, …; under FSDP every rank probes
+    every batch (the model is what is split), so each gradient is one batch's full gradient."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return batches[dist.get_rank() :: dist.get_world_size()]
-    return batches
+    world = placement["world_size"]
+    if world == 1 or placement["sharding"] == "fsdp":
+        return batches
+    if world > len(batches):
+        raise ConfigError(f"{world} processes but only {len(batches)} probe batch(es): every process needs at "
+                          f"least one; pass --batches {world} or more, or start fewer processes")
+    return batches[dist.get_rank() :: world]
+
+
+def _place(model: nn.Module, device: str | None, precision: str) -> dict:
+    """Move ``model`` to the chosen device (``None``: leave it where it is) and check the precision
+    there; returns what diagnosis.json records about where the probe ran."""
+    from .devices import check_precision, is_fsdp, launched_world_size, resolve_device
+
+    sharded = is_fsdp(model)
+    if device is not None and not sharded:
+        model.to(resolve_device(device, precision).device)
+    here = next(model.parameters()).device
+    check_precision(precision, here.type)
+    world = launched_world_size()
+    return {"device": str(here), "precision": precision, "world_size": world,
+            "sharding": "fsdp" if sharded else ("ddp" if world > 1 else None)}
 
 
 def diagnose(
@@ -154,10 +175,14 @@ def diagnose(
     entropy_queries: int | None = None,
     rules: list[str] | None = None,
     budget=None,
+    device: str | None = None,
+    precision: str = "fp32",
 ) -> Diagnosis:
     """Probe ``model`` on target-domain ``data`` (task name, ``TextDataset`` or list of batches) and
     select the inflection band with ``rule``. Parameters are never updated; the model's mode and
-    gradients are restored. Under ``torch.distributed`` each rank probes its share of the batches
+    gradients are restored. ``device`` (auto|cpu|cuda|cuda:N|mps; None keeps the model where it is)
+    and ``precision`` (fp32|bf16|fp16 autocast) follow ``inflora.devices``. Under ``torch.distributed``
+    each rank probes its share of the batches (FSDP-sharded model: every batch, full-gradient norms)
     and all ranks return the same result.
 
     ``attention``: ``'streaming'`` (the default where the family allows it: SDPA with the entropy
@@ -182,6 +207,8 @@ def diagnose(
     causal_lm = spec.causal and task_type == "causal-lm"
     probe_set = _as_batches(data, tokenizer, split=split, batches=batches, batch_size=batch_size,
                             max_length=max_length, seed=seed, causal_lm=causal_lm, data_dir=data_dir)
+    placement = _place(model, device, precision)
+    mine = _shard(probe_set, placement)
     was_training = model.training
     saved_grads = {p: p.grad for p in model.parameters()}
     model.train(dropout)
@@ -192,10 +219,11 @@ def diagnose(
         with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant", "output", *extra], attention=attention,
                         attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"}) as probe:
             attention_mode = probe.attention_mode
-            for batch in tqdm(_shard(probe_set), desc="diagnose", unit="batch", disable=not progress):
-                losses.append(probe_step(model, probe, batch))
-            probe.gather()
-            losses = gather_batches(losses)
+            for batch in tqdm(mine, desc="diagnose", unit="batch", disable=not progress):
+                losses.append(probe_step(model, probe, batch, precision))
+            if placement["sharding"] == "ddp":
+                probe.gather()
+                losses = gather_batches(losses)
             layers = probe.layer_results()
             groups = probe.group_results()
             output = probe.summaries().get("output", {})
@@ -235,7 +263,7 @@ def diagnose(
         config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,
                 "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,
                 "entropy_queries": entropy_queries, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
-                "data": data if isinstance(data, str) else getattr(data, "name", "batches")},
+                "data": data if isinstance(data, str) else getattr(data, "name", "batches"), **placement},
         flags=flags, rules=compared, task_type=task_type, output=output,
         head_modules=head_modules(inner) if task_type == "classification" else [],
     )

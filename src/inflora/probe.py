@@ -161,15 +161,18 @@ class LayerProbe(contextlib.AbstractContextManager):
             self._restore_attention = None
 
 
-def probe_step(model: nn.Module, probe: LayerProbe, batch: dict[str, torch.Tensor]) -> float:
-    """One forward + backward on ``batch`` (which carries labels); returns the loss. Parameters are
-    not updated; gradients are cleared afterwards."""
+def probe_step(model: nn.Module, probe: LayerProbe, batch: dict[str, torch.Tensor], precision: str = "fp32") -> float:
+    """One forward + backward on ``batch`` (which carries labels), the forward under ``precision``
+    autocast; returns the loss. Parameters are not updated; gradients are cleared afterwards."""
+    from .devices import autocast
+
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     if int(batch["attention_mask"].sum()) == 0:
         raise DataError("a probe batch holds only padding (attention_mask is all zeros)")
     model.zero_grad(set_to_none=True)
-    out = model(**batch, **probe.forward_kwargs())
+    with autocast(device.type, precision):
+        out = model(**batch, **probe.forward_kwargs())
     if getattr(out, "loss", None) is None:
         raise ArchitectureError("the model returned no loss; probe batches need labels")
     loss = out.loss

@@ -1,6 +1,7 @@
 """``inflora diagnose``: probe a model on target data, choose the band, write JSON + report."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -74,6 +75,9 @@ def diagnose_cmd(
     completion_column: str = typer.Option("completion", help="instruction file: completion column (the loss covers it only)"),
     messages_column: str = typer.Option("messages", help="instruction file: chat column (a list of role/content messages)"),
     data_dir: Optional[str] = typer.Option(None, help="data folder (default: $INFLORA_DATA_DIR, else the HF hub)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast of the probe's forward; fp16 GPU only)"),
+    fsdp: bool = typer.Option(False, help="under torchrun: shard the model with FSDP2 (every rank probes every batch)"),
     out: Path = typer.Option(Path("runs/diagnose"), help="output folder"),
     attention: Optional[str] = typer.Option(
         None, help="how attention entropy is measured: streaming (beside SDPA, memory linear in context length; "
@@ -94,7 +98,9 @@ def diagnose_cmd(
     from ..models import load_model
     from ..reports import write_diagnosis_report
 
+    from ..devices import init_processes, resolve_device
     from ..errors import ConfigError
+    from ..models.sharding import fsdp_shard
     from ..select import RULES
 
     from ..models.attention import check_attention_mode
@@ -111,9 +117,15 @@ def diagnose_cmd(
     for name in rule_names:
         RULES.get(name)
     spend = Budget.parse(budget)
+    choice = resolve_device(device, precision)
+    if fsdp and choice.world_size < 2:
+        raise ConfigError("--fsdp needs several processes: torchrun --nproc-per-node N -m inflora diagnose --fsdp …")
     if weights_only:
         return _weights_only(model, rule_names, spend, seed, out)
-    console = Console(stderr=True)
+    if choice.world_size > 1:
+        init_processes(choice.device)
+    main = int(os.environ.get("RANK", "0")) == 0
+    console = Console(stderr=True, quiet=not main)
     data = load_instruction_source(task, split, data_dir, prompt_column=prompt_column,
                                    completion_column=completion_column, messages_column=messages_column)
     if data is None:
@@ -126,9 +138,14 @@ def diagnose_cmd(
         net, tok = load_model(model, task="causal-lm")
     else:
         net, tok = load_model(model, num_labels=max(data.num_labels, 2))
+    if fsdp:
+        net = fsdp_shard(net, choice.device)
     d = diagnose(net, data, tok, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
                  rule_params=parse_params(param), resamples=resamples, seed=seed, split=split,
-                 attention=attention, entropy_queries=entropy_queries, rules=rule_names or None, budget=spend)
+                 attention=attention, entropy_queries=entropy_queries, rules=rule_names or None, budget=spend,
+                 device=None if fsdp else choice.device, precision=precision, progress=main)
+    if not main:  # every rank holds the same result; one writes it
+        return
     d.model = model
     d.config["task"] = task
     out.mkdir(parents=True, exist_ok=True)

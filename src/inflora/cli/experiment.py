@@ -32,6 +32,8 @@ def experiment_cmd(
     strategies: str = typer.Option("full,shallow,lora-all,lora-inflection,lora-random,head"),
     model: Optional[str] = typer.Option(None, help="override the profile's model (name or local path)"),
     data_dir: Optional[str] = typer.Option(None),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16: GPU only)"),
     out: Path = typer.Option(Path("runs/experiment")),
 ) -> None:
     """Source training (UNDER/OVER) on SST-2, diagnosis on RT validation, target runs on RT; cached and resumable."""
@@ -42,7 +44,8 @@ def experiment_cmd(
 
     if name != "sst2-to-rt":
         raise ConfigError(f"unknown experiment {name!r}; available: sst2-to-rt")
-    plan = Plan(get_profile(profile, model=model), _split(seeds, int), _split(regimes), _split(strategies), data_dir).validate()
+    plan = Plan(get_profile(profile, model=model), _split(seeds, int), _split(regimes), _split(strategies), data_dir,
+                device=device, precision=precision).validate()
     cache = UnitCache(out)
     command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     cache_before = _count_done(cache)

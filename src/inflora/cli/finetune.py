@@ -75,17 +75,25 @@ def finetune_cmd(
     remedy: list[str] = typer.Option([], help="training remedy (repeatable): spectral-decoupling, redo, nm-sparsity, "
                                      "dal, grokfast, spam; its options follow as flags, e.g. --sd-lambda 0.1 (see docs)"),
     save_model: bool = typer.Option(False, help="save the final model (usable with --init)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, GPU only)"),
+    grad_accum: int = typer.Option(1, help="micro-batches of --batch-size per optimizer step (per process)"),
     data_dir: Optional[str] = typer.Option(None),
     out: Path = typer.Option(Path("runs/finetune")),
 ) -> None:
     """Fine-tune with one strategy; resumable (re-run the same command after an interruption).
 
-    Remedy options are passed as extra flags after --remedy NAME, e.g. --remedy spectral-decoupling --sd-lambda 0.1."""
+    Remedy options are passed as extra flags after --remedy NAME, e.g. --remedy spectral-decoupling --sd-lambda 0.1.
+    Several processes: torchrun --nproc-per-node N -m inflora finetune ... (or accelerate launch); the global
+    batch is --batch-size x processes x --grad-accum."""
+    from ..devices import resolve_device
     from ..reports import write_finetune_report
     from ..strategies import STRATEGIES
     from ..training import FinetuneConfig, finetune
+    from ..training.finetune import check_config
 
     STRATEGIES.get(strategy)
+    resolve_device(device, precision)
     options = remedy_flags(list(remedy), list(ctx.args))
     for name, opts in options.items():  # fail on a bad value now, not after loading the model
         from ..remedies import REMEDIES
@@ -98,11 +106,23 @@ def finetune_cmd(
                          lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
                          init=init, limit_train=limit_train,
                          limit_eval=limit_eval, log_every=log_every, remedies=list(remedy), remedy_options=options,
-                         save_model=save_model, data_dir=data_dir)
+                         save_model=save_model, data_dir=data_dir, device=device, precision=precision,
+                         grad_accum=grad_accum)
+    check_config(cfg)
     m = finetune(cfg, out)
+    if not is_main_process():
+        return
     write_finetune_report(m, out)
     print_comparison([m], Console())
-    Console().print(f"wrote {out / 'metrics.json'} and {out / 'report.html'}")
+    Console().print(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
+                    f"({m['device']}, {m['precision']}, {m['world_size']} process(es))")
+
+
+def is_main_process() -> bool:
+    """Under torchrun / accelerate launch only rank 0 writes reports and prints."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def print_comparison(runs: list[dict], console: Console) -> None:
@@ -116,7 +136,7 @@ def print_comparison(runs: list[dict], console: Console) -> None:
     console.print(t)
 
 
-def demo_compare(d, out: Path, console: Console) -> None:
+def demo_compare(d, out: Path, console: Console, device: str = "auto", precision: str = "fp32") -> None:
     """Brief lora-inflection vs lora-all runs on Rotten Tomatoes, using the demo's diagnosis."""
     from ..reports import write_finetune_report
     from ..training import FinetuneConfig, finetune
@@ -124,7 +144,7 @@ def demo_compare(d, out: Path, console: Console) -> None:
     runs = []
     for strategy in ("lora-inflection", "lora-all"):
         cfg = FinetuneConfig(strategy=strategy, epochs=1, limit_train=2000, limit_eval=500, layers=d.inflection_layers,
-                             cka_examples=256)
+                             cka_examples=256, device=device, precision=precision)
         console.print(f"fine-tuning {strategy} (2000 training examples, 1 epoch) …")
         m = finetune(cfg, out / strategy)
         write_finetune_report(m, out / strategy)

@@ -27,8 +27,13 @@ class Plan:
     regimes: list[str]
     strategies: list[str]
     data_dir: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
 
     def validate(self) -> "Plan":
+        from ..devices import resolve_device
+
+        resolve_device(self.device, self.precision)
         for r in self.regimes:
             if r not in REGIMES:
                 raise ConfigError(f"unknown regime {r!r}; use under, over")
@@ -55,50 +60,60 @@ def target_config(p: Profile, seed: int, regime: str, strategy: str, band: list[
             **{k: getattr(p, k) for k in keys}}
 
 
-def run_source(cache: UnitCache, p: Profile, seed: int, data_dir) -> dict:
+def with_precision(cfg: dict, precision: str) -> dict:
+    """A unit's cache key names its precision when it is not fp32 (fp32 keys stay as they were);
+    the device is not part of it: a cached unit is reused on any device."""
+    return cfg if precision == "fp32" else {**cfg, "precision": precision}
+
+
+def run_source(cache: UnitCache, p: Profile, seed: int, data_dir, *, device: str = "auto", precision: str = "fp32") -> dict:
     from ..training import FinetuneConfig, finetune
 
-    cfg = source_config(p, seed)
+    cfg = with_precision(source_config(p, seed), precision)
     if (done := cache.done("source", cfg)) is not None:
         return done
     folder = cache.folder("source", cfg)
     ft = FinetuneConfig(model=p.model, task="sst2", strategy="full", epochs=p.over_epochs, seed=seed, lr=p.source_lr,
                         batch_size=p.batch_size, max_length=p.max_length, limit_train=p.source_limit,
                         cka_examples=0, log_every=p.log_every, decontaminate_against=None,
-                        save_epochs=sorted({p.under_epochs, p.over_epochs}), data_dir=data_dir)
+                        save_epochs=sorted({p.under_epochs, p.over_epochs}), data_dir=data_dir,
+                        device=device, precision=precision)
     m = finetune(ft, folder / "run", progress=False)
     return cache.finish("source", cfg, {
         "under": str(folder / "run" / f"model-epoch{p.under_epochs}"), "over": str(folder / "run" / f"model-epoch{p.over_epochs}"),
         "under_epoch": p.under_epochs, "over_epoch": p.over_epochs, "history": m["history"], "train_seconds": m["train_seconds"]})
 
 
-def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: dict, data_dir) -> dict:
+def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: dict, data_dir, *,
+                 device: str = "auto", precision: str = "fp32") -> dict:
     from ..data import load_task
     from ..diagnosis import diagnose
     from ..models import load_model
 
-    cfg = diagnose_config(p, seed, regime)
+    cfg = with_precision(diagnose_config(p, seed, regime), precision)
     if (done := cache.done("diagnose", cfg)) is not None:
         return done
     model, tok = load_model(source[regime], num_labels=None)
     d = diagnose(model, load_task("rotten_tomatoes", "validation", data_dir), tok, batches=p.diagnose_batches,
-                 batch_size=p.diagnose_batch_size, max_length=p.max_length, seed=seed, progress=False)
+                 batch_size=p.diagnose_batch_size, max_length=p.max_length, seed=seed, progress=False,
+                 device=device, precision=precision)
     d.model = f"{p.model} ({regime.upper()}, seed {seed})"
     d.to_json(cache.folder("diagnose", cfg) / "diagnosis.json")
     return cache.finish("diagnose", cfg, d.to_dict())
 
 
 def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: str, source: dict, band: list[int],
-               data_dir) -> dict:
+               data_dir, *, device: str = "auto", precision: str = "fp32") -> dict:
     from ..training import FinetuneConfig, finetune
 
-    cfg = target_config(p, seed, regime, strategy, band)
+    cfg = with_precision(target_config(p, seed, regime, strategy, band), precision)
     if (done := cache.done("target", cfg)) is not None:
         return done
     ft = FinetuneConfig(model=p.model, init=source[regime], task="rotten_tomatoes", strategy=strategy,
                         epochs=p.target_epochs, seed=seed, batch_size=p.batch_size, max_length=p.max_length,
                         limit_train=p.target_limit, limit_eval=p.eval_limit, layers=band, cka_examples=p.cka_examples,
-                        log_every=p.log_every, decontaminate_against="sst2", data_dir=data_dir)
+                        log_every=p.log_every, decontaminate_against="sst2", data_dir=data_dir,
+                        device=device, precision=precision)
     m = finetune(ft, cache.folder("target", cfg) / "run", progress=False)
     keep = ("strategy", "layers", "band", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
             "train_seconds", "steps", "steps_per_second", "peak_rss_mb", "grad_profile", "delta_cka")
@@ -110,6 +125,7 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
     plan.validate()
     p = plan.profile
     cache = UnitCache(Path(out))
+    where = {"device": plan.device, "precision": plan.precision}
     units = len(plan.seeds) * (1 + len(plan.regimes) * (1 + len(plan.strategies)))
     # Rough weights for the time estimate: a source run ~ its epochs, a target run ~ its epochs + eval.
     w_source, w_diag, w_target = p.over_epochs * (p.source_limit or 67000) / 1000, 0.3, p.target_epochs * (p.target_limit or 8530) / 1000 + 1.0
@@ -128,15 +144,16 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
 
         for seed in plan.seeds:
             bar.update(task, description=f"source seed {seed}")
-            source = run_source(cache, p, seed, plan.data_dir)
+            source = run_source(cache, p, seed, plan.data_dir, **where)
             raw["sources"][seed] = source
             advance(w_source, f"source seed {seed} done")
             for regime in plan.regimes:
-                d = run_diagnose(cache, p, seed, regime, source, plan.data_dir)
+                d = run_diagnose(cache, p, seed, regime, source, plan.data_dir, **where)
                 raw["diagnoses"][f"{regime}/{seed}"] = d
                 advance(w_diag, f"diagnosed {regime} seed {seed}")
                 for strategy in plan.strategies:
                     bar.update(task, description=f"{regime} {strategy} seed {seed}")
-                    raw["targets"].append(run_target(cache, p, seed, regime, strategy, source, d["inflection_layers"], plan.data_dir))
+                    raw["targets"].append(run_target(cache, p, seed, regime, strategy, source, d["inflection_layers"],
+                                                     plan.data_dir, **where))
                     advance(w_target, f"{regime} {strategy} seed {seed} done")
     return raw

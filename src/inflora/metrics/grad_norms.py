@@ -25,14 +25,36 @@ def activation_grad_norm(grad: torch.Tensor, token_mask: torch.Tensor) -> dict[s
     return {"per_token": s / max(n, 1.0), "frobenius": math.sqrt(sq)}
 
 
+def _shard_of(grad: torch.Tensor):
+    """(local tensor, process group to sum over) for an FSDP2 gradient sharded over a device mesh;
+    (grad, None) for an ordinary or replicated one."""
+    if not torch.distributed.is_available():
+        return grad, None
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(grad, DTensor) and any(pl.is_shard() for pl in grad.placements):
+        return grad.to_local(), grad.device_mesh.get_group()
+    return (grad.to_local() if isinstance(grad, DTensor) else grad), None
+
+
 def param_grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
     """sqrt(Σ‖g‖²) over trainable parameters that received a gradient; 0 for a frozen group.
-    Per-tensor norms are combined on the device: one host sync per group, no squared copies."""
-    norms = [torch.linalg.vector_norm(p.grad.detach(), dtype=torch.float32)
-             for p in params if p.requires_grad and p.grad is not None]
-    if not norms:
-        return 0.0
-    return float(torch.linalg.vector_norm(torch.stack(norms)))
+    Per-tensor norms are combined on the device: one host sync per group, no squared copies.
+    FSDP2 gradients (sharded ``DTensor``s) count as the *full* gradient: the squared norms of this
+    rank's shards are summed across the mesh (one all-reduce per group; every rank must call this)."""
+    local, sharded, group = [], [], None
+    for p in params:
+        if p.requires_grad and p.grad is not None:
+            g, g_group = _shard_of(p.grad.detach())
+            (sharded if g_group is not None else local).append(torch.linalg.vector_norm(g, dtype=torch.float32))
+            group = g_group or group
+    if not sharded:
+        return float(torch.linalg.vector_norm(torch.stack(local))) if local else 0.0
+    total = torch.stack(sharded).pow(2).sum()
+    torch.distributed.all_reduce(total, group=group)
+    if local:
+        total = total + torch.stack(local).pow(2).sum().to(total.device)
+    return float(total.sqrt())
 
 
 class _FiniteMean(SumAccumulator):
