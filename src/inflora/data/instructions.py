@@ -40,6 +40,10 @@ class InstructionDataset(TextDataset):
             raise DataError(f"{self.name}/{self.split}: {len(self.prompts)} prompts, {len(self.completions)} "
                             f"completions and {len(self.texts)} texts")
 
+    def require_classes(self, at_least: int = 2) -> "InstructionDataset":
+        """Free-text completions have no classes; label options must all be present, as for a classifier."""
+        return super().require_classes(at_least) if self.options else self
+
     def subset(self, indices: list[int], split: str | None = None) -> "InstructionDataset":
         return InstructionDataset(
             [self.texts[i] for i in indices], [self.labels[i] for i in indices], self.name, split or self.split,

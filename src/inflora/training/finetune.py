@@ -21,14 +21,14 @@ from typing import Callable
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
-from ..data import EncodedSplit
+from ..data import encode_split
 from ..devices import make_accelerator, resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json, versions
 from ..strategies import STRATEGIES, count_parameters
 from .checkpoint import is_complete, load_checkpoint, load_trainable_state
 from .config import FinetuneConfig
-from .evaluate import accuracy
+from .lm_eval import check_instruction_run, completion_metrics, evaluate_split
 from .loop import Run, TrainState, run_epochs
 from .parts import (OPTIMIZERS, adapt_model, build_optimizer, check_labels, cka_start, load_splits, model_factory,
                     resolve_band)
@@ -58,9 +58,12 @@ def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool =
     make_model = model_factory(cfg, splits)
     band, band_info = resolve_band(cfg, make_model)
     model, tok = make_model(cfg.attn_implementation)
+    causal = check_instruction_run(cfg, splits)
     check_labels(model, splits)
-    encoded = {k: EncodedSplit(v, tok, cfg.max_length) for k, v in splits.items()}
+    encoded = {k: encode_split(v, tok, cfg.max_length) for k, v in splits.items()}
     model.to(accelerator.device)  # the start snapshot is of the model as loaded, before remedies and adapters
+    # A causal LM's validation scores as loaded: the completion loss the run lowers (or not).
+    before = completion_metrics(model, encoded["validation"], cfg.eval_batch_size) if causal else None
     cka_set, start_feats = cka_start(cfg, model, splits, tok, out, is_main=accelerator.is_main_process,
                                      barrier=accelerator.wait_for_everyone)
     adapted = adapt_model(cfg, model, band)
@@ -78,24 +81,39 @@ def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool =
                                                          rank=accelerator.process_index, world=world))
         log.warning("resuming %s from the end of epoch %d", out, run.state.epoch)
     extra = {"band": band, "band_info": band_info, "layers": adapted.layers, "lr": adapted.lr,
-             "trainable": trainable, "total": total, "splits": splits, "cka_set": cka_set, "start_feats": start_feats}
+             "trainable": trainable, "total": total, "splits": splits, "cka_set": cka_set, "start_feats": start_feats,
+             "completion_before": before}
     return run, extra
+
+
+def split_scores(run: Run, causal: bool) -> tuple[dict, dict]:
+    """Accuracy per split (validation: the best epoch's) and, for a causal LM, each split's completion
+    metrics (validation recomputed to report them all)."""
+    cfg, state = run.cfg, run.state
+    scores, completion = ({}, {}) if causal else ({"validation": state.best_acc}, {})
+    for name in ("validation", "test", "test_decontaminated") if causal else ("test", "test_decontaminated"):
+        if name in run.encoded:
+            got = evaluate_split(run.inner, run.encoded[name], cfg.eval_batch_size, run.accelerator)
+            got.pop("score")
+            if "accuracy" in got:
+                scores[name] = got["accuracy"]
+            if causal:
+                completion[name] = got
+    return scores, completion
 
 
 def final_metrics(run: Run, extra: dict) -> dict:
     """Reload the best epoch's weights, score the test splits, and assemble metrics.json."""
     cfg, state, acc = run.cfg, run.state, run.accelerator
     load_trainable_state(run.inner, load_file(str(run.out / "checkpoints" / "best.safetensors")))
-    scores = {"validation": state.best_acc}
-    for name in ("test", "test_decontaminated"):
-        if name in run.encoded:
-            scores[name] = accuracy(run.inner, run.encoded[name], cfg.eval_batch_size, acc)
+    scores, completion = split_scores(run, causal=extra["completion_before"] is not None)
     end_feats = cka_features(run.inner, extra["cka_set"], cfg.cka_pooling) if extra["cka_set"] else []
     start = [extra["start_feats"][str(i)].to(f.device) for i, f in enumerate(end_feats)]
     return {
         "strategy": cfg.strategy, "layers": extra["layers"], "band": extra["band"], "band_info": extra["band_info"],
         "trainable_params": extra["trainable"], "total_params": extra["total"], "lr": extra["lr"],
-        "accuracy": scores, "best_epoch": state.best_epoch, "history": state.history,
+        "accuracy": scores, "completion": completion, "completion_before": extra["completion_before"],
+        "best_epoch": state.best_epoch, "history": state.history,
         "train_seconds": state.train_seconds, "steps": state.steps,
         "steps_per_second": state.steps / state.train_seconds if state.train_seconds else math.nan,
         "step_losses": state.step_losses,

@@ -12,8 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data import EncodedInstructions
+from ..data import EncodedInstructions, InstructionDataset
 from ..data.instruction_batching import IGNORE_INDEX, fit, tokenize_example
+from ..errors import ConfigError
 from ..models import hf_model
 from .evaluate import accuracy
 
@@ -104,3 +105,14 @@ def evaluate_split(model, split, batch_size: int = 64, accelerator=None) -> dict
                accuracy(model, split, batch_size)}
     out["score"] = out["accuracy"] if "accuracy" in out else -out["completion_loss"]
     return out
+
+
+def check_instruction_run(cfg, splits: dict) -> bool:
+    """True for instruction data (a causal-LM run). Remedies act on classification logits and labels,
+    so they are refused here rather than misapplied to next-token logits."""
+    causal = isinstance(splits["train"], InstructionDataset)
+    if causal and cfg.remedies:
+        raise ConfigError(f"remedies ({', '.join(cfg.remedies)}) act on classification losses; "
+                          "they cannot be used with instruction data")
+    return causal
+

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..errors import TrainingError
 from .checkpoint import is_complete, save_checkpoint, trainable_state
 from .config import FinetuneConfig
-from .evaluate import accuracy
+from .lm_eval import evaluate_split
 from .grad_profile import GradProfileRecorder
 from .loaders import train_loader
 
@@ -158,10 +158,12 @@ def end_epoch(run: Run, epoch: int, train_loss: float) -> None:
     from .finetune import save_final_model
 
     state, cfg, acc = run.state, run.cfg, run.accelerator
-    val_acc = accuracy(run.inner, run.encoded["validation"], cfg.eval_batch_size, acc)
-    state.history.append({"epoch": epoch, "train_loss": train_loss, "validation_accuracy": val_acc})
+    scores = evaluate_split(run.inner, run.encoded["validation"], cfg.eval_batch_size, acc)
+    val_acc = scores.pop("score")  # accuracy, or minus the completion loss for free-text completions
+    state.history.append({"epoch": epoch, "train_loss": train_loss, "validation_accuracy": scores.get("accuracy"),
+                          **({"validation": scores} if "completion_loss" in scores else {})})
     ckpt = run.out / "checkpoints"
-    if val_acc > state.best_acc:
+    if state.best_epoch is None or val_acc > state.best_acc:  # the score can be negative (minus a loss)
         state.best_acc, state.best_epoch = val_acc, epoch
         if acc.is_main_process:
             ckpt.mkdir(exist_ok=True)
@@ -174,7 +176,8 @@ def end_epoch(run: Run, epoch: int, train_loss: float) -> None:
         save_final_model(run.inner, run.tokenizer, run.out / f"model-epoch{epoch}")
     acc.wait_for_everyone()
     if run.progress and acc.is_main_process:
-        tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, validation accuracy {val_acc:.4f}")
+        tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, validation "
+                   + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in scores.items() if k != "completion_tokens"))
     if os.environ.get(KILL_AFTER_EPOCH) == str(epoch):
         os.kill(os.getpid(), signal.SIGKILL)
 

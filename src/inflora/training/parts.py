@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data import EncodedSplit, decontaminate, load_task
+from ..data import EncodedSplit, InstructionDataset, decontaminate, encode_split, load_task
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import load_model
 from ..strategies import NEEDS_BAND, StrategyOptions, apply_strategy
@@ -56,6 +56,8 @@ def model_factory(cfg: FinetuneConfig, splits: dict):
 
     def make(attn: str):
         seed_everything(cfg.seed)
+        if is_instruction_data(splits):  # a causal LM trained on the completions
+            return load_model(source, task="causal-lm", attn_implementation=attn)
         labels = None if cfg.init else splits["train"].num_labels  # a checkpoint keeps its own head
         if labels is not None:
             check_checkpoint_labels(source, labels, cfg.task)
@@ -132,7 +134,13 @@ def build_optimizer(model, lr: float, weight_decay: float, remedies: list = (), 
     return maker(groups, lr=lr) if maker else OPTIMIZERS[kind](groups, lr=lr)
 
 
+def is_instruction_data(splits: dict) -> bool:
+    return isinstance(splits["train"], InstructionDataset)
+
+
 def check_labels(model, splits: dict) -> None:
+    if is_instruction_data(splits):  # completions, not class ids: nothing to match against a classifier
+        return
     n = model.config.num_labels
     for name, ds in splits.items():
         if ds.labels and (max(ds.labels) >= n or min(ds.labels) < 0):
@@ -161,7 +169,7 @@ def cka_start(cfg: FinetuneConfig, model, splits: dict, tok, out: Path, *, is_ma
     """The ΔCKA probe set and the start model's features, saved once (a resumed run reads them back)."""
     if not cfg.cka_examples:
         return None, {}
-    cka_set = EncodedSplit(splits["validation"].stratified(cfg.cka_examples, cfg.seed), tok, cfg.max_length)
+    cka_set = encode_split(splits["validation"].stratified(cfg.cka_examples, cfg.seed), tok, cfg.max_length)
     start_path = Path(out) / "cka_start.safetensors"
     if not start_path.exists() and is_main:
         tmp = start_path.with_name(f".{start_path.name}.tmp")
