@@ -70,3 +70,11 @@ def test_tokenizer_without_pad_token_pads_with_eos(tokenizer, caplog):
     tok.pad_token, tok.eos_token = None, None
     with pytest.raises(ConfigError, match="neither a pad token nor an EOS token"):
         ensure_pad_token(tok)
+
+
+@pytest.mark.parametrize("model,targets", [("tiny-llama", "c_fc"), ("tiny-gpt2", "mlp,gate_proj")])
+def test_cli_finetune_unknown_lora_target_fails_before_loading(tmp_path, model, targets):
+    code, out = _run("finetune", "--model", model, "--task", "rt-instruct", "--strategy", "lora-all",
+                     "--lora-targets", targets, "--out", tmp_path)
+    assert code == 2 and out.startswith("error: LoRA target(s) ") and out.count("\n") == 1, out
+    assert "match no module" in out and not (tmp_path / "config.json").exists()

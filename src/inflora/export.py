@@ -15,7 +15,7 @@ from pathlib import Path
 from .diagnosis import Diagnosis
 from .errors import ConfigError
 from .io import atomic_write_text
-from .models import arch_for, model_config
+from .models import arch_for, meta_model, model_config
 from .strategies.lora import match_lora_targets
 
 FORMATS = {"peft": "peft-lora", "axolotl": "axolotl-lora.yaml", "trl": "trl_peft_config.py", "json": "lora_config.json"}
@@ -42,17 +42,6 @@ def lora_kwargs(config) -> dict:
         if value is not None:
             out[key] = value
     return out
-
-
-def meta_model(name: str, task_type: str):
-    """The model ``name`` on the meta device, from its config alone (tiny names, folders, hub names)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    config = model_config(name)
-    auto = AutoModelForCausalLM if task_type == "causal-lm" else AutoModelForSequenceClassification
-    with torch.device("meta"):
-        return auto.from_config(config)
 
 
 def dry_run(d: Diagnosis, config, model_name: str) -> dict[str, int]:

@@ -125,3 +125,10 @@ def load_instruction_source(task: str, split: str = "validation", data_dir=None,
     if is_instruction_file(task, prompt_column, messages_column):
         return load_instructions(task, prompt_column, completion_column, messages_column=messages_column, split=split)
     return None
+
+
+def is_instruction_source(task: str, prompt_column: str = "prompt", messages_column: str = "messages") -> bool:
+    """True when ``task`` names instruction data (a built-in instruction task or an instruction file)."""
+    from .tasks import is_instruction_task
+
+    return is_instruction_task(str(task)) or is_instruction_file(task, prompt_column, messages_column)

@@ -58,6 +58,17 @@ def model_config(name_or_path: str):
         raise ConfigError(f"cannot load model config from {name_or_path!r}: {str(exc).splitlines()[0]}") from None
 
 
+def meta_model(name_or_path: str, task: str = "classification") -> nn.Module:
+    """The model on the meta device, from its config alone: its module names without any weights
+    (a tiny name, a folder or a hub name; a config download at most)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    with torch.device("meta"):
+        return auto.from_config(model_config(name_or_path))
+
+
 def ensure_pad_token(tokenizer):
     """Decoder tokenizers often ship without a pad token: pad with EOS (padding never enters the loss)."""
     if getattr(tokenizer, "pad_token", None) is not None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.architectures import ARCHITECTURES, ArchSpec, arch_for, num_layers
+from ..models.loading import meta_model
 
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
 HEAD_MODULES = ("pooler", "pre_classifier", "classifier", "score")
@@ -132,6 +133,14 @@ def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
         raise ConfigError(f"layer(s) {empty} of the band match no module: this {kind} model has "
                           f"{num_layers(model)} blocks (0-{num_layers(model) - 1})")
     return counts
+
+
+def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = "classification") -> dict[str, int]:
+    """Dry-run ``targets`` on every block of ``model_name`` built on the meta device: a target the
+    model lacks fails before any data or weights are loaded."""
+    model = meta_model(model_name, task)
+    return match_lora_targets(model, lora_config(arch_for(model).family, None, targets=targets,
+                                                 task_type=TASK_TYPES[task]))
 
 
 def _examples(model: nn.Module) -> str:

@@ -21,11 +21,12 @@ from typing import Callable
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
-from ..data import encode_split
+from ..data import encode_split, is_instruction_source
 from ..devices import make_accelerator, resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json, versions
 from ..strategies import STRATEGIES, count_parameters
+from ..strategies.lora import check_lora_targets
 from .checkpoint import is_complete, load_checkpoint, load_trainable_state
 from .config import FinetuneConfig
 from .lm_eval import check_instruction_run, completion_metrics, evaluate_split
@@ -49,6 +50,9 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--grad-accum must be at least 1, got {cfg.grad_accum}")
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
+        task = "causal-lm" if is_instruction_source(cfg.task) else "classification"
+        check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task)
 
 
 def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool = True) -> tuple[Run, dict]:
