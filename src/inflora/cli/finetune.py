@@ -114,6 +114,10 @@ def finetune_cmd(
         return
     write_finetune_report(m, out)
     print_comparison([m], Console())
+    if m.get("completion_before") and "validation" in m.get("completion", {}):
+        b, a = m["completion_before"], m["completion"]["validation"]
+        Console().print(f"validation completion loss {b['completion_loss']:.4f} -> {a['completion_loss']:.4f} "
+                        f"(perplexity {b['perplexity']:.4g} -> {a['perplexity']:.4g})")
     Console().print(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
                     f"({m['device']}, {m['precision']}, {m['world_size']} process(es))")
 
