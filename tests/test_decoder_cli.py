@@ -78,3 +78,13 @@ def test_cli_finetune_unknown_lora_target_fails_before_loading(tmp_path, model, 
                      "--lora-targets", targets, "--out", tmp_path)
     assert code == 2 and out.startswith("error: LoRA target(s) ") and out.count("\n") == 1, out
     assert "match no module" in out and not (tmp_path / "config.json").exists()
+
+
+def test_cli_finetune_causal_lm_reports_completion_loss(tmp_path):
+    code, out = _run("finetune", "--model", "tiny-gpt2", "--task", "rt-instruct", "--strategy", "lora-inflection",
+                     "--layers", "1,2", "--lora-targets", "mlp", "--limit-train", "16", "--limit-eval", "16",
+                     "--batch-size", "8", "--max-length", "48", "--out", tmp_path)
+    assert code == 0, out
+    assert "validation completion loss" in out and "perplexity" in out
+    report = (tmp_path / "report.md").read_text()
+    assert "Completion loss (causal LM" in report and "validation, before training" in report

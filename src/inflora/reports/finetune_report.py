@@ -17,9 +17,11 @@ def _curves(m: dict):
     a.set_xlabel("step")
     a.set_ylabel("training loss (logged steps)")
     hist = m["history"]
-    b.plot([h["epoch"] for h in hist], [h["validation_accuracy"] for h in hist], "o-")
+    causal = all("validation" in h for h in hist) and hist
+    b.plot([h["epoch"] for h in hist], [h["validation"]["completion_loss"] if causal else h["validation_accuracy"]
+                                        for h in hist], "o-")
     b.set_xlabel("epoch")
-    b.set_ylabel("validation accuracy")
+    b.set_ylabel("validation completion loss" if causal else "validation accuracy")
     fig.tight_layout()
     return fig
 
@@ -48,6 +50,10 @@ def write_finetune_report(m: dict, out_dir: str | Path) -> dict:
         f"{m['steps']} steps in {m['train_seconds']:.1f} s ({m['steps_per_second']:.2f} steps/s), peak RSS {m['peak_rss_mb']:.0f} MB."
         + (f" The shaded layers are the inflection band {fmt(band)} ({m['band_info'].get('source', '')})." if band else "")
     )
+    if m.get("completion"):
+        rep.heading("Completion loss (causal LM, loss on completion tokens only)")
+        rows = [{"split": "validation, before training", **m["completion_before"]}] if m.get("completion_before") else []
+        rep.table(rows + [{"split": name, **scores} for name, scores in m["completion"].items()])
     rep.heading("Training curves").figure(_curves(m), "curves")
     rep.heading("Gradient flow during training")
     rep.text("Does the loss signal reach the low layers (activation gradients), and do the adapted layers receive "
