@@ -89,6 +89,23 @@ def child(args) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
+def cached_child(args, r: int, variant: str, t: int) -> dict:
+    """One figure, read from ``<out>.figures.jsonl`` when an earlier (interrupted) run measured it;
+    otherwise measured and appended, so a restarted run resumes where it stopped."""
+    cache = Path(args.out).with_suffix(".figures.jsonl")
+    key = f"{r}/{t}/{variant}"
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["key"] == key:
+                return rec["result"]
+    res = run_child(args, variant, t)
+    if "failed" not in res:
+        with cache.open("a") as f:
+            f.write(json.dumps({"key": key, "result": res}) + "\n")
+    return res
+
+
 def run_child(args, variant: str, t: int) -> dict:
     cmd = [sys.executable, __file__, "--child", variant, "--T", str(t), "--threads", str(args.threads),
            "--batch-size", str(args.batch_size), "--vocab", str(args.vocab), "--resamples", str(args.resamples)]
@@ -218,7 +235,7 @@ def main() -> None:
         for t in lengths:
             order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
             rnd[str(t)] = {v: ("skipped: eager above --eager-max runs in the first round only" if v == "eager"
-                               and t > args.eager_max and r > 0 else run_child(args, v, t)) for v in order}
+                               and t > args.eager_max and r > 0 else cached_child(args, r, v, t)) for v in order}
         rounds.append(rnd)
     table = summarise(rounds, lengths)
     import torch
