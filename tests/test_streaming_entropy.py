@@ -268,3 +268,28 @@ def test_streaming_matches_eager_on_device_and_dtype(device, dtype):
     _, eager = probe_rows(model, batch, "eager")
     _, streaming = probe_rows(model, batch, "streaming")
     assert_rows_match(streaming, eager, rel=1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_training_profile_streams_entropy_and_keeps_sdpa():
+    from inflora.training.grad_profile import GradProfileRecorder
+
+    model = sharpen(tiny_model("llama", layers=2, task="causal-lm", num_key_value_heads=2))
+    model.set_attn_implementation("sdpa")
+    batch = padded_batch("causal-lm", "right")
+    _, want = probe_rows(copy.deepcopy(model), batch, "eager")
+    recorder = GradProfileRecorder(model, every=2)
+    assert model.config._attn_implementation == STREAMING  # SDPA kernel, entropy beside it
+    for step in range(2):
+        logged = recorder.start_step(step)
+        model(**batch).loss.backward()
+        row = recorder.finish_step(step, 0.0)
+        model.zero_grad(set_to_none=True)
+        assert (row is not None) == logged == (step == 0)
+        if logged:
+            assert row["attention_entropy"] == pytest.approx([w["attention_entropy"] for w in want], rel=1e-5)
+    recorder.close()
+    assert model.config._attn_implementation == "sdpa"
+    mpnet = tiny_model("mpnet", layers=2)
+    recorder = GradProfileRecorder(mpnet, every=1)  # no interface: entropy left out, attention untouched
+    assert not recorder.entropy and mpnet.config._attn_implementation == "eager"
+    recorder.close()

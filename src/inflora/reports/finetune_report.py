@@ -62,6 +62,9 @@ def write_finetune_report(m: dict, out_dir: str | Path) -> dict:
                                      "norm", band, log=True), "activation_grads")
     rep.figure(layer_profiles_figure(grad_profile_snapshots(m, "param_grad_norm"), "parameter-gradient norm ‖∇θL‖",
                                      "norm", band), "param_grads")
+    if m["grad_profile"] and "attention_entropy" in m["grad_profile"][0]:
+        rep.figure(layer_profiles_figure(grad_profile_snapshots(m, "attention_entropy"), "attention entropy",
+                                         "nats", band), "attention_entropy")
     rep.heading("Where representations changed (ΔCKA, start → end)")
     rep.text("ΔCKA = 1 − CKA of pooled block outputs on a fixed probe set: changes in upper layers mean feature "
              "recombination, changes in lower layers mean low-level features were rebuilt.")

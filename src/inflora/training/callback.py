@@ -168,8 +168,8 @@ class InflectionCallback(TrainerCallback):
         return mean if math.isfinite(mean) else None
 
     def _write_tensorboard(self, row: dict, step: int) -> None:
-        for kind in ("activation_grad_norm", "param_grad_norm"):
-            for i, v in enumerate(row[kind]):
+        for kind in ("activation_grad_norm", "param_grad_norm", "attention_entropy"):
+            for i, v in enumerate(row.get(kind, ())):
                 self.writer.add_scalar(f"inflora/{kind}/layer_{i:02d}", v, step)
         self.writer.add_scalar("inflora/param_grad_norm/embeddings", row["param_grad_norm_embeddings"], step)
         self.writer.add_scalar("inflora/param_grad_norm/head", row["param_grad_norm_head"], step)

@@ -3,7 +3,7 @@
 Every ``every`` optimizer steps the recorder switches a ``LayerProbe`` on for that step's own
 micro-batches (no extra passes) and records, per block, the activation-gradient norm ‖∂L/∂h⁽ˡ⁾‖
 (per token, padding excluded) and the pre-clip parameter-gradient norm ‖∇θ L‖, plus the embeddings
-and head groups.
+and head groups, and the attention entropy streamed beside the run's own SDPA (issue 11).
 
 Parameter gradients are read as they are accumulated (``register_post_accumulate_grad_hook``): the
 last call before the optimizer step is the step's whole gradient, before any clipping (Trainer clips
@@ -15,12 +15,16 @@ global batch. An fp16 loss scale is divided out (``loss_scale``).
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
 import torch
 
+from ..models.architectures import arch_for, hf_model
 from ..probe import LayerProbe
+
+log = logging.getLogger(__name__)
 
 
 def _world() -> int:
@@ -41,9 +45,19 @@ def _all_reduce(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class GradProfileRecorder:
-    def __init__(self, model, every: int = 10, *, loss_scale: Callable[[], float] | None = None):
+    """``entropy``: also record each block's attention entropy on logged steps, streamed beside SDPA
+    (the run keeps its attention kernel and speed). Families outside transformers' attention
+    interface (MPNet) would need eager attention for every step, so there it is left out, with a log line."""
+
+    def __init__(self, model, every: int = 10, *, loss_scale: Callable[[], float] | None = None, entropy: bool = True):
         self.every = max(1, int(every))
-        self.probe = LayerProbe(model, ["activation_grad"])
+        spec = arch_for(hf_model(model))
+        self.entropy = entropy and spec.attention_interface
+        if entropy and not self.entropy:
+            log.info("attention entropy is not recorded during training: %s attention does not go through "
+                     "transformers' attention interface, and eager maps would slow every step", spec.family)
+        diagnostics = ["activation_grad"] + (["attention_entropy"] if self.entropy else [])
+        self.probe = LayerProbe(model, diagnostics, attention="streaming" if self.entropy else None)
         self.probe.ctx.active = False
         self.loss_scale = loss_scale
         self.world = _world()
@@ -74,6 +88,8 @@ class GradProfileRecorder:
         row = {"step": step, "loss": loss, "activation_grad_norm": self._activation_norms(),
                "param_grad_norm": [norms[f"block.{i}"] for i in range(n)],
                "param_grad_norm_embeddings": norms["embeddings"], "param_grad_norm_head": norms["head"]}
+        if self.entropy:
+            row["attention_entropy"] = self._entropies()
         self._reset()
         return row
 
@@ -105,17 +121,28 @@ class GradProfileRecorder:
             out[name] = math.sqrt(float(torch.stack(parts).sum())) / scale if parts else 0.0
         return out
 
+    def _plugin(self, name: str):
+        return next(p for p in self.probe.plugins if p.name == name)
+
+    def _entropies(self) -> list[float]:
+        """Mean attention entropy per block over the step's micro-batches (and ranks): head sums / queries."""
+        totals = [acc.totals() for acc in self._plugin("attention_entropy").layers]
+        sums = torch.tensor([[float(t["raw_sum"].sum()), float(t["raw_count"].sum())] for t in totals], dtype=torch.float64)
+        sums = _all_reduce(sums, self.device)
+        return [float(s / n) if n else math.nan for s, n in sums.tolist()]
+
     def _activation_norms(self) -> list[float]:
         sums = torch.tensor([[float(acc.totals()["token_norm_sum"]), float(acc.totals()["token_count"])]
-                             for acc in self.probe.plugins[0].layers], dtype=torch.float64)
+                             for acc in self._plugin("activation_grad").layers], dtype=torch.float64)
         sums = _all_reduce(sums, self.device)
         scale = (float(self.loss_scale()) if self.loss_scale else 1.0) * self.world
         return [float(s / n) / scale if n else math.nan for s, n in sums.tolist()]
 
     def _reset(self) -> None:
         self.active = self.probe.ctx.active = False
-        for acc in self.probe.plugins[0].layers:
-            acc.records.clear()
+        for plugin in self.probe.plugins:
+            for acc in plugin.layers:
+                acc.records.clear()
         for h in self._handles:
             h.remove()
         self._handles.clear()
