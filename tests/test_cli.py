@@ -41,7 +41,7 @@ def test_diagnose_writes_json_reports_and_summary(tmp_path, data_dir):
     (["diagnose", "--task", "imdb"], "unknown task 'imdb'"),
     (["finetune", "--strategy", "nope"], "unknown strategy 'nope'"),
     (["finetune", "--layers", "a,b"], "--layers expects comma-separated integers"),
-    (["finetune", "--sd-lambda", "0.1"], "unknown option '--sd-lambda'"),
+    (["finetune", "--sd-lambda", "0.1"], "--sd-lambda is an option of remedy 'spectral-decoupling', which was not chosen"),
     (["finetune", "--remedy", "spectral-decoupling", "--sd-lambda", "abc"], "cannot read 'abc' as float"),
     (["finetune", "--remedy", "magic"], "unknown remedy 'magic'"),
     (["experiment", "--profile", "huge"], "unknown profile 'huge'"),

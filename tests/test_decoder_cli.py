@@ -41,7 +41,8 @@ def test_cli_diagnose_instruction_file_reports_skipped_rows(tmp_path):
     code, out = _run("diagnose", "--model", "tiny-qwen2", "--task", _jsonl(tmp_path / "d.jsonl", rows), *FAST,
                      "--out", tmp_path / "out")
     assert code == 0, out
-    assert "skipped 3 row(s)" in out and "chat without an assistant turn" in out and "empty completion" in out
+    assert "d.jsonl: skipped 3 of 11 rows" in out and "chat without an assistant turn at line 11" in out
+    assert "empty completion at line 10" in out
 
 
 @pytest.mark.parametrize("rows,args,match", [

@@ -187,7 +187,7 @@ def test_an_interrupted_invocation_is_logged_with_its_time(tmp_path, monkeypatch
     """Ctrl-C between units: the time spent still counts toward the experiment's total."""
     from typer.testing import CliRunner
 
-    import inflora.experiment as experiment
+    import inflora.experiment.harness as harness
     from inflora.cli import app
 
     def interrupted(plan, out, **kw):
@@ -195,7 +195,7 @@ def test_an_interrupted_invocation_is_logged_with_its_time(tmp_path, monkeypatch
         (out / "units" / "source-x" / "result.json").write_text("{}")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "run_experiment", interrupted)
+    monkeypatch.setattr(harness, "run_experiment", interrupted)
     res = CliRunner().invoke(app, ["experiment", "--profile", "smoke", "--seeds", "1", "--out", str(tmp_path)])
     assert res.exit_code == 130 and "run the same command again to resume" in res.output
     runs = json.loads((tmp_path / "invocations.json").read_text())

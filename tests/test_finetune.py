@@ -335,13 +335,13 @@ def test_label_count_mismatch_is_a_one_line_data_error(three_label_dir, tiny_dir
 
 @pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_empty_split_is_a_one_line_data_error(tiny_dir, tmp_path, monkeypatch, split):
-    real = finetune_module.load_task
+    real = finetune_module.load_any
 
     def load(name, which, *a, **k):
         ds = real(name, which, *a, **k)
         return TextDataset([], [], ds.name, which, ds.num_labels) if which == split and name == "rotten_tomatoes" else ds
 
-    monkeypatch.setattr(finetune_module, "load_task", load)
+    monkeypatch.setattr(finetune_module, "load_any", load)
     with pytest.raises(DataError) as exc:
         finetune(config(tiny_dir, epochs=1), tmp_path, progress=False)
     assert f"rotten_tomatoes/{split}" in one_line(exc) and ("empty" in str(exc.value) or "0 class" in str(exc.value))

@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import InstructionDataset, TextDataset, instruction_probe_batches, is_instruction_task, load_task, probe_batches
+from .data import InstructionDataset, TextDataset, instruction_probe_batches, is_user_file, load_any, probe_batches
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .metrics.accumulate import gather_batches
@@ -106,13 +106,11 @@ def _nan_for_null(obj):
     return obj
 
 
-def _as_batches(data, tokenizer, *, split, batches, batch_size, max_length, seed, causal_lm, data_dir):
+def _as_batches(data, tokenizer, *, batches, batch_size, max_length, seed, causal_lm):
     if isinstance(data, list) and data and isinstance(data[0], dict):
         return data[:batches]
     if isinstance(data, list):
         raise DataError("no probe batches were given (empty list)")
-    if isinstance(data, str):
-        data = load_task(data, split, data_dir)
     if not isinstance(data, TextDataset):
         raise DataError(f"cannot diagnose on {type(data).__name__}; pass a task name, a TextDataset or a list of batches")
     if tokenizer is None:
@@ -124,6 +122,31 @@ def _as_batches(data, tokenizer, *, split, batches, batch_size, max_length, seed
                                          max_length=max_length, seed=seed)
     return probe_batches(data, tokenizer, batches=batches, batch_size=batch_size, max_length=max_length,
                          seed=seed, causal_lm=causal_lm)
+
+
+def load_model_for(name: str, data):
+    """``(model, tokenizer)`` for ``data``: a causal LM for instruction data, else a classifier with
+    as many labels as the data has (at least two)."""
+    if isinstance(data, InstructionDataset):
+        return load_model(name, task="causal-lm")
+    return load_model(name, num_labels=max(getattr(data, "num_labels", 2), 2))
+
+
+def _resolve_inputs(model, data, tokenizer, *, split, data_dir, columns, fsdp, device, precision):
+    """Load what was given by name: the data (``load_any``; a user file whole unless ``split`` says)
+    and a model that fits it; shard the model over the processes when ``fsdp``. Returns
+    (model, tokenizer, data, split, device), device None once FSDP has placed the shards."""
+    if isinstance(data, (str, os.PathLike)):
+        split = split or ("all" if is_user_file(data) else "validation")
+        data = load_any(data, split, data_dir, **(columns or {}))
+    if isinstance(model, str):
+        model, tokenizer = load_model_for(model, data)
+    if fsdp:
+        from .devices import resolve_device
+        from .models.sharding import fsdp_shard
+
+        model, device = fsdp_shard(model, resolve_device(device or "auto", precision).device), None
+    return model, tokenizer, data, split or "validation", device
 
 
 def _shard(batches: list, placement: dict) -> list:
@@ -160,7 +183,7 @@ def diagnose(
     data,
     tokenizer=None,
     *,
-    split: str = "validation",
+    split: str | None = None,
     batches: int = 8,
     batch_size: int = 32,
     max_length: int = 64,
@@ -170,6 +193,7 @@ def diagnose(
     seed: int = 0,
     dropout: bool = False,
     data_dir: str | None = None,
+    columns: dict | None = None,
     progress: bool = True,
     attention: str | None = None,
     entropy_queries: int | None = None,
@@ -177,13 +201,18 @@ def diagnose(
     budget=None,
     device: str | None = None,
     precision: str = "fp32",
+    fsdp: bool = False,
 ) -> Diagnosis:
-    """Probe ``model`` on target-domain ``data`` (task name, ``TextDataset`` or list of batches) and
-    select the inflection band with ``rule``. Parameters are never updated; the model's mode and
+    """Probe ``model`` (a model, or a name/path loaded here) on target-domain ``data`` (a task name
+    or data file path, read with ``load_any``; a ``TextDataset``; or a list of batches) and select
+    the inflection band with ``rule``. ``split`` defaults to validation for a task, the whole file for
+    a user file; ``columns`` names a file's columns (``text_column``, ``label_column``,
+    ``prompt_column``, ``completion_column``, ``messages_column``; see ``load_any``). The result
+    names the model and data as they were given. Parameters are never updated; the model's mode and
     gradients are restored. ``device`` (auto|cpu|cuda|cuda:N|mps; None keeps the model where it is)
-    and ``precision`` (fp32|bf16|fp16 autocast) follow ``inflora.devices``. Under ``torch.distributed``
-    each rank probes its share of the batches (FSDP-sharded model: every batch, full-gradient norms)
-    and all ranks return the same result.
+    and ``precision`` (fp32|bf16|fp16 autocast) follow ``inflora.devices``; ``fsdp`` shards the model
+    over the launched processes first. Under ``torch.distributed`` each rank probes its share of the
+    batches (FSDP-sharded model: every batch, full-gradient norms) and all ranks return the same result.
 
     ``attention``: ``'streaming'`` (the default where the family allows it: SDPA with the entropy
     streamed beside it, memory linear in context length) or ``'eager'`` (attention maps).
@@ -198,15 +227,15 @@ def diagnose(
         RULES.get(name)
     params = {**DEFAULT_RULE_PARAMS.get(rule, {}), **(rule_params or {})}
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", type(model).__name__)
-    if isinstance(model, str):
-        instructions = isinstance(data, InstructionDataset) or (isinstance(data, str) and is_instruction_task(data))
-        model, tokenizer = load_model(model, task="causal-lm" if instructions else "classification")
+    data_name = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "name", "batches")
+    model, tokenizer, data, split, device = _resolve_inputs(model, data, tokenizer, split=split, data_dir=data_dir,
+                                                            columns=columns, fsdp=fsdp, device=device, precision=precision)
     inner = hf_model(model)
     spec = arch_for(inner)
     task_type = task_type_of(inner)
     causal_lm = spec.causal and task_type == "causal-lm"
-    probe_set = _as_batches(data, tokenizer, split=split, batches=batches, batch_size=batch_size,
-                            max_length=max_length, seed=seed, causal_lm=causal_lm, data_dir=data_dir)
+    probe_set = _as_batches(data, tokenizer, batches=batches, batch_size=batch_size,
+                            max_length=max_length, seed=seed, causal_lm=causal_lm)
     placement = _place(model, device, precision)
     mine = _shard(probe_set, placement)
     was_training = model.training
@@ -263,7 +292,7 @@ def diagnose(
         config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,
                 "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,
                 "entropy_queries": entropy_queries, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
-                "data": data if isinstance(data, str) else getattr(data, "name", "batches"), **placement},
+                "data": data_name, **placement},
         flags=flags, rules=compared, task_type=task_type, output=output,
         head_modules=head_modules(inner) if task_type == "classification" else [],
     )

@@ -9,6 +9,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
+
+def output_dir(path: str | os.PathLike) -> Path:
+    """Create the folder ``path`` and check it can be written, before any work is done; a
+    one-line ConfigError (not a traceback an hour later) when it cannot."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to the output folder {path}: {exc.strerror or exc}") from None
+    return path
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)

@@ -21,7 +21,17 @@ def quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    ours = logging.getLogger("inflora")
+    if not any(isinstance(h, _UserMessages) for h in ours.handlers):
+        ours.addHandler(_UserMessages(logging.WARNING))
+
+
+class _UserMessages(logging.Handler):
+    """inflora's warnings (skipped data rows, attention switches, ...) as ``warning: …`` lines on
+    the stderr of the moment, however logging was configured before."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
 
 
 def friendly_errors(fn):
@@ -51,14 +61,7 @@ def command(name: str | None = None, **kw):
     return deco
 
 
-from . import demo, diagnose, export, info  # noqa: E402,F401  (registers the commands)
-
-for _optional in ("finetune", "experiment", "compare"):
-    try:
-        __import__(f"{__name__}.{_optional}")
-    except ModuleNotFoundError as _exc:  # a command module not present in this build
-        if _exc.name != f"{__name__}.{_optional}":
-            raise
+from . import compare, demo, diagnose, experiment, export, finetune, info  # noqa: E402,F401  (registers the commands)
 
 
 def main() -> None:  # pragma: no cover - console entry

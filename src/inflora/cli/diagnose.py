@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from . import command
+from .output import console as make_console
+from .output import layer_ranges, table
 
 
 def parse_params(items: list[str]) -> dict:
@@ -33,13 +35,12 @@ def parse_params(items: list[str]) -> dict:
 
 
 def print_summary(d, out: Path, console: Console | None = None) -> None:
-    console = console or Console(width=None if Console().is_terminal else 120)
-    t = Table(title=f"{d.model}: inflection band {d.inflection_layers}")
-    for col in ("layer", "entropy", "H/log n", "‖∂L/∂h‖", "‖∇θL‖", "SKI", "stability", ""):
-        t.add_column(col, justify="right")
+    console = console or make_console()
+    t = table(f"{d.model}: inflection band {layer_ranges(d.inflection_layers)}",
+              ["layer", "entropy", "H/log n", "‖∂L/∂h‖", "‖∇θL‖", "SKI", "stab.", "band"])
     for r, s in zip(d.layers, d.stability):
         t.add_row(str(r["layer"]), f"{r['attention_entropy']:.3f}", f"{r['attention_entropy_norm']:.3f}",
-                  f"{r['activation_grad_norm']:.3e}", f"{r['param_grad_norm']:.3e}", f"{r['ski']:.3f}", f"{s:.2f}",
+                  f"{r['activation_grad_norm']:.2e}", f"{r['param_grad_norm']:.2e}", f"{r['ski']:.3f}", f"{s:.2f}",
                   "◀ band" if r["layer"] in d.inflection_layers else "")
     console.print(t)
     if "attention_entropy_se" in d.layers[0]:
@@ -53,7 +54,8 @@ def print_summary(d, out: Path, console: Console | None = None) -> None:
                       f"confident wrong answers carry {o['confident_wrong_grad_share']:.1%} of ‖p − y‖")
     for flag in d.flags:
         console.print(f"[yellow]warning:[/] {flag}")
-    console.print(f"wrote {out / 'diagnosis.json'}, {out / 'report.html'}, {out / 'report.md'}, {out / 'profile.png'}, {out / 'reliability.png'}")
+    console.print(f"wrote {out / 'diagnosis.json'}, {out / 'report.html'}, {out / 'report.md'}, {out / 'profile.png'}, {out / 'reliability.png'}",
+                  soft_wrap=True)
 
 
 @command("diagnose")
@@ -61,7 +63,8 @@ def diagnose_cmd(
     model: str = typer.Option("minilm", help="model name or path ('minilm' = bundled all-MiniLM-L6-v2)"),
     task: str = typer.Option("rotten_tomatoes", help="built-in task (rotten_tomatoes, sst2, rt-instruct) or a "
                              ".csv/.tsv/.jsonl/.parquet file (text/label, or prompt/completion or messages for a causal LM)"),
-    split: str = typer.Option("validation", help="split of the task to probe on"),
+    split: Optional[str] = typer.Option(None, help="split to probe on (default: validation of a task, all of a user file; "
+                                        "train/validation/test of a file are its 80/10/10 split)"),
     batches: int = typer.Option(8, help="number of probe batches"),
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64),
@@ -93,26 +96,19 @@ def diagnose_cmd(
                                       "weight rules (spectrum-snr, kappa, alpha-hts) and random/all"),
 ) -> None:
     """Measure per-layer attention entropy and gradient flow, and choose the inflection band."""
-    from ..data import InstructionDataset, load_file, load_instruction_source, load_task
     from ..diagnosis import diagnose
-    from ..models import load_model
-    from ..reports import write_diagnosis_report
-
     from ..devices import init_processes, resolve_device
     from ..errors import ConfigError
-    from ..models.sharding import fsdp_shard
-    from ..select import RULES
-
+    from ..io import output_dir
     from ..models.attention import check_attention_mode
+    from ..reports import write_diagnosis_report
+    from ..select import RULES
     from ..strategies.budget import Budget
 
-    if batches < 1:
-        raise ConfigError(f"--batches must be at least 1, got {batches}")
     if entropy_queries is not None and entropy_queries < 1:
         raise ConfigError(f"--entropy-queries must be at least 1, got {entropy_queries}")
     if attention is not None:
         check_attention_mode(attention)
-    RULES.get(rule)
     rule_names = [r.strip() for r in (rules or "").split(",") if r.strip()]
     for name in rule_names:
         RULES.get(name)
@@ -120,35 +116,21 @@ def diagnose_cmd(
     choice = resolve_device(device, precision)
     if fsdp and choice.world_size < 2:
         raise ConfigError("--fsdp needs several processes: torchrun --nproc-per-node N -m inflora diagnose --fsdp …")
+    output_dir(out)
     if weights_only:
         return _weights_only(model, rule_names, spend, seed, out)
     if choice.world_size > 1:
         init_processes(choice.device)
     main = int(os.environ.get("RANK", "0")) == 0
-    console = Console(stderr=True, quiet=not main)
-    data = load_instruction_source(task, split, data_dir, prompt_column=prompt_column,
-                                   completion_column=completion_column, messages_column=messages_column)
-    if data is None:
-        data = load_file(task, text_column, label_column) if Path(task).suffix in (".csv", ".tsv", ".jsonl", ".parquet") else load_task(task, split, data_dir)
-    if data.skipped:
-        reasons = data.meta.get("skipped_reasons")
-        console.print(f"skipped {data.skipped} row(s) of {task}" + (f": {reasons}" if reasons else ""))
-    console.print(f"loading {model} …")
-    if isinstance(data, InstructionDataset):  # a causal LM measured with the completion-only loss
-        net, tok = load_model(model, task="causal-lm")
-    else:
-        net, tok = load_model(model, num_labels=max(data.num_labels, 2))
-    if fsdp:
-        net = fsdp_shard(net, choice.device)
-    d = diagnose(net, data, tok, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
-                 rule_params=parse_params(param), resamples=resamples, seed=seed, split=split,
+    Console(stderr=True, quiet=not main).print(f"diagnosing {model} on {task} …")
+    columns = dict(text_column=text_column, label_column=label_column, prompt_column=prompt_column,
+                   completion_column=completion_column, messages_column=messages_column)
+    d = diagnose(model, task, split=split, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
+                 rule_params=parse_params(param), resamples=resamples, seed=seed, data_dir=data_dir, columns=columns,
                  attention=attention, entropy_queries=entropy_queries, rules=rule_names or None, budget=spend,
-                 device=None if fsdp else choice.device, precision=precision, progress=main)
+                 device=choice.device, precision=precision, fsdp=fsdp, progress=main)
     if not main:  # every rank holds the same result; one writes it
         return
-    d.model = model
-    d.config["task"] = task
-    out.mkdir(parents=True, exist_ok=True)
     d.to_json(out / "diagnosis.json")
     write_diagnosis_report(d, out)
     print_summary(d, out)
@@ -177,13 +159,13 @@ def _weights_only(model: str, rule_names: list[str], spend, seed: int, out: Path
     add_rules_section(rep, result, n)
     rep.write(out, stem="rules")
     print_rules(result, n)
-    Console(stderr=True).print(f"wrote {out / 'rules.json'}, {out / 'rules.md'}, {out / 'rules.html'}")
+    make_console(stderr=True).print(f"wrote {out / 'rules.json'}, {out / 'rules.md'}, {out / 'rules.html'}")
 
 
 def print_rules(result: dict, num_layers: int) -> None:
     from ..reports.rules_section import selection_rows
 
-    console = Console(width=None if Console().is_terminal else 120)
+    console = make_console()
     rows = selection_rows(result, num_layers)
     t = Table(title=f"rules side by side at K = {result['k']} blocks (● chosen)")
     for col in rows[0]:

@@ -1,14 +1,20 @@
-"""``inflora finetune``: train one strategy and write metrics.json + report; ``demo_compare`` for the demo."""
+"""``inflora finetune``: train one strategy and write metrics.json + report.
+
+Every remedy's declared option table (``Remedy.options``) becomes real flags of this command, listed
+in ``--help`` under one panel per remedy with their types and defaults."""
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from . import command
+from .output import console as make_console
+from .output import layer_ranges, table
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -22,37 +28,43 @@ def parse_layers(text: str | None) -> list[int] | None:
         raise ConfigError(f"--layers expects comma-separated integers like 0,1,4, got {text!r}") from None
 
 
-def remedy_flags(remedies: list[str], extra: list[str]) -> dict[str, dict]:
-    """Turn the leftover ``--sd-lambda 0.1``-style flags into per-remedy options."""
-    from ..errors import ConfigError
+def remedy_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per declared remedy option; typer turns each into a ``--flag``. Values
+    arrive as text and are read by ``Remedy.from_options`` (one-line errors for bad values)."""
     from ..remedies import REMEDIES
 
-    owners = {opt: name for name in remedies for opt in REMEDIES.get(name).options}
-    options: dict[str, dict] = {name: {} for name in remedies}
-    i = 0
-    while i < len(extra):
-        flag = extra[i]
-        key = flag.lstrip("-").replace("-", "_")
-        if not flag.startswith("--") or key.split("=")[0] not in owners:
-            known = ", ".join("--" + k.replace("_", "-") for k in owners) or "none (add --remedy NAME first)"
-            raise ConfigError(f"unknown option {flag!r}; remedy options: {known}")
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        elif i + 1 < len(extra):
-            value = extra[i + 1]
-            i += 2
-        else:
-            raise ConfigError(f"{flag} needs a value")
-        options[owners[key]][key] = value
-    return options
+    params = []
+    for name in REMEDIES.names():
+        for key, opt in REMEDIES.get(name).options.items():
+            kind = f"<{getattr(opt.type, '__name__', 'str')}>"
+            default = "none" if opt.default is None else opt.default
+            params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+                None, "--" + key.replace("_", "-"), metavar=kind, show_default=False,
+                help=f"{opt.help} (default: {default})", rich_help_panel=f"Remedy {name} (with --remedy {name})")))
+    return params
 
 
-@command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def with_remedy_options(fn):
+    """Give ``fn`` a flag for every remedy option; it receives their values as ``remedy_values``."""
+    extra = remedy_parameters()
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        return fn(remedy_values={p.name: kwargs.pop(p.name, None) for p in extra}, **kwargs)
+
+    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "remedy_values"]
+    wrapper.__signature__ = inspect.Signature(own + extra)
+    return wrapper
+
+
+@command("finetune")
+@with_remedy_options
 def finetune_cmd(
-    ctx: typer.Context,
     model: str = typer.Option("minilm", help="model name or path"),
-    task: str = typer.Option("rotten_tomatoes"),
+    task: str = typer.Option("rotten_tomatoes", help="built-in task or a .csv/.tsv/.jsonl file (split 80/10/10, "
+                             "or one file per split: data/{split}.csv)"),
+    text_column: str = typer.Option("text", help="text column of a user data file"),
+    label_column: str = typer.Option("label", help="label column of a user data file"),
     strategy: str = typer.Option("lora-inflection", help="full, head, shallow, lora-all, lora-inflection, lora-random"),
     epochs: int = typer.Option(1),
     seed: int = typer.Option(42),
@@ -73,20 +85,22 @@ def finetune_cmd(
     limit_eval: Optional[int] = typer.Option(None, help="stratified subset of validation/test"),
     log_every: int = typer.Option(10, help="log the gradient profile every N steps"),
     remedy: list[str] = typer.Option([], help="training remedy (repeatable): spectral-decoupling, redo, nm-sparsity, "
-                                     "dal, grokfast, spam; its options follow as flags, e.g. --sd-lambda 0.1 (see docs)"),
+                                     "dal, grokfast, spam; its options are listed below"),
     save_model: bool = typer.Option(False, help="save the final model (usable with --init)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, GPU only)"),
     grad_accum: int = typer.Option(1, help="micro-batches of --batch-size per optimizer step (per process)"),
     data_dir: Optional[str] = typer.Option(None),
     out: Path = typer.Option(Path("runs/finetune")),
+    remedy_values: dict | None = None,
 ) -> None:
     """Fine-tune with one strategy; resumable (re-run the same command after an interruption).
 
-    Remedy options are passed as extra flags after --remedy NAME, e.g. --remedy spectral-decoupling --sd-lambda 0.1.
     Several processes: torchrun --nproc-per-node N -m inflora finetune ... (or accelerate launch); the global
     batch is --batch-size x processes x --grad-accum."""
     from ..devices import resolve_device
+    from ..io import output_dir
+    from ..remedies import options_by_remedy
     from ..reports import write_finetune_report
     from ..strategies import STRATEGIES
     from ..training import FinetuneConfig, finetune
@@ -94,18 +108,15 @@ def finetune_cmd(
 
     STRATEGIES.get(strategy)
     resolve_device(device, precision)
-    options = remedy_flags(list(remedy), list(ctx.args))
-    for name, opts in options.items():  # fail on a bad value now, not after loading the model
-        from ..remedies import REMEDIES
-
-        REMEDIES.get(name).from_options(**opts)
-    cfg = FinetuneConfig(model=model, task=task, strategy=strategy, epochs=epochs, seed=seed, lr=lr, optimizer=optimizer,
-                         batch_size=batch_size,
+    options = options_by_remedy(list(remedy), remedy_values or {})
+    output_dir(out)
+    cfg = FinetuneConfig(model=model, task=task, text_column=text_column, label_column=label_column, strategy=strategy,
+                         epochs=epochs, seed=seed, lr=lr, optimizer=optimizer, batch_size=batch_size,
                          max_length=max_length, diagnosis=diagnosis, layers=parse_layers(layers), k=k, lora_r=lora_r,
                          lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                          lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
                          init=init, limit_train=limit_train,
-                         limit_eval=limit_eval, log_every=log_every, remedies=list(remedy), remedy_options=options,
+                         limit_eval=limit_eval, log_every=log_every, remedies=list(options), remedy_options=options,
                          save_model=save_model, data_dir=data_dir, device=device, precision=precision,
                          grad_accum=grad_accum)
     check_config(cfg)
@@ -113,13 +124,14 @@ def finetune_cmd(
     if not is_main_process():
         return
     write_finetune_report(m, out)
-    print_comparison([m], Console())
+    console = make_console()
+    print_comparison([m], console)
     if m.get("completion_before") and "validation" in m.get("completion", {}):
         b, a = m["completion_before"], m["completion"]["validation"]
-        Console().print(f"validation completion loss {b['completion_loss']:.4f} -> {a['completion_loss']:.4f} "
-                        f"(perplexity {b['perplexity']:.4g} -> {a['perplexity']:.4g})")
-    Console().print(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
-                    f"({m['device']}, {m['precision']}, {m['world_size']} process(es))")
+        console.print(f"validation completion loss {b['completion_loss']:.4f} -> {a['completion_loss']:.4f} "
+                      f"(perplexity {b['perplexity']:.4g} -> {a['perplexity']:.4g})")
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
+                  f"({m['device']}, {m['precision']}, {m['world_size']} process(es))", soft_wrap=True)
 
 
 def is_main_process() -> bool:
@@ -129,29 +141,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+SPLIT_HEADERS = {"validation": "val %", "test": "test %", "test_decontaminated": "clean test %"}
+
+
 def print_comparison(runs: list[dict], console: Console) -> None:
-    t = Table(title="fine-tuning results")
-    splits = sorted({s for m in runs for s in m["accuracy"]})
-    for col in ["strategy", "layers", "trainable", *splits, "steps/s"]:
-        t.add_column(col, justify="right")
+    splits = sorted({s for m in runs for s in m["accuracy"]}, key=lambda s: (s not in SPLIT_HEADERS, s))
+    t = table("fine-tuning results (accuracy %)",
+              ["strategy", "layers", "trainable", *[SPLIT_HEADERS.get(s, f"{s} %") for s in splits], "steps/s"])
     for m in runs:
-        t.add_row(m["strategy"], ",".join(map(str, m["layers"])), f"{m['trainable_params']:,}",
-                  *[f"{m['accuracy'].get(s, float('nan')):.4f}" for s in splits], f"{m['steps_per_second']:.2f}")
+        t.add_row(m["strategy"], layer_ranges(m["layers"]), f"{m['trainable_params']:,}",
+                  *[f"{100 * m['accuracy'].get(s, float('nan')):.2f}" for s in splits], f"{m['steps_per_second']:.2f}")
     console.print(t)
-
-
-def demo_compare(d, out: Path, console: Console, device: str = "auto", precision: str = "fp32") -> None:
-    """Brief lora-inflection vs lora-all runs on Rotten Tomatoes, using the demo's diagnosis."""
-    from ..reports import write_finetune_report
-    from ..training import FinetuneConfig, finetune
-
-    runs = []
-    for strategy in ("lora-inflection", "lora-all"):
-        cfg = FinetuneConfig(strategy=strategy, epochs=1, limit_train=2000, limit_eval=500, layers=d.inflection_layers,
-                             cka_examples=256, device=device, precision=precision)
-        console.print(f"fine-tuning {strategy} (2000 training examples, 1 epoch) …")
-        m = finetune(cfg, out / strategy)
-        write_finetune_report(m, out / strategy)
-        runs.append(m)
-    print_comparison(runs, console)
-    console.print(f"reports: {out / 'diagnose' / 'report.html'}, " + ", ".join(str(out / s / 'report.html') for s in ("lora-inflection", "lora-all")))

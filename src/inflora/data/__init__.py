@@ -4,15 +4,14 @@ from .dataset import TextDataset
 from .decontam import decontaminate, normalize, overlap_mask
 from .files import load_file
 from .instruction_batching import EncodedInstructions, encode_split, instruction_probe_batches
-from .instruction_files import (
-    is_instruction_file, is_instruction_source, load_instruction_source, load_instructions,
-)
+from .instruction_files import is_instruction_file, is_instruction_source, load_instructions
 from .instructions import InstructionDataset
+from .sources import is_user_file, load_any
 from .tasks import ENV_VAR, TASKS, is_instruction_task, load_task, resolve_data_dir
 
 __all__ = [
     "ENV_VAR", "TASKS", "EncodedInstructions", "EncodedSplit", "InstructionDataset", "TextDataset", "collate",
-    "decontaminate", "encode_split", "instruction_probe_batches", "is_instruction_file",
-    "is_instruction_source", "is_instruction_task", "load_file", "load_instruction_source",
-    "load_instructions", "load_task", "normalize", "overlap_mask", "probe_batches", "resolve_data_dir",
+    "decontaminate", "encode_split", "instruction_probe_batches", "is_instruction_file", "is_instruction_source",
+    "is_instruction_task", "is_user_file", "load_any", "load_file", "load_instructions", "load_task", "normalize",
+    "overlap_mask", "probe_batches", "resolve_data_dir",
 ]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -10,20 +11,27 @@ from ..errors import DataError
 from .dataset import TextDataset
 from .tasks import is_textual
 
+log = logging.getLogger(__name__)
+SHOW_LINES = 5  # line numbers listed per reason; the count covers them all
+
 
 def _rows(path: Path):
+    """(line number, row dict or None when the line is not a JSON object) for each data row."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         with open(path, encoding="utf-8") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        yield json.loads(line)
+                        row = json.loads(line)
                     except json.JSONDecodeError:
-                        yield None
+                        row = None
+                    yield number, row if isinstance(row, dict) else None
     elif suffix in (".csv", ".tsv"):
         with open(path, encoding="utf-8", newline="") as f:
-            yield from csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            for row in reader:
+                yield reader.line_num, row
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -32,9 +40,40 @@ def _rows(path: Path):
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
             raise DataError(f"{path.name} is not a readable Parquet file: {str(exc).splitlines()[0]}") from None
-        yield from table.to_pylist()
+        yield from enumerate(table.to_pylist(), 1)  # row numbers, 1-based
     else:
         raise DataError(f"unsupported data file {path.name}: use .csv, .tsv, .jsonl or .parquet")
+
+
+def skip_report(name: str, skipped: dict[str, list[int]], total: int) -> str:
+    """``reviews.jsonl: skipped 3 of 40 rows: malformed JSON at lines 4, 9; empty text or label at line 7``."""
+    parts = []
+    for reason, lines in skipped.items():
+        shown = ", ".join(map(str, lines[:SHOW_LINES])) + (f" (+{len(lines) - SHOW_LINES} more)" if len(lines) > SHOW_LINES else "")
+        parts.append(f"{reason} at line{'s' if len(lines) > 1 else ''} {shown}")
+    count = sum(map(len, skipped.values()))
+    return f"{name}: skipped {count} of {total} rows: " + "; ".join(parts)
+
+
+def _read_pairs(path: Path, text_column: str, label_column: str) -> tuple[list[tuple[str, str]], dict[str, list[int]]]:
+    raw: list[tuple[str, str]] = []
+    skipped: dict[str, list[int]] = {}
+    for number, row in _rows(path):
+        if row is None:
+            skipped.setdefault("malformed JSON (not an object)", []).append(number)
+            continue
+        if text_column not in row or label_column not in row:
+            raise DataError(
+                f"{path.name}: no column {text_column!r} or {label_column!r}; columns are {sorted(row)}"
+            )
+        text, label = str(row[text_column] or "").strip(), str(row[label_column] if row[label_column] is not None else "").strip()
+        if not (text and label):
+            skipped.setdefault("empty text or label", []).append(number)
+        elif not is_textual(text):
+            skipped.setdefault("text without a letter", []).append(number)
+        else:
+            raw.append((text, label))
+    return raw, skipped
 
 
 def load_file(
@@ -46,25 +85,16 @@ def load_file(
     split: str = "train",
 ) -> TextDataset:
     """Read a labelled text file. Labels may be integers or names (mapped in sorted order unless
-    ``label_names`` fixes the order). Rows with a missing/empty text or label are skipped and counted."""
+    ``label_names`` fixes the order). Rows that are malformed or have an empty/letterless text or an
+    empty label are skipped, counted in ``.skipped``, listed by line in ``.meta["skipped_lines"]``
+    and reported in one warning (first few line numbers per reason, and the count)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    raw: list[tuple[str, str]] = []
-    skipped = 0
-    for row in _rows(path):
-        if not isinstance(row, dict):
-            skipped += 1
-            continue
-        if text_column not in row or label_column not in row:
-            raise DataError(
-                f"{path.name}: no column {text_column!r} or {label_column!r}; columns are {sorted(row)}"
-            )
-        text, label = str(row[text_column] or "").strip(), str(row[label_column] if row[label_column] is not None else "").strip()
-        if text and label and is_textual(text):
-            raw.append((text, label))
-        else:
-            skipped += 1
+    raw, skipped_lines = _read_pairs(path, text_column, label_column)
+    skipped = sum(map(len, skipped_lines.values()))
+    if skipped:
+        log.warning(skip_report(path.name, skipped_lines, len(raw) + skipped))
     if not raw:
         raise DataError(f"{path} has no usable rows ({skipped} skipped)")
     values = sorted({lab for _, lab in raw})
@@ -85,5 +115,5 @@ def load_file(
         num_labels = len(names)
     return TextDataset(
         [t for t, _ in raw], [ids[lab] for _, lab in raw], path.stem, split, num_labels, skipped, str(path),
-        {"label_names": [str(n) for n in names]},
+        {"label_names": [str(n) for n in names], "skipped_lines": skipped_lines},
     )

@@ -7,14 +7,16 @@ never a crash. A file with no usable row is an error.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 from pathlib import Path
 
 from ..errors import DataError
-from .files import _rows
+from .files import _rows, skip_report
 from .instructions import InstructionDataset, last_assistant_turn
 
+log = logging.getLogger(__name__)
 INSTRUCTION_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 MAX_OPTIONS = 10  # completions are treated as labels when there are at most this many distinct ones
 
@@ -79,16 +81,19 @@ def load_instructions(
         raise DataError(f"data file {path} does not exist")
     if path.suffix.lower() not in INSTRUCTION_SUFFIXES:
         raise DataError(f"unsupported data file {path.name}: use .jsonl, .csv, .tsv or .parquet")
-    examples, reasons = [], Counter()
-    for row in _rows(path):
+    examples, lines = [], {}
+    for number, row in _rows(path):
         got = _example(row, prompt_column, completion_column, messages_column) if isinstance(row, dict) else "not JSON"
         if got == "missing":
             raise DataError(f"{path.name}: no column {prompt_column!r} (with {completion_column!r}) or "
                             f"{messages_column!r}; columns are {sorted(row)}")
         if isinstance(got, str):
-            reasons[got] += 1
+            lines.setdefault(got, []).append(number)
         else:
             examples.append(got)
+    reasons = Counter({reason: len(numbers) for reason, numbers in lines.items()})
+    if lines:
+        log.warning(skip_report(path.name, lines, len(examples) + sum(reasons.values())))
     if not examples:
         raise DataError(f"{path} has no usable rows ({sum(reasons.values())} skipped: {dict(reasons)})")
     completions = [c for _, c, _ in examples]
@@ -99,7 +104,7 @@ def load_instructions(
     labels = [opts.index(c) for c in completions] if opts else [0] * len(examples)
     return InstructionDataset(
         [t for _, _, t in examples], labels, path.stem, split, max(len(opts), 1), sum(reasons.values()), str(path),
-        {"skipped_reasons": dict(reasons)}, [p for p, _, _ in examples], completions, opts,
+        {"skipped_reasons": dict(reasons), "skipped_lines": lines}, [p for p, _, _ in examples], completions, opts,
     )
 
 
@@ -108,23 +113,10 @@ def is_instruction_file(path: str | os.PathLike, prompt_column: str = "prompt", 
     path = Path(path)
     if not path.is_file() or path.suffix.lower() not in INSTRUCTION_SUFFIXES:
         return False
-    for row in _rows(path):
+    for _, row in _rows(path):
         if isinstance(row, dict):
             return prompt_column in row or messages_column in row
     return False
-
-
-def load_instruction_source(task: str, split: str = "validation", data_dir=None, *, prompt_column: str = "prompt",
-                            completion_column: str = "completion", messages_column: str = "messages"):
-    """``task`` as instruction data (a built-in instruction task such as ``rt-instruct``, or a file
-    with a prompt or messages column), or None when it is classification data."""
-    from .tasks import is_instruction_task, load_task
-
-    if is_instruction_task(str(task)):
-        return load_task(str(task), split, data_dir)
-    if is_instruction_file(task, prompt_column, messages_column):
-        return load_instructions(task, prompt_column, completion_column, messages_column=messages_column, split=split)
-    return None
 
 
 def is_instruction_source(task: str, prompt_column: str = "prompt", messages_column: str = "messages") -> bool:

@@ -7,6 +7,7 @@ same command resumes, and a finished experiment re-renders at once.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,11 @@ class Plan:
         if not self.seeds:
             raise ConfigError("give at least one seed")
         return self
+
+    @property
+    def num_units(self) -> int:
+        """Source runs + diagnoses + target runs: what ``run_experiment`` computes or finds cached."""
+        return len(self.seeds) * (1 + len(self.regimes) * (1 + len(self.strategies)))
 
 
 def source_config(p: Profile, seed: int) -> dict:
@@ -126,7 +132,7 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
     p = plan.profile
     cache = UnitCache(Path(out))
     where = {"device": plan.device, "precision": plan.precision}
-    units = len(plan.seeds) * (1 + len(plan.regimes) * (1 + len(plan.strategies)))
+    units = plan.num_units
     # Rough weights for the time estimate: a source run ~ its epochs, a target run ~ its epochs + eval.
     w_source, w_diag, w_target = p.over_epochs * (p.source_limit or 67000) / 1000, 0.3, p.target_epochs * (p.target_limit or 8530) / 1000 + 1.0
     total = len(plan.seeds) * (w_source + len(plan.regimes) * (w_diag + len(plan.strategies) * w_target))
@@ -157,3 +163,24 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
                                                      plan.data_dir, **where))
                     advance(w_target, f"{regime} {strategy} seed {seed} done")
     return raw
+
+
+def run_logged(plan: Plan, out: str | Path, command_line: str, *, progress: bool = True) -> tuple[dict, dict]:
+    """``run_experiment`` plus its record: every invocation (also an interrupted one, whose time counts
+    toward the total) is appended to ``invocations.json``. Returns the raw results and the run's meta."""
+    cache = UnitCache(Path(out))
+    before = cache.count_done()
+    t0 = time.perf_counter()
+    finished = False
+    try:
+        raw = run_experiment(plan, out, progress=progress)
+        finished = True
+    finally:
+        wall = time.perf_counter() - t0
+        invocations = cache.log_invocation({"command": command_line, "wall_seconds": wall, "finished": finished,
+                                            "units_before": before, "units_after": cache.count_done()})
+    cached = min(before, plan.num_units)
+    meta = {"command": command_line, "profile": plan.profile.to_dict(), "seeds": plan.seeds, "regimes": plan.regimes,
+            "strategies": plan.strategies, "wall_seconds": wall, "cached_units": cached,
+            "computed_units": plan.num_units - cached, "invocations": invocations}
+    return raw, meta

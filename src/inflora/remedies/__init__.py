@@ -4,6 +4,7 @@
 ``REMEDIES.get(name).from_options(**flags)`` and read its flags from ``cls.options``
 (name -> Option(type, default, help, arg)). Adding a remedy is one module plus one line here.
 """
+from ..errors import ConfigError
 from ..registry import Registry
 from .base import Option, Remedy
 from .dal import DAL, DriftAdjustedLR, curvature_along_gradient, dal_lr, hvp_exact, hvp_fd, lambda_max
@@ -32,9 +33,40 @@ def build_remedy(name: str, **options) -> Remedy:
     return REMEDIES.get(name).from_options(**options)
 
 
+def option_owners() -> dict[str, str]:
+    """Option name -> the remedy that declares it (option names are unique across remedies)."""
+    owners: dict[str, str] = {}
+    for name in REMEDIES.names():
+        for key in REMEDIES.get(name).options:
+            if key in owners:
+                raise ConfigError(f"remedies {owners[key]!r} and {name!r} both declare option {key!r}")
+            owners[key] = name
+    return owners
+
+
+def options_by_remedy(selected: list[str], values: dict) -> dict[str, dict]:
+    """Sort option values (name -> value; None = not given) by the selected remedy that declares
+    them. A value for a remedy that was not selected is an error; each remedy is built once here,
+    so a bad value fails before any model is loaded."""
+    owners = option_owners()
+    out: dict[str, dict] = {REMEDIES.get(name).name: {} for name in selected}
+    for key, value in values.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key not in owners:
+            raise ConfigError(f"unknown remedy option {flag}; options: {', '.join('--' + k.replace('_', '-') for k in owners)}")
+        if owners[key] not in out:
+            raise ConfigError(f"{flag} is an option of remedy {owners[key]!r}, which was not chosen; add --remedy {owners[key]}")
+        out[owners[key]][key] = value
+    for name, opts in out.items():
+        build_remedy(name, **opts)
+    return out
+
+
 __all__ = [
     "DAL", "DormantAccumulator", "DriftAdjustedLR", "FlipRateMeter", "GradNormCV", "GrokTracker", "Grokfast",
-    "NMConv2d", "NMLinear", "NMSparsity", "Option", "REMEDIES", "ReDo", "Remedy", "SPAM", "SpectralDecoupling",
+    "NMConv2d", "NMLinear", "NMSparsity", "Option", "REMEDIES", "option_owners", "options_by_remedy", "ReDo", "Remedy", "SPAM", "SpectralDecoupling",
     "SpikeMonitor", "StarvationMeter", "boundary_margin", "build_remedy", "curvature_along_gradient", "dal_lr", "dormant_fraction",
     "dormant_fractions", "dormant_mask", "dormant_scores", "export_masked", "feature_responses", "find_units",
     "generalization_gap", "grad_cv", "grad_weights", "gradfilter_ema", "gradfilter_ma", "group_gap", "hvp_exact",

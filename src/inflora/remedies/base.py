@@ -56,6 +56,10 @@ class Remedy:
     def metrics(self) -> dict[str, float]:
         return {}
 
+    def make_optimizer(self, params, lr: float = 1e-3, weight_decay: float = 0.0):
+        """The optimizer this remedy needs (SPAM brings its own), or None: the trainer's optimizer."""
+        return None
+
     @classmethod
     def from_options(cls, **kw):
         """Build from CLI-style options; accepts ``sd_lambda`` or ``sd-lambda``; unknown keys raise."""

@@ -1,7 +1,13 @@
-"""A report written once as Markdown (PNG files beside it) and once as self-contained HTML."""
+"""A report written once as Markdown (PNG files beside it) and once as self-contained HTML.
+
+Reports quote user-supplied strings (model names, data paths, column names, command lines), so
+the HTML converter keeps no raw HTML and makes no links: ``<script>`` in a model name is shown as
+text, never run. Only the images the report itself embeds become elements.
+"""
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
 import re
@@ -12,6 +18,22 @@ from ..io import atomic_write_bytes, atomic_write_text
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}code{background:#f6f6f6;padding:0 .2em}"""
+
+
+_UNSAFE_MARKDOWN = ("html_block",), ("html", "link", "reference", "short_reference", "autolink", "automail")
+
+
+def markdown_to_html(text: str) -> str:
+    """Markdown -> HTML with raw HTML escaped (shown as text) and no links."""
+    import markdown as md
+
+    converter = md.Markdown(extensions=["tables"])
+    blocks, inline = _UNSAFE_MARKDOWN
+    for name in blocks:
+        converter.preprocessors.deregister(name)
+    for name in inline:
+        converter.inlinePatterns.deregister(name)
+    return converter.convert(text)
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -43,7 +65,7 @@ class Report:
             return self.text("_(no rows)_")
         columns = columns or list(rows[0])
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(fmt(r.get(c, ""), digits) for c in columns) + " |" for r in rows]
+        lines += ["| " + " | ".join(fmt(r.get(c, ""), digits).replace("|", "\\|") for c in columns) + " |" for r in rows]
         self.parts.append("\n".join(lines) + "\n")
         return self
 
@@ -61,16 +83,14 @@ class Report:
         return "\n".join(self.parts)
 
     def html(self) -> str:
-        import markdown as md
-
-        body = md.markdown(self.markdown(), extensions=["tables"])
+        body = markdown_to_html(self.markdown())
 
         def embed(m: re.Match) -> str:
             data = self.figures.get(m.group(1))
             return f'src="data:image/png;base64,{base64.b64encode(data).decode()}"' if data else m.group(0)
 
         body = re.sub(r'src="([^"]+\.png)"', embed, body)
-        return f"<!doctype html><html><head><meta charset='utf-8'><title>{self.title}</title><style>{_CSS}</style></head><body>{body}</body></html>\n"
+        return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>{body}</body></html>\n"
 
     def write(self, out_dir: str | Path, stem: str = "report") -> dict[str, Path]:
         out = Path(out_dir)

@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 
-_KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1}
+_KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label"}
 
 
 @dataclass
@@ -46,6 +46,8 @@ class FinetuneConfig:
     remedies: list[str] = field(default_factory=list)
     remedy_options: dict = field(default_factory=dict)
     data_dir: str | None = None
+    text_column: str = "text"            # columns of a user data file (--task my.csv)
+    label_column: str = "label"
     save_model: bool = False             # save the final model (needed as a source for --init)
     save_epochs: list[int] = field(default_factory=list)  # also save the model after these epochs (UNDER/OVER)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data import EncodedSplit, InstructionDataset, decontaminate, encode_split, load_task
+from ..data import EncodedSplit, InstructionDataset, decontaminate, encode_split, is_user_file, load_any, load_task
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import load_model
 from ..strategies import NEEDS_BAND, StrategyOptions, apply_strategy
@@ -29,17 +29,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_split(cfg: FinetuneConfig, split: str):
+    """One split of ``cfg.task``: a built-in task or a user file (see ``inflora.data.load_any``)."""
+    return load_any(cfg.task, split, cfg.data_dir, text_column=cfg.text_column, label_column=cfg.label_column)
+
+
 def load_splits(cfg: FinetuneConfig) -> dict:
     """train / validation / test (+ test_decontaminated) as ``TextDataset``s, stratified subsets."""
-    train = load_task(cfg.task, "train", cfg.data_dir).stratified(cfg.limit_train, cfg.seed).require_classes()
-    val = load_task(cfg.task, "validation", cfg.data_dir).stratified(cfg.limit_eval, cfg.seed).require_nonempty()
+    train = load_split(cfg, "train").stratified(cfg.limit_train, cfg.seed).require_classes()
+    val = load_split(cfg, "validation").stratified(cfg.limit_eval, cfg.seed).require_nonempty()
     splits = {"train": train, "validation": val}
     try:
-        test = load_task(cfg.task, "test", cfg.data_dir)
+        test = load_split(cfg, "test")
     except DataError:
         return splits  # e.g. SST-2 has no labelled test split
     splits["test"] = test.stratified(cfg.limit_eval, cfg.seed)
-    if cfg.decontaminate_against and cfg.decontaminate_against != cfg.task:
+    if cfg.decontaminate_against and cfg.decontaminate_against != cfg.task and not is_user_file(cfg.task):
         source = load_task(cfg.decontaminate_against, "train", cfg.data_dir)
         clean = decontaminate(splits["test"], source)
         if len(clean):
@@ -82,7 +87,7 @@ def resolve_band(cfg: FinetuneConfig, make_model) -> tuple[list[int] | None, dic
     from ..diagnosis import diagnose
 
     model, tok = make_model("eager")
-    val = load_task(cfg.task, "validation", cfg.data_dir)
+    val = load_split(cfg, "validation")
     d = diagnose(model, val, tok, batches=cfg.diagnose_batches, max_length=cfg.max_length, seed=cfg.seed,
                  progress=False, device=cfg.device, precision=cfg.precision, distributed=False)
     if not d.inflection_layers:
@@ -128,10 +133,10 @@ def build_optimizer(model, lr: float, weight_decay: float, remedies: list = (), 
     if not decay and not no_decay:
         raise ConfigError("the strategy left no trainable parameters")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    maker = next((r.make_optimizer for r in remedies if hasattr(r, "make_optimizer")), None)
-    if maker and kind != "adamw":
+    own = next((opt for r in remedies if (opt := r.make_optimizer(groups, lr=lr)) is not None), None)
+    if own is not None and kind != "adamw":
         raise ConfigError(f"a remedy brings its own optimizer; it cannot be combined with --optimizer {kind}")
-    return maker(groups, lr=lr) if maker else OPTIMIZERS[kind](groups, lr=lr)
+    return own if own is not None else OPTIMIZERS[kind](groups, lr=lr)
 
 
 def is_instruction_data(splits: dict) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json, output_dir, read_json
 from .config import FinetuneConfig
 
 # Options that change the numbers but that a user may well mistake for "how", not "what": a resume
@@ -43,5 +43,5 @@ def claim_run_folder(cfg: FinetuneConfig, out: Path, *, write: bool = True) -> N
         if stored.get("config_key") != cfg.key():
             raise _differs(stored, cfg, out, "an unfinished")
     if write:
-        out.mkdir(parents=True, exist_ok=True)
+        output_dir(out)
         atomic_write_json(key_file, {"config_key": cfg.key(), "config": cfg.to_dict()})
