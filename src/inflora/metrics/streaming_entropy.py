@@ -167,10 +167,12 @@ def streaming_entropy_sums(
             p, took = pos[:, i0 : i0 + chunk], taken[:, i0 : i0 + chunk]
             if not bool(took.any()):
                 continue
-            rows = None if valid is None else _rows(valid, p)
-            ent = chunk_entropy(_rows(query, p), key, rows, p, scaling=scaling, causal=causal).double()
-            norm_ok = _rows(normable[..., None], p)[..., 0].expand(b, h, -1)
-            norm = torch.where(norm_ok, ent / _rows(log_n[..., None], p)[..., 0], 0.0)
+            # exact: the chunk is the same contiguous positions in every sequence, a slice; sampled: a gather
+            take = (lambda x: x[:, :, i0 : i0 + chunk]) if not sampling else (lambda x: _rows(x, p))  # noqa: E731
+            rows = None if valid is None else take(valid)
+            ent = chunk_entropy(take(query), key, rows, p, scaling=scaling, causal=causal).double()
+            norm_ok = take(normable[..., None])[..., 0].expand(b, h, -1)
+            norm = torch.where(norm_ok, ent / take(log_n[..., None])[..., 0], 0.0)
             moments.add(ent, norm, took)
         n_valid = query_mask.sum(1).double()
         return moments.totals(n_valid, normable.sum(-1).double().expand(b, h).sum(0), sampled=sampling)
