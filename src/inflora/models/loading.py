@@ -91,13 +91,6 @@ def _load_tiny(family: str, task: str, attn_implementation: str | None):
     return model, AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
 
 
-def is_causal_lm(name_or_path: str) -> bool:
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
-    return arch_for(cfg.model_type).causal
-
-
 def load_model(
     name_or_path: str,
     num_labels: int | None = 2,

@@ -6,8 +6,6 @@ a steep drop into layer l scores high). Peaks of SKI are the inflection candidat
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import ConfigError, DataError
@@ -77,7 +75,3 @@ def band_from_peaks(score, peaks: list[int], top: int = 2, widen: int = 1) -> li
     best = sorted(peaks, key=lambda i: (-score[i], i))[:top]
     band = {j for i in best for j in range(i - widen, i + widen + 1) if 0 <= j < n}
     return sorted(band)
-
-
-def is_finite_profile(values) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
