@@ -16,17 +16,11 @@ from .io import atomic_write_text, versions
 from .metrics.accumulate import gather_batches
 from .models import arch_for, get_blocks, hf_model, load_model
 from .probe import LayerProbe, probe_step
-from .select import RULES, RuleInputs, bootstrap_stability, local_maxima, rule_needs, score_rules, select_layers, ski_terms
+from .select import (
+    RULES, RuleInputs, bootstrap_stability, local_maxima, rule_needs, rule_parameters, score_rules, select_layers, ski_terms,
+)
 from .strategies.lora import head_modules, task_type_of
 
-_SKI_DEFAULTS = {"alpha": 0.5, "top": 2, "widen": 1, "boundary": True, "variant": "level"}
-# Recorded in ``selection.parameters``; ``ski_terms`` is reported with the same alpha/variant the rule used.
-DEFAULT_RULE_PARAMS = {
-    "ski": _SKI_DEFAULTS,
-    "ski-decay": {**_SKI_DEFAULTS, "variant": "decay"},
-    "topk": {"k": 3, "alpha": 0.5, "variant": "level"},
-    "threshold": {"tau": 0.6, "alpha": 0.5, "variant": "level"},
-}
 # Per-layer probe results that rules may read (``select.RuleInputs.profiles``).
 PROFILE_KEYS = ("attention_entropy", "activation_grad_norm", "param_grad_norm", "io_cka")
 
@@ -225,7 +219,8 @@ def diagnose(
     RULES.get(rule)
     for name in rules or []:
         RULES.get(name)
-    params = {**DEFAULT_RULE_PARAMS.get(rule, {}), **(rule_params or {})}
+    params = rule_parameters(rule, rule_params)  # recorded in ``selection.parameters``
+    ski_params = {**rule_parameters("ski"), **params}  # SKI is reported with the alpha/variant the rule used
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", type(model).__name__)
     data_name = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "name", "batches")
     model, tokenizer, data, split, device = _resolve_inputs(model, data, tokenizer, split=split, data_dir=data_dir,
@@ -265,7 +260,7 @@ def diagnose(
             entropy, grad = profile_for(None)
             flags = _flags(layers, losses, output)
             try:
-                terms = ski_terms(entropy, grad, params.get("alpha", 0.5), params.get("variant", "level"))
+                terms = ski_terms(entropy, grad, ski_params["alpha"], ski_params["variant"])
                 chosen = select_layers(rule, entropy, grad, **params)
                 stability = bootstrap_stability(profile_for, n_batches, len(layers), rule, params, resamples=resamples, seed=seed)
             except DataError as exc:
@@ -286,8 +281,9 @@ def diagnose(
     return Diagnosis(
         model=str(name), family=spec.family, num_layers=len(layers), layers=layers, inflection_layers=chosen,
         ski=ski, entropy_term=[float(v) for v in terms["entropy_term"]], grad_term=[float(v) for v in terms["grad_term"]],
-        peaks=local_maxima(ski, params.get("boundary", True), params.get("plateaus", False)) if all(map(math.isfinite, ski)) else [],
-        stability=list(stability), selection={"rule": rule, "parameters": params, "stability": list(stability), "resamples": resamples},
+        peaks=local_maxima(ski, ski_params["boundary"], ski_params["plateaus"]) if all(map(math.isfinite, ski)) else [],
+        stability=list(stability), selection={"rule": rule, "parameters": params, "stability": list(stability), "resamples": resamples,
+                                              "ski": {k: ski_params[k] for k in ("alpha", "variant")}},
         groups=groups, lora_targets=list(spec.lora_targets),
         config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,
                 "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,

@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from .document import Report, fmt
-from .plots import head_heatmap, profile_figure, reliability_figure
+from .plots import head_heatmap, profile_figure, reliability_figure, ski_alpha
 from .rules_section import add_rules_section
 
 
@@ -58,15 +58,16 @@ def explain(d) -> str:
     band = ", ".join(map(str, d.inflection_layers))
     ratio = max(grad) / min(grad) if min(grad) > 0 else math.inf
     stable = [i for i in d.inflection_layers if d.stability[i] >= 0.8] if all(map(math.isfinite, d.stability)) else []
+    widen = d.selection["parameters"].get("widen")
+    how = (f"its peaks at layers {fmt(d.peaks)} widened by ±{widen} give" if widen is not None
+           else f"rule {d.selection['rule']!r} gives")
     return (
         f"We ran {d.config['probe_batches']} batches of target data through **{d.model}** ({d.num_layers} layers) and measured, "
         f"per layer, how peaked the attention is (entropy; low means a near one-hot attention row, whose softmax "
         f"passes almost no gradient) and how much loss gradient reaches the layer's output. Attention is most "
         f"saturated at layer {lo_e} ({fmt(ent[lo_e], 3)} nats) and the gradient is weakest at layer {lo_g} "
         f"(the strongest layer receives {fmt(ratio, 3)}× more). The SKI score combines both "
-        f"(α = {d.selection['parameters'].get('alpha', 0.5)}); its peaks at layers {fmt(d.peaks)} widened by "
-        f"±{d.selection['parameters'].get('widen', 1)} give the inflection band **{{{band}}}**, where LoRA adapters are "
-        f"placed. "
+        f"(α = {ski_alpha(d)}); {how} the inflection band **{{{band}}}**, where LoRA adapters are placed. "
         + (f"Layers {fmt(stable)} of the band were chosen in at least 80% of bootstrap resamples of the probe batches; "
            if stable else "No layer of the band was chosen in 80% of bootstrap resamples, so treat the band as tentative; ")
         + "low stability means more probe batches are needed before trusting the choice."

@@ -8,6 +8,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+
+def ski_alpha(d):
+    """The α SKI was computed with (files written before it was recorded keep it in the rule's parameters)."""
+    return (d.selection.get("ski") or d.selection["parameters"]).get("alpha", "n/a")
+
 def shade_band(ax, band: list[int], label: str | None = "inflection band") -> None:
     for k, layer in enumerate(sorted(band)):
         ax.axvspan(layer - 0.5, layer + 0.5, color="tab:orange", alpha=0.15, lw=0, label=label if k == 0 else None)
@@ -42,7 +47,7 @@ def profile_figure(d) -> plt.Figure:
     if d.peaks:
         ax.plot(d.peaks, [d.ski[p] for p in d.peaks], "r*", ms=14, label="peaks")
     shade_band(ax, d.inflection_layers)
-    ax.set_title(f"SKI = α·H̃ + (1−α)·G̃ (α = {d.selection['parameters'].get('alpha', 0.5)})", fontsize=10)
+    ax.set_title(f"SKI = α·H̃ + (1−α)·G̃ (α = {ski_alpha(d)})", fontsize=10)
     ax.legend(fontsize=7)
     ax = axes.flat[5]
     ax.bar(layers, d.stability, color="tab:green")

@@ -4,11 +4,11 @@ from . import all_rule, alpha_hts, cka_io, kappa, low_entropy, low_grad, random_
 from .blocks import BlockScores, RuleInputs, ScoreRule, block_matrices, check_k, within_type_percentile
 from .compare import COST_ORDER, check_rules, cheapest, fit_band, jaccard, overlap, rule_needs, score_rules, weight_only_rules
 from .random_rule import random_blocks
-from .rules import RULES, select_layers
+from .rules import RULES, rule_parameters, select_layers
 from .ski import band_from_peaks, decay_ratios, inverse_minmax, local_maxima, ski_terms
 from .stability import bootstrap_stability
 
 __all__ = ["COST_ORDER", "RULES", "BlockScores", "RuleInputs", "ScoreRule", "band_from_peaks", "block_matrices", "bootstrap_stability",
            "check_k", "check_rules", "cheapest", "decay_ratios", "fit_band", "inverse_minmax", "jaccard", "local_maxima",
-           "overlap", "random_blocks", "rule_needs", "score_rules", "select_layers", "ski_terms", "weight_only_rules",
+           "overlap", "random_blocks", "rule_needs", "rule_parameters", "score_rules", "select_layers", "ski_terms", "weight_only_rules",
            "within_type_percentile"]

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .blocks import BlockScores, RuleInputs, ScoreRule, check_k
-from .rules import RULES, select_layers
+from .rules import RULES, rule_parameters, select_layers
 from .ski import ski_terms
 
 COST_ORDER = {"": 0, "weights": 1, "forward": 2, "backward": 3}
@@ -53,7 +53,8 @@ def fit_band(band: list[int], score, k: int) -> list[int]:
 def band_rule_scores(name: str, inputs: RuleInputs, params: dict) -> tuple[BlockScores, list[int]]:
     entropy = inputs.profile("attention_entropy", name)
     grad = inputs.profile("activation_grad_norm", name)
-    ski = ski_terms(entropy, grad, params.get("alpha", 0.5), params.get("variant", "level"))["ski"]
+    params = rule_parameters(name, params)
+    ski = ski_terms(entropy, grad, params["alpha"], params["variant"])["ski"]
     band = select_layers(name, entropy, grad, **params)
     return BlockScores(name, ski.tolist(), "high", {}, {"band": band, "needs": ["backward"]}), band
 

@@ -1,6 +1,11 @@
-"""Selection rules: profile -> chosen layers. A new rule is one function + one registry line."""
+"""Selection rules: profile -> chosen layers. A new rule is one function + one registry line.
+
+A rule's parameters and their defaults are written once, in its signature; ``rule_parameters``
+reads them from there for everything that records or reports them."""
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable
 
 import numpy as np
@@ -22,10 +27,8 @@ def ski_rule(entropy, grad, *, alpha: float = 0.5, top: int = 2, widen: int = 1,
     return band_from_peaks(score, local_maxima(score, boundary, plateaus), top, widen)
 
 
-@RULES.register("ski-decay")
-def ski_decay_rule(entropy, grad, **kw) -> list[int]:
-    """SKI with the gradient term from the layer-to-layer decay ratio G(l)/G(l+1)."""
-    return ski_rule(entropy, grad, **{**kw, "variant": "decay"})
+#: SKI with the gradient term from the layer-to-layer decay ratio G(l)/G(l+1).
+ski_decay_rule = RULES.register("ski-decay")(functools.partial(ski_rule, variant="decay"))
 
 
 @RULES.register("topk")
@@ -42,6 +45,22 @@ def threshold_rule(entropy, grad, *, tau: float = 0.6, alpha: float = 0.5, varia
     """Every layer with SKI >= ``tau`` (SKI lies in [0, 1])."""
     score = ski_terms(entropy, grad, alpha, variant)["ski"]
     return [i for i, s in enumerate(score) if s >= tau]
+
+
+def rule_parameters(rule: str, given: dict | None = None) -> dict:
+    """Every keyword parameter of ``rule`` with its value: the defaults of the rule's signature,
+    overridden by ``given``. Rules that are not plain functions (block-score rules) take ``given`` as is."""
+    fn = RULES.get(rule)
+    given = dict(given or {})
+    if not (inspect.isfunction(fn) or isinstance(fn, functools.partial)):
+        return given
+    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"rule {rule!r} has no parameter {', '.join(map(repr, unknown))}; "
+                          f"its parameters: {', '.join(f'{k}={v}' for k, v in defaults.items())}")
+    return {**defaults, **given}
 
 
 def select_layers(rule: str, entropy, grad, **params) -> list[int]:
