@@ -201,3 +201,29 @@ def test_an_interrupted_invocation_is_logged_with_its_time(tmp_path, monkeypatch
     runs = json.loads((tmp_path / "invocations.json").read_text())
     assert len(runs) == 1 and runs[0]["finished"] is False
     assert (runs[0]["units_before"], runs[0]["units_after"]) == (0, 1) and runs[0]["wall_seconds"] >= 0
+
+
+@pytest.mark.real
+def test_rule_arms_at_k_blocks_with_forgetting(smoke, data_dir):
+    from inflora.experiment.report import render
+
+    tmp_path = smoke[0]  # the source run is cached there; only the diagnosis and two targets are new
+    plan = Plan(get_profile("smoke"), [42], ["over"], ["lora-inflection", "lora-kappa"],
+                str(data_dir), budget=2)
+    raw = run_experiment(plan, tmp_path, progress=False)
+    d = raw["diagnoses"]["over/42"]
+    runs = {r["strategy"]: r for r in raw["targets"]}
+    assert runs["lora-kappa"]["layers"] == d["rules"]["rules"]["kappa"]["selected"]
+    assert runs["lora-inflection"]["layers"] == d["rules"]["rules"]["ski"]["selected"]
+    assert {len(runs[s]["layers"]) for s in ("lora-inflection", "lora-kappa")} == {2}
+    assert runs["lora-kappa"]["trainable_params"] == runs["lora-inflection"]["trainable_params"]
+    for r in runs.values():
+        assert 0.0 <= r["accuracy"]["retention"] <= 1.0  # SST-2 validation after RT training
+    res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"])
+    source_acc = res["sources"][42]["over"]["sst2_validation_accuracy"]
+    row = next(r for r in res["table"] if r["strategy"] == "lora-kappa")
+    assert row["forgetting"]["per_seed"][42] == pytest.approx(source_acc - runs["lora-kappa"]["accuracy"]["retention"])
+    render(res, {"command": "test", "profile": plan.profile.to_dict(), "seeds": [42], "wall_seconds": 1.0,
+                 "cached_units": 0, "computed_units": 4, "budget_layers": 2}, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "Forgetting: SST-2 validation accuracy" in md and "K = 2" in md

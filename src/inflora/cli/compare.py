@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -40,26 +39,20 @@ def compare_cmd(
     from ..experiment.compare import ComparePlan, count_units, run_compare
     from ..experiment.compare_report import render_compare
     from ..experiment.compare_results import aggregate_compare
+    from ..io import output_dir
     from ..strategies.budget import Budget
 
     plan = ComparePlan(model=model, task=task, rules=_split(rules), seeds=_split(seeds, int), budget=Budget.parse(budget),
                        epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, batch_size=batch_size,
                        max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, diagnose_batches=batches,
                        diagnose_batch_size=diagnose_batch_size, data_dir=data_dir).validate()
-    cache = UnitCache(out)
+    output_dir(out)
     command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    before, t0, finished = cache.count_done(), time.perf_counter(), False
-    try:
-        raw = run_compare(plan, out)
-        finished = True
-    finally:  # an interrupted invocation is logged too
-        wall = time.perf_counter() - t0
-        invocations = cache.log_invocation({"command": command_line, "wall_seconds": wall, "finished": finished,
-                                            "units_before": before, "units_after": cache.count_done()})
-    total = count_units(plan)
+    raw, log = UnitCache(out).logged(command_line, lambda: run_compare(plan, out))
+    total, wall = count_units(plan), log["wall_seconds"]
     res = aggregate_compare(raw["arms"], plan.rules)
-    meta = {"command": command_line, "plan": plan.to_dict(), "wall_seconds": wall, "invocations": invocations,
-            "cached_units": min(before, total), "computed_units": total - min(before, total)}
+    meta = {"command": command_line, "plan": plan.to_dict(), "wall_seconds": wall, "invocations": log["invocations"],
+            "cached_units": min(log["units_before"], total), "computed_units": total - min(log["units_before"], total)}
     render_compare(res, raw["diagnosis"], meta, out)
     _print(res)
     Console().print(f"wall time {wall / 60:.1f} min; wrote {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}")

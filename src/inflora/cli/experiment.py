@@ -25,11 +25,13 @@ def _split(text: str, cast=str) -> list:
 @command("experiment")
 def experiment_cmd(
     name: str = typer.Argument("sst2-to-rt", help="experiment name (only sst2-to-rt so far)"),
-    profile: str = typer.Option("cpu", help="smoke | cpu | paper"),
+    profile: str = typer.Option("cpu", help="smoke | cpu | cpu-large | paper"),
     seeds: str = typer.Option("42,43,44"),
     regimes: str = typer.Option("under,over"),
     strategies: str = typer.Option("full,shallow,lora-all,lora-inflection,lora-random,head"),
     model: Optional[str] = typer.Option(None, help="override the profile's model (name or local path)"),
+    budget: Optional[str] = typer.Option(None, help="layers=K: every band strategy (lora-inflection, lora-random, "
+                                         "lora-<rule>) trains K blocks; default: SKI's band and its size"),
     data_dir: Optional[str] = typer.Option(None),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16: GPU only)"),
@@ -43,8 +45,13 @@ def experiment_cmd(
 
     if name != "sst2-to-rt":
         raise ConfigError(f"unknown experiment {name!r}; available: sst2-to-rt")
+    from ..strategies.budget import Budget
+
+    spend = Budget.parse(budget)
+    if spend.params:
+        raise ConfigError("experiment takes --budget layers=K only (a parameter budget is for `inflora compare`)")
     plan = Plan(get_profile(profile, model=model), _split(seeds, int), _split(regimes), _split(strategies), data_dir,
-                device=device, precision=precision).validate()
+                device=device, precision=precision, budget=spend.layers).validate()
     output_dir(out)
     raw, meta = run_logged(plan, out, "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from ..io import atomic_write_json, read_json
@@ -30,6 +31,19 @@ class UnitCache:
     def count_done(self) -> int:
         """Finished units in this folder (any kind)."""
         return len(list(self.root.glob("*/result.json"))) if self.root.exists() else 0
+
+    def logged(self, command_line: str, work):
+        """``work()`` with its record appended to ``invocations.json`` (also when interrupted: its time
+        counts toward the total). Returns ``(result, {"wall_seconds", "units_before", "invocations"})``."""
+        before, t0, finished = self.count_done(), time.perf_counter(), False
+        try:
+            result = work()
+            finished = True
+        finally:
+            wall = time.perf_counter() - t0
+            invocations = self.log_invocation({"command": command_line, "wall_seconds": wall, "finished": finished,
+                                               "units_before": before, "units_after": self.count_done()})
+        return result, {"wall_seconds": wall, "units_before": before, "invocations": invocations}
 
     def log_invocation(self, record: dict) -> list[dict]:
         """Append one command's record to ``invocations.json`` beside ``units/``; returns them all."""

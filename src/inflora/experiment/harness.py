@@ -7,14 +7,14 @@ same command resumes, and a finished experiment re-renders at once.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import ConfigError
-from ..strategies import STRATEGIES
+from ..strategies import NEEDS_BAND, STRATEGIES
+from ..strategies.rule_arms import rule_of
 from .cache import UnitCache
 from .profiles import Profile
 
@@ -30,6 +30,12 @@ class Plan:
     data_dir: str | None = None
     device: str = "auto"
     precision: str = "fp32"
+    budget: int | None = None       # K blocks for every band strategy (None: SKI's band; rule arms its size)
+
+    def rules(self) -> list[str]:
+        """Rules the diagnoses must score: SKI plus one per ``lora-<rule>`` arm (none without arms or K)."""
+        arms = [r for r in map(rule_of, self.strategies) if r]
+        return ["ski", *arms] if arms or self.budget else []
 
     def validate(self) -> "Plan":
         from ..devices import resolve_device
@@ -42,6 +48,8 @@ class Plan:
             STRATEGIES.get(s)
         if not self.seeds:
             raise ConfigError("give at least one seed")
+        if self.budget is not None and self.budget < 1:
+            raise ConfigError(f"a budget of {self.budget} blocks is impossible; choose K >= 1")
         return self
 
     @property
@@ -55,15 +63,26 @@ def source_config(p: Profile, seed: int) -> dict:
     return {"seed": seed, **{k: getattr(p, k) for k in keys}}
 
 
-def diagnose_config(p: Profile, seed: int, regime: str) -> dict:
+def diagnose_config(p: Profile, seed: int, regime: str, rules: list[str] = (), budget: int | None = None) -> dict:
+    extra = {"rules": list(rules), "budget": budget} if rules else {}  # earlier caches keep their keys
     return {"source": source_config(p, seed), "regime": regime, "batches": p.diagnose_batches,
-            "batch_size": p.diagnose_batch_size, "max_length": p.max_length}
+            "batch_size": p.diagnose_batch_size, "max_length": p.max_length, **extra}
 
 
 def target_config(p: Profile, seed: int, regime: str, strategy: str, band: list[int]) -> dict:
     keys = ("target_limit", "target_epochs", "eval_limit", "max_length", "batch_size", "cka_examples", "log_every")
     return {"source": source_config(p, seed), "regime": regime, "strategy": strategy, "band": band,
-            **{k: getattr(p, k) for k in keys}}
+            "retention_task": "sst2", **{k: getattr(p, k) for k in keys}}
+
+
+def band_for(strategy: str, diagnosis: dict, budget: int | None) -> list[int] | None:
+    """The blocks a target run trains: a rule arm's selection; with K, SKI's band fitted to K (also the
+    size of lora-random's draw); else the band. Strategies without a band get None (their cache key
+    then does not depend on the diagnosis)."""
+    if strategy not in NEEDS_BAND:
+        return diagnosis["inflection_layers"] if budget is None else None
+    rule = rule_of(strategy) or ("ski" if budget else None)
+    return diagnosis["rules"]["rules"][rule]["selected"] if rule else diagnosis["inflection_layers"]
 
 
 def with_precision(cfg: dict, precision: str) -> dict:
@@ -91,18 +110,21 @@ def run_source(cache: UnitCache, p: Profile, seed: int, data_dir, *, device: str
 
 
 def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: dict, data_dir, *,
-                 device: str = "auto", precision: str = "fp32") -> dict:
+                 device: str = "auto", precision: str = "fp32", rules: list[str] = (), budget: int | None = None) -> dict:
     from ..data import load_task
     from ..diagnosis import diagnose
     from ..models import load_model
+    from ..strategies.budget import Budget
 
-    cfg = with_precision(diagnose_config(p, seed, regime), precision)
+    cfg = with_precision(diagnose_config(p, seed, regime, rules, budget), precision)
     if (done := cache.done("diagnose", cfg)) is not None:
         return done
     model, tok = load_model(source[regime], num_labels=None)
     d = diagnose(model, load_task("rotten_tomatoes", "validation", data_dir), tok, batches=p.diagnose_batches,
                  batch_size=p.diagnose_batch_size, max_length=p.max_length, seed=seed, progress=False,
-                 device=device, precision=precision)
+                 device=device, precision=precision, rules=list(rules) or None, budget=Budget(layers=budget))
+    if rules and not d.rules:
+        raise ConfigError(f"the {regime} diagnosis (seed {seed}) compared no rules: " + "; ".join(d.flags))
     d.model = f"{p.model} ({regime.upper()}, seed {seed})"
     d.to_json(cache.folder("diagnose", cfg) / "diagnosis.json")
     return cache.finish("diagnose", cfg, d.to_dict())
@@ -118,7 +140,7 @@ def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: s
     ft = FinetuneConfig(model=p.model, init=source[regime], task="rotten_tomatoes", strategy=strategy,
                         epochs=p.target_epochs, seed=seed, batch_size=p.batch_size, max_length=p.max_length,
                         limit_train=p.target_limit, limit_eval=p.eval_limit, layers=band, cka_examples=p.cka_examples,
-                        log_every=p.log_every, decontaminate_against="sst2", data_dir=data_dir,
+                        log_every=p.log_every, decontaminate_against="sst2", retention_task="sst2", data_dir=data_dir,
                         device=device, precision=precision)
     m = finetune(ft, cache.folder("target", cfg) / "run", progress=False)
     keep = ("strategy", "layers", "band", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
@@ -154,13 +176,14 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
             raw["sources"][seed] = source
             advance(w_source, f"source seed {seed} done")
             for regime in plan.regimes:
-                d = run_diagnose(cache, p, seed, regime, source, plan.data_dir, **where)
+                d = run_diagnose(cache, p, seed, regime, source, plan.data_dir, **where, rules=plan.rules(),
+                                 budget=plan.budget)
                 raw["diagnoses"][f"{regime}/{seed}"] = d
                 advance(w_diag, f"diagnosed {regime} seed {seed}")
                 for strategy in plan.strategies:
                     bar.update(task, description=f"{regime} {strategy} seed {seed}")
-                    raw["targets"].append(run_target(cache, p, seed, regime, strategy, source, d["inflection_layers"],
-                                                     plan.data_dir, **where))
+                    band = band_for(strategy, d, plan.budget)
+                    raw["targets"].append(run_target(cache, p, seed, regime, strategy, source, band, plan.data_dir, **where))
                     advance(w_target, f"{regime} {strategy} seed {seed} done")
     return raw
 
@@ -168,19 +191,9 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
 def run_logged(plan: Plan, out: str | Path, command_line: str, *, progress: bool = True) -> tuple[dict, dict]:
     """``run_experiment`` plus its record: every invocation (also an interrupted one, whose time counts
     toward the total) is appended to ``invocations.json``. Returns the raw results and the run's meta."""
-    cache = UnitCache(Path(out))
-    before = cache.count_done()
-    t0 = time.perf_counter()
-    finished = False
-    try:
-        raw = run_experiment(plan, out, progress=progress)
-        finished = True
-    finally:
-        wall = time.perf_counter() - t0
-        invocations = cache.log_invocation({"command": command_line, "wall_seconds": wall, "finished": finished,
-                                            "units_before": before, "units_after": cache.count_done()})
-    cached = min(before, plan.num_units)
+    raw, log = UnitCache(Path(out)).logged(command_line, lambda: run_experiment(plan, out, progress=progress))
+    wall, invocations, cached = log["wall_seconds"], log["invocations"], min(log["units_before"], plan.num_units)
     meta = {"command": command_line, "profile": plan.profile.to_dict(), "seeds": plan.seeds, "regimes": plan.regimes,
             "strategies": plan.strategies, "wall_seconds": wall, "cached_units": cached,
-            "computed_units": plan.num_units - cached, "invocations": invocations}
+            "computed_units": plan.num_units - cached, "invocations": invocations, "budget_layers": plan.budget}
     return raw, meta

@@ -51,6 +51,10 @@ def render(res: dict, meta: dict, out: Path) -> dict:
     rep = Report("SST-2 → Rotten Tomatoes: inflection-layer LoRA vs other strategies")
     rep.text(f"Command: `{meta['command']}`  \nProfile **{meta['profile']['name']}** ({meta['profile']['model']}), seeds "
              f"{fmt(meta['seeds'])}. " + _wall_time(meta))
+    if meta.get("budget_layers"):
+        rep.text(f"Budget: every band strategy trains **K = {meta['budget_layers']}** blocks (lora-inflection: SKI's band "
+                 "trimmed or extended to K by SKI score; lora-random: K random blocks; lora-<rule>: the rule's K blocks). "
+                 "SKI's own band per seed is in the Bands table below.")
     rep.text("Accuracy in % on the RT test split (mean ± sd over seeds [95% t-interval]). *decontaminated* drops the "
              "test sentences that also occur in SST-2 train (761 of 1066 on the full test).")
     rows = [{"regime": r["regime"].upper(), "strategy": r["strategy"], "trainable": _trainable(r),
@@ -62,6 +66,14 @@ def render(res: dict, meta: dict, out: Path) -> dict:
                 "per seed": ", ".join(f"{s}: {100 * v:+.2f}" for s, v in p["per_seed"].items()),
                 "mean": f"{100 * p['mean']:+.2f}" if p["n"] else "n/a",
                 "95% CI": f"[{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]" if p["n"] > 1 else "n/a"} for p in res["paired"]])
+    if any(r["retention"]["n"] for r in res["table"]):
+        rep.heading("Forgetting: SST-2 validation accuracy after RT fine-tuning")
+        rep.text("How much of the source task survives target training (the concern of KappaTune-style rules): the "
+                 "SST-2 validation accuracy of each target run's final model, and the drop from its source checkpoint "
+                 "(points; positive = forgotten).")
+        rep.table([{"regime": r["regime"].upper(), "strategy": r["strategy"], "layers": r["layers"],
+                    "SST-2 after": _acc(r["retention"]), "drop (points)": _acc(r["forgetting"])}
+                   for r in res["table"]])
     rep.heading("Gradient suppression: OVER vs UNDER")
     rep.table([{"strategy": s, "UNDER mean ‖∂L/∂h‖": f"{r['under_mean']:.3g}", "OVER mean ‖∂L/∂h‖": f"{r['over_mean']:.3g}",
                 "OVER/UNDER": f"{r['over_over_under']['mean']:.3g}", "per seed": fmt(list(r["per_seed"].values()), 3)}

@@ -48,6 +48,14 @@ def source_summary(sources: dict) -> dict:
     return out
 
 
+def forgetting(retention: dict, sources: dict, regime: str) -> dict:
+    """Per seed: the source checkpoint's SST-2 validation accuracy minus the same after target training
+    (points lost; positive = forgotten)."""
+    per_seed = {s: sources[int(s)][regime]["sst2_validation_accuracy"] - acc
+                for s, acc in retention.items() if int(s) in sources}
+    return {"per_seed": per_seed, **summary(list(per_seed.values()))}
+
+
 def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None) -> dict:
     by = {}
     for run in targets:
@@ -64,9 +72,10 @@ def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None)
                "profiles": {"activation_grad_norm": mean_profile(runs, "activation_grad_norm"),
                             "param_grad_norm": mean_profile(runs, "param_grad_norm"),
                             "delta_cka": mean_profile(runs, "delta_cka")}}
-        for metric in METRICS:
+        for metric in (*METRICS, "retention"):
             per_seed = {r["seed"]: r["accuracy"].get(metric) for r in runs if r["accuracy"].get(metric) is not None}
             row[metric] = {"per_seed": per_seed, **summary(list(per_seed.values()))}
+        row["forgetting"] = forgetting(row["retention"]["per_seed"], source_summary(sources or {}), regime)
         table.append(row)
     paired_rows = []
     for row in table:

@@ -6,7 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 
 
-_KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label"}
+_KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label",
+                 "retention_task": None}
 
 
 @dataclass
@@ -39,6 +40,7 @@ class FinetuneConfig:
     cka_examples: int = 512              # 0: skip ΔCKA
     cka_pooling: str = "mean"
     decontaminate_against: str | None = "sst2"   # also report test accuracy without source overlap
+    retention_task: str | None = None    # forgetting: also report this task's validation accuracy at the end
     attn_implementation: str = "sdpa"
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps (see inflora.devices)
     precision: str = "fp32"              # fp32 | bf16 | fp16 (autocast through accelerate; fp16 needs a GPU)
@@ -56,8 +58,8 @@ class FinetuneConfig:
 
     def key(self) -> str:
         """A digest of everything that changes the result: not where data is read from nor which
-        device computes it (a run may resume on another one); precision and accumulation only when
-        not the defaults, so folders written before they existed keep their key."""
+        device computes it (a run may resume on another one); precision, accumulation and the
+        retention task only when not the defaults, so folders written before they existed keep their key."""
         d = {k: v for k, v in self.to_dict().items() if k not in ("data_dir", "device")}
         for name, default in _KEY_DEFAULTS.items():
             if d[name] == default:

@@ -95,7 +95,7 @@ def split_scores(run: Run, causal: bool) -> tuple[dict, dict]:
     metrics (validation recomputed to report them all)."""
     cfg, state = run.cfg, run.state
     scores, completion = ({}, {}) if causal else ({"validation": state.best_acc}, {})
-    for name in ("validation", "test", "test_decontaminated") if causal else ("test", "test_decontaminated"):
+    for name in ("validation", "test", "test_decontaminated") if causal else ("test", "test_decontaminated", "retention"):
         if name in run.encoded:
             got = evaluate_split(run.inner, run.encoded[name], cfg.eval_batch_size, run.accelerator)
             got.pop("score")

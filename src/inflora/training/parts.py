@@ -39,6 +39,8 @@ def load_splits(cfg: FinetuneConfig) -> dict:
     train = load_split(cfg, "train").stratified(cfg.limit_train, cfg.seed).require_classes()
     val = load_split(cfg, "validation").stratified(cfg.limit_eval, cfg.seed).require_nonempty()
     splits = {"train": train, "validation": val}
+    if cfg.retention_task:  # forgetting: the source task's validation accuracy after target training
+        splits["retention"] = load_task(cfg.retention_task, "validation", cfg.data_dir).stratified(cfg.limit_eval, cfg.seed)
     try:
         test = load_split(cfg, "test")
     except DataError:
