@@ -74,7 +74,7 @@ def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
     from ..data import load_task
     from ..diagnosis import diagnose
     from ..models import load_model
-    from ..training.finetune import seed_everything
+    from ..training.parts import seed_everything
 
     cfg = plan.diagnose_config()
     if (done := cache.done("diagnose", cfg)) is not None:
