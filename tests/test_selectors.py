@@ -223,6 +223,20 @@ def test_rule_bad_input_is_one_line_error(args, message, tiny_dir, tmp_path):
     assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1
 
 
+def test_finetune_lisa_and_rule_arm_bad_input(tiny_dir, tmp_path):
+    from inflora.diagnosis import Diagnosis
+
+    d = diagnose(tiny_model("bert", layers=4, hidden=32), _tiny_batches(), progress=False, resamples=2)
+    d.to_json(tmp_path / "plain.json")
+    for args, message in ((["--strategy", "lisa", "--lisa-interval", "0"], "--lisa-interval must be at least 1"),
+                          (["--strategy", "lora-kappa", "--diagnosis", tmp_path / "plain.json"],
+                           "has no selection by rule 'kappa'")):
+        res = runner.invoke(app, ["finetune", "--model", str(tiny_dir), "--limit-train", "16", "--limit-eval", "16",
+                                  *map(str, args), "--out", str(tmp_path / "ft")])
+        assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
+    assert Diagnosis.from_json(tmp_path / "plain.json").rules == {}
+
+
 # ------------------------------------------------------------------ the real MiniLM on RT validation
 
 @pytest.mark.real
@@ -237,3 +251,46 @@ def test_every_rule_runs_on_real_minilm_rt_validation(minilm, data_dir):
             assert all(math.isfinite(v) for v in rules[name]["raw"]), name
     assert rules["top-grad"]["selected"] != rules["low-grad"]["selected"]  # opposite ends of one profile
     assert all(0 < v <= 1 for v in rules["cka-io"]["raw"])
+
+
+# ------------------------------------------------------------------ lisa and lora-<rule> as finetune strategies
+
+def test_lisa_schedule_is_seeded_per_interval_and_freezes_the_rest():
+    from inflora.strategies import StrategyOptions, apply_strategy
+
+    model = tiny_model("bert", layers=4, hidden=32)
+    applied = apply_strategy("lisa", model, StrategyOptions(k=2, seed=7, extra={"lisa_interval": 3}))
+    sched = applied.schedule
+    assert all(p.requires_grad for p in model.parameters())  # the optimizer is built over every block
+    assert sched.blocks_at(0) == sched.blocks_at(2) and len(sched.blocks_at(3)) == 2
+    draws = {tuple(sched.blocks_at(3 * i)) for i in range(20)}
+    assert len(draws) > 1  # resampled
+    sched.before_step(3)
+    blocks = get_blocks(model)
+    for i, b in enumerate(blocks):
+        assert all(p.requires_grad == (i in sched.blocks_at(3)) for p in b.parameters())
+    assert model.bert.embeddings.word_embeddings.weight.requires_grad and model.classifier.weight.requires_grad
+    per_block = sum(p.numel() for p in blocks[0].parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert sched.trainable_params(total) == total - 2 * per_block
+    with pytest.raises(ConfigError, match="lisa needs 1 <= k <= 4"):
+        apply_strategy("lisa", tiny_model("bert", layers=4, hidden=32), StrategyOptions(k=5))
+
+
+@pytest.mark.real
+def test_lisa_and_a_rule_arm_finetune_on_real_minilm(tmp_path, data_dir, minilm):
+    from inflora.training import FinetuneConfig, finetune
+
+    common = dict(model="minilm", task="rotten_tomatoes", epochs=1, limit_train=64, limit_eval=32, batch_size=16,
+                  max_length=32, cka_examples=0, decontaminate_against=None, log_every=1, data_dir=str(data_dir))
+    m = finetune(FinetuneConfig(strategy="lisa", k=2, lisa_interval=2, **common), tmp_path / "lisa", progress=False)
+    assert m["steps"] == 4 and 0 <= m["accuracy"]["test"] <= 1
+    # in each logged step, exactly two blocks received parameter gradients, and they changed at step 2
+    active = [[i for i, v in enumerate(row["param_grad_norm"]) if v > 0] for row in m["grad_profile"]]
+    assert all(len(a) == 2 for a in active) and active[0] == active[1] and active[2] == active[3]
+    d = diagnose(minilm[0], "rotten_tomatoes", minilm[1], batches=1, batch_size=8, max_length=32, progress=False,
+                 data_dir=str(data_dir), rules=["kappa"], budget=Budget(layers=2), resamples=2)
+    d.to_json(tmp_path / "d.json")
+    arm = finetune(FinetuneConfig(strategy="lora-kappa", diagnosis=str(tmp_path / "d.json"), **common), tmp_path / "k",
+                   progress=False)
+    assert arm["layers"] == d.rules["rules"]["kappa"]["selected"]

@@ -74,7 +74,8 @@ def finetune_cmd(
     max_length: int = typer.Option(64),
     diagnosis: Optional[str] = typer.Option(None, help="diagnosis.json giving the band"),
     layers: Optional[str] = typer.Option(None, help="explicit band, e.g. 0,1,4"),
-    k: int = typer.Option(2, help="shallow: number of top blocks to unfreeze"),
+    k: int = typer.Option(2, help="shallow: number of top blocks to unfreeze; lisa: number of active blocks"),
+    lisa_interval: int = typer.Option(20, help="lisa: resample the active blocks every N optimizer steps"),
     lora_r: int = typer.Option(8),
     lora_alpha: int = typer.Option(16),
     lora_dropout: float = typer.Option(0.1),
@@ -118,7 +119,7 @@ def finetune_cmd(
                          init=init, limit_train=limit_train,
                          limit_eval=limit_eval, log_every=log_every, remedies=list(options), remedy_options=options,
                          save_model=save_model, data_dir=data_dir, device=device, precision=precision,
-                         grad_accum=grad_accum)
+                         grad_accum=grad_accum, lisa_interval=lisa_interval)
     check_config(cfg)
     m = finetune(cfg, out)
     if not is_main_process():

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..models.architectures import get_blocks, num_layers, parameter_groups
 from ..registry import Registry
 from ..select import random_blocks
+from .lisa import LisaSchedule
 from .lora import head_modules, inject_lora
 from .rule_arms import arm_rules
 
@@ -34,6 +35,7 @@ class Applied:
     model: nn.Module
     layers: list[int]
     lr: float
+    schedule: object | None = None      # a training-time rule (lisa): ``before_step(step)`` each step
 
 
 STRATEGIES: Registry = Registry("strategy")
@@ -106,6 +108,16 @@ def lora_random(model: nn.Module, opt: StrategyOptions) -> Applied:
     if not opt.layers:
         raise ConfigError("lora-random needs the size of the inflection band: give --diagnosis or --layers")
     return _lora(model, random_band(num_layers(model), len(opt.layers), opt.seed), opt)
+
+
+@STRATEGIES.register("lisa")
+def lisa(model: nn.Module, opt: StrategyOptions) -> Applied:
+    """K (``--k``) random blocks train fully, resampled every ``lisa_interval`` steps; embeddings and head
+    always train. Everything is trainable now so the optimizer holds every block (strategies/lisa.py)."""
+    schedule = LisaSchedule(model, opt.k, int(opt.extra.get("lisa_interval", 20)), opt.seed)
+    for p in model.parameters():
+        p.requires_grad = True
+    return Applied(model, [], 2e-5, schedule)
 
 
 def _rule_arm(rule: str):

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 
 _KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label",
-                 "retention_task": None}
+                 "retention_task": None, "lisa_interval": 20}
 
 
 @dataclass
@@ -30,7 +30,8 @@ class FinetuneConfig:
     layers: list[int] | None = None      # explicit band for lora-inflection / size for lora-random
     diagnosis: str | None = None         # a diagnosis.json giving the band
     diagnose_batches: int = 8            # on-the-fly diagnosis when neither is given
-    k: int = 2                           # shallow: top-k blocks
+    k: int = 2                           # shallow: top-k blocks; lisa: active blocks
+    lisa_interval: int = 20              # lisa: resample the active blocks every N optimizer steps
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1

@@ -46,6 +46,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if cfg.epochs < 1:
         raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.lisa_interval < 1:
+        raise ConfigError(f"--lisa-interval must be at least 1 step, got {cfg.lisa_interval}")
     if cfg.grad_accum < 1:
         raise ConfigError(f"--grad-accum must be at least 1, got {cfg.grad_accum}")
     if cfg.batch_size < 1:
@@ -73,13 +75,18 @@ def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool =
     adapted = adapt_model(cfg, model, band)
     trainable, total = count_parameters(adapted.model)
     world = accelerator.num_processes
+    if adapted.schedule is not None:
+        if world > 1:
+            raise ConfigError(f"{cfg.strategy} freezes and unfreezes blocks while training, which DDP does not "
+                              "allow; run it on one process")
+        trainable = adapted.schedule.trainable_params(trainable)
     optimizer = build_optimizer(adapted.model, adapted.lr, cfg.weight_decay, adapted.remedies, cfg.optimizer)
     steps_per_epoch = -(-len(encoded["train"]) // (cfg.batch_size * world * cfg.grad_accum))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps_per_epoch * cfg.epochs),
                                                 steps_per_epoch * cfg.epochs)
     model, optimizer = accelerator.prepare(adapted.model, optimizer)
     run = Run(cfg, out, accelerator, model, optimizer, scheduler, adapted.remedies, encoded, tok,
-              TrainState(world_size=world, precision=cfg.precision), progress)
+              TrainState(world_size=world, precision=cfg.precision), progress, adapted.schedule)
     if is_complete(run.last):
         run.state = TrainState.from_dict(load_checkpoint(run.last, run.inner, optimizer, scheduler,
                                                          rank=accelerator.process_index, world=world))

@@ -68,6 +68,7 @@ class Run:
     tokenizer: object
     state: TrainState
     progress: bool = True
+    schedule: object | None = None  # lisa: ``before_step(step)`` switches the trained blocks
 
     @property
     def inner(self) -> torch.nn.Module:
@@ -140,6 +141,8 @@ def train_epoch(run: Run, recorder: GradProfileRecorder, epoch: int) -> float:
                unit="step", disable=not (run.progress and acc.is_main_process), leave=False)
     for batch, weight in loader:
         if fresh:
+            if run.schedule is not None:
+                run.schedule.before_step(run.state.steps)
             recorder.start_step(run.state.steps)
             step_loss, fresh = 0.0, False
         with acc.accumulate(run.model):

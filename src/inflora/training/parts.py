@@ -15,6 +15,7 @@ from ..data import EncodedSplit, InstructionDataset, decontaminate, encode_split
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import load_model
 from ..strategies import NEEDS_BAND, StrategyOptions, apply_strategy
+from ..strategies.rule_arms import blocks_from_diagnosis, rule_of
 from .config import FinetuneConfig
 from .profiles import cka_features
 
@@ -74,7 +75,8 @@ def model_factory(cfg: FinetuneConfig, splits: dict):
 
 
 def resolve_band(cfg: FinetuneConfig, make_model) -> tuple[list[int] | None, dict]:
-    """The inflection band from --layers, --diagnosis, or a diagnosis run on the fly."""
+    """The inflection band (or a ``lora-<rule>`` strategy's blocks) from --layers, --diagnosis, or a
+    diagnosis run on the fly."""
     if cfg.strategy not in NEEDS_BAND:
         return None, {}
     if cfg.layers:
@@ -83,18 +85,19 @@ def resolve_band(cfg: FinetuneConfig, make_model) -> tuple[list[int] | None, dic
         from ..diagnosis import Diagnosis
 
         d = Diagnosis.from_json(cfg.diagnosis)
-        if not d.inflection_layers:
+        if not blocks_from_diagnosis(cfg.strategy, d):
             raise ConfigError(f"{cfg.diagnosis} selected no layers; pass --layers")
-        return d.inflection_layers, {"source": str(cfg.diagnosis)}
+        return blocks_from_diagnosis(cfg.strategy, d), {"source": str(cfg.diagnosis)}
     from ..diagnosis import diagnose
 
     model, tok = make_model("eager")
     val = load_split(cfg, "validation")
     d = diagnose(model, val, tok, batches=cfg.diagnose_batches, max_length=cfg.max_length, seed=cfg.seed,
-                 progress=False, device=cfg.device, precision=cfg.precision, distributed=False)
+                 progress=False, device=cfg.device, precision=cfg.precision, distributed=False,
+                 rules=[rule_of(cfg.strategy)] if rule_of(cfg.strategy) else None)
     if not d.inflection_layers:
         raise TrainingError("on-the-fly diagnosis selected no layers: " + "; ".join(d.flags))
-    return d.inflection_layers, {"source": "on-the-fly", "ski": d.ski, "stability": d.stability}
+    return blocks_from_diagnosis(cfg.strategy, d), {"source": "on-the-fly", "ski": d.ski, "stability": d.stability}
 
 
 def build_remedies(cfg: FinetuneConfig) -> list:
@@ -113,6 +116,7 @@ class Adapted:
     layers: list[int]
     lr: float
     remedies: list
+    schedule: object | None = None      # lisa: blocks switched before each optimizer step
 
 
 def adapt_model(cfg: FinetuneConfig, model, band: list[int] | None) -> Adapted:
@@ -121,8 +125,9 @@ def adapt_model(cfg: FinetuneConfig, model, band: list[int] | None) -> Adapted:
         model = r.wrap_model(model)
     applied = apply_strategy(cfg.strategy, model, StrategyOptions(
         layers=band, k=cfg.k, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-        targets=cfg.lora_targets, seed=cfg.seed))
-    return Adapted(applied.model, applied.layers, cfg.lr if cfg.lr is not None else applied.lr, remedies)
+        targets=cfg.lora_targets, seed=cfg.seed, extra={"lisa_interval": cfg.lisa_interval}))
+    return Adapted(applied.model, applied.layers, cfg.lr if cfg.lr is not None else applied.lr, remedies,
+                   applied.schedule)
 
 
 def build_optimizer(model, lr: float, weight_decay: float, remedies: list = (), kind: str = "adamw"):
