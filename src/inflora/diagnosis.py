@@ -118,15 +118,20 @@ def _as_batches(data, tokenizer, *, batches, batch_size, max_length, seed, causa
                          seed=seed, causal_lm=causal_lm)
 
 
-def load_model_for(name: str, data):
+def load_model_for(name: str, data, seed: int | None = None):
     """``(model, tokenizer)`` for ``data``: a causal LM for instruction data, else a classifier with
-    as many labels as the data has (at least two)."""
+    as many labels as the data has (at least two). With ``seed`` a newly initialised head is the
+    same on every run and on every process (under DDP/FSDP the ranks must hold one model)."""
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
     if isinstance(data, InstructionDataset):
         return load_model(name, task="causal-lm")
     return load_model(name, num_labels=max(getattr(data, "num_labels", 2), 2))
 
 
-def _resolve_inputs(model, data, tokenizer, *, split, data_dir, columns, fsdp, device, precision):
+def _resolve_inputs(model, data, tokenizer, *, split, data_dir, columns, fsdp, device, precision, seed):
     """Load what was given by name: the data (``load_any``; a user file whole unless ``split`` says)
     and a model that fits it; shard the model over the processes when ``fsdp``. Returns
     (model, tokenizer, data, split, device), device None once FSDP has placed the shards."""
@@ -134,7 +139,7 @@ def _resolve_inputs(model, data, tokenizer, *, split, data_dir, columns, fsdp, d
         split = split or ("all" if is_user_file(data) else "validation")
         data = load_any(data, split, data_dir, **(columns or {}))
     if isinstance(model, str):
-        model, tokenizer = load_model_for(model, data)
+        model, tokenizer = load_model_for(model, data, seed)
     if fsdp:
         from .devices import resolve_device
         from .models.sharding import fsdp_shard
@@ -224,7 +229,8 @@ def diagnose(
     name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", type(model).__name__)
     data_name = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "name", "batches")
     model, tokenizer, data, split, device = _resolve_inputs(model, data, tokenizer, split=split, data_dir=data_dir,
-                                                            columns=columns, fsdp=fsdp, device=device, precision=precision)
+                                                            columns=columns, fsdp=fsdp, device=device, precision=precision,
+                                                            seed=seed)
     inner = hf_model(model)
     spec = arch_for(inner)
     task_type = task_type_of(inner)
