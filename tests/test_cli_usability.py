@@ -154,3 +154,15 @@ def test_finetune_help_lists_every_remedy_option_with_type_and_default():
         for key, opt in REMEDIES.get(name).options.items():
             line = next(l for l in res.output.splitlines() if f"--{key.replace('_', '-')} " in l)
             assert f"<{opt.type.__name__}>" in line and f"(default: {'none' if opt.default is None else opt.default})" in line
+
+
+@pytest.mark.parametrize("args,message", [
+    (["diagnose", "--batches", "abc"], "Invalid value for '--batches'"),
+    (["diagnose", "--nope"], "No such option: --nope"),
+    (["frobnicate"], "No such command 'frobnicate'"),
+])
+def test_usage_errors_are_one_line_too(args, message):
+    res = run(*args)
+    assert res.exit_code == 2 and "Traceback" not in res.output and "╭" not in res.output, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output

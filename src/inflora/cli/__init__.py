@@ -7,8 +7,35 @@ import os
 import sys
 
 import typer
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+
+class OneLineErrors(TyperGroup):
+    """Usage errors too (an unknown option, a value of the wrong type) end in one line
+    ``error: …`` and exit code 2, like every other bad input."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            typer.secho("error: aborted", fg="red", err=True)
+            sys.exit(1)
+        except Exception as exc:  # click's usage errors: they carry their message and exit code
+            if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+                raise
+            ctx, message = getattr(exc, "ctx", None), exc.format_message()
+            if ctx is not None and not message:  # no arguments at all: the help is the answer
+                typer.echo(ctx.get_help())
+            else:
+                hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+                typer.secho(f"error: {message}{hint}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Diagnose where gradient flow is suppressed in a pretrained Transformer, then adapt only there.")
 
 
