@@ -17,7 +17,7 @@ _LAZY = {
     "inject_lora": "inflora.strategies", "lora_config": "inflora.strategies",
     "finetune": "inflora.training", "FinetuneConfig": "inflora.training",
     "InflectionCallback": "inflora.training.callback",
-    "load_task": "inflora.data", "load_file": "inflora.data", "decontaminate": "inflora.data",
+    "load_task": "inflora.data", "load_file": "inflora.data", "load_any": "inflora.data", "decontaminate": "inflora.data",
     "load_model": "inflora.models",
 }
 __all__ = ["InfloraError", "__version__", *_LAZY]
