@@ -39,7 +39,6 @@ def run_demo(out: str | Path, *, device: str = "auto", precision: str = "fp32",
     say(f"data: {TASK} validation, {len(val)} examples {val.label_counts()} from {val.source}")
     say(f"diagnosing {MODEL} on {PROBE['batches']} batches of {PROBE['batch_size']} …")
     d = diagnose(MODEL, val, **PROBE, device=device, precision=precision)
-    d.config["data"] = TASK
     folder = output_dir(out / "diagnose")
     d.to_json(folder / "diagnosis.json")
     result = DemoResult(d, reports=[write_diagnosis_report(d, folder)["html"]])
