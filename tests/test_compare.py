@@ -51,11 +51,11 @@ def test_compare_end_to_end_on_a_tiny_model_and_resume(tiny_dir, tmp_path):
 
 def test_params_budget_gives_all_a_lower_rank(tiny_dir, tmp_path):
     res = run("--model", tiny_dir, "--rules", "kappa,all", "--seeds", "1", *TINY[2:], "--budget", "layers=2,params=4000",
-              "--out", tmp_path)
+              "--lora-targets", "attention", "--out", tmp_path)
     assert res.exit_code == 0, res.output
     rows = {r["rule"]: r for r in json.loads((tmp_path / "compare.json").read_text())["table"]}
     assert rows["all"]["r"] < rows["kappa"]["r"]
-    step = {"kappa": 2 * 3 * 64, "all": 4 * 3 * 64}  # blocks · (q, k, v) · (32 + 32) per unit of rank
+    step = {"kappa": 2 * 4 * 64, "all": 4 * 4 * 64}  # blocks · (q, k, v, o) · (32 + 32) per unit of rank
     for name, row in rows.items():
         assert 0 <= 4000 - row["lora_params"] < step[name]
     # trainable = LoRA + head, the head the same in both arms

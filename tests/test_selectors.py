@@ -159,6 +159,12 @@ def test_param_budget_matches_counts_within_one_rank_step():
     peft = inject_lora(tiny_model("bert", layers=4, hidden=32), [0, 3], r=sizes["two"]["r"])
     lora = sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n and p.requires_grad)
     assert lora == sizes["two"]["lora_params"]
+    # other targets (#12's presets) are counted as PEFT adapts them: "attention" adds attention.output.dense,
+    # but not the FFN's output.dense that a plain suffix match would also hit
+    assert lora_params_per_rank(model, [1], ["attention"]) == 4 * 64
+    assert lora_params_per_rank(model, [1], ["all"]) == 4 * 64 + 2 * (32 + 64)
+    peft = inject_lora(tiny_model("bert", layers=4, hidden=32), [1], r=3, targets=["all"])
+    assert sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n) == 3 * lora_params_per_rank(model, [1], ["all"])
 
 
 @pytest.mark.parametrize("text,message", [

@@ -29,6 +29,9 @@ def compare_cmd(
     lr: Optional[float] = typer.Option(None, help="learning rate (default: LoRA's 5e-4)"),
     lora_r: int = typer.Option(8, help="LoRA rank (with params=N: chosen per rule instead)"),
     lora_alpha: int = typer.Option(16),
+    lora_targets: Optional[str] = typer.Option(None, help="LoRA targets: qkv (default) | attention | mlp | all | names"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
+    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16: GPU only)"),
     batches: int = typer.Option(8, help="probe batches of the one diagnosis"),
     diagnose_batch_size: int = typer.Option(32),
     data_dir: Optional[str] = typer.Option(None),
@@ -42,9 +45,16 @@ def compare_cmd(
     from ..io import output_dir
     from ..strategies.budget import Budget
 
-    plan = ComparePlan(model=model, task=task, rules=_split(rules), seeds=_split(seeds, int), budget=Budget.parse(budget),
+    from ..devices import resolve_device
+    from ..experiment.compare import split_targets
+
+    resolve_device(device, precision)
+    spend = Budget.parse(budget)
+    spend = Budget(spend.layers, spend.params, tuple(split_targets(lora_targets) or ()) or None)
+    plan = ComparePlan(model=model, task=task, rules=_split(rules), seeds=_split(seeds, int), budget=spend,
                        epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, batch_size=batch_size,
-                       max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, diagnose_batches=batches,
+                       max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
+                       device=device, precision=precision, diagnose_batches=batches,
                        diagnose_batch_size=diagnose_batch_size, data_dir=data_dir).validate()
     output_dir(out)
     command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])

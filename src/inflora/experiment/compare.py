@@ -37,6 +37,9 @@ class ComparePlan:
     lr: float | None = None
     lora_r: int = 8
     lora_alpha: int = 16
+    lora_targets: str | None = None        # as finetune --lora-targets (qkv | attention | mlp | all | names)
+    device: str = "auto"
+    precision: str = "fp32"
     diagnose_batches: int = 8
     diagnose_batch_size: int = 32
     diagnose_split: str = "validation"
@@ -61,11 +64,12 @@ class ComparePlan:
 
     def diagnose_config(self) -> dict:
         keys = ("model", "task", "rules", "diagnose_batches", "diagnose_batch_size", "diagnose_split", "diagnose_seed",
-                "max_length")
+                "max_length", "precision")
         return {**{k: getattr(self, k) for k in keys}, "budget": self.budget.to_dict()}
 
     def arm_config(self, rule: str, seed: int, layers: list[int], r: int) -> dict:
-        keys = ("model", "task", "epochs", "limit_train", "limit_eval", "batch_size", "max_length", "lr", "lora_alpha")
+        keys = ("model", "task", "epochs", "limit_train", "limit_eval", "batch_size", "max_length", "lr", "lora_alpha",
+                "lora_targets", "precision")
         return {**{k: getattr(self, k) for k in keys}, "rule": rule, "seed": seed, "layers": layers, "lora_r": r}
 
 
@@ -84,7 +88,7 @@ def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
     model, tok = load_model(plan.model, num_labels=max(data.num_labels, 2))
     d = diagnose(model, data, tok, batches=plan.diagnose_batches, batch_size=plan.diagnose_batch_size,
                  max_length=plan.max_length, seed=plan.diagnose_seed, progress=False, rules=plan.rules,
-                 budget=plan.budget, split=plan.diagnose_split)
+                 budget=plan.budget, split=plan.diagnose_split, device=plan.device, precision=plan.precision)
     if not d.rules:
         raise ConfigError("the diagnosis compared no rules: " + "; ".join(d.flags))
     d.model = plan.model
@@ -102,10 +106,15 @@ def run_arm(cache: UnitCache, plan: ComparePlan, rule: str, seed: int, chosen: d
     ft = FinetuneConfig(model=plan.model, task=plan.task, strategy=strategy_for_rule(rule), epochs=plan.epochs,
                         seed=seed, lr=plan.lr, batch_size=plan.batch_size, max_length=plan.max_length,
                         limit_train=plan.limit_train, limit_eval=plan.limit_eval, layers=layers, lora_r=r,
-                        lora_alpha=plan.lora_alpha, cka_examples=0, decontaminate_against=None, data_dir=plan.data_dir)
+                        lora_alpha=plan.lora_alpha, lora_targets=split_targets(plan.lora_targets), cka_examples=0,
+                        decontaminate_against=None, data_dir=plan.data_dir, device=plan.device, precision=plan.precision)
     m = finetune(ft, cache.folder("arm", cfg) / "run", progress=False)
     return cache.finish("arm", cfg, {"rule": rule, "seed": seed, "r": r, "lora_params": chosen.get("lora_params"),
                                      **{k: m[k] for k in ARM_KEEP}})
+
+
+def split_targets(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] or None if text else None
 
 
 def count_units(plan: ComparePlan) -> int:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.architectures import arch_for, get_blocks
+from ..models.architectures import arch_for
+from .lora import lora_config
 
 BUDGET_KINDS = ("layers", "params")
 
@@ -21,6 +22,7 @@ BUDGET_KINDS = ("layers", "params")
 class Budget:
     layers: int | None = None   # K blocks per rule; None: K = SKI's band size
     params: int | None = None   # N trainable LoRA parameters per rule (rank adjusted); None: the given rank
+    targets: tuple[str, ...] | None = None  # LoRA targets counted (as --lora-targets); None: the family's q/k/v
 
     @property
     def kind(self) -> str:
@@ -40,7 +42,8 @@ class Budget:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "layers": self.layers, "params": self.params}
+        return {"kind": self.kind, "layers": self.layers, "params": self.params,
+                "targets": list(self.targets) if self.targets else None}
 
 
 def _whole(kind: str, raw: str) -> int:
@@ -54,20 +57,16 @@ def _whole(kind: str, raw: str) -> int:
     return int(value)
 
 
-def target_matrices(block: nn.Module, targets) -> list[nn.Module]:
-    """The block's modules that PEFT's ``target_modules`` matching picks (exact path or a ``.``-suffix)."""
-    return [m for path, m in block.named_modules()
-            if any(path == t or path.endswith("." + t) for t in targets) and "lora_" not in path]
-
-
 def lora_params_per_rank(model: nn.Module, layers: list[int], targets=None) -> int:
-    """Trainable LoRA parameters per unit of rank on ``layers``: Σ (in + out) over their target matrices."""
-    targets = list(targets or arch_for(model).lora_targets)
-    blocks = get_blocks(model)
+    """Trainable LoRA parameters per unit of rank on ``layers``: Σ (in + out) over the modules that the
+    PEFT config built by ``lora_config`` (the one builder) would adapt, found with PEFT's own matcher."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    config = lora_config(arch_for(model).family, sorted(layers), r=1, targets=targets)
     total = 0
-    for i in layers:
-        for m in target_matrices(blocks[i], targets):
-            w = m.weight
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if name and w is not None and w.ndim == 2 and "lora_" not in name and check_target_module_exists(config, name):
             total += int(w.shape[0]) + int(w.shape[1])
     return total
 
@@ -82,9 +81,9 @@ def rank_for_params(model: nn.Module, layers: list[int], n_params: int, targets=
     return n_params // step
 
 
-def match_budget(model: nn.Module, selections: dict[str, list[int]], budget: Budget, r: int = 8,
-                 targets=None) -> dict[str, dict]:
+def match_budget(model: nn.Module, selections: dict[str, list[int]], budget: Budget, r: int = 8) -> dict[str, dict]:
     """Per rule: its LoRA rank and trainable LoRA parameter count at ``budget``."""
+    targets = list(budget.targets) if budget.targets else None
     out = {}
     for name, layers in selections.items():
         rank = rank_for_params(model, layers, budget.params, targets) if budget.params else r
