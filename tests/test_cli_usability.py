@@ -166,3 +166,13 @@ def test_usage_errors_are_one_line_too(args, message):
     assert res.exit_code == 2 and "Traceback" not in res.output and "╭" not in res.output, res.output
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
+
+
+@pytest.mark.parametrize("fmt,out,message", [
+    ("json", "/proc/inflora-out/lora.json", "cannot write /proc/inflora-out/lora.json"),
+    ("peft", "/proc/inflora-out", "cannot write to the output folder /proc/inflora-out"),
+])
+def test_export_to_an_unwritable_path_is_a_one_line_error(diagnosed, fmt, out, message):
+    res = run("export", diagnosed[1] / "diagnosis.json", "--format", fmt, "--out", out)
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in res.output

@@ -21,5 +21,9 @@ class ConfigError(InfloraError, ValueError):
     """An unknown name (rule, strategy, remedy) or an inconsistent option."""
 
 
+class OutputError(InfloraError, OSError):
+    """An output that cannot be written: a folder that cannot be created, no permission, a full disk."""
+
+
 class TrainingError(InfloraError, RuntimeError):
     """Training cannot go on (non-finite loss, label mismatch, ...)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .diagnosis import Diagnosis
 from .errors import ConfigError
-from .io import atomic_write_text
+from .io import atomic_write_text, output_dir
 from .models import arch_for, meta_model, model_config
 from .strategies.lora import match_lora_targets
 
@@ -98,8 +98,7 @@ def export_config(d: Diagnosis, fmt: str, out: str | os.PathLike | None = None, 
     config.base_model_name_or_path = model or d.model
     path = Path(out) if out is not None else Path(FORMATS[fmt])
     if fmt == "peft":
-        path.mkdir(parents=True, exist_ok=True)
-        config.save_pretrained(str(path))
+        config.save_pretrained(str(output_dir(path)))
     else:
         writer = {"axolotl": _axolotl, "trl": _trl, "json": _json}[fmt]
         atomic_write_text(path, writer(d, lora_kwargs(config)))
