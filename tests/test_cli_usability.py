@@ -176,3 +176,10 @@ def test_export_to_an_unwritable_path_is_a_one_line_error(diagnosed, fmt, out, m
     res = run("export", diagnosed[1] / "diagnosis.json", "--format", fmt, "--out", out)
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in res.output
+
+
+def test_info_table_fits_80_columns_and_shows_the_ffn_layout():
+    res = run("info")
+    assert res.exit_code == 0, res.output
+    fits_80_columns(res.output)
+    assert "FFN: mlp.gate_proj + mlp.up_proj -> mlp.down_proj" in res.output and "FFN: ffn.lin1 -> ffn.lin2" in res.output

@@ -1,10 +1,19 @@
 """``inflora info``: supported architectures, tasks, rules and strategies."""
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
-
 from . import command
+from .output import console as make_console
+from .output import table
+
+
+def family_details(spec) -> str:
+    """One table row's text: where a family keeps its blocks, attention and feed-forward layers."""
+    return "\n".join([
+        f"config.model_type: {', '.join(spec.model_types)}{' (causal)' if spec.causal else ''}",
+        f"blocks: {spec.blocks}; attention: {spec.attention}",
+        f"LoRA targets (q/k/v): {', '.join(spec.lora_targets)}",
+        f"FFN: {' + '.join(spec.ffn_inputs)} -> {spec.ffn_down}",
+    ])
 
 
 @command("info")
@@ -14,10 +23,11 @@ def info() -> None:
     from ..models import ARCHITECTURES
     from ..select import RULES
 
-    table = Table("family", "config.model_type", "blocks", "attention", "LoRA targets", title="architecture table")
+    t = table("architecture table (inflora/models/architectures.py)", ["family", "layout"])
+    t.columns[1].no_wrap, t.columns[1].justify = False, "left"
     for spec in ARCHITECTURES:
-        table.add_row(spec.family, ", ".join(spec.model_types), spec.blocks, spec.attention, ", ".join(spec.lora_targets))
-    console = Console()
-    console.print(table)
+        t.add_row(spec.family, family_details(spec), end_section=True)
+    console = make_console()
+    console.print(t)
     console.print(f"tasks: {', '.join(TASKS.names())}")
     console.print(f"selection rules: {', '.join(RULES.names())}")
