@@ -43,6 +43,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def is_main_process() -> bool:
+    """Rank 0 (or the only process): under torchrun / accelerate launch only it writes and prints."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _check_device(device: str) -> str:
     if device == "auto":
         if torch.cuda.is_available():

@@ -1,7 +1,6 @@
 """``inflora diagnose``: probe a model on target data, choose the band, write JSON + report."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -97,7 +96,7 @@ def diagnose_cmd(
 ) -> None:
     """Measure per-layer attention entropy and gradient flow, and choose the inflection band."""
     from ..diagnosis import diagnose
-    from ..devices import init_processes, resolve_device
+    from ..devices import init_processes, is_main_process, resolve_device
     from ..errors import ConfigError
     from ..io import output_dir
     from ..models.attention import check_attention_mode
@@ -121,7 +120,7 @@ def diagnose_cmd(
         return _weights_only(model, rule_names, spend, seed, out)
     if choice.world_size > 1:
         init_processes(choice.device)
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     Console(stderr=True, quiet=not main).print(f"diagnosing {model} on {task} …")
     columns = dict(text_column=text_column, label_column=label_column, prompt_column=prompt_column,
                    completion_column=completion_column, messages_column=messages_column)

@@ -99,7 +99,7 @@ def finetune_cmd(
 
     Several processes: torchrun --nproc-per-node N -m inflora finetune ... (or accelerate launch); the global
     batch is --batch-size x processes x --grad-accum."""
-    from ..devices import resolve_device
+    from ..devices import is_main_process, resolve_device
     from ..io import output_dir
     from ..remedies import options_by_remedy
     from ..reports import write_finetune_report
@@ -133,13 +133,6 @@ def finetune_cmd(
                       f"(perplexity {b['perplexity']:.4g} -> {a['perplexity']:.4g})")
     console.print(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
                   f"({m['device']}, {m['precision']}, {m['world_size']} process(es))", soft_wrap=True)
-
-
-def is_main_process() -> bool:
-    """Under torchrun / accelerate launch only rank 0 writes reports and prints."""
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 SPLIT_HEADERS = {"validation": "val %", "test": "test %", "test_decontaminated": "clean test %"}
