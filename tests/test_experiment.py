@@ -134,9 +134,9 @@ def test_cli_rerender_from_cache_is_logged_as_an_invocation(smoke, data_dir):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 0, res.output
     runs = json.loads((out / "invocations.json").read_text())
-    assert len(runs) >= 2 and all(r["finished"] and r["units_after"] == 15 for r in runs[-2:])
+    assert len(runs) >= 2 and all(r["finished"] and r["units_after"] == 17 for r in runs[-2:])
     md = (out / "results.md").read_text()
-    assert "units computed now 0, from cache 15" in md and f"All {len(runs)} invocations" in md
+    assert "units computed now 0, from cache 17" in md  # source + 2 x (RT validation + RT train diagnosis + 6 targets) and f"All {len(runs)} invocations" in md
     assert "Source runs" in md
 
 
@@ -227,3 +227,73 @@ def test_rule_arms_at_k_blocks_with_forgetting(smoke, data_dir):
                  "cached_units": 0, "computed_units": 4, "budget_layers": 2}, tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert "Forgetting: SST-2 validation accuracy" in md and "K = 2" in md
+
+
+# ---------------------------------------------------------------- output saturation and claim (g)
+
+def fake_diagnosis(share, wrong, right, conf_wrong, layers=3):
+    """A diagnosis dict with the wrong/right split of ‖∂L/∂h‖ and an output section."""
+    total = share * wrong + (1 - share) * right
+    rows = [{"layer": i, "activation_grad_norm": total * (i + 1), "wrong_token_share": share,
+             "activation_grad_norm_wrong": wrong * (i + 1), "activation_grad_norm_correct": right * (i + 1)}
+            for i in range(layers)]
+    output = {"accuracy": 1 - share, "mean_confidence": 0.9, "share_confidence_over_0.9": 0.5,
+              "share_confidence_over_0.99": 0.2, "ece": 0.1, "grad_norm_correct": 0.1, "grad_norm_wrong": 1.2,
+              "wrong_share": share, "wrong_confident_share": conf_wrong, "confident_wrong_grad_share": conf_wrong,
+              "mean_grad_norm": share * 1.2 + (1 - share) * 0.1}
+    return {"layers": rows, "output": output, "inflection_layers": [1], "stability": [1, 1, 1]}
+
+
+def saturation_case(under, over, seeds=(1, 2)):
+    diags = {f"{g}/{s}": fake_diagnosis(*(under if g == "under" else over)) for s in seeds for g in ("under", "over")}
+    return aggregate([], diags, None, diags)
+
+
+def test_decomposition_terms_add_up_to_the_regime_difference():
+    res = saturation_case(under=(0.1, 2.0, 0.5, 0.2), over=(0.3, 3.0, 0.4, 0.8))
+    rows = res["saturation"]["decomposition"]
+    assert {(r["seed"], r["split"]) for r in rows} == {(s, p) for s in (1, 2) for p in ("validation", "train")}
+    for r in rows:
+        for level in ("activation", "logits"):
+            d = r[level]
+            parts = d["share_of_wrong"] + d["gradient_per_wrong"] + d["gradient_per_right"]
+            assert parts == pytest.approx(d["difference"], rel=1e-12)
+            assert d["difference"] == pytest.approx(d["over"]["total"] - d["under"]["total"])
+    act = rows[0]["activation"]  # layer means: (1 + 2 + 3) / 3 = 2 times the per-layer base
+    assert act["under"]["total"] == pytest.approx(2 * (0.1 * 2.0 + 0.9 * 0.5))
+    assert act["share_of_wrong"] == pytest.approx(0.2 * 2 * ((2.0 + 3.0) / 2 - (0.5 + 0.4) / 2))
+
+
+def test_confident_mistakes_claim_follows_the_numbers():
+    supported = by_id(judge(saturation_case(under=(0.1, 2.0, 0.5, 0.2), over=(0.3, 3.0, 0.5, 0.8))))
+    assert supported["g"] == "supported"
+    # OVER larger only because right examples send more: the mistakes do not explain it
+    refuted = by_id(judge(saturation_case(under=(0.2, 2.0, 0.5, 0.5), over=(0.2, 2.0, 1.5, 0.5))))
+    assert refuted["g"] == "not supported"
+    # OVER not larger at all, or no RT-train diagnosis: inconclusive
+    assert by_id(judge(saturation_case(under=(0.3, 3.0, 0.5, 0.8), over=(0.1, 2.0, 0.5, 0.2))))["g"] == "inconclusive"
+    assert by_id(judge(synthetic()))["g"] == "inconclusive"
+
+
+@pytest.mark.real
+def test_smoke_experiment_reports_source_output_saturation(smoke):
+    from inflora.experiment.report import render
+
+    out, plan, raw = smoke
+    assert set(raw["train_diagnoses"]) == {"under/42", "over/42"}
+    for d in (*raw["diagnoses"].values(), *raw["train_diagnoses"].values()):
+        assert d["output"]["predictions"] == plan.profile.diagnose_batches * plan.profile.diagnose_batch_size
+        assert d["config"]["split"] in ("validation", "train")
+    res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"], raw["train_diagnoses"])
+    sat = res["saturation"]
+    assert {(r["split"], r["regime"]) for r in sat["outputs"]} == {(p, g) for p in ("validation", "train") for g in ("under", "over")}
+    assert all(math.isfinite(r["ece"]) and 0 <= r["accuracy"] <= 1 for r in sat["outputs"])
+    for r in sat["decomposition"]:
+        d = r["logits"]
+        if all(math.isfinite(d[k]) for k in ("share_of_wrong", "gradient_per_wrong", "gradient_per_right")):
+            assert d["share_of_wrong"] + d["gradient_per_wrong"] + d["gradient_per_right"] == pytest.approx(d["difference"])
+    render(res, {"command": "test", "profile": plan.profile.to_dict(), "seeds": [42], "wall_seconds": 1.0,
+                 "cached_units": 0, "computed_units": 17}, out)
+    md = (out / "results.md").read_text()
+    assert "Output saturation of the source checkpoints" in md and "share of wrong" in md
+    assert "(g) confident mistakes on RT explain" in md

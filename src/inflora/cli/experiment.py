@@ -54,7 +54,7 @@ def experiment_cmd(
                 device=device, precision=precision, budget=spend.layers).validate()
     output_dir(out)
     raw, meta = run_logged(plan, out, "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"])
+    res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"], raw["train_diagnoses"])
     render(res, meta, out)
     t = table(f"SST-2 → RT ({plan.profile.name}), RT test accuracy %",
               ["regime", "strategy", "trainable", "test", "decontaminated"])

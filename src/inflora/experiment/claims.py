@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .saturation import judge_confident_mistakes
 from .stats import paired, summary, verdict
 
 
@@ -54,6 +55,7 @@ def judge(res: dict, metric: str = "test") -> list[dict]:
     out.append(_same_band(res))
     out.append(_grad_ratio(res))
     out.append(_low_cka(res))
+    out.append(judge_confident_mistakes(res))
     for regime in ("under", "over"):
         v, e = _compare(res, regime, [("lora-inflection", "lora-random")], metric, +1)
         out.append({"id": f"f-{regime}", "claim": f"{regime.upper()}: lora-inflection beats lora-random (the choice of layers matters)", "verdict": v, "evidence": e})

@@ -54,8 +54,9 @@ class Plan:
 
     @property
     def num_units(self) -> int:
-        """Source runs + diagnoses + target runs: what ``run_experiment`` computes or finds cached."""
-        return len(self.seeds) * (1 + len(self.regimes) * (1 + len(self.strategies)))
+        """Per seed: the source run, and per regime two diagnoses (RT validation, RT train) + the target runs:
+        what ``run_experiment`` computes or finds cached."""
+        return len(self.seeds) * (1 + len(self.regimes) * (2 + len(self.strategies)))
 
 
 def source_config(p: Profile, seed: int) -> dict:
@@ -63,8 +64,11 @@ def source_config(p: Profile, seed: int) -> dict:
     return {"seed": seed, **{k: getattr(p, k) for k in keys}}
 
 
-def diagnose_config(p: Profile, seed: int, regime: str, rules: list[str] = (), budget: int | None = None) -> dict:
+def diagnose_config(p: Profile, seed: int, regime: str, rules: list[str] = (), budget: int | None = None,
+                    split: str = "validation") -> dict:
     extra = {"rules": list(rules), "budget": budget} if rules else {}  # earlier caches keep their keys
+    if split != "validation":
+        extra["split"] = split
     return {"source": source_config(p, seed), "regime": regime, "batches": p.diagnose_batches,
             "batch_size": p.diagnose_batch_size, "max_length": p.max_length, **extra}
 
@@ -110,18 +114,21 @@ def run_source(cache: UnitCache, p: Profile, seed: int, data_dir, *, device: str
 
 
 def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: dict, data_dir, *,
-                 device: str = "auto", precision: str = "fp32", rules: list[str] = (), budget: int | None = None) -> dict:
+                 device: str = "auto", precision: str = "fp32", rules: list[str] = (), budget: int | None = None,
+                 split: str = "validation") -> dict:
+    """The source checkpoint probed on RT ``split``: validation chooses the band; train (what target
+    training starts from) gives the output-saturation numbers and the gradient split there."""
     from ..data import load_task
     from ..diagnosis import diagnose
     from ..models import load_model
     from ..strategies.budget import Budget
 
-    cfg = with_precision(diagnose_config(p, seed, regime, rules, budget), precision)
+    cfg = with_precision(diagnose_config(p, seed, regime, rules, budget, split), precision)
     if (done := cache.done("diagnose", cfg)) is not None:
         return done
     model, tok = load_model(source[regime], num_labels=None)
-    d = diagnose(model, load_task("rotten_tomatoes", "validation", data_dir), tok, batches=p.diagnose_batches,
-                 batch_size=p.diagnose_batch_size, max_length=p.max_length, seed=seed, progress=False,
+    d = diagnose(model, load_task("rotten_tomatoes", split, data_dir), tok, batches=p.diagnose_batches,
+                 batch_size=p.diagnose_batch_size, max_length=p.max_length, seed=seed, progress=False, split=split,
                  device=device, precision=precision, rules=list(rules) or None, budget=Budget(layers=budget))
     if rules and not d.rules:
         raise ConfigError(f"the {regime} diagnosis (seed {seed}) compared no rules: " + "; ".join(d.flags))
@@ -157,8 +164,8 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
     units = plan.num_units
     # Rough weights for the time estimate: a source run ~ its epochs, a target run ~ its epochs + eval.
     w_source, w_diag, w_target = p.over_epochs * (p.source_limit or 67000) / 1000, 0.3, p.target_epochs * (p.target_limit or 8530) / 1000 + 1.0
-    total = len(plan.seeds) * (w_source + len(plan.regimes) * (w_diag + len(plan.strategies) * w_target))
-    raw = {"sources": {}, "diagnoses": {}, "targets": []}
+    total = len(plan.seeds) * (w_source + len(plan.regimes) * (2 * w_diag + len(plan.strategies) * w_target))
+    raw = {"sources": {}, "diagnoses": {}, "train_diagnoses": {}, "targets": []}
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[units]}"),
                TimeElapsedColumn(), TextColumn("left ~"), TimeRemainingColumn()]
     with Progress(*columns, disable=not progress, transient=False) as bar:
@@ -180,6 +187,9 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
                                  budget=plan.budget)
                 raw["diagnoses"][f"{regime}/{seed}"] = d
                 advance(w_diag, f"diagnosed {regime} seed {seed}")
+                train = run_diagnose(cache, p, seed, regime, source, plan.data_dir, **where, split="train")
+                raw["train_diagnoses"][f"{regime}/{seed}"] = train
+                advance(w_diag, f"probed {regime} seed {seed} on RT train")
                 for strategy in plan.strategies:
                     bar.update(task, description=f"{regime} {strategy} seed {seed}")
                     band = band_for(strategy, d, plan.budget)

@@ -9,6 +9,7 @@ from ..reports.document import Report, fmt
 from ..reports.plots import layer_profiles_figure
 from .claims import judge
 from .results import METRICS
+from .saturation import add_saturation_section
 
 
 def _acc(cell: dict) -> str:
@@ -79,6 +80,7 @@ def render(res: dict, meta: dict, out: Path) -> dict:
                 "OVER/UNDER": f"{r['over_over_under']['mean']:.3g}", "per seed": fmt(list(r["per_seed"].values()), 3)}
                for s, r in res["grad_ratio"].items()])
     rep.text("The review of the paper reports ≈1.9e-6 (OVER) vs 3.5e-5 (UNDER) under shallow unfreezing, a ratio of ≈0.05.")
+    add_saturation_section(rep, res.get("saturation"))
     if res.get("sources"):
         rep.heading("Source runs (SST-2 full fine-tuning; accuracy on SST-2 validation)")
         rep.table([{"seed": seed, **{f"{g.upper()} (epoch {s[g]['epoch']})": f"{100 * s[g]['sst2_validation_accuracy']:.2f} % "

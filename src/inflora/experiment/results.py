@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .saturation import saturation_summary
 from .stats import paired, summary
 
 METRICS = ("test", "test_decontaminated")
@@ -56,7 +57,8 @@ def forgetting(retention: dict, sources: dict, regime: str) -> dict:
     return {"per_seed": per_seed, **summary(list(per_seed.values()))}
 
 
-def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None) -> dict:
+def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
+              train_diagnoses: dict | None = None) -> dict:
     by = {}
     for run in targets:
         by.setdefault((run["regime"], run["strategy"]), []).append(run)
@@ -100,4 +102,4 @@ def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None)
         regime, seed = key.split("/")
         bands.setdefault(int(seed), {})[regime] = {"band": d["inflection_layers"], "stability": d["stability"]}
     return {"table": table, "paired": paired_rows, "grad_ratio": ratios, "bands": bands,
-            "sources": source_summary(sources or {})}
+            "sources": source_summary(sources or {}), "saturation": saturation_summary(diagnoses, train_diagnoses)}
