@@ -26,6 +26,29 @@ def _curves(m: dict):
     return fig
 
 
+SATURATION_CURVES = (("accuracy", "accuracy"), ("mean_confidence", "mean confidence"),
+                     ("share_confidence_over_0.9", "share with confidence > 0.9"),
+                     ("mean_grad_norm", "mean ‖p − y‖ (gradient at the logits)"),
+                     ("confident_wrong_grad_share", "share of ‖p − y‖ from wrong answers with confidence > 0.9"))
+
+
+def saturation_figure(m: dict):
+    """Output saturation of the logged training batches over steps (train mode, the step's own forward)."""
+    rows = [r for r in m["grad_profile"] if r.get("output")]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    steps = [r["step"] for r in rows]
+    for key, label in SATURATION_CURVES:
+        ax.plot(steps, [r["output"].get(key, float("nan")) for r in rows], ".-", label=label)
+    ax.set_xlabel("step")
+    ax.set_ylim(-0.02, 1.45)
+    ax.set_title("output saturation on the logged training batches", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
 def grad_profile_snapshots(m: dict, key: str, snapshots: int = 4) -> dict[str, list[float]]:
     rows = m["grad_profile"]
     if not rows:
@@ -65,6 +88,12 @@ def write_finetune_report(m: dict, out_dir: str | Path) -> dict:
     if m["grad_profile"] and "attention_entropy" in m["grad_profile"][0]:
         rep.figure(layer_profiles_figure(grad_profile_snapshots(m, "attention_entropy"), "attention entropy",
                                          "nats", band), "attention_entropy")
+    saturation = saturation_figure(m)
+    if saturation is not None:
+        rep.heading("Output saturation during training")
+        rep.text("The gradient at the logits is p − y: as the model grows confident and right, ‖p − y‖ and with it every "
+                 "gradient below shrink; confident mistakes keep it large. Numbers of each logged step's own batch.")
+        rep.figure(saturation, "saturation")
     rep.heading("Where representations changed (ΔCKA, start → end)")
     rep.text("ΔCKA = 1 − CKA of pooled block outputs on a fixed probe set: changes in upper layers mean feature "
              "recombination, changes in lower layers mean low-level features were rebuilt.")
