@@ -51,6 +51,18 @@ def run_trainer(model, tokenizer, out, callback, **kw):
     return trainer
 
 
+def assert_output_row(row, predictions):
+    """The step's output numbers, and ‖∂L/∂h‖ = w·‖·‖_wrong + (1 − w)·‖·‖_right per block."""
+    o = row["output"]
+    assert o["predictions"] == predictions and 0 <= o["accuracy"] <= 1 and 0 < o["mean_grad_norm"] <= math.sqrt(2)
+    assert 0 <= o["ece"] <= 1 and "histogram" not in o
+    w = row["wrong_token_share"]
+    for g, g_wrong, g_right in zip(row["activation_grad_norm"], row["activation_grad_norm_wrong"],
+                                   row["activation_grad_norm_correct"]):
+        mix = (w * g_wrong if w > 0 else 0.0) + ((1 - w) * g_right if w < 1 else 0.0)
+        assert mix == pytest.approx(g, rel=1e-6)
+
+
 def manual_step_norms(model, tokenizer):
     """Per-block activation-gradient (per token, padding excluded) and parameter-gradient norms of one
     forward/backward on the whole data set, computed independently of the probe."""
@@ -97,6 +109,8 @@ def test_callback_in_trainer_matches_direct_gradients_and_writes_tensorboard(tmp
     torch.testing.assert_close(torch.tensor(rows[0]["activation_grad_norm"]), torch.tensor(want_acts), rtol=1e-4, atol=0)
     torch.testing.assert_close(torch.tensor(rows[0]["param_grad_norm"]), torch.tensor(want_params), rtol=1e-4, atol=0)
     assert rows[1]["param_grad_norm"] != rows[0]["param_grad_norm"]  # a later step's own gradients
+    for r in rows:  # output saturation of the step's own forward, and ‖∂L/∂h‖ split by wrong/right examples
+        assert_output_row(r, predictions=len(TEXTS))
 
     dcka = data["delta_cka"]
     assert len(dcka) == 4 and cb.delta_cka == dcka
@@ -126,6 +140,7 @@ def test_callback_with_gradient_accumulation_plain_model_and_custom_json(tmp_pat
     for r in rows:
         assert all(math.isfinite(v) and v > 0 for v in r["activation_grad_norm"] + r["param_grad_norm"])
         assert r["param_grad_norm_embeddings"] > 0
+        assert_output_row(r, predictions=4)  # both micro-batches of the step
     assert not (tmp_path / "run" / "inflora_grad_profile.json").exists()
     assert not (tmp_path / "run" / "runs").exists()
     assert cb.recorder is None  # detached at the end

@@ -70,6 +70,12 @@ def test_finetune_with_a_remedy_flag(tiny_dir, tmp_path):
     assert m["config"]["remedy_options"] == {"spectral-decoupling": {"sd_lambda": "0.05"}}
     assert m["remedy_metrics"] and "starvation.saturated_frac" in m["remedy_metrics"][0]
     assert (tmp_path / "report.html").exists()
+    # the remedy's saturated share and the profile's output section are one measurement of the same forward
+    by_step = {r["step"]: r for r in m["grad_profile"]}
+    for r in m["remedy_metrics"]:
+        out = by_step[r["step"]]["output"]
+        assert r["starvation.saturated_frac"] == pytest.approx(out["share_true_class_over_0.99"], abs=1e-12)
+    assert "Output saturation during training" in (tmp_path / "report.md").read_text()
 
 
 def test_diagnose_with_sampled_entropy_queries_reports_an_estimate(tiny_dir, tmp_path):

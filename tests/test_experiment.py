@@ -264,6 +264,23 @@ def test_decomposition_terms_add_up_to_the_regime_difference():
     assert act["share_of_wrong"] == pytest.approx(0.2 * 2 * ((2.0 + 3.0) / 2 - (0.5 + 0.4) / 2))
 
 
+def test_training_decomposition_leaves_only_the_step_covariance_as_residual():
+    def run(regime, strategy, steps):
+        rows = [{"step": i, "activation_grad_norm": [w * gw + (1 - w) * gc] * 2, "param_grad_norm": [1.0, 1.0],
+                 "wrong_token_share": w, "activation_grad_norm_wrong": [gw] * 2, "activation_grad_norm_correct": [gc] * 2,
+                 "output": {"wrong_confident_share": 0.5}} for i, (w, gw, gc) in enumerate(steps)]
+        return {**fake_run(regime, strategy, 1, 0.8), "grad_profile": rows}
+
+    targets = [run("under", "full", [(0.2, 1.0, 0.1), (0.2, 1.0, 0.1)]), run("over", "full", [(0.4, 3.0, 0.1), (0.0, 1.0, 0.1)]),
+               run("under", "head", [(0.2, 1.0, 0.1)])]
+    rows = aggregate(targets, {})["saturation"]["training"]
+    assert [r["strategy"] for r in rows] == ["full"]  # head has no OVER partner here and is not a ratio strategy
+    d = rows[0]["activation"]
+    assert d["under"]["total"] == pytest.approx(0.28) and d["over"]["total"] == pytest.approx(0.68)
+    parts = d["share_of_wrong"] + d["gradient_per_wrong"] + d["gradient_per_right"] + d["residual"]
+    assert parts == pytest.approx(d["difference"]) and d["residual"] != pytest.approx(0.0)
+
+
 def test_confident_mistakes_claim_follows_the_numbers():
     supported = by_id(judge(saturation_case(under=(0.1, 2.0, 0.5, 0.2), over=(0.3, 3.0, 0.5, 0.8))))
     assert supported["g"] == "supported"
@@ -292,8 +309,15 @@ def test_smoke_experiment_reports_source_output_saturation(smoke):
         d = r["logits"]
         if all(math.isfinite(d[k]) for k in ("share_of_wrong", "gradient_per_wrong", "gradient_per_right")):
             assert d["share_of_wrong"] + d["gradient_per_wrong"] + d["gradient_per_right"] == pytest.approx(d["difference"])
+    training = {r["strategy"]: r["activation"] for r in sat["training"]}
+    assert set(training) == {"shallow", "full"}  # target-training profiles carry the wrong/right split
+    for strategy, d in training.items():  # the same mean ‖∂L/∂h‖ that claim (d)'s ratio uses
+        for regime in ("under", "over"):
+            row = next(r for r in res["table"] if r["regime"] == regime and r["strategy"] == strategy)
+            assert d[regime]["total"] == pytest.approx(row["mean_activation_grad"][42], rel=1e-9)
+        assert math.isfinite(d["difference"])
     render(res, {"command": "test", "profile": plan.profile.to_dict(), "seeds": [42], "wall_seconds": 1.0,
                  "cached_units": 0, "computed_units": 17}, out)
     md = (out / "results.md").read_text()
-    assert "Output saturation of the source checkpoints" in md and "share of wrong" in md
+    assert "Output saturation of the source checkpoints" in md and "share of wrong" in md and "residual" in md
     assert "(g) confident mistakes on RT explain" in md

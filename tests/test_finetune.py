@@ -212,6 +212,9 @@ def test_metrics_json_has_every_required_key(reference, tiny_dir):
     for row in on_disk["grad_profile"]:
         assert len(row["activation_grad_norm"]) == len(row["param_grad_norm"]) == LAYERS
         assert all(math.isfinite(v) for v in row["activation_grad_norm"] + row["param_grad_norm"])
+        o = row["output"]  # output saturation of the logged step's own batch
+        assert o["predictions"] == on_disk["config"]["batch_size"] and 0 <= o["accuracy"] <= 1 and 0 <= o["ece"] <= 1
+        assert len(row["activation_grad_norm_wrong"]) == LAYERS and 0 <= row["wrong_token_share"] <= 1
     assert len(on_disk["delta_cka"]) == LAYERS and all(math.isfinite(v) for v in on_disk["delta_cka"])
     assert {"torch", "transformers", "peft", "python"} <= set(on_disk["versions"])
     assert on_disk["sizes"]["train"] == 64 and on_disk["sizes"]["validation"] == 32

@@ -65,10 +65,51 @@ def _f(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def saturation_summary(diagnoses: dict, train_diagnoses: dict | None) -> dict:
-    """Per seed and split: each regime's output numbers, and the two decompositions."""
+def training_parts(run: dict) -> dict | None:
+    """(G, w, G_wrong, G_right) of a target run: means over its logged steps (and layers); None when
+    the profile has no wrong/right split (older caches)."""
+    rows = [r for r in run.get("grad_profile", []) if r.get("activation_grad_norm_wrong") is not None]
+    if not rows:
+        return None
+
+    def mean(key):
+        return float(np.nanmean(np.array([r[key] for r in rows], dtype=float)))
+
+    return {"total": mean("activation_grad_norm"), "share": mean("wrong_token_share"),
+            "wrong": mean("activation_grad_norm_wrong"), "right": mean("activation_grad_norm_correct")}
+
+
+def training_decomposition(targets: list[dict]) -> list[dict]:
+    """The decomposition during target training (``shallow``, ``full``) per seed. Means over steps
+    do not multiply exactly (w and G_wrong vary together from step to step): ``residual`` is what
+    the three terms leave of the difference."""
+    runs = {(t["regime"], t["strategy"], t["seed"]): t for t in targets}
+    out = []
+    for (regime, strategy, seed), run in sorted(runs.items()):
+        over = runs.get(("over", strategy, seed))
+        if regime != "under" or strategy not in ("shallow", "full") or over is None:
+            continue
+        parts = training_parts(run), training_parts(over)
+        if None in parts:
+            continue
+        d = decompose(*parts)
+        d["residual"] = d["difference"] - d["share_of_wrong"] - d["gradient_per_wrong"] - d["gradient_per_right"]
+        out.append({"seed": seed, "strategy": strategy, "activation": d,
+                    "wrong_confident_share": {g: _mean_output(r, "wrong_confident_share") for g, r in (("under", run), ("over", over))}})
+    return out
+
+
+def _mean_output(run: dict, key: str) -> float:
+    values = [r["output"].get(key) for r in run.get("grad_profile", []) if r.get("output")]
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+def saturation_summary(diagnoses: dict, train_diagnoses: dict | None, targets: list[dict] | None = None) -> dict:
+    """Per seed and split: each regime's output numbers, and the two decompositions; and the
+    decomposition during target training."""
     by_split = {"validation": diagnoses, "train": train_diagnoses or {}}
-    out: dict = {"outputs": [], "decomposition": []}
+    out: dict = {"outputs": [], "decomposition": [], "training": training_decomposition(targets or [])}
     for split, found in by_split.items():
         seeds = sorted({int(k.split("/")[1]) for k in found})
         for seed in seeds:
@@ -152,3 +193,14 @@ def add_saturation_section(rep, sat: dict) -> None:
                          "share of wrong": d["share_of_wrong"], "per wrong": d["gradient_per_wrong"],
                          "per right": d["gradient_per_right"], "wrong examples' part": _pct(d["wrong_fraction"])})
     rep.table(rows, digits=3)
+    if sat.get("training"):
+        rep.text("The same split during target training (means over the logged steps and layers; the steps' own "
+                 "training batches, dropout on). *residual*: what the three terms leave, because the share of wrong "
+                 "examples and their gradient vary together from step to step.")
+        rep.table([{"seed": r["seed"], "strategy": r["strategy"], "UNDER": r["activation"]["under"]["total"],
+                    "OVER": r["activation"]["over"]["total"], "OVER/UNDER": r["activation"]["ratio"],
+                    "share of wrong": r["activation"]["share_of_wrong"], "per wrong": r["activation"]["gradient_per_wrong"],
+                    "per right": r["activation"]["gradient_per_right"], "residual": r["activation"]["residual"],
+                    "wrong with conf > 0.9 (UNDER / OVER)": f"{_pct(r['wrong_confident_share']['under'])} / "
+                                                           f"{_pct(r['wrong_confident_share']['over'])}"}
+                   for r in sat["training"]], digits=3)

@@ -3,7 +3,10 @@
 Every ``every`` optimizer steps the recorder switches a ``LayerProbe`` on for that step's own
 micro-batches (no extra passes) and records, per block, the activation-gradient norm ‖∂L/∂h⁽ˡ⁾‖
 (per token, padding excluded) and the pre-clip parameter-gradient norm ‖∇θ L‖, plus the embeddings
-and head groups, and the attention entropy streamed beside the run's own SDPA (issue 11).
+and head groups, the attention entropy streamed beside the run's own SDPA (issue 11), and the output
+saturation of the step's own forward (``row["output"]``: accuracy, confidence, ‖p − y‖ of right and
+wrong answers, ECE, ...; for a classifier also ‖∂L/∂h‖ split between the tokens of wrong and right
+examples).
 
 Parameter gradients are read as they are accumulated (``register_post_accumulate_grad_hook``): the
 last call before the optimizer step is the step's whole gradient, before any clipping (Trainer clips
@@ -56,7 +59,7 @@ class GradProfileRecorder:
         if entropy and not self.entropy:
             log.info("attention entropy is not recorded during training: %s attention does not go through "
                      "transformers' attention interface, and eager maps would slow every step", spec.family)
-        diagnostics = ["activation_grad"] + (["attention_entropy"] if self.entropy else [])
+        diagnostics = ["activation_grad", "output"] + (["attention_entropy"] if self.entropy else [])
         self.probe = LayerProbe(model, diagnostics, attention="streaming" if self.entropy else None)
         self.probe.ctx.active = False
         self.loss_scale = loss_scale
@@ -85,11 +88,15 @@ class GradProfileRecorder:
             return None
         n = self.probe.ctx.num_layers
         norms = self._param_norms()
-        row = {"step": step, "loss": loss, "activation_grad_norm": self._activation_norms(),
+        row = {"step": step, "loss": loss,
+               "activation_grad_norm": self._token_means(self._plugin("activation_grad").layers, "token_norm_sum",
+                                                         "token_count"),
                "param_grad_norm": [norms[f"block.{i}"] for i in range(n)],
-               "param_grad_norm_embeddings": norms["embeddings"], "param_grad_norm_head": norms["head"]}
+               "param_grad_norm_embeddings": norms["embeddings"], "param_grad_norm_head": norms["head"],
+               "output": self._output_numbers()}
         if self.entropy:
             row["attention_entropy"] = self._entropies()
+        row.update(self._wrong_right_split())
         self._reset()
         return row
 
@@ -131,17 +138,43 @@ class GradProfileRecorder:
         sums = _all_reduce(sums, self.device)
         return [float(s / n) if n else math.nan for s, n in sums.tolist()]
 
-    def _activation_norms(self) -> list[float]:
-        sums = torch.tensor([[float(acc.totals()["token_norm_sum"]), float(acc.totals()["token_count"])]
-                             for acc in self._plugin("activation_grad").layers], dtype=torch.float64)
+    def _token_means(self, accs, sum_key: str, count_key: str) -> list[float]:
+        """Per layer: Σ per-token ‖∂L/∂h‖ / token count over the step's micro-batches and all ranks."""
+        sums = torch.tensor([[float(acc.totals()[sum_key]), float(acc.totals()[count_key])] for acc in accs],
+                            dtype=torch.float64)
         sums = _all_reduce(sums, self.device)
         scale = (float(self.loss_scale()) if self.loss_scale else 1.0) * self.world
         return [float(s / n) / scale if n else math.nan for s, n in sums.tolist()]
 
+    def _wrong_right_split(self) -> dict:
+        """A classifier's ‖∂L/∂h‖ per block on the tokens of wrong and of right examples, and the share
+        of tokens in wrong examples (so activation_grad_norm = w·wrong + (1 − w)·right); {} for a causal LM."""
+        split = self._plugin("output").layers
+        if not any(len(acc) for acc in split):
+            return {}
+        t = split[0].totals()
+        wrong, right = _all_reduce(torch.stack([t["wrong_tokens"].sum(), t["right_tokens"].sum()]), self.device).tolist()
+        return {"activation_grad_norm_wrong": self._token_means(split, "wrong_sum", "wrong_tokens"),
+                "activation_grad_norm_correct": self._token_means(split, "right_sum", "right_tokens"),
+                "wrong_token_share": wrong / (wrong + right) if wrong + right else math.nan}
+
+    def _output_numbers(self) -> dict:
+        """The output-saturation numbers of the step's own batches (all ranks), without the histogram."""
+        acc = self._plugin("output").summary_acc
+        if not len(acc):  # no labels reached the model (e.g. a Trainer computing the loss itself)
+            return {}
+        totals = acc.totals()
+        flat = _all_reduce(torch.cat([totals[k].reshape(-1) for k in acc.fields]), self.device)
+        sizes = [totals[k].numel() for k in acc.fields]
+        merged = dict(zip(acc.fields, (part.reshape(totals[k].shape) for part, k in zip(flat.split(sizes), acc.fields))))
+        numbers = acc.compute_from(merged)
+        numbers.pop("histogram")
+        return numbers
+
     def _reset(self) -> None:
         self.active = self.probe.ctx.active = False
         for plugin in self.probe.plugins:
-            for acc in plugin.layers:
+            for acc in plugin.accumulators():
                 acc.records.clear()
         for h in self._handles:
             h.remove()
