@@ -136,7 +136,8 @@ def test_cli_rerender_from_cache_is_logged_as_an_invocation(smoke, data_dir):
     runs = json.loads((out / "invocations.json").read_text())
     assert len(runs) >= 2 and all(r["finished"] and r["units_after"] == 17 for r in runs[-2:])
     md = (out / "results.md").read_text()
-    assert "units computed now 0, from cache 17" in md  # source + 2 x (RT validation + RT train diagnosis + 6 targets) and f"All {len(runs)} invocations" in md
+    # 17 units: the source run + 2 regimes x (RT validation diagnosis + RT train probe + 6 targets)
+    assert "units computed now 0, from cache 17" in md and f"All {len(runs)} invocations" in md
     assert "Source runs" in md
 
 
