@@ -102,4 +102,5 @@ def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
         regime, seed = key.split("/")
         bands.setdefault(int(seed), {})[regime] = {"band": d["inflection_layers"], "stability": d["stability"]}
     return {"table": table, "paired": paired_rows, "grad_ratio": ratios, "bands": bands,
-            "sources": source_summary(sources or {}), "saturation": saturation_summary(diagnoses, train_diagnoses, targets)}
+            "sources": source_summary(sources or {}),
+            "saturation": saturation_summary(diagnoses, train_diagnoses, targets)}
