@@ -155,3 +155,25 @@ def test_length_sorted_evaluation_gives_the_plain_order_accuracy(data_dir, minil
         plain = sum(int((model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1) == b["labels"]).sum())
                     for b in split.batches(32)) / len(split)
     assert accuracy(model, split, 32) == plain
+
+
+def test_load_any_splits_a_user_file_once_and_reads_split_files(tmp_path, caplog):
+    """One file: disjoint stratified 80/10/10 splits covering every row, one skipped-rows warning
+    for all three; a path with {split}: one file per split, labels named as in train."""
+    import logging
+
+    from inflora.data import load_any
+
+    rows = [(f"review number {i} is {'good' if i % 3 else 'bad'}", "pos" if i % 3 else "neg") for i in range(60)]
+    path = tmp_path / "r.csv"
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows) + ",pos\n")
+    with caplog.at_level(logging.WARNING):
+        parts = {s: load_any(path, s) for s in ("train", "validation", "test")}
+    assert [len(p) for p in parts.values()] == [48, 6, 6]
+    assert sorted(t for p in parts.values() for t in p.texts) == sorted(t for t, _ in rows)
+    assert all(p.label_counts() == {0: n // 3, 1: 2 * n // 3} for p, n in zip(parts.values(), (48, 6, 6)))
+    assert caplog.text.count("skipped 1 of 61 rows") == 1 and len(load_any(path, "all")) == 60
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.csv").write_text("text,label\ngreat fun,pos\n" + ("dull,neg\n" if split == "train" else ""))
+    test = load_any(tmp_path / "{split}.csv", "test")
+    assert test.labels == [1] and test.num_labels == 2  # 'pos' keeps train's id although test lacks 'neg'

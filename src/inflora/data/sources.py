@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+from functools import lru_cache
 from pathlib import Path
 
 from ..errors import DataError
@@ -64,11 +65,26 @@ def _read(path: str, split: str, columns: dict, like: TextDataset | None = None)
                      label_names=like.meta["label_names"] if like is not None else None, split=split)
 
 
+@lru_cache(maxsize=8)
+def _whole_file(path: str, columns: tuple, stamp: tuple | None) -> TextDataset:
+    """A single user file, read once per process while it is unchanged (``stamp``), so its
+    skipped-rows warning appears once although train, validation and test are cut from it."""
+    return _read(path, "all", dict(columns))
+
+
+def _stamp(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None  # the reader reports the missing file
+    return st.st_mtime_ns, st.st_size
+
+
 def _load_user_file(task: str, split: str, columns: dict) -> TextDataset:
     if "{split}" in task:
-        train = _read(task.format(split="train"), "train", columns)
-        return train if split == "train" else _read(task.format(split=split), split, columns, like=train)
-    whole = _read(task, split, columns)
+        train = _read(task.replace("{split}", "train"), "train", columns)
+        return train if split == "train" else _read(task.replace("{split}", split), split, columns, like=train)
+    whole = _whole_file(task, tuple(sorted(columns.items())), _stamp(task))
     if split == "all":
         return whole
     part = whole.subset(split_indices(whole.labels, split), split)
