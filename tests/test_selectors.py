@@ -300,3 +300,20 @@ def test_lisa_and_a_rule_arm_finetune_on_real_minilm(tmp_path, data_dir, minilm)
     arm = finetune(FinetuneConfig(strategy="lora-kappa", diagnosis=str(tmp_path / "d.json"), **common), tmp_path / "k",
                    progress=False)
     assert arm["layers"] == d.rules["rules"]["kappa"]["selected"]
+
+
+def test_head_warmup_trains_only_the_head_before_probing(tokenizer, data_dir):
+    from inflora.data import load_task
+
+    model = tiny_model("bert", layers=2, hidden=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    val = load_task("rotten_tomatoes", "validation", str(data_dir))
+    d = diagnose(model, val, tokenizer, batches=1, batch_size=8, max_length=32, progress=False, resamples=2,
+                 head_warmup=3, data_dir=str(data_dir))
+    info = d.config["head_warmup"]
+    assert info["steps"] == 3 and math.isfinite(info["first_loss"]) and math.isfinite(info["last_loss"])
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(("classifier", "bert.pooler")) for k in changed)
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    with pytest.raises(ConfigError, match="--head-warmup needs training data"):
+        diagnose(model, _tiny_batches(), progress=False, resamples=2, head_warmup=2)

@@ -201,6 +201,8 @@ def diagnose(
     device: str | None = None,
     precision: str = "fp32",
     fsdp: bool = False,
+    head_warmup: int = 0,
+    warmup_data=None,
 ) -> Diagnosis:
     """Probe ``model`` (a model, or a name/path loaded here) on target-domain ``data`` (a task name
     or data file path, read with ``load_any``; a ``TextDataset``; or a list of batches) and select
@@ -218,7 +220,9 @@ def diagnose(
     ``entropy_queries=N`` estimates the entropy from N sampled query positions per sequence (seeded
     by ``seed``); each layer then also reports its standard error. ``rules`` (e.g. ``["ski", "kappa",
     "top-grad"]``) are also scored side by side at ``budget`` (a ``strategies.budget.Budget``; default
-    K = the band's size)."""
+    K = the band's size). ``head_warmup=N`` first trains the classification head alone for N steps on
+    ``warmup_data`` (default: the task's train split), so the probe's gradients are not those of a
+    random head; this one change to the model is made in place and recorded in ``config``."""
     if batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {batches}")
     RULES.get(rule)
@@ -238,6 +242,9 @@ def diagnose(
     probe_set = _as_batches(data, tokenizer, batches=batches, batch_size=batch_size,
                             max_length=max_length, seed=seed, causal_lm=causal_lm)
     placement = _place(model, device, precision)
+    warmed = _warm_head(model, tokenizer, head_warmup, warmup_data, data_name, task_type,
+                        dict(batch_size=batch_size, max_length=max_length, seed=seed, data_dir=data_dir,
+                             columns=columns)) if head_warmup else None
     mine = _shard(probe_set, placement)
     was_training = model.training
     saved_grads = {p: p.grad for p in model.parameters()}
@@ -294,7 +301,7 @@ def diagnose(
         config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,
                 "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,
                 "entropy_queries": entropy_queries, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
-                "data": data_name, **placement},
+                "data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})},
         flags=flags, rules=compared, task_type=task_type, output=output,
         head_modules=head_modules(inner) if task_type == "classification" else [],
     )
@@ -323,6 +330,20 @@ def _scored(model, rules, inputs, k, budget, params=None) -> dict:
     for name, sizes in match_budget(hf_model(model), selections, budget).items():
         result["rules"][name].update(sizes)
     return result
+
+
+def _warm_head(model, tokenizer, steps: int, warmup_data, data_name: str, task_type: str, opts: dict) -> dict:
+    from .strategies.head_warmup import warm_head
+
+    if task_type != "classification":
+        raise ConfigError("--head-warmup fits a classification head; this model has none")
+    if warmup_data is None:
+        if data_name == "batches":
+            raise ConfigError("--head-warmup needs training data: give the task by name or pass warmup_data")
+        warmup_data = load_any(data_name, "train", opts["data_dir"], **(opts["columns"] or {}))
+    batches = probe_batches(warmup_data, tokenizer, batches=min(steps, 64), batch_size=opts["batch_size"],
+                            max_length=opts["max_length"], seed=opts["seed"] + 1)
+    return warm_head(model, batches, steps)
 
 
 def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: int = 0) -> dict:

@@ -91,6 +91,8 @@ def diagnose_cmd(
                                         "(see `inflora info`)"),
     budget: Optional[str] = typer.Option(None, help="for --rules: layers=K (every rule picks K blocks; default: the band's size) "
                                          "or params=N (LoRA rank per rule for N trainable parameters)"),
+    head_warmup: int = typer.Option(0, help="first fit the classification head alone for N steps on the task's train "
+                                    "split (frozen features), so gradients are not shaped by a random head"),
     weights_only: bool = typer.Option(False, "--weights-only", help="with --rules: no data, no backward pass; only "
                                       "weight rules (spectrum-snr, kappa, alpha-hts) and random/all"),
 ) -> None:
@@ -106,6 +108,8 @@ def diagnose_cmd(
 
     if entropy_queries is not None and entropy_queries < 1:
         raise ConfigError(f"--entropy-queries must be at least 1, got {entropy_queries}")
+    if head_warmup < 0:
+        raise ConfigError(f"--head-warmup must be 0 (off) or a number of steps, got {head_warmup}")
     if attention is not None:
         check_attention_mode(attention)
     rule_names = [r.strip() for r in (rules or "").split(",") if r.strip()]
@@ -127,7 +131,7 @@ def diagnose_cmd(
     d = diagnose(model, task, split=split, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
                  rule_params=parse_params(param), resamples=resamples, seed=seed, data_dir=data_dir, columns=columns,
                  attention=attention, entropy_queries=entropy_queries, rules=rule_names or None, budget=spend,
-                 device=choice.device, precision=precision, fsdp=fsdp, progress=main)
+                 device=choice.device, precision=precision, fsdp=fsdp, progress=main, head_warmup=head_warmup)
     if not main:  # every rank holds the same result; one writes it
         return
     d.to_json(out / "diagnosis.json")
