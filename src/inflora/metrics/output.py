@@ -41,8 +41,10 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
 def output_rows(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False,
                 ignore_index: int = IGNORE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """([N, C] fp32 logits, [N] labels, [N] example index) of the rows whose label is not ignored
-    (the logits keep their graph: a loss may be built on them). ``shift``: causal-LM logits [B, T, V] and labels [B, T]; position t predicts label t + 1."""
-    z, y = at_least_fp32(logits), labels
+    (the logits keep their graph: a loss may be built on them). ``shift``: causal-LM logits [B, T, V]
+    and labels [B, T]; position t predicts label t + 1. Rows are selected before the cast, so a
+    bf16 LM's full [B, T, V] is never copied to fp32."""
+    z, y = logits, labels
     if shift:
         z, y = z[:, :-1], y[:, 1:]
     z = z.unsqueeze(-1) if z.dim() == 1 else z
@@ -51,7 +53,7 @@ def output_rows(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = Fal
     if y.numel() != z.shape[0]:
         raise DataError(f"{z.shape[0]} logit rows but {y.numel()} labels")
     keep = y != ignore_index
-    return z[keep], y[keep].long(), example[keep]
+    return at_least_fp32(z[keep]), y[keep].long(), example[keep]
 
 
 def signed(y: torch.Tensor) -> torch.Tensor:
