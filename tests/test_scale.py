@@ -48,6 +48,10 @@ def test_bf16_on_cpu_runs_end_to_end_and_is_recorded(batch32, minilm_no_dropout,
     assert m["step_losses"] != batch32["step_losses"]
     torch.testing.assert_close(m["step_losses"], batch32["step_losses"], rtol=3e-2, atol=0)
     assert all(math.isfinite(v) and v > 0 for row in m["grad_profile"] for v in row["activation_grad_norm"])
+    from inflora.reports import write_finetune_report
+
+    write_finetune_report(m, tmp_path)
+    assert "Ran on cpu in bf16 with 1 process(es), global batch 32" in (tmp_path / "report.md").read_text()
 
 
 def test_a_run_is_resumed_only_with_its_precision(minilm_no_dropout, tmp_path):

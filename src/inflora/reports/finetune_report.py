@@ -71,6 +71,8 @@ def write_finetune_report(m: dict, out_dir: str | Path) -> dict:
         f"{m['total_params']:,} parameters trainable ({100 * m['trainable_params'] / m['total_params']:.2f}%), "
         f"lr {m['lr']}. Best epoch {m['best_epoch']}; accuracy: {acc}. "
         f"{m['steps']} steps in {m['train_seconds']:.1f} s ({m['steps_per_second']:.2f} steps/s), peak RSS {m['peak_rss_mb']:.0f} MB."
+        + (f" Ran on {m['device']} in {m['precision']} with {m['world_size']} process(es), global batch "
+           f"{m['global_batch_size']} ({m['grad_accum']} micro-batch(es) per step)." if "device" in m else "")
         + (f" The shaded layers are the inflection band {fmt(band)} ({m['band_info'].get('source', '')})." if band else "")
     )
     if m.get("completion"):
