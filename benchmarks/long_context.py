@@ -123,11 +123,12 @@ def summarise(rounds: list[dict], lengths: list[int]) -> dict:
     for t in lengths:
         row = {}
         for v in VARIANTS:
-            figs = [r[str(t)][v] for r in rounds if v in r[str(t)] and "seconds" in r[str(t)][v]]
-            if not figs:
-                row[v] = {"skipped": next((r[str(t)][v] for r in rounds if v in r[str(t)]), "not run")}
+            done = [r[str(t)] for r in rounds if isinstance(r.get(str(t), {}).get(v), dict) and "seconds" in r[str(t)][v]
+                    and "seconds" in r[str(t)].get("plain", {})]  # rounds with this figure and its plain baseline
+            if not done:
+                row[v] = {"skipped": next((r[str(t)][v] for r in rounds if v in r.get(str(t), {})), "not run")}
                 continue
-            plains = [r[str(t)]["plain"] for r in rounds if v in r[str(t)] and "seconds" in r[str(t)][v]]
+            figs, plains = [d[v] for d in done], [d["plain"] for d in done]
             row[v] = {
                 "seconds": statistics.median(f["seconds"] for f in figs),
                 "peak_extra_mib": statistics.median(f["peak_extra_mib"] for f in figs),
@@ -137,8 +138,8 @@ def summarise(rounds: list[dict], lengths: list[int]) -> dict:
                 "cpu_seconds": statistics.median(f["cpu_seconds"] for f in figs),
                 "cpu_time_ratio": statistics.median(f["cpu_seconds"] / p["cpu_seconds"] for f, p in zip(figs, plains)),
             }
-        exact = next((r[str(t)]["streaming"]["entropy"][0] for r in rounds if "entropy" in r[str(t)].get("streaming", {})), None)
-        est = next((r[str(t)]["sampled"]["entropy"] for r in rounds if "entropy" in r[str(t)].get("sampled", {})), None)
+        exact = next((r[str(t)]["streaming"]["entropy"][0] for r in rounds if "entropy" in r.get(str(t), {}).get("streaming", {})), None)
+        est = next((r[str(t)]["sampled"]["entropy"] for r in rounds if "entropy" in r.get(str(t), {}).get("sampled", {})), None)
         if exact and est:
             row["sampled"]["max_relative_error"] = max(abs(e - x) / x for e, x in zip(est[0], exact))
             row["sampled"]["max_error_in_se"] = max(abs(e - x) / s for e, x, s in zip(est[0], exact, est[1]))
