@@ -89,3 +89,16 @@ def test_cli_finetune_causal_lm_reports_completion_loss(tmp_path):
     assert "validation completion loss" in out and "perplexity" in out
     report = (tmp_path / "report.md").read_text()
     assert "Completion loss (causal LM" in report and "validation, before training" in report
+
+
+def test_cli_finetune_on_an_instruction_file_with_named_columns(tmp_path):
+    rows = [{"question": f"Is {w} a good word number {i}?", "answer": " yes" if i % 2 else " no"}
+            for i, w in enumerate(["fine", "grand", "dull", "bland", "great"] * 8)]
+    data = _jsonl(tmp_path / "qa.jsonl", rows)
+    code, out = _run("finetune", "--model", "tiny-llama", "--task", data, "--prompt-column", "question",
+                     "--completion-column", "answer", "--strategy", "lora-all", "--lora-targets", "attention",
+                     "--batch-size", "8", "--max-length", "32", "--out", tmp_path / "run")
+    assert code == 0, out
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["sizes"] == {"train": 32, "validation": 4, "test": 4}
+    assert set(m["completion"]) == {"validation", "test"} and m["completion"]["test"]["completion_tokens"] == 4

@@ -61,10 +61,13 @@ def with_remedy_options(fn):
 @with_remedy_options
 def finetune_cmd(
     model: str = typer.Option("minilm", help="model name or path"),
-    task: str = typer.Option("rotten_tomatoes", help="built-in task or a .csv/.tsv/.jsonl file (split 80/10/10, "
-                             "or one file per split: data/{split}.csv)"),
+    task: str = typer.Option("rotten_tomatoes", help="built-in task (rt-instruct: for a causal LM) or a "
+                             ".csv/.tsv/.jsonl/.parquet file (split 80/10/10, or one file per split: data/{split}.csv)"),
     text_column: str = typer.Option("text", help="text column of a user data file"),
     label_column: str = typer.Option("label", help="label column of a user data file"),
+    prompt_column: str = typer.Option("prompt", help="instruction file: prompt column (a causal LM is trained)"),
+    completion_column: str = typer.Option("completion", help="instruction file: completion column (the loss covers it only)"),
+    messages_column: str = typer.Option("messages", help="instruction file: chat column (a list of role/content messages)"),
     strategy: str = typer.Option("lora-inflection", help="full, head, shallow, lora-all, lora-inflection, lora-random"),
     epochs: int = typer.Option(1),
     seed: int = typer.Option(42),
@@ -111,7 +114,9 @@ def finetune_cmd(
     resolve_device(device, precision)
     options = options_by_remedy(list(remedy), remedy_values or {})
     output_dir(out)
-    cfg = FinetuneConfig(model=model, task=task, text_column=text_column, label_column=label_column, strategy=strategy,
+    cfg = FinetuneConfig(model=model, task=task, text_column=text_column, label_column=label_column,
+                         prompt_column=prompt_column, completion_column=completion_column,
+                         messages_column=messages_column, strategy=strategy,
                          epochs=epochs, seed=seed, lr=lr, optimizer=optimizer, batch_size=batch_size,
                          max_length=max_length, diagnosis=diagnosis, layers=parse_layers(layers), k=k, lora_r=lora_r,
                          lora_alpha=lora_alpha, lora_dropout=lora_dropout,

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 
 _KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label",
-                 "retention_task": None, "lisa_interval": 20}
+                 "retention_task": None, "lisa_interval": 20,
+                 "prompt_column": "prompt", "completion_column": "completion", "messages_column": "messages"}
 
 
 @dataclass
@@ -51,6 +52,9 @@ class FinetuneConfig:
     data_dir: str | None = None
     text_column: str = "text"            # columns of a user data file (--task my.csv)
     label_column: str = "label"
+    prompt_column: str = "prompt"        # an instruction file (--task data.jsonl): prompt/completion or chat
+    completion_column: str = "completion"
+    messages_column: str = "messages"
     save_model: bool = False             # save the final model (needed as a source for --init)
     save_epochs: list[int] = field(default_factory=list)  # also save the model after these epochs (UNDER/OVER)
 

@@ -32,7 +32,9 @@ def seed_everything(seed: int) -> None:
 
 def load_split(cfg: FinetuneConfig, split: str):
     """One split of ``cfg.task``: a built-in task or a user file (see ``inflora.data.load_any``)."""
-    return load_any(cfg.task, split, cfg.data_dir, text_column=cfg.text_column, label_column=cfg.label_column)
+    return load_any(cfg.task, split, cfg.data_dir, text_column=cfg.text_column, label_column=cfg.label_column,
+                    prompt_column=cfg.prompt_column, completion_column=cfg.completion_column,
+                    messages_column=cfg.messages_column)
 
 
 def load_splits(cfg: FinetuneConfig) -> dict:
