@@ -238,6 +238,7 @@ def test_report_has_a_reliability_diagram_with_one_bar_per_non_empty_bin(real, t
     assert (tmp_path / "reliability.png").stat().st_size > 0 and "reliability.png" in paths
     md = (tmp_path / "report.md").read_text()
     assert "## Output saturation" in md and "of the logit gradient" in md and "![" in md
+    assert "| layer | ‖∂L/∂h‖ | wrong | right | wrong / right |" in md
     fig = reliability_figure(real.output)
     bars = [p for p in fig.axes[0].patches if isinstance(p, Rectangle)]
     filled = [c for c in real.output["histogram"]["count"] if c > 0]

@@ -88,16 +88,31 @@ def entropy_note(d) -> str:
             f"standard error (largest {fmt(se, 3)} nats). Omit --entropy-queries for the exact value.")
 
 
+def add_output_section(rep, d) -> None:
+    """Paragraph, reliability diagram and (for a classifier) each block's ‖∂L/∂h‖ on wrong vs right examples."""
+    rep.heading("Output saturation").text(explain_output(d)).figure(
+        reliability_figure(d.output), "reliability",
+        "Accuracy per confidence bin (10 equal-width bins; n = predictions in the bin); bars under the diagonal "
+        "are over-confident.")
+    if any(math.isfinite(r.get("activation_grad_norm_wrong", math.nan)) for r in d.layers):
+        rep.text("‖∂L/∂h‖ per block on the tokens of wrong and of right examples (the layer's value is their mix, "
+                 "weighted by the share of tokens in wrong examples):")
+        rep.table([{"layer": r["layer"], "‖∂L/∂h‖": r["activation_grad_norm"], "wrong": r["activation_grad_norm_wrong"],
+                    "right": r["activation_grad_norm_correct"], "wrong / right": _ratio(r)} for r in d.layers])
+
+
+def _ratio(row: dict) -> float:
+    right = row["activation_grad_norm_correct"]
+    return row["activation_grad_norm_wrong"] / right if math.isfinite(right) and right > 0 else math.nan
+
+
 def write_diagnosis_report(d, out_dir: str | Path) -> dict[str, Path]:
     rep = Report(f"inflora diagnosis — {d.model}")
     rep.text(explain(d))
     if d.flags:
         rep.heading("Warnings").text("\n".join(f"- {f}" for f in d.flags))
     if d.output.get("predictions"):
-        rep.heading("Output saturation").text(explain_output(d)).figure(
-            reliability_figure(d.output), "reliability",
-            "Accuracy per confidence bin (10 equal-width bins; n = predictions in the bin); bars under the diagonal "
-            "are over-confident.")
+        add_output_section(rep, d)
     rep.heading("Profiles").figure(profile_figure(d), "profile",
                                    "Per-layer curves; the shaded layers are the chosen band; stars mark SKI peaks.")
     rows = [{"layer": r["layer"], "entropy": r["attention_entropy"], "entropy / log n": r["attention_entropy_norm"],
