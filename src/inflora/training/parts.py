@@ -95,7 +95,7 @@ def resolve_band(cfg: FinetuneConfig, make_model) -> tuple[list[int] | None, dic
     model, tok = make_model("eager")
     val = load_split(cfg, "validation")
     d = diagnose(model, val, tok, batches=cfg.diagnose_batches, max_length=cfg.max_length, seed=cfg.seed,
-                 progress=False, device=cfg.device, precision=cfg.precision, distributed=False,
+                 progress=False, device=cfg.device, precision=cfg.precision,
                  rules=[rule_of(cfg.strategy)] if rule_of(cfg.strategy) else None)
     if not d.inflection_layers:
         raise TrainingError("on-the-fly diagnosis selected no layers: " + "; ".join(d.flags))
