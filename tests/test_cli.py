@@ -29,9 +29,10 @@ def test_diagnose_writes_json_reports_and_summary(tmp_path, data_dir):
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "diagnosis.json").read_text())
     assert d["num_layers"] == 6 and len(d["layers"]) == 6 and d["selection"]["rule"] == "ski"
-    for name in ("report.html", "report.md", "profile.png", "heads.png"):
+    for name in ("report.html", "report.md", "profile.png", "heads.png", "reliability.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "inflection band" in res.output and "◀ band" in res.output
+    assert d["output"]["predictions"] == 32 and "output (32 examples): accuracy" in res.output
     assert d["config"]["attention"] == "streaming" and "streamed beside SDPA" in (tmp_path / "report.md").read_text()
 
 
