@@ -27,6 +27,9 @@ def test_cli_diagnose_causal_lm_on_rt_instruct(tmp_path, family):
     d = Diagnosis.from_json(tmp_path / "diagnosis.json")
     assert d.task_type == "causal-lm" and d.family == family and d.head_modules == [] and d.num_layers == 4
     assert d.config["mean_loss"] > 5  # a random-init model over a 30k vocabulary: about log(30522) = 10.3
+    # output saturation per completion token (labels -100 on the prompt and padding are skipped)
+    assert d.output["unit"] == "next-token position" and 0 < d.output["predictions"] < 2 * 4 * 48
+    assert d.output["mean_confidence"] < 0.1 and d.output["nonfinite_batches"] == 0  # random init: flat over 30k
 
 
 def _jsonl(path, rows):
