@@ -197,6 +197,16 @@ def test_registered_and_a_causal_lm_gets_per_token_numbers():
     assert all(math.isnan(r["activation_grad_norm_wrong"]) for r in d.layers)  # no per-example split for a causal LM
 
 
+def test_float_labels_have_no_output_section():
+    model = tiny_model("bert", layers=2)
+    model.config.problem_type = "multi_label_classification"
+    batches = batches_with(torch.tensor([0, 1, 0, 1]))
+    for b in batches:
+        b["labels"] = torch.nn.functional.one_hot(b["labels"], 2).float()
+    d = diagnose(model, batches, resamples=5, progress=False)
+    assert d.output == {} and d.layers[0]["activation_grad_norm"] > 0
+
+
 # ---------------------------------------------------------------- the real MiniLM on RT validation
 
 @pytest.fixture(scope="module")

@@ -233,8 +233,8 @@ class OutputProbe(ProbePlugin):
         def hook(module, args, kwargs):
             self._labels, self._wrong = None, None
             labels = kwargs.get("labels")
-            if not ctx.active or not torch.is_tensor(labels):
-                return
+            if not ctx.active or not torch.is_tensor(labels) or labels.is_floating_point():
+                return  # float labels (regression, multi-label BCE) have no class to be right or wrong about
             token_level = labels.dim() == 2
             config = getattr(inner, "config", None)
             classes = getattr(config, "vocab_size" if token_level else "num_labels", None)
