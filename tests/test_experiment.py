@@ -288,6 +288,13 @@ def test_confident_mistakes_claim_follows_the_numbers():
     # OVER larger only because right examples send more: the mistakes do not explain it
     refuted = by_id(judge(saturation_case(under=(0.2, 2.0, 0.5, 0.5), over=(0.2, 2.0, 1.5, 0.5))))
     assert refuted["g"] == "not supported"
+    # OVER's ‖∂L/∂h‖ larger and carried by its confident mistakes, but it sends *less* gradient at the logits:
+    # the network's transmission, not the mistakes, makes the difference
+    res = saturation_case(under=(0.1, 2.0, 0.5, 0.2), over=(0.3, 3.0, 0.5, 0.8))
+    for d in (*res["saturation"]["decomposition"],):
+        d["logits"]["difference"], d["logits"]["ratio"] = -0.3, 0.5
+    weaker = next(c for c in judge(res) if c["id"] == "g")
+    assert weaker["verdict"] == "not supported" and "per unit of ‖p − y‖" in weaker["evidence"]
     # OVER not larger at all, or no RT-train diagnosis: inconclusive
     assert by_id(judge(saturation_case(under=(0.3, 3.0, 0.5, 0.8), over=(0.1, 2.0, 0.5, 0.2))))["g"] == "inconclusive"
     assert by_id(judge(synthetic()))["g"] == "inconclusive"

@@ -129,11 +129,12 @@ def saturation_summary(diagnoses: dict, train_diagnoses: dict | None, targets: l
 def judge_confident_mistakes(res: dict) -> dict:
     """Claim (g): confident mistakes explain why OVER's ‖∂L/∂h‖ exceeds UNDER's. Judged on RT train
     (what target training starts from) at the source checkpoints, per seed: *supported* when OVER's
-    gradient is larger, the wrong examples' two terms carry at least half of the difference and
-    OVER makes a larger share of its mistakes with confidence > 0.9, in every seed; *not supported*
-    when OVER's gradient is larger but the wrong examples carry less than half in every seed (or
-    OVER is not more confident in its mistakes); *inconclusive* otherwise (mixed seeds, OVER not
-    larger, no split)."""
+    gradient is larger, the wrong examples' two terms carry at least half of the difference, OVER
+    makes a larger share of its mistakes with confidence > 0.9 and OVER also sends more gradient at
+    the logits (mean ‖p − y‖); *not supported* when OVER's gradient is larger but one of the others
+    fails (e.g. OVER sends *less* logit gradient, so the network's transmission ‖∂L/∂h‖ / ‖p − y‖,
+    not the mistakes, makes the difference); *inconclusive* otherwise (mixed seeds, OVER not larger,
+    no split)."""
     claim = "confident mistakes on RT explain why OVER's activation gradients are larger than UNDER's"
     sat = res.get("saturation") or {}
     rows = [r for r in sat.get("decomposition", []) if r["split"] == "train"]
@@ -142,13 +143,14 @@ def judge_confident_mistakes(res: dict) -> dict:
     outputs = {(r["seed"], r["regime"]): r for r in sat["outputs"] if r["split"] == "train"}
     verdicts, evidence = [], []
     for r in rows:
-        act, s = r["activation"], r["seed"]
+        act, logit, s = r["activation"], r["logits"], r["seed"]
         conf = {g: outputs.get((s, g), {}).get("wrong_confident_share", math.nan) for g in ("under", "over")}
         larger, frac = act["difference"] > 0, act["wrong_fraction"]
         more_confident = _f(conf["over"]) > _f(conf["under"])
+        transmission = act["ratio"] / logit["ratio"] if logit["ratio"] else math.nan
         if not (larger and math.isfinite(frac)):
             verdicts.append("inconclusive")
-        elif frac >= 0.5 and more_confident:
+        elif frac >= 0.5 and more_confident and logit["difference"] > 0:
             verdicts.append("supported")
         else:
             verdicts.append("not supported")
@@ -156,7 +158,8 @@ def judge_confident_mistakes(res: dict) -> dict:
             f"seed {s}: OVER/UNDER mean ‖∂L/∂h‖ = {act['ratio']:.3g}; of the difference {act['difference']:.3g}, "
             f"share of wrong examples {act['share_of_wrong']:+.3g}, gradient per wrong {act['gradient_per_wrong']:+.3g}, "
             f"per right {act['gradient_per_right']:+.3g} (wrong examples: {_pct(frac)}); wrong answers made with "
-            f"confidence > 0.9: UNDER {_pct(conf['under'])}, OVER {_pct(conf['over'])}")
+            f"confidence > 0.9: UNDER {_pct(conf['under'])}, OVER {_pct(conf['over'])}; at the logits OVER/UNDER mean "
+            f"‖p − y‖ = {logit['ratio']:.3g}, so the network passes {transmission:.3g}× more ‖∂L/∂h‖ per unit of ‖p − y‖")
     v = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
     return {"id": "g", "claim": claim, "verdict": v, "evidence": "; ".join(evidence)}
 
