@@ -17,9 +17,9 @@ PYPROJECT = SRC.parents[1] / "pyproject.toml"
 USED_WITHOUT_IMPORT = {"tensorboard": "transformers' TensorBoard callback writes InflectionCallback's scalars"}
 
 
-def imported_modules() -> set[str]:
+def imported_modules(root: Path = SRC) -> set[str]:
     names = set()
-    for path in SRC.rglob("*.py"):
+    for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names |= {a.name.split(".")[0] for a in node.names}
@@ -32,8 +32,9 @@ def distribution(module: str, owners: dict) -> str:
     return re.sub(r"[-_.]+", "-", owners.get(module, [module])[0]).lower()
 
 
-def declared() -> set[str]:
-    deps = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+def declared(extra: str | None = None) -> set[str]:
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    deps = project["optional-dependencies"][extra] if extra else project["dependencies"]
     return {re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", d).group()).lower() for d in deps}
 
 
@@ -42,3 +43,14 @@ def test_every_import_is_declared_and_every_declaration_used():
     used = {distribution(m, owners) for m in imported_modules()}
     assert used - declared() == set(), "imported but not in pyproject dependencies"
     assert declared() - used - set(USED_WITHOUT_IMPORT) == set(), "declared but never imported"
+
+
+def test_examples_imports_are_declared_in_the_examples_and_test_extras():
+    """The tests run the examples, so what they import must install with ``.[test]``; a user who
+    runs them alone installs ``.[examples]``."""
+    owners = md.packages_distributions()
+    examples = SRC.parents[1] / "examples"
+    local = {path.stem for path in examples.glob("*.py")}  # examples import each other's helpers
+    used = {distribution(m, owners) for m in imported_modules(examples) - local}
+    assert used - declared() - declared("examples") == set(), "examples import packages no extra declares"
+    assert declared("examples") <= declared("test"), "the test extra must install what the examples need"
