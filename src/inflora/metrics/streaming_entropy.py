@@ -163,6 +163,7 @@ def streaming_entropy_sums(
         sampling = queries is not None and queries < t
         pos, taken = sample_positions(query_mask, queries if sampling else None, generator)
         moments = _Moments(b, h, query.device)
+        parts = []  # (entropy, normalised, taken) per chunk; the moments are summed once, after the loop
         for i0 in range(0, pos.shape[1], chunk):
             p, took = pos[:, i0 : i0 + chunk], taken[:, i0 : i0 + chunk]
             if not bool(took.any()):
@@ -173,7 +174,9 @@ def streaming_entropy_sums(
             ent = chunk_entropy(take(query), key, rows, p, scaling=scaling, causal=causal).double()
             norm_ok = take(normable[..., None])[..., 0].expand(b, h, -1)
             norm = torch.where(norm_ok, ent / take(log_n[..., None])[..., 0], 0.0)
-            moments.add(ent, norm, took)
+            parts.append((ent, norm, took))
+        if parts:
+            moments.add(*(torch.cat(xs, dim=-1) for xs in zip(*parts)))
         n_valid = query_mask.sum(1).double()
         return moments.totals(n_valid, normable.sum(-1).double().expand(b, h).sum(0), sampled=sampling)
 
