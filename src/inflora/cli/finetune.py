@@ -140,13 +140,15 @@ def finetune_cmd(
                   f"({m['device']}, {m['precision']}, {m['world_size']} process(es))", soft_wrap=True)
 
 
-SPLIT_HEADERS = {"validation": "val %", "test": "test %", "test_decontaminated": "clean test %"}
+SPLIT_HEADERS = {"validation": "val %", "test": "test %", "test_decontaminated": "clean %"}
 
 
 def print_comparison(runs: list[dict], console: Console) -> None:
     splits = sorted({s for m in runs for s in m["accuracy"]}, key=lambda s: (s not in SPLIT_HEADERS, s))
     t = table("fine-tuning results (accuracy %)",
               ["strategy", "layers", "trainable", *[SPLIT_HEADERS.get(s, f"{s} %") for s in splits], "steps/s"])
+    if "test_decontaminated" in splits:
+        t.caption = "clean: the test split without texts found in the source task's training data"
     for m in runs:
         t.add_row(m["strategy"], layer_ranges(m["layers"]), f"{m['trainable_params']:,}",
                   *[f"{100 * m['accuracy'].get(s, float('nan')):.2f}" for s in splits], f"{m['steps_per_second']:.2f}")
