@@ -270,16 +270,9 @@ def diagnose(
                 rows = probe.layer_results(idx, only=("attention_entropy", "activation_grad"))
                 return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
-            entropy, grad = profile_for(None)
             flags = _flags(layers, losses, output)
-            try:
-                terms = ski_terms(entropy, grad, ski_params["alpha"], ski_params["variant"])
-                chosen = select_layers(rule, entropy, grad, **params)
-                stability = bootstrap_stability(profile_for, n_batches, len(layers), rule, params, resamples=resamples, seed=seed)
-            except DataError as exc:
-                flags.append(str(exc))
-                nan = [math.nan] * len(layers)
-                terms, chosen, stability = {"ski": nan, "entropy_term": nan, "grad_term": nan}, [], nan
+            terms, chosen, stability = _select_band(profile_for, n_batches, len(layers), rule, params, ski_params,
+                                                    resamples, seed, flags)
     finally:
         model.train(was_training)
         for p, g in saved_grads.items():  # the caller's gradients (usually none) are put back
@@ -305,6 +298,22 @@ def diagnose(
         flags=flags, rules=compared, task_type=task_type, output=output,
         head_modules=head_modules(inner) if task_type == "classification" else [],
     )
+
+
+def _select_band(profile_for, n_batches: int, n_layers: int, rule: str, params: dict, ski_params: dict,
+                 resamples: int, seed: int, flags: list[str]):
+    """SKI terms, the rule's band and its bootstrap stability; a profile the rule cannot score (e.g.
+    non-finite) becomes a flag and NaN terms rather than an exception, so the diagnosis still reports."""
+    entropy, grad = profile_for(None)
+    try:
+        terms = ski_terms(entropy, grad, ski_params["alpha"], ski_params["variant"])
+        chosen = select_layers(rule, entropy, grad, **params)
+        stability = bootstrap_stability(profile_for, n_batches, n_layers, rule, params, resamples=resamples, seed=seed)
+    except DataError as exc:
+        flags.append(str(exc))
+        nan = [math.nan] * n_layers
+        return {"ski": nan, "entropy_term": nan, "grad_term": nan}, [], nan
+    return terms, chosen, stability
 
 
 def _compare_rules(model, rules, layers, chosen, budget, seed, params, flags) -> dict:
