@@ -14,12 +14,9 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tokenizer):
-    path = tmp_path_factory.mktemp("cli") / "bert"
-    tiny_model("bert", layers=4, hidden=32, heads=4).bert.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+@pytest.fixture
+def tiny_dir(tiny_bert_dir):
+    return tiny_bert_dir  # the session's saved tiny BERT (conftest), read-only here
 
 
 @pytest.mark.real
