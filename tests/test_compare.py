@@ -15,7 +15,7 @@ TINY = ["--budget", "layers=2", "--limit-train", 32, "--limit-eval", 32, "--batc
 
 
 def run(*args):
-    return runner.invoke(app, ["compare", *[str(a) for a in args]])
+    return runner.invoke(app, ["compare", *[str(a) for a in args]], env={"COLUMNS": "80"})
 
 
 @pytest.fixture
@@ -40,6 +40,8 @@ def test_compare_end_to_end_on_a_tiny_model_and_resume(tiny_dir, tmp_path):
         assert r["test"]["n"] == 2 and r["step_seconds"] > 0
     assert {p["against"] for p in out["paired"]} == {"best", "all"}
     assert out["recommendation"]["text"] and "recommendation:" in res.output
+    table = res.output[res.output.index("matched-budget comparison"):res.output.index("recommendation:")]
+    assert "0-3" in table and all(len(line) <= 80 and "…" not in line for line in table.splitlines())
     md = (tmp_path / "compare.md").read_text()
     assert "## Recommendation" in md and "Rules side by side" in md and (tmp_path / "compare.html").stat().st_size > 0
     again = run(*args)  # every unit cached: nothing recomputed, the same numbers

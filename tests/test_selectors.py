@@ -212,6 +212,37 @@ def test_weights_only_cli_needs_no_data(tiny_dir, tmp_path, monkeypatch):
     assert "Rules side by side" in (tmp_path / "rules.md").read_text() and "overlap" in res.output
 
 
+def _fits_80_columns(text: str) -> None:
+    for line in text.splitlines():
+        assert len(line) <= 80 and "…" not in line, line
+
+
+def test_every_rule_side_by_side_fits_80_columns(tiny_rules):
+    from rich.console import Console
+
+    from inflora.cli.diagnose import _overlap_table, _rules_table
+
+    _, d = tiny_rules
+    console = Console(width=80, record=True)
+    console.print(_rules_table(d.rules, d.num_layers))
+    console.print(_overlap_table(d.rules))
+    text = console.export_text()
+    _fits_80_columns(text)
+    assert len(d.rules["rules"]) >= 10 and "spectrum-snr" in text and "●" in text and f"{len(d.rules['rules'])} all" in text
+
+
+def test_a_deep_model_gets_block_ranges_in_80_columns(tmp_path, tokenizer):
+    deep = tmp_path / "deep"
+    tiny_model("bert", layers=16, hidden=32).bert.save_pretrained(deep)
+    tokenizer.save_pretrained(deep)
+    res = runner.invoke(app, ["diagnose", "--model", str(deep), "--rules", "spectrum-snr,kappa,alpha-hts,random,all",
+                              "--weights-only", "--budget", "layers=3", "--out", str(tmp_path / "out")],
+                        env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    _fits_80_columns(res.output)
+    assert "blocks" in res.output and "●" not in res.output and "0-15" in res.output  # `all` keeps every block
+
+
 @pytest.mark.parametrize("args,message", [
     (["--rules", "ski,nope"], "unknown selection rule 'nope'; choose one of: all, alpha-hts"),
     (["--rules", "kappa", "--weights-only", "--budget", "layers=5"], "a budget of 5 blocks is impossible for a 4-block model"),

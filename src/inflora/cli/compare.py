@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from . import command
 from .experiment import _split
+from .output import console as make_console
+from .output import layer_ranges, table
 
 
 @command("compare")
@@ -65,17 +65,18 @@ def compare_cmd(
             "cached_units": min(log["units_before"], total), "computed_units": total - min(log["units_before"], total)}
     render_compare(res, raw["diagnosis"], meta, out)
     _print(res)
-    Console().print(f"wall time {wall / 60:.1f} min; wrote {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}")
+    make_console().print(f"wall time {wall / 60:.1f} min; wrote {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}")
 
 
 def _print(res: dict) -> None:
+    """The arms best first, in 80 columns; blocks as ranges (``per seed`` when a rule's choice varies)."""
     metric = res["metric"]
-    t = Table("rule", "blocks", "r", "trainable", f"{metric} %", "± sd", title="matched-budget comparison")
+    t = table("matched-budget comparison", ["rule", "blocks", "r", "trainable", f"{metric} %", "± sd"])
     for r in sorted(res["table"], key=lambda r: -r[metric]["mean"]):
         blocks = sorted({tuple(v) for v in r["layers"].values()})
-        t.add_row(r["rule"], str(list(blocks[0])) if len(blocks) == 1 else "per seed", str(r["r"]),
+        t.add_row(r["rule"], layer_ranges(list(blocks[0])) if len(blocks) == 1 else "per seed", str(r["r"]),
                   f"{r['trainable_params']:,}", f"{100 * r[metric]['mean']:.2f}",
                   f"{100 * r[metric]['sd']:.2f}" if r[metric]["n"] > 1 else "n/a")
-    console = Console()
+    console = make_console()
     console.print(t)
     console.print("recommendation: " + res["recommendation"]["text"].replace("**", ""))

@@ -165,19 +165,36 @@ def _weights_only(model: str, rule_names: list[str], spend, seed: int, out: Path
     make_console(stderr=True).print(f"wrote {out / 'rules.json'}, {out / 'rules.md'}, {out / 'rules.html'}")
 
 
-def print_rules(result: dict, num_layers: int) -> None:
-    from ..reports.rules_section import selection_rows
+DOT_COLUMNS_UP_TO = 12  # blocks shown one ● column each; deeper models get one column of block ranges
 
+
+def print_rules(result: dict, num_layers: int) -> None:
+    """The rules side by side and their overlap, in 80 columns for any depth and any number of rules."""
     console = make_console()
-    rows = selection_rows(result, num_layers)
-    t = Table(title=f"rules side by side at K = {result['k']} blocks (● chosen)")
-    for col in rows[0]:
-        t.add_column(col, justify="left" if col in ("rule", "needs", "selects") else "center")
-    for row in rows:
-        t.add_row(*(f"{v:,}" if isinstance(v, int) and v > 999 else str(v) for v in row.values()))
-    console.print(t)
+    console.print(_rules_table(result, num_layers))
+    console.print(_overlap_table(result))
+
+
+def _rules_table(result: dict, num_layers: int):
+    dots = num_layers <= DOT_COLUMNS_UP_TO
+    blocks = [str(i) for i in range(num_layers)] if dots else ["blocks"]
+    t = table(f"rules side by side at K = {result['k']} blocks" + (" (● chosen; columns = blocks)" if dots else ""),
+              ["rule", "needs", "selects", *blocks, "r", "LoRA params"], tight=True)
+    for name, r in result["rules"].items():
+        chosen = ["●" if i in r["selected"] else "·" for i in range(num_layers)] if dots else [layer_ranges(r["selected"])]
+        params = r.get("lora_params", "")
+        t.add_row(name, ", ".join(r["needs"]) or "nothing", r["direction"], *chosen, str(r.get("r", "")),
+                  f"{params:,}" if isinstance(params, int) else str(params))
+    for col in t.columns[1:3 + len(blocks)]:
+        col.justify = "center"
+    return t
+
+
+def _overlap_table(result: dict):
+    """Jaccard of the chosen sets; columns are numbered like the rows so ten rules still fit."""
     names = list(result["overlap"])
-    o = Table("Jaccard", *names, title="overlap of the chosen blocks")
-    for a in names:
-        o.add_row(a, *(f"{result['overlap'][a][b]:.2f}" for b in names))
-    console.print(o)
+    t = table("overlap of the chosen blocks (Jaccard; columns numbered as rows)",
+              ["rule", *(str(i + 1) for i in range(len(names)))], tight=True)
+    for i, a in enumerate(names):
+        t.add_row(f"{i + 1} {a}", *(f"{result['overlap'][a][b]:.2f}" for b in names))
+    return t

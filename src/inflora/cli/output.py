@@ -11,9 +11,10 @@ def console(stderr: bool = False) -> Console:
     return Console(stderr=stderr)
 
 
-def table(title: str, columns: list[str]) -> Table:
-    """A borderless table (a rule under the header): three characters per column less than boxes."""
-    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+def table(title: str, columns: list[str], tight: bool = False) -> Table:
+    """A borderless table (a rule under the header): three characters per column less than boxes;
+    ``tight`` keeps one space between columns instead of two (for matrices and many narrow columns)."""
+    t = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0) if tight else (0, 1))
     for i, col in enumerate(columns):
         t.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
     return t

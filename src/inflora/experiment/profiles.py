@@ -34,11 +34,11 @@ PROFILES = {
     # 2 regimes x 6 strategies x 3 seeds: measured 42 min on 2 CPU cores (docs/results/README.md).
     "cpu": Profile("cpu", "minilm", 2000, 1, 8, 5e-5, 1000, 2, None, 64, 32, 8, 32, 512, 5),
     # A larger CPU budget for the rule arms (lora-<rule>) and forgetting: 5,000 SST-2 examples (UNDER 1 /
-    # OVER 6 epochs), 6,000 RT train examples for 1 epoch, full RT validation/test and SST-2 validation.
-    # Estimated from the cpu profile's measured step times (full 0.6 s, LoRA 0.42 s per 32-example step):
-    # ≈ 2.5 h on 2 quiet cores for 13 strategies × 2 regimes × 3 seeds; not yet run. Units are cached,
-    # so it may be run in pieces (e.g. one seed per invocation).
-    "cpu-large": Profile("cpu-large", "minilm", 5000, 1, 6, 5e-5, 6000, 1, None, 64, 32, 8, 32, 256, 10),
+    # OVER 5 epochs, 2.5x cpu's source data), 4,000 RT train examples for 1 epoch (4x cpu's), full RT
+    # validation/test and SST-2 validation. Sized from measured step times (full 0.52 s, LoRA on 2 blocks
+    # 0.31 s per 32-example step, ~15 s fixed cost per target unit) so that 9 strategies x 2 regimes x
+    # 3 seeds at K=2 and the 6 band strategies again at K=3 finish in about 2 hours on 2 cores
+    # (docs/results/README.md has the measured time). Units are cached, so it may be run in pieces.
     # The paper's protocol (needs a GPU or a very long CPU run).
     "paper": Profile("paper", "bert-base-uncased", None, 1, 8, 2e-5, None, 3, None, 128, 32, 8, 32, 512, 50),
 }
