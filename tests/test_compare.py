@@ -1,6 +1,7 @@
 """``inflora compare``: end to end on a tiny model (resumable, report, recommendation), a few steps per
 arm on the real MiniLM, the recommendation logic on hand-made numbers, and bad input."""
 import json
+import math
 
 import pytest
 from typer.testing import CliRunner
@@ -87,6 +88,30 @@ def test_recommendation_names_a_clear_winner():
                             ["ski", "kappa", "all"])
     rec = res["recommendation"]
     assert rec["winner"] == "ski" and "**ski** wins" in rec["text"] and rec["beaten"] == ["all", "kappa"]
+
+
+def test_holm_correction_by_hand():
+    from inflora.experiment.stats import holm, paired_p
+
+    adjusted = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": math.nan})
+    assert adjusted["a"] == pytest.approx(0.03) and adjusted["c"] == pytest.approx(0.06)
+    assert adjusted["b"] == pytest.approx(0.06) and math.isnan(adjusted["d"])  # monotone: never below c's
+    # differences 2, 3, 4 points: t = 3 / (1 / sqrt 3) = 5.196 on 2 df, two-sided p = 0.0351
+    assert paired_p([0.02, 0.03, 0.04]) == pytest.approx(0.0351, abs=2e-4)
+    assert paired_p([0.01, 0.01]) == 0.0 and paired_p([0.0, 0.0]) == 1.0 and math.isnan(paired_p([0.1]))
+
+
+def test_three_uncorrected_wins_are_not_a_winner_after_holm():
+    """Each rule is 2-4 points below the best on every seed: each paired interval excludes 0 (p = 0.035),
+    but the best was picked from four after looking; Holm (3 x 0.035 > 0.05) names no winner."""
+    acc = {"ski": [0.80, 0.80, 0.80], "kappa": [0.78, 0.77, 0.76], "cka-io": [0.78, 0.77, 0.76],
+           "all": [0.78, 0.77, 0.76]}
+    res = aggregate_compare(_arms(acc), list(acc))
+    rec = res["recommendation"]
+    against_best = [p for p in res["paired"] if p["against"] == "best"]
+    assert all(p["ci"][1] < 0 for p in against_best)  # uncorrected: every interval lies below 0
+    assert all(p["p_holm"] == pytest.approx(3 * 0.0351, abs=1e-3) for p in against_best)
+    assert rec["winner"] is None and rec["beaten"] == [] and "no rule is distinguishable" in rec["text"]
 
 
 def test_recommendation_says_when_nothing_is_distinguishable_and_picks_the_cheapest():

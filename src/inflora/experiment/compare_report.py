@@ -21,6 +21,10 @@ def _diff(d: dict) -> str:
     return f"{100 * d['mean']:+.2f} [{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]"
 
 
+def _p(p) -> str:
+    return "n/a" if p is None or p != p else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
     out = Path(out)
     atomic_write_json(out / "compare.json", {**res, "diagnosis_rules": diagnosis["rules"], "meta": meta,
@@ -44,15 +48,16 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
                 "test (decontaminated)": _acc(r["test_decontaminated"]), "validation": _acc(r["validation"])}
                for r in sorted(res["table"], key=lambda r: -r[metric]["mean"])], digits=3)
     rep.heading(f"Paired differences ({metric}, points, same seed [95 % t-interval]; negative = worse)")
-    rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p), "n": p["n"]}
-               for p in res["paired"]])
+    rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p), "n": p["n"],
+                "p": _p(p.get("p")), "p (Holm)": _p(p.get("p_holm"))} for p in res["paired"]])
     n = len(plan["seeds"])
     if n > 1:
         from scipy import stats
 
         rep.text(f"Intervals are t-intervals over seeds of the per-seed paired differences; with {n} seeds "
                  f"t = {stats.t.ppf(0.975, n - 1):.2f}, so only large, consistent differences are distinguishable. "
-                 "No multiple-comparison correction is applied.")
+                 "`p` is the paired t-test's; `p (Holm)` corrects it over the comparisons against the best rule, "
+                 "and only that decides the recommendation. The intervals are not corrected.")
     add_rules_section(rep, diagnosis["rules"], diagnosis["num_layers"])
     if "random" in diagnosis["rules"]["rules"]:
         rep.text("`random` above is the diagnosis' own draw; each training seed draws its own K blocks (see the "

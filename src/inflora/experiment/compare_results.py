@@ -1,9 +1,10 @@
 """From the arms of a comparison to its table, paired differences and a recommendation.
 
 Per rule: accuracy mean ± sd and t-interval over seeds; paired differences (same seed) against the
-best rule and against ``all``. The recommendation names a winner only when every other rule's paired
-95 % interval lies below it; otherwise it names the rules it cannot tell apart and the cheapest of
-them (inputs: nothing < weights < a forward pass < a backward pass; then trainable parameters).
+best rule and against ``all``. The recommendation names a winner only when every other rule is
+below it by a paired t-test at 5 %, Holm-corrected over the comparisons against the best (the best is
+chosen after looking, and several rules are compared at once); otherwise it names the rules it cannot
+tell apart and the cheapest of them (inputs: nothing < weights < a forward pass < a backward pass; then trainable parameters).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import math
 import numpy as np
 
 from ..select import COST_ORDER, rule_needs
-from .stats import paired, summary
+from .stats import holm, paired, summary
 
 METRICS = ("test", "test_decontaminated", "validation")
 
@@ -51,7 +52,8 @@ def recommend(rows: list[dict], metric: str) -> dict:
         return {"winner": None, "text": "no arm finished; nothing to recommend"}
     best = max(scored, key=lambda r: r[metric]["mean"])
     diffs = {r["rule"]: paired(best[metric]["per_seed"], r[metric]["per_seed"]) for r in scored if r is not best}
-    beaten = sorted(n for n, d in diffs.items() if d["n"] > 1 and d["ci"][0] > 0)
+    p_holm = holm({n: d["p"] for n, d in diffs.items()})
+    beaten = sorted(n for n, d in diffs.items() if d["n"] > 1 and d["mean"] > 0 and p_holm[n] < 0.05)
     tied = [r for r in scored if r is best or r["rule"] not in beaten]
     cheapest = min(tied, key=_cost)["rule"]
     n = min((d["n"] for d in diffs.values()), default=len(best[metric]["per_seed"]))
@@ -62,18 +64,18 @@ def recommend(rows: list[dict], metric: str) -> dict:
         text = f"{best['rule']} has the highest mean ({pct:.2f} %), but one seed gives no interval: run more seeds"
     elif len(tied) == 1:
         margin = min(diffs.values(), key=lambda d: d["mean"])
-        text = (f"**{best['rule']}** wins ({pct:.2f} %): every other rule's paired 95 % interval lies below it "
-                f"(n = {n} seeds; smallest margin {100 * margin['mean']:+.2f} points)")
+        text = (f"**{best['rule']}** wins ({pct:.2f} %): every other rule is below it (paired t-tests, Holm-corrected "
+                f"p < 0.05; n = {n} seeds; smallest margin {100 * margin['mean']:+.2f} points)")
     elif len(tied) == len(scored):
-        text = (f"no rule is distinguishable: every paired 95 % interval against the best mean ({best['rule']}, "
-                f"{pct:.2f} %) includes 0 (n = {n} seeds). The cheapest one suffices: **{cheapest}**")
+        text = (f"no rule is distinguishable from the best mean ({best['rule']}, {pct:.2f} %): no paired t-test "
+                f"against it reaches Holm-corrected p < 0.05 (n = {n} seeds). The cheapest one suffices: **{cheapest}**")
     else:
         others = ", ".join(r["rule"] for r in tied if r is not best)
         text = (f"{best['rule']} has the highest mean ({pct:.2f} %) and beats {', '.join(beaten)}, but cannot be told "
                 f"apart from {others} (n = {n} seeds). Among those, the cheapest suffices: **{cheapest}**")
     return {"winner": best["rule"] if len(tied) == 1 and n > 1 else None, "best_mean": best["rule"],
             "indistinguishable": [r["rule"] for r in tied], "beaten": beaten, "cheapest": cheapest, "seeds": n,
-            "text": text}
+            "p_holm": p_holm, "text": text}
 
 
 def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
@@ -81,11 +83,13 @@ def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
     rows = rule_rows(arms, rules)
     best = max((r for r in rows if math.isfinite(r[metric]["mean"])), key=lambda r: r[metric]["mean"], default=None)
     ref = next((r for r in rows if r["rule"] == "all"), None)
+    rec = recommend(rows, metric)
     pairs = []
     for against, label in ((best, "best"), (ref, "all")):
         for row in rows:
             if against is None or row is against:
                 continue
             pairs.append({"against": label, "comparison": f"{row['rule']} − {against['rule']}",
-                          **paired(row[metric]["per_seed"], against[metric]["per_seed"])})
-    return {"metric": metric, "table": rows, "paired": pairs, "recommendation": recommend(rows, metric)}
+                          **paired(row[metric]["per_seed"], against[metric]["per_seed"]),
+                          **({"p_holm": rec["p_holm"].get(row["rule"], math.nan)} if label == "best" else {})})
+    return {"metric": metric, "table": rows, "paired": pairs, "recommendation": rec}

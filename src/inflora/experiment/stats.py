@@ -23,10 +23,34 @@ def summary(values: list[float], level: float = 0.95) -> dict:
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict:
-    """a − b over the seeds both have, with the per-seed differences."""
+    """a − b over the seeds both have, with the per-seed differences and the paired t-test's p."""
     seeds = sorted(set(a) & set(b))
     diffs = {s: a[s] - b[s] for s in seeds}
-    return {"per_seed": diffs, **summary(list(diffs.values()))}
+    return {"per_seed": diffs, **summary(list(diffs.values())), "p": paired_p(list(diffs.values()))}
+
+
+def paired_p(diffs: list[float]) -> float:
+    """Two-sided one-sample t-test of mean difference 0 (NaN below two values). Identical non-zero
+    differences have sd 0 and p 0; all-zero differences p 1."""
+    v = np.asarray([x for x in diffs if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) < 2:
+        return math.nan
+    if v.std(ddof=1) == 0:
+        return 1.0 if v.mean() == 0 else 0.0
+    from scipy import stats
+
+    return float(stats.ttest_1samp(v, 0.0).pvalue)
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm–Bonferroni adjusted p-values for one family of tests (step-down, monotone, at most 1);
+    NaN p-values stay NaN and do not count toward the family size."""
+    finite = sorted((p, k) for k, p in pvalues.items() if math.isfinite(p))
+    adjusted, running = {k: math.nan for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - i) * p))
+        adjusted[k] = running
+    return adjusted
 
 
 def verdict(ci: list[float], direction: int) -> str:
