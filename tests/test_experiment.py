@@ -228,6 +228,9 @@ def test_rule_arms_at_k_blocks_with_forgetting(smoke, data_dir):
                  "cached_units": 0, "computed_units": 4, "budget_layers": 2}, tmp_path)
     md = (tmp_path / "results.md").read_text()
     assert "Forgetting: SST-2 validation accuracy" in md and "K = 2" in md
+    rec = res["rule_recommendations"]["test"]["over"]
+    assert rec["best_mean"] in ("ski", "kappa") and "one seed gives no interval" in rec["text"]
+    assert "Which rule?" in md and "**OVER, full RT test:**" in md
 
 
 # ---------------------------------------------------------------- output saturation and claim (g)

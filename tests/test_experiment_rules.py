@@ -33,3 +33,21 @@ def test_experiment_budget_bad_input(tmp_path):
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(app, ["experiment", "--profile", "smoke", "--strategies", "lora-nope", "--out", str(tmp_path)])
     assert res.exit_code == 2 and "unknown strategy 'lora-nope'" in res.output
+
+
+def _row(regime, strategy, accs, trainable=1000):
+    per_seed = dict(zip((42, 43, 44), accs))
+    return {"regime": regime, "strategy": strategy, "trainable_params": trainable, "step_seconds": 0.3,
+            "test": {"per_seed": per_seed, "mean": sum(accs) / len(accs)}}
+
+
+def test_rule_recommendations_read_the_band_arms_as_rules():
+    from inflora.experiment.results import rule_recommendations
+
+    table = [_row("over", "lora-kappa", [0.80, 0.81, 0.82]), _row("over", "lora-inflection", [0.70, 0.70, 0.71]),
+             _row("over", "lora-all", [0.72, 0.71, 0.71], 3000), _row("over", "full", [0.90, 0.90, 0.90]),
+             _row("under", "lora-inflection", [0.7, 0.8, 0.75]), _row("under", "lora-random", [0.8, 0.7, 0.75])]
+    recs = rule_recommendations(table)
+    assert set(recs) == {"over"}  # UNDER has no peer-rule arm: nothing to recommend there
+    over = recs["over"]
+    assert over["winner"] == "kappa" and over["beaten"] == ["all", "ski"]  # `full` is not a selection rule

@@ -39,6 +39,7 @@ PROFILES = {
     # 0.31 s per 32-example step, ~15 s fixed cost per target unit) so that 9 strategies x 2 regimes x
     # 3 seeds at K=2 and the 6 band strategies again at K=3 finish in about 2 hours on 2 cores
     # (docs/results/README.md has the measured time). Units are cached, so it may be run in pieces.
+    "cpu-large": Profile("cpu-large", "minilm", 5000, 1, 5, 5e-5, 4000, 1, None, 64, 32, 8, 32, 256, 10),
     # The paper's protocol (needs a GPU or a very long CPU run).
     "paper": Profile("paper", "bert-base-uncased", None, 1, 8, 2e-5, None, 3, None, 128, 32, 8, 32, 512, 50),
 }

@@ -45,6 +45,22 @@ def common_band(res: dict, regime: str) -> list[int]:
     return list(Counter(bands).most_common(1)[0][0]) if bands else []
 
 
+def _add_rule_section(rep, res: dict) -> None:
+    """Which selection rule, per regime: the LoRA band arms judged like ``inflora compare``."""
+    recs = res.get("rule_recommendations", {})
+    if not any(recs.values()):
+        return
+    rep.heading("Which rule? The LoRA band arms as selection rules at the same K")
+    rep.text("lora-inflection is SKI, lora-random the random control, lora-all every block, lora-<rule> a peer rule. "
+             "A rule *wins* only when every other arm is below it by a paired t-test over seeds at Holm-corrected "
+             "p < 0.05; otherwise the cheapest arm that cannot be told apart from the best suffices (inputs: nothing "
+             "< weights < a forward pass < a backward pass; then trainable parameters).")
+    for metric, by_regime in recs.items():
+        for regime, rec in by_regime.items():
+            name = "full RT test" if metric == "test" else "decontaminated RT test"
+            rep.text(f"**{regime.upper()}, {name}:** {rec['text']}.")
+
+
 def render(res: dict, meta: dict, out: Path) -> dict:
     claims = {m: judge(res, m) for m in METRICS}
     payload = {**res, "claims": claims, "meta": meta, "versions": versions()}
@@ -67,6 +83,7 @@ def render(res: dict, meta: dict, out: Path) -> dict:
                 "per seed": ", ".join(f"{s}: {100 * v:+.2f}" for s, v in p["per_seed"].items()),
                 "mean": f"{100 * p['mean']:+.2f}" if p["n"] else "n/a",
                 "95% CI": f"[{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]" if p["n"] > 1 else "n/a"} for p in res["paired"]])
+    _add_rule_section(rep, res)
     if any(r["retention"]["n"] for r in res["table"]):
         rep.heading("Forgetting: SST-2 validation accuracy after RT fine-tuning")
         rep.text("How much of the source task survives target training (the concern of KappaTune-style rules): the "
