@@ -42,12 +42,15 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
              "per split.")
     metric = res["metric"]
     rep.heading(f"Accuracy (%; mean ± sd over seeds [95 % t-interval]; ranked by {metric})")
+    shown = [m for m in ("test", "test_decontaminated", "validation") if any(r[m]["n"] for r in res["table"])]
+    names = {"test": "test", "test_decontaminated": "test (decontaminated)", "validation": "validation"}
     rep.table([{"rule": r["rule"], "blocks": _blocks(r), "r": r["r"], "trainable": f"{r['trainable_params']:,}",
                 "LoRA params": f"{r['lora_params']:,}" if r.get("lora_params") else "n/a",
-                "step ms": 1000 * r["step_seconds"], "test": _acc(r["test"]),
-                "test (decontaminated)": _acc(r["test_decontaminated"]), "validation": _acc(r["validation"])}
+                "step ms": 1000 * r["step_seconds"], **{names[m]: _acc(r[m]) for m in shown}}
                for r in sorted(res["table"], key=lambda r: -r[metric]["mean"])], digits=3)
     rep.heading(f"Paired differences ({metric}, points, same seed [95 % t-interval]; negative = worse)")
+    if res["recommendation"].get("best_mean") == "all":
+        rep.text("The best mean is `all`'s, so the differences against the best are also those against `all`.")
     rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p), "n": p["n"],
                 "p": _p(p.get("p")), "p (Holm)": _p(p.get("p_holm"))} for p in res["paired"]])
     n = len(plan["seeds"])

@@ -73,6 +73,8 @@ def recommend(rows: list[dict], metric: str) -> dict:
         others = ", ".join(r["rule"] for r in tied if r is not best)
         text = (f"{best['rule']} has the highest mean ({pct:.2f} %) and beats {', '.join(beaten)}, but cannot be told "
                 f"apart from {others} (n = {n} seeds). Among those, the cheapest suffices: **{cheapest}**")
+    if cheapest == "random" and len(tied) > 1:
+        text += " (no selection rule was told apart from K blocks drawn at random)"
     return {"winner": best["rule"] if len(tied) == 1 and n > 1 else None, "best_mean": best["rule"],
             "indistinguishable": [r["rule"] for r in tied], "beaten": beaten, "cheapest": cheapest, "seeds": n,
             "p_holm": p_holm, "text": text}
@@ -86,8 +88,10 @@ def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
     rec = recommend(rows, metric)
     pairs = []
     for against, label in ((best, "best"), (ref, "all")):
+        if against is None or (label == "all" and against is best):  # `all` is the best: listed once
+            continue
         for row in rows:
-            if against is None or row is against:
+            if row is against:
                 continue
             pairs.append({"against": label, "comparison": f"{row['rule']} − {against['rule']}",
                           **paired(row[metric]["per_seed"], against[metric]["per_seed"]),
