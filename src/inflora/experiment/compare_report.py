@@ -49,8 +49,9 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
                 "step ms": 1000 * r["step_seconds"], **{names[m]: _acc(r[m]) for m in shown}}
                for r in sorted(res["table"], key=lambda r: -r[metric]["mean"])], digits=3)
     rep.heading(f"Paired differences ({metric}, points, same seed [95 % t-interval]; negative = worse)")
-    if res["recommendation"].get("best_mean") == "all":
-        rep.text("The best mean is `all`'s, so the differences against the best are also those against `all`.")
+    best = res["recommendation"].get("best_mean")
+    if best in ("ski", "all"):
+        rep.text(f"The best mean is `{best}`'s, so the differences against the best are also those against `{best}`.")
     rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p), "n": p["n"],
                 "p": _p(p.get("p")), "p (Holm)": _p(p.get("p_holm"))} for p in res["paired"]])
     n = len(plan["seeds"])
@@ -59,8 +60,9 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
 
         rep.text(f"Intervals are t-intervals over seeds of the per-seed paired differences; with {n} seeds "
                  f"t = {stats.t.ppf(0.975, n - 1):.2f}, so only large, consistent differences are distinguishable. "
-                 "`p` is the paired t-test's; `p (Holm)` corrects it over the comparisons against the best rule, "
-                 "and only that decides the recommendation. The intervals are not corrected.")
+                 "`p` is the paired t-test's; `p (Holm)` corrects it within each family (against the best, against "
+                 "SKI, against `all`). Only the family against the best decides the recommendation. The intervals "
+                 "are not corrected.")
     add_rules_section(rep, diagnosis["rules"], diagnosis["num_layers"])
     if "random" in diagnosis["rules"]["rules"]:
         rep.text("`random` above is the diagnosis' own draw; each training seed draws its own K blocks (see the "

@@ -1,7 +1,7 @@
 """From the arms of a comparison to its table, paired differences and a recommendation.
 
 Per rule: accuracy mean ± sd and t-interval over seeds; paired differences (same seed) against the
-best rule and against ``all``. The recommendation names a winner only when every other rule is
+best rule, against SKI and against ``all``, each family with Holm-corrected p-values. The recommendation names a winner only when every other rule is
 below it by a paired t-test at 5 %, Holm-corrected over the comparisons against the best (the best is
 chosen after looking, and several rules are compared at once); otherwise it names the rules it cannot
 tell apart and the cheapest of them (inputs: nothing < weights < a forward pass < a backward pass; then trainable parameters).
@@ -84,16 +84,15 @@ def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
     metric = primary_metric(arms)
     rows = rule_rows(arms, rules)
     best = max((r for r in rows if math.isfinite(r[metric]["mean"])), key=lambda r: r[metric]["mean"], default=None)
-    ref = next((r for r in rows if r["rule"] == "all"), None)
     rec = recommend(rows, metric)
-    pairs = []
-    for against, label in ((best, "best"), (ref, "all")):
-        if against is None or (label == "all" and against is best):  # `all` is the best: listed once
+    pairs, seen = [], []
+    for label in ("best", "ski", "all"):  # each family Holm-corrected on its own (selectors.md §10.4)
+        against = best if label == "best" else next((r for r in rows if r["rule"] == label), None)
+        if against is None or any(against is r for r in seen):  # e.g. `all` is the best: listed once
             continue
-        for row in rows:
-            if row is against:
-                continue
-            pairs.append({"against": label, "comparison": f"{row['rule']} − {against['rule']}",
-                          **paired(row[metric]["per_seed"], against[metric]["per_seed"]),
-                          **({"p_holm": rec["p_holm"].get(row["rule"], math.nan)} if label == "best" else {})})
+        seen.append(against)
+        family = [{"against": label, "comparison": f"{row['rule']} − {against['rule']}",
+                   **paired(row[metric]["per_seed"], against[metric]["per_seed"])} for row in rows if row is not against]
+        adjusted = holm({i: d["p"] for i, d in enumerate(family)})
+        pairs += [{**d, "p_holm": adjusted[i]} for i, d in enumerate(family)]
     return {"metric": metric, "table": rows, "paired": pairs, "recommendation": rec}
