@@ -46,7 +46,7 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
     names = {"test": "test", "test_decontaminated": "test (decontaminated)", "validation": "validation"}
     rep.table([{"rule": r["rule"], "blocks": _blocks(r), "r": r["r"], "trainable": f"{r['trainable_params']:,}",
                 "LoRA params": f"{r['lora_params']:,}" if r.get("lora_params") else "n/a",
-                "step ms": 1000 * r["step_seconds"], **{names[m]: _acc(r[m]) for m in shown}}
+                "step ms": f"{1000 * r['step_seconds']:.0f}", **{names[m]: _acc(r[m]) for m in shown}}
                for r in sorted(res["table"], key=lambda r: -r[metric]["mean"])], digits=3)
     rep.heading(f"Paired differences ({metric}, points, same seed [95 % t-interval]; negative = worse)")
     best = res["recommendation"].get("best_mean")
