@@ -2,7 +2,8 @@
 
 Only what the tool wrote is copied (its reports, plots, JSON and invocation log, and each diagnosis
 as ``diagnoses/<regime>-seed<seed>.json`` or ``diagnosis.json``); the unit caches and checkpoints stay
-behind. A ``time -v`` record of the run may be added as ``time-v.txt``. Nothing is edited.
+behind. ``time -v`` records of the run may be added as ``time-v.txt`` (``time-v-1.txt``, ... for a run
+made in several invocations). Nothing is edited.
 
     python scripts/publish_run.py runs/sst2-to-rt-cpu-large-k2 docs/results/sst2-to-rt-cpu-large-k2 \
         --time-v runs/sst2-to-rt-cpu-large-k2.time
@@ -31,7 +32,7 @@ def diagnosis_name(unit: dict, budget: int | None) -> str | None:
     return None
 
 
-def publish(run: Path, dest: Path, time_v: Path | None) -> list[Path]:
+def publish(run: Path, dest: Path, time_v: list[Path] | Path | None) -> list[Path]:
     if not (run / "invocations.json").is_file():
         raise SystemExit(f"error: {run} is not a finished experiment or compare folder (no invocations.json)")
     dest.mkdir(parents=True, exist_ok=True)
@@ -48,8 +49,10 @@ def publish(run: Path, dest: Path, time_v: Path | None) -> list[Path]:
             target = dest / "diagnoses" / name if name != "diagnosis.json" else dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             written.append(Path(shutil.copy2(source, target)))
-    if time_v is not None:
-        written.append(Path(shutil.copy2(time_v, dest / "time-v.txt")))
+    records = [time_v] if isinstance(time_v, Path) else list(time_v or [])
+    for i, record in enumerate(records, 1):  # one per invocation of a run made in pieces
+        name = "time-v.txt" if len(records) == 1 else f"time-v-{i}.txt"
+        written.append(Path(shutil.copy2(record, dest / name)))
     return written
 
 
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("dest", type=Path)
-    parser.add_argument("--time-v", type=Path, default=None, help="a `/usr/bin/time -v` record of the run")
+    parser.add_argument("--time-v", type=Path, action="append", default=None,
+                        help="a `/usr/bin/time -v` record of the run (repeat for a run made in pieces, in order)")
     args = parser.parse_args(argv)
     for path in publish(args.run, args.dest, args.time_v):
         print(path)
