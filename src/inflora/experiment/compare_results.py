@@ -1,10 +1,11 @@
 """From the arms of a comparison to its table, paired differences and a recommendation.
 
 Per rule: accuracy mean ± sd and t-interval over seeds; paired differences (same seed) against the
-best rule, against SKI and against ``all``, each family with Holm-corrected p-values. The recommendation names a winner only when every other rule is
-below it by a paired t-test at 5 %, Holm-corrected over the comparisons against the best (the best is
-chosen after looking, and several rules are compared at once); otherwise it names the rules it cannot
-tell apart and the cheapest of them (inputs: nothing < weights < a forward pass < a backward pass; then trainable parameters).
+best rule, against SKI and against ``all``, each family with Holm-corrected p-values. The
+recommendation names a winner only when every other rule is below it by a paired t-test at 5 %,
+Holm-corrected over the comparisons against the best (the best is chosen after looking, and several
+rules are compared at once); otherwise it names the rules it cannot tell apart and the cheapest of
+them (inputs: nothing < weights < a forward pass < a backward pass; then trainable parameters).
 """
 from __future__ import annotations
 
