@@ -32,7 +32,7 @@ def diagnosis_name(unit: dict, budget: int | None) -> str | None:
     return None
 
 
-def publish(run: Path, dest: Path, time_v: list[Path] | Path | None) -> list[Path]:
+def publish(run: Path, dest: Path, time_v: list[Path] | None) -> list[Path]:
     if not (run / "invocations.json").is_file():
         raise SystemExit(f"error: {run} is not a finished experiment or compare folder (no invocations.json)")
     dest.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,7 @@ def publish(run: Path, dest: Path, time_v: list[Path] | Path | None) -> list[Pat
             target = dest / "diagnoses" / name if name != "diagnosis.json" else dest / name
             target.parent.mkdir(parents=True, exist_ok=True)
             written.append(Path(shutil.copy2(source, target)))
-    records = [time_v] if isinstance(time_v, Path) else list(time_v or [])
+    records = time_v or []
     for i, record in enumerate(records, 1):  # one per invocation of a run made in pieces
         name = "time-v.txt" if len(records) == 1 else f"time-v-{i}.txt"
         written.append(Path(shutil.copy2(record, dest / name)))

@@ -57,24 +57,19 @@ def forgetting(retention: dict, sources: dict, regime: str) -> dict:
     return {"per_seed": per_seed, **summary(list(per_seed.values()))}
 
 
-def rule_of_arm(strategy: str) -> str | None:
-    """The selection rule behind a LoRA band arm (lora-inflection is SKI's); None for other strategies."""
-    from ..strategies.rule_arms import rule_of
-
-    return {"lora-inflection": "ski", "lora-random": "random", "lora-all": "all"}.get(strategy) or rule_of(strategy)
-
-
 def rule_recommendations(table: list[dict], metric: str = "test") -> dict:
     """Per regime, the LoRA arms read as rules at the matched budget and judged like ``inflora compare``
     (Holm-corrected paired tests against the best; else the cheapest indistinguishable rule). Only
     when the experiment has peer-rule arms (``lora-<rule>``) beside SKI's."""
     from ..select import rule_needs
+    from ..strategies.rule_arms import rule_behind
     from .compare_results import recommend
 
+    arms = [(r, rule_behind(r["strategy"])) for r in table]
     out = {}
     for regime in sorted({r["regime"] for r in table}):
-        rows = [{**r, "rule": rule_of_arm(r["strategy"]), "needs": sorted(rule_needs(rule_of_arm(r["strategy"])))}
-                for r in table if r["regime"] == regime and rule_of_arm(r["strategy"])]
+        rows = [{**r, "rule": rule, "needs": sorted(rule_needs(rule))} for r, rule in arms
+                if r["regime"] == regime and rule]
         if any(r["rule"] not in ("ski", "random", "all") for r in rows):
             out[regime] = recommend(rows, metric)
     return out

@@ -31,6 +31,15 @@ def rule_of(strategy: str) -> str | None:
     return rule if strategy.startswith("lora-") and rule in arm_rules() else None
 
 
+def rule_behind(strategy: str) -> str | None:
+    """The inverse of ``strategy_for_rule`` for a LoRA band arm: lora-inflection is SKI's, lora-random
+    and lora-all their own rules, lora-<rule> a peer rule; None for strategies that are not rule arms."""
+    if strategy == "lora-inflection":
+        return "ski"
+    rule = strategy.removeprefix("lora-")
+    return rule if strategy.startswith("lora-") and rule in ARMLESS else rule_of(strategy)
+
+
 def blocks_from_diagnosis(strategy: str, diagnosis) -> list[int]:
     """The blocks ``strategy`` trains according to a diagnosis (its band, or a rule's selection)."""
     rule = rule_of(strategy)
