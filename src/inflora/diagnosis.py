@@ -319,7 +319,7 @@ def _select_band(profile_for, n_batches: int, n_layers: int, rule: str, params: 
 def _compare_rules(model, rules, layers, chosen, budget, seed, params, flags) -> dict:
     """Every requested rule at K blocks (``budget`` layers=K, else the band's size), on the probe's
     profiles and the model's weights; with ``params=N``, each rule's rank for N LoRA parameters."""
-    from .strategies.budget import Budget, match_budget
+    from .strategies.budget import Budget
 
     budget = budget or Budget()
     k = budget.layers or len(chosen)
