@@ -6,6 +6,7 @@ from ..registry import Registry
 from .accumulate import ProbePlugin, SumAccumulator
 from .cka import BlockIOProbe, FeatureProbe, delta_cka, io_cka, linear_cka, pool_hidden, shared_pca
 from .dormant import DormantProbe
+from .moe import MoeProbe, expert_grad_norms, router_sums
 from .entropy import AttentionEntropy, EntropyProbe, attention_entropy, attention_entropy_sums
 from .grad_norms import (
     ActivationGradNorm, ActivationGradProbe, ParamGradNorm, ParamGradProbe, activation_grad_norm, param_grad_norm,
@@ -15,13 +16,14 @@ from .output import (
 )
 
 DIAGNOSTICS: Registry[type[ProbePlugin]] = Registry("diagnostic")
-for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe, BlockIOProbe, OutputProbe):
+for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe, BlockIOProbe, OutputProbe,
+                MoeProbe):
     DIAGNOSTICS.register(_plugin.name)(_plugin)
 
 __all__ = [
     "DIAGNOSTICS", "ActivationGradNorm", "AttentionEntropy", "OutputProbe", "OutputSaturation", "ParamGradNorm",
     "ProbePlugin", "SumAccumulator",
-    "activation_grad_norm", "attention_entropy", "attention_entropy_sums", "delta_cka", "expected_calibration_error",
+    "activation_grad_norm", "attention_entropy", "expert_grad_norms", "router_sums", "attention_entropy_sums", "delta_cka", "expected_calibration_error",
     "grad_weights", "io_cka", "linear_cka", "output_saturation", "saturated_fraction",
     "param_grad_norm", "pool_hidden", "shared_pca",
 ]
