@@ -270,3 +270,22 @@ def test_expert_lora_inflection_lowers_the_completion_loss(moe_runs, tmp_path, f
     before, after = m["completion_before"]["completion_loss"], m["completion"]["validation"]["completion_loss"]
     assert after < before - 0.05, (before, after)
     assert m["band_info"]["source"] == "on-the-fly" and m["layers"] == m["band"]
+
+
+def test_report_and_cli_show_the_moe_table(moe_runs, tmp_path):
+    from inflora.cli.diagnose import moe_table
+    from inflora.reports import write_diagnosis_report
+    from inflora.reports.moe_section import moe_rows
+
+    d = moe_runs["gpt_oss"][2]
+    rows = moe_rows(d)
+    assert [r["block"] for r in rows] == [0, 1, 2] and [r["band"] for r in rows] == ["", "●", "●"]
+    assert [r["dead"] for r in rows] == [r["expert_load"].count(0.0) for r in d.layers]
+    paths = write_diagnosis_report(d, tmp_path)
+    assert "moe.png" in paths and "## Mixture-of-experts blocks" in paths["md"].read_text()
+    from rich.console import Console
+
+    console = Console(width=80, record=True)
+    console.print(moe_table(d))
+    lines = console.export_text().splitlines()
+    assert max(map(len, lines)) <= 80 and sum(line.lstrip().startswith(("0 ", "1 ", "2 ")) for line in lines) == 3
