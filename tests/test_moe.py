@@ -94,6 +94,10 @@ def test_shared_experts_are_found_beside_the_routed_ones():
     layout = moe_layout(AutoModelForCausalLM.from_config(cfg))
     assert layout.shared == ("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj")
     assert layout.router == "mlp.gate"
+    peft_model = inject_lora(AutoModelForCausalLM.from_config(cfg), [1], targets="mlp", dropout=0.0, r=2)
+    assert _adapted_parameters(peft_model) == [(1, "down_proj"), (1, "gate_up_proj")]
+    wrapped = {n.split(".layers.")[1][: -len(".lora_A")] for n, _ in peft_model.named_modules() if n.endswith("lora_A")}
+    assert {w for w in wrapped if "shared" in w} == {f"1.{p}" for p in layout.shared}
 
 
 def test_a_dense_model_has_no_moe_layout_and_a_bad_file_layout_is_refused():
