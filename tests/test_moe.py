@@ -293,3 +293,24 @@ def test_report_and_cli_show_the_moe_table(moe_runs, tmp_path):
     console.print(moe_table(d))
     lines = console.export_text().splitlines()
     assert max(map(len, lines)) <= 80 and sum(line.lstrip().startswith(("0 ", "1 ", "2 ")) for line in lines) == 3
+
+
+@pytest.mark.parametrize("targets", ["experts", "all"])
+def test_budget_counts_expert_lora_parameters_as_peft_builds_them(targets):
+    from inflora.strategies.budget import lora_params_per_rank
+
+    per_rank = lora_params_per_rank(tiny_moe("gpt_oss"), [0, 2], [targets])
+    assert 3 * per_rank == count_parameters(inject_lora(tiny_moe("gpt_oss"), [0, 2], targets=targets, r=3,
+                                                        dropout=0.0))[0]
+
+
+def test_cli_export_of_experts_dry_runs_against_the_model(moe_runs, tmp_path):
+    folder, path, _ = moe_runs["mixtral"]
+    args = ["export", str(path), "--format", "axolotl", "--model", folder, "--lora-targets", "experts",
+            "--out", str(tmp_path / "a.yaml")]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and refused.output.startswith("error: LoRA on fused expert parameters"), refused.output
+    result = CliRunner().invoke(app, [*args, "--lora-dropout", "0"])
+    assert result.exit_code == 0, result.output
+    assert "4 modules matched" in result.output and "layers.2.mlp.experts.down_proj: 1" in result.output
+    assert "lora_target_parameters" in (tmp_path / "a.yaml").read_text()

@@ -145,7 +145,7 @@ def _layer_of(name: str, pattern: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _parameter_hits(model: nn.Module, target: str) -> list[str]:
+def parameter_hits(model: nn.Module, target: str) -> list[str]:
     """Parameter names PEFT's ``target_parameters`` matcher takes for ``target`` (exact, or a suffix)."""
     return [f"{m}.{p}" for m, module in model.named_modules() if m
             for p, _ in module.named_parameters(recurse=False)
@@ -167,7 +167,7 @@ def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
         counts[target] = len(hits)
         layers_hit |= {_layer_of(n, config.layers_pattern) for n in hits}
     for target in config.target_parameters or ():
-        hits = _parameter_hits(model, target)
+        hits = parameter_hits(model, target)
         counts[target] = len(hits)
         layers_hit |= {_layer_of(n, config.layers_pattern) for n in hits}
     missing = [t for t, c in counts.items() if c == 0]
