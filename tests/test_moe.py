@@ -314,3 +314,24 @@ def test_cli_export_of_experts_dry_runs_against_the_model(moe_runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert "4 modules matched" in result.output and "layers.2.mlp.experts.down_proj: 1" in result.output
     assert "lora_target_parameters" in (tmp_path / "a.yaml").read_text()
+
+
+def test_deepseek_v3_dense_first_blocks_and_shared_experts_are_told_apart():
+    """DeepSeek-V3: the first ``first_k_dense_replace`` blocks are dense; the others hold a sigmoid,
+    group-limited router (``mlp.gate``), fused experts and shared experts."""
+    import transformers as tf
+    from transformers import AutoModelForCausalLM
+
+    from inflora.models.moe import block_moes
+
+    cfg = tf.DeepseekV3Config(vocab_size=128, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                              num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+                              topk_group=1, moe_intermediate_size=16, intermediate_size=64, first_k_dense_replace=1,
+                              kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
+                              head_dim=8)
+    model = AutoModelForCausalLM.from_config(cfg)
+    found = block_moes(model.model.layers, model.config)
+    assert found[0] is None and all(m is not None for m in found[1:])
+    assert found[1].paths["router"] == "mlp.gate" and found[1].num_experts == 4 and found[1].top_k == 2
+    assert found[1].paths["shared"] == ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj",
+                                        "mlp.shared_experts.down_proj")

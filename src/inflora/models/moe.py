@@ -68,6 +68,8 @@ class BlockMoe:
 def _fused_experts(block: nn.Module) -> tuple[str, nn.Module, int] | None:
     """The shallowest module whose own parameters include 3-D ones sharing a first axis E >= 2."""
     for name, module in block.named_modules():
+        if isinstance(module, nn.modules.conv._ConvNd):  # a convolution's 3-D kernel is not a stack of experts
+            continue
         sizes = {p.shape[0] for p in module.parameters(recurse=False) if p.dim() == 3}
         if len(sizes) == 1 and (e := sizes.pop()) >= 2:
             return name, module, e
@@ -83,10 +85,14 @@ def _join(*parts: str) -> str:
 
 
 def _router(parent: nn.Module, experts: nn.Module, e: int, where: str) -> tuple[str, nn.Module]:
+    """The first module beside the experts (or inside a sibling, e.g. ``gate.wg``) owning a weight [E, hidden]."""
     for name, child in parent.named_children():
-        weight = getattr(child, "weight", None)
-        if child is not experts and isinstance(weight, nn.Parameter) and weight.dim() == 2 and weight.shape[0] == e:
-            return name, child
+        if child is experts:
+            continue
+        for sub, module in child.named_modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, nn.Parameter) and weight.dim() == 2 and weight.shape[0] == e:
+                return _join(name, sub), module
     raise ArchitectureError(f"the MoE block {where!r} has {e} fused experts but no router (a sibling module whose "
                             f"weight is [{e}, hidden]); add an override in inflora.models.moe")
 
@@ -120,9 +126,10 @@ def find_block_moe(block: nn.Module, config=None) -> BlockMoe | None:
     moe_path = _parent(path)
     parent = block.get_submodule(moe_path) if moe_path else block
     router_name, router = _router(parent, experts, e, moe_path or type(block).__name__)
+    router_owner = parent.get_submodule(router_name.split(".")[0])  # the sibling holding the router
     weights = [_join(path, n) for n, p in experts.named_parameters(recurse=False) if p.dim() == 3]
     paths = {"experts": path, "router": _join(moe_path, router_name), "expert_parameters": tuple(weights),
-             "shared": tuple(_join(moe_path, s) for s in _shared_linears(parent, {id(experts), id(router)}))}
+             "shared": tuple(_join(moe_path, s) for s in _shared_linears(parent, {id(experts), id(router_owner)}))}
     return BlockMoe(experts, router, paths, e, _top_k(router, config))
 
 
