@@ -335,3 +335,17 @@ def test_deepseek_v3_dense_first_blocks_and_shared_experts_are_told_apart():
     assert found[1].paths["router"] == "mlp.gate" and found[1].num_experts == 4 and found[1].top_k == 2
     assert found[1].paths["shared"] == ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj",
                                         "mlp.shared_experts.down_proj")
+
+
+def test_router_counted_once_per_forward_under_gradient_checkpointing():
+    """A checkpointed block re-runs its router in backward; the load must not count those tokens twice."""
+    model = tiny_moe("mixtral")
+    model.gradient_checkpointing_enable()
+    model.train()
+    ids = torch.randint(5, 200, (2, 6), generator=torch.Generator().manual_seed(3))
+    with LayerProbe(model, ["moe"]) as probe:
+        model(input_ids=ids, labels=ids).loss.backward()
+        probe.after_backward()
+        totals = probe.plugins[0].blocks[0].load.totals()
+    assert float(totals["tokens"]) == ids.numel()
+    assert float(totals["picks"].sum()) == ids.numel() * model.config.num_experts_per_tok

@@ -388,8 +388,9 @@ def _structure_flags(inner: nn.Module, moe) -> list[str]:
         flags.append("dormant FFN units are not measured on mixture-of-experts blocks (see the MoE columns instead)")
     spec = arch_for(inner)
     if any(getattr(get_attention(b, spec), "sinks", None) is not None for b in get_blocks(inner)):
-        flags.append("attention has learned sink logits: the eager map leaves out the sink's share of each softmax "
-                     "row, so the attention entropy is that of the non-sink keys, not of the full distribution")
+        flags.append("attention has learned sink logits: the eager map leaves out the sink's column of each softmax "
+                     "row, so the attention entropy misses the sink's own term (-p log p of the sink) and is a lower "
+                     "bound on the entropy of the distribution the model uses")
     return flags
 
 

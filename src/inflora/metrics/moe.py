@@ -138,8 +138,12 @@ class MoeProbe(ProbePlugin):
 
     @staticmethod
     def _hook(ctx, block: _MoeBlock):
+        seen = {"forward": -1}
+
         def hook(module, args, output):
-            if ctx.active:
+            # once per model forward: a gradient-checkpointing recompute in backward calls the router again
+            if ctx.active and seen["forward"] != ctx.forwards:
+                seen["forward"] = ctx.forwards
                 logits, picks = router_output(output, block.moe.top_k)
                 block.load.update(logits, picks, ctx.attention_mask)
 
