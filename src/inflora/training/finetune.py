@@ -52,7 +52,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
         task = "causal-lm" if is_instruction_source(cfg.task, cfg.prompt_column, cfg.messages_column) else "classification"
-        check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task)
+        check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task, cfg.lora_dropout)
 
 
 def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool = True) -> tuple[Run, dict]:
