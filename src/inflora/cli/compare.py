@@ -35,6 +35,8 @@ def compare_cmd(
     batches: int = typer.Option(8, help="probe batches of the one diagnosis"),
     diagnose_batch_size: int = typer.Option(32),
     data_dir: Optional[str] = typer.Option(None),
+    oracle: bool = typer.Option(False, help="also the per-block oracle: LoRA on each block alone and on all but it"),
+    blocks: Optional[str] = typer.Option(None, help="the oracle's blocks, e.g. 0,4,8 (default all; needed above 48)"),
     out: Path = typer.Option(Path("runs/compare")),
 ) -> None:
     """Which blocks to adapt, measured: every rule's choice trained at the same budget, with intervals."""
@@ -47,6 +49,7 @@ def compare_cmd(
 
     from ..devices import resolve_device
     from ..experiment.compare import split_targets
+    from .finetune import parse_layers
 
     resolve_device(device, precision)
     spend = Budget.parse(budget)
@@ -55,10 +58,15 @@ def compare_cmd(
                        epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, batch_size=batch_size,
                        max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
                        device=device, precision=precision, diagnose_batches=batches,
-                       diagnose_batch_size=diagnose_batch_size, data_dir=data_dir).validate()
+                       diagnose_batch_size=diagnose_batch_size, data_dir=data_dir, oracle=oracle,
+                       blocks=parse_layers(blocks)).validate()
     output_dir(out)
     command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    raw, log = UnitCache(out).logged(command_line, lambda: run_compare(plan, out))
+
+    def report_oracle(diagnosis: dict, arms: dict) -> None:  # written as soon as the oracle's arms are done
+        _oracle(arms, diagnosis, {"command": command_line, "plan": plan.to_dict()}, out)
+
+    raw, log = UnitCache(out).logged(command_line, lambda: run_compare(plan, out, on_oracle=report_oracle))
     total, wall = count_units(plan), log["wall_seconds"]
     res = aggregate_compare(raw["arms"], plan.rules)
     meta = {"command": command_line, "plan": plan.to_dict(), "wall_seconds": wall, "invocations": log["invocations"],
@@ -66,6 +74,22 @@ def compare_cmd(
     render_compare(res, raw["diagnosis"], meta, out)
     _print(res)
     make_console().print(f"wall time {wall / 60:.1f} min; wrote {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}")
+
+
+def _oracle(arms: dict, diagnosis: dict, meta: dict, out: Path) -> None:
+    """Write the oracle's report and print its verdict (80 columns)."""
+    from ..experiment.oracle_report import _verdict, render_oracle
+    from ..experiment.oracle_results import aggregate_oracle
+
+    res = aggregate_oracle(arms, diagnosis["rules"])
+    render_oracle(res, meta, out)
+    t = table("per-block oracle (points)", ["block", "gain over head", "± sd", "LOO loss", "± sd"])
+    for r in res["table"]:
+        t.add_row(str(r["block"]), *(f"{100 * r[k][m]:+.2f}" if r[k]["n"] > (m == "sd") else "n/a"
+                                     for k in ("gain", "loo_loss") for m in ("mean", "sd")))
+    console = make_console()
+    console.print(t)
+    console.print("oracle: " + _verdict(res) + f" Wrote {out / 'oracle.md'}.")
 
 
 def _print(res: dict) -> None:
