@@ -130,3 +130,17 @@ def test_oracle_refuses_more_than_48_blocks_without_a_subset():
         oracle_blocks(49, None, seeds=5)
     assert count_oracle_arms(49, 5) == arms and oracle_blocks(49, [0, 48], seeds=5) == [0, 48]
     assert oracle_blocks(48, None, seeds=1) == list(range(48))
+
+
+@pytest.mark.real
+def test_oracle_runs_a_few_steps_per_arm_on_real_minilm(tmp_path, data_dir):
+    res = run("--model", "minilm", "--rules", "ski", "--seeds", "42", "--oracle", "--blocks", "5",
+              "--budget", "layers=2", "--limit-train", 32, "--limit-eval", 48, "--batch-size", 16, "--batches", 2,
+              "--diagnose-batch-size", 16, "--max-length", 32, "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "oracle.json").read_text())
+    assert out["blocks"] == [5] and out["depth"] == 6
+    units = {(u["rule"]): u for u in (json.loads(p.read_text()) for p in (tmp_path / "units").glob("arm-*/result.json"))}
+    assert set(units) == {"head", "all", "block-5", "without-5", "ski"}
+    assert units["without-5"]["layers"] == [0, 1, 2, 3, 4] and all(u["steps"] == 2 for u in units.values())
+    assert all(len(u["per_example"]["test"]["correct"]) == 48 for u in units.values())

@@ -97,13 +97,16 @@ def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool =
     return run, extra
 
 
-def split_scores(run: Run, causal: bool) -> tuple[dict, dict]:
+def split_scores(run: Run, causal: bool, kept: dict | None = None) -> tuple[dict, dict]:
     """Accuracy per split (validation: the best epoch's) and, for a causal LM, each split's completion
-    metrics (validation recomputed to report them all)."""
+    metrics (validation recomputed to report them all). A classifier's split whose per-example scores
+    were ``kept`` takes its accuracy from them instead of a second pass."""
     cfg, state = run.cfg, run.state
     scores, completion = ({}, {}) if causal else ({"validation": state.best_acc}, {})
     for name in ("validation", "test", "test_decontaminated") if causal else ("test", "test_decontaminated", "retention"):
-        if name in run.encoded:
+        if not causal and name in (kept or {}):
+            scores[name] = sum(kept[name]["correct"]) / len(kept[name]["correct"])
+        elif name in run.encoded:
             got = evaluate_split(run.inner, run.encoded[name], cfg.eval_batch_size, run.accelerator)
             got.pop("score")
             if "accuracy" in got:
@@ -127,8 +130,8 @@ def final_metrics(run: Run, extra: dict) -> dict:
     cfg, state, acc = run.cfg, run.state, run.accelerator
     load_trainable_state(run.inner, load_file(str(run.out / "checkpoints" / "best.safetensors")))
     causal = extra["completion_before"] is not None
-    scores, completion = split_scores(run, causal=causal)
     kept = kept_predictions(run, causal) if cfg.keep_predictions else None
+    scores, completion = split_scores(run, causal=causal, kept=kept)
     end_feats = cka_features(run.inner, extra["cka_set"], cfg.cka_pooling) if extra["cka_set"] else []
     start = [extra["start_feats"][str(i)].to(f.device) for i, f in enumerate(end_feats)]
     return {
