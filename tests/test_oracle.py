@@ -53,8 +53,9 @@ def test_oracle_arms_on_a_tiny_model_cached_and_reported(tiny_bert_dir, tmp_path
     assert log[-1]["units_before"] == log[-1]["units_after"] == 1 + len(units)
 
 
-def _oracle(gains: dict[int, list[float]], scores: list[float], direction: str = "high") -> dict:
-    """Hand-made arms: head at 0.5 and every block b alone at 0.5 + gains[seed][b]."""
+def _oracle_arms(gains: dict[int, list[float]]) -> list[dict]:
+    """Hand-made arms: head at 0.5 and every block b alone at 0.5 + gains[seed][b]; all at 0.9 and
+    every block but b at 0.9 − gains[seed][b]."""
     arms = []
     for seed, g in gains.items():
         arms += [{"rule": "head", "seed": seed, "accuracy": {"test": 0.5}},
@@ -62,6 +63,11 @@ def _oracle(gains: dict[int, list[float]], scores: list[float], direction: str =
         for b, v in enumerate(g):
             arms += [{"rule": f"block-{b}", "seed": seed, "accuracy": {"test": 0.5 + v}},
                      {"rule": f"without-{b}", "seed": seed, "accuracy": {"test": 0.9 - v}}]
+    return arms
+
+
+def _oracle(gains: dict[int, list[float]], scores: list[float], direction: str = "high") -> dict:
+    arms = _oracle_arms(gains)
     rules = {"rules": {"mine": {"raw": scores, "direction": direction, "selected": [0, 1]},
                        "random": {"raw": [None] * len(scores), "direction": "none", "selected": [0, 1]}}}
     return aggregate_oracle({"arms": arms, "blocks": list(range(len(scores))), "depth": len(scores)}, rules)
@@ -84,6 +90,21 @@ def test_a_rule_whose_scores_are_the_oracles_own_correlates_1_and_its_reverse_mi
     worst = sorted(own)[:2]
     assert reverse["regret"][2]["mean"] == pytest.approx(np.mean(sorted(own)[-2:]) - np.mean(worst))
     assert same["better_than_chance"] and not reverse["better_than_chance"]
+
+
+def test_a_partial_oracle_without_its_leave_one_out_arms_reports_the_single_block_profile(tmp_path):
+    from inflora.experiment.oracle_report import render_oracle
+
+    full = _oracle(GAINS, [1, 2, 3, 4, 5, 6])
+    arms = [a for a in _oracle_arms(GAINS) if not a["rule"].startswith("without-")]
+    rules = {"rules": {"mine": {"raw": [1, 2, 3, 4, 5, 6], "direction": "high", "selected": [0, 1]}}}
+    part = aggregate_oracle({"arms": arms, "blocks": list(range(6)), "depth": 6, "groups": ["reference", "single"]},
+                            rules)
+    mine = {r["rule"]: r for r in part["rules"]}["mine"]
+    assert mine["single"] == {r["rule"]: r for r in full["rules"]}["mine"]["single"] and mine["loo"] == {}
+    assert all(r["loo_loss"]["n"] == 0 for r in part["table"])
+    render_oracle(part, {"command": "inflora compare --oracle", "plan": {"model": "m", "task": "t"}}, tmp_path)
+    assert "**Partial:**" in (tmp_path / "oracle.md").read_text()
 
 
 def test_random_expected_regret_and_rules_without_scores():

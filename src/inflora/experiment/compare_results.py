@@ -14,14 +14,16 @@ import math
 import numpy as np
 
 from ..select import COST_ORDER, rule_needs
+from .scores import LOSS, arm_score, score_metric, shown
 from .stats import holm, paired, summary
 
-METRICS = ("test", "test_decontaminated", "validation")
+METRICS = ("test", "test_decontaminated", "validation", LOSS)
 
 
 def primary_metric(arms: list[dict]) -> str:
-    """RT test when the task has one (SST-2 has no labelled test split), else validation."""
-    return "test" if all("test" in a["accuracy"] for a in arms) else "validation"
+    """RT test when the task has one (SST-2 has no labelled test split), else validation accuracy,
+    else (instruction data without label options) the validation completion loss: ``scores.py``."""
+    return score_metric(arms)
 
 
 def rule_rows(arms: list[dict], rules: list[str]) -> list[dict]:
@@ -36,7 +38,7 @@ def rule_rows(arms: list[dict], rules: list[str]) -> list[dict]:
                "lora_params": runs[0].get("lora_params"),
                "step_seconds": float(np.mean([1 / a["steps_per_second"] for a in runs if a["steps_per_second"]]))}
         for metric in METRICS:
-            per_seed = {a["seed"]: a["accuracy"][metric] for a in runs if a["accuracy"].get(metric) is not None}
+            per_seed = {a["seed"]: arm_score(a, metric) for a in runs if arm_score(a, metric) is not None}
             row[metric] = {"per_seed": per_seed, **summary(list(per_seed.values()))}
         rows.append(row)
     return rows
@@ -58,21 +60,24 @@ def recommend(rows: list[dict], metric: str) -> dict:
     tied = [r for r in scored if r is best or r["rule"] not in beaten]
     cheapest = min(tied, key=_cost)["rule"]
     n = min((d["n"] for d in diffs.values()), default=len(best[metric]["per_seed"]))
-    pct = 100 * best[metric]["mean"]
+    pct = (f"completion loss {shown(metric, best[metric]['mean']):.4f}" if metric == LOSS
+           else f"{shown(metric, best[metric]['mean']):.2f} %")
+    points = "nats" if metric == LOSS else "points"
     if not diffs:
-        text = f"only one rule was run ({best['rule']}, {pct:.2f} %); nothing to compare"
+        text = f"only one rule was run ({best['rule']}, {pct}); nothing to compare"
     elif n < 2:
-        text = f"{best['rule']} has the highest mean ({pct:.2f} %), but one seed gives no interval: run more seeds"
+        text = f"{best['rule']} has the best mean ({pct}), but one seed gives no interval: run more seeds"
     elif len(tied) == 1:
         margin = min(diffs.values(), key=lambda d: d["mean"])
-        text = (f"**{best['rule']}** wins ({pct:.2f} %): every other rule is below it (paired t-tests, Holm-corrected "
-                f"p < 0.05; n = {n} seeds; smallest margin {100 * margin['mean']:+.2f} points)")
+        margin_txt = f"{margin['mean']:.4f}" if metric == LOSS else f"{100 * margin['mean']:+.2f}"
+        text = (f"**{best['rule']}** wins ({pct}): every other rule is below it (paired t-tests, Holm-corrected "
+                f"p < 0.05; n = {n} seeds; smallest margin {margin_txt} {points})")
     elif len(tied) == len(scored):
-        text = (f"no rule is distinguishable from the best mean ({best['rule']}, {pct:.2f} %): no paired t-test "
+        text = (f"no rule is distinguishable from the best mean ({best['rule']}, {pct}): no paired t-test "
                 f"against it reaches Holm-corrected p < 0.05 (n = {n} seeds). The cheapest one suffices: **{cheapest}**")
     else:
         others = ", ".join(r["rule"] for r in tied if r is not best)
-        text = (f"{best['rule']} has the highest mean ({pct:.2f} %) and beats {', '.join(beaten)}, but cannot be told "
+        text = (f"{best['rule']} has the best mean ({pct}) and beats {', '.join(beaten)}, but cannot be told "
                 f"apart from {others} (n = {n} seeds). Among those, the cheapest suffices: **{cheapest}**")
     if cheapest == "random" and len(tied) > 1:
         text += " (no selection rule was told apart from K blocks drawn at random)"

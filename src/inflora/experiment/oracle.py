@@ -61,15 +61,23 @@ def oracle_arms(depth: int, blocks: list[int]) -> list[OracleArm]:
               for b in blocks]]
 
 
-def run_oracle(cache, plan, blocks: list[int], depth: int, advance=lambda label: None) -> list[dict]:
-    """Every oracle arm of every seed (cached units); returns their results, each with ``group``."""
+GROUPS = ("reference", "single", "leave-one-out")
+
+
+def run_oracle(cache, plan, blocks: list[int], depth: int, advance=lambda label: None,
+               on_group=lambda done, results: None) -> list[dict]:
+    """Every oracle arm of every seed (cached units); returns their results, each with ``group``.
+    ``on_group(groups done, results so far)`` follows each group: a long run reports the single-block
+    profile before its leave-one-out arms are done."""
     from .compare import run_arm
 
     arms, results = oracle_arms(depth, blocks), []
-    for group in ("reference", "single", "leave-one-out"):
+    for i, group in enumerate(GROUPS):
         for seed in plan.seeds:
             for arm in (a for a in arms if a.group == group):
                 chosen = {"selected": list(arm.layers), "r": plan.lora_r}
                 results.append({**run_arm(cache, plan, arm.name, seed, chosen, strategy=arm.strategy), "group": group})
                 advance(f"oracle {arm.name} seed {seed}")
+        if group != "reference":
+            on_group(list(GROUPS[:i + 1]), list(results))
     return results

@@ -12,25 +12,32 @@ METRIC_NAMES = {"test": "test accuracy", "validation": "validation accuracy",
                 "completion_loss": "minus the validation completion loss"}
 
 
-def _pts(d: dict, key: str = "ci") -> str:
-    """Points (×100) with an interval: mean [lo, hi]."""
+SCALE = {"completion_loss": (1, 4)}   # nats, 4 digits; accuracies in points (×100, 2 digits)
+
+
+def _pts(d: dict, key: str = "ci", metric: str = "test") -> str:
+    """A difference of scores with an interval, mean [lo, hi]: points of accuracy, or nats of loss."""
     if not d or d.get("n", 1) == 0:
         return "n/a"
-    ci = d.get(key)
-    mean = f"{100 * d['mean']:+.2f}"
-    return mean if not ci or ci[0] != ci[0] else f"{mean} [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]"
+    ci, (scale, digits) = d.get(key), SCALE.get(metric, (100, 2))
+    mean = f"{scale * d['mean']:+.{digits}f}"
+    return mean if not ci or ci[0] != ci[0] else f"{mean} [{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]"
 
 
-def _abs(d: dict) -> str:
-    """An absolute score (%) with its seed interval."""
+def _abs(d: dict, metric: str) -> str:
+    """An absolute score with its seed interval: accuracy in %, or the completion loss (its negative)."""
     if not d or d["n"] == 0:
         return "n/a"
-    ci = "" if d["n"] < 2 else f" [{100 * d['ci'][0]:.2f}, {100 * d['ci'][1]:.2f}]"
-    return f"{100 * d['mean']:.2f}{ci}"
+    sign, (scale, digits) = (-1 if metric == "completion_loss" else 1), SCALE.get(metric, (100, 2))
+    lo, hi = sorted(sign * scale * v for v in d["ci"])
+    ci = "" if d["n"] < 2 else f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return f"{sign * scale * d['mean']:.{digits}f}{ci}"
 
 
 def _corr(c: dict) -> str:
-    if not c or c["value"] != c["value"]:
+    if not c:
+        return "n/a"
+    if c["value"] != c["value"]:
         return "n/a (flat)"
     lo, hi = c["ci"]
     return f"{c['value']:+.2f} [{lo:+.2f}, {hi:+.2f}] p={c['p_permutation']:.3f}"
@@ -63,10 +70,11 @@ def profile_figure(res: dict):
 
 
 def _block_table(rep: Report, res: dict) -> None:
-    rep.table([{"block": r["block"], "alone %": f"{100 * r['single']['mean']:.2f}",
-                "gain over head (seeds)": _pts(r["gain"]), "gain (examples)": _pts(r["gain"], "examples_ci"),
-                "LOO loss vs all (seeds)": _pts(r["loo_loss"]),
-                "LOO (examples)": _pts(r["loo_loss"], "examples_ci")} for r in res["table"]])
+    m = res["metric"]
+    rep.table([{"block": r["block"], "alone": _abs(r["single"], m),
+                "gain over head (seeds)": _pts(r["gain"], metric=m), "gain (examples)": _pts(r["gain"], "examples_ci", m),
+                "LOO loss vs all (seeds)": _pts(r["loo_loss"], metric=m),
+                "LOO (examples)": _pts(r["loo_loss"], "examples_ci", m)} for r in res["table"]])
 
 
 def _rule_table(rep: Report, res: dict) -> None:
@@ -74,7 +82,7 @@ def _rule_table(rep: Report, res: dict) -> None:
     rep.table([{"rule": r["rule"], "Spearman vs gain": _corr(r.get("single", {}).get("spearman")),
                 "Kendall vs gain": _corr(r.get("single", {}).get("kendall")),
                 "Spearman vs LOO": _corr(r.get("loo", {}).get("spearman")),
-                **{f"regret K={k}": _pts(r["regret"][k]) for k in ks},
+                **{f"regret K={k}": _pts(r["regret"][k], metric=res["metric"]) for k in ks},
                 "better than chance": "yes" if r.get("better_than_chance") else "no"} for r in res["rules"]])
 
 
@@ -97,8 +105,11 @@ def render_oracle(res: dict, meta: dict, out: Path) -> dict:
     plan = meta["plan"]
     metric = METRIC_NAMES[res["metric"]]
     rep = Report(f"Per-block oracle on {plan['model']} / {plan['task']}")
-    rep.text(f"Command: `{meta['command']}`  \nScore: {metric} (points). Seeds {res['seeds']}; "
-             f"`head` {_abs(res['reference']['head'])}, `all` {_abs(res['reference']['all'])} (absolute, %).")
+    rep.text(f"Command: `{meta['command']}`  \nScore: {metric} (differences in points of accuracy, or nats of loss). Seeds {res['seeds']}; "
+             f"`head` {_abs(res['reference']['head'], res['metric'])}, `all` {_abs(res['reference']['all'], res['metric'])} (absolute).")
+    if "leave-one-out" not in res["groups"]:
+        rep.text("**Partial:** the single-block arms are done; the leave-one-out arms are still running "
+                 "(this report is rewritten when they are).")
     rep.heading("Verdict").text(_verdict(res) + f" The oracle's order, best first: {res['oracle_order']}.")
     rep.heading("What each block is worth (points; mean [95 % interval])")
     _block_table(rep, res)

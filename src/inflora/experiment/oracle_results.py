@@ -16,37 +16,11 @@ import math
 import numpy as np
 
 from .rank_corr import CORRELATIONS, permutation_p
+from .scores import arm_score, example_scores, score_metric
 from .stats import summary
 
 BOOT = 2000
 KS = (1, 2, 3)
-
-
-def score_metric(arms: list[dict]) -> str:
-    """Test accuracy when every arm has it, else validation accuracy, else the validation completion
-    loss (instruction data without label options; lower is better, so scores are its negative)."""
-    for metric in ("test", "validation"):
-        if all(a["accuracy"].get(metric) is not None for a in arms):
-            return metric
-    return "completion_loss"
-
-
-def arm_score(arm: dict, metric: str) -> float | None:
-    """Higher is better: an accuracy, or minus the validation completion loss."""
-    if metric == "completion_loss":
-        c = (arm.get("completion") or {}).get("validation")
-        return -c["completion_loss"] if c else None
-    return arm["accuracy"].get(metric)
-
-
-def example_scores(arm: dict, metric: str) -> np.ndarray | None:
-    """The arm's per-example scores (higher is better) on the metric's split, when kept."""
-    kept = (arm.get("per_example") or {}).get("validation" if metric == "completion_loss" else metric)
-    if not kept:
-        return None
-    if metric == "completion_loss":
-        return -np.asarray(kept["completion_loss"], dtype=float)
-    return np.asarray(kept["correct"], dtype=float) if "correct" in kept else None
 
 
 def example_interval(pairs: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> list[float] | None:
@@ -85,8 +59,9 @@ def oriented(entry: dict) -> np.ndarray | None:
 
 
 def _matrix(rows: list[dict], key: str) -> np.ndarray:
-    """Seeds × blocks of per-seed differences, over the seeds every block has."""
-    seeds = sorted(set.intersection(*(set(r[key]["per_seed"]) for r in rows)))
+    """Seeds × blocks of per-seed differences, over the seeds every block has (none while the arms
+    are still running)."""
+    seeds = sorted(set.intersection(*(set(r[key]["per_seed"]) for r in rows))) if rows else []
     return np.array([[r[key]["per_seed"][s] for r in rows] for s in seeds], dtype=float).reshape(len(seeds), len(rows))
 
 
@@ -154,4 +129,5 @@ def aggregate_oracle(oracle: dict, diagnosis_rules: dict) -> dict:
         r["better_than_chance"] = better_than_chance(r)
     best = [blocks[i] for i in np.argsort(-np.array([r["gain"]["mean"] for r in rows]), kind="stable")]
     return {"metric": metric, "blocks": blocks, "depth": oracle["depth"], "reference": ref, "table": rows,
+            "groups": oracle.get("groups", ["reference", "single", "leave-one-out"]),
             "rules": rules, "oracle_order": best, "seeds": sorted({a["seed"] for a in arms})}
