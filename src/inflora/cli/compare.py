@@ -84,7 +84,7 @@ def compare_cmd(
 
 def _oracle(arms: dict, diagnosis: dict, meta: dict, out: Path) -> None:
     """Write the oracle's report and print its verdict (80 columns)."""
-    from ..experiment.oracle_report import SCALE, _verdict, render_oracle
+    from ..experiment.oracle_report import SCALE, oracle_verdict, render_oracle
     from ..experiment.oracle_results import aggregate_oracle
 
     res = aggregate_oracle(arms, diagnosis["rules"])
@@ -93,11 +93,12 @@ def _oracle(arms: dict, diagnosis: dict, meta: dict, out: Path) -> None:
     t = table(f"per-block oracle ({'nats' if scale == 1 else 'points'})",
               ["block", "gain over head", "± sd", "LOO loss", "± sd"])
     for r in res["table"]:
-        t.add_row(str(r["block"]), *(f"{scale * r[k][m]:+.{digits}f}" if r[k]["n"] > (m == "sd") else "n/a"
+        t.add_row(str(r["block"]), *(f"{scale * r[k][m]:{'+' if m == 'mean' else ''}.{digits}f}"
+                                     if r[k]["n"] > (m == "sd") else "n/a"
                                      for k in ("gain", "loo_loss") for m in ("mean", "sd")))
     console = make_console()
     console.print(t)
-    console.print("oracle: " + _verdict(res) + f" Wrote {out / 'oracle.md'}.")
+    console.print("oracle: " + oracle_verdict(res) + f" Wrote {out / 'oracle.md'}.")
 
 
 def _print(res: dict) -> None:
@@ -106,11 +107,12 @@ def _print(res: dict) -> None:
     from ..experiment.scores import shown, unit
 
     t = table("matched-budget comparison", ["rule", "blocks", "r", "trainable", f"{metric} {unit(metric)}", "± sd"])
+    digits = 2 if unit(metric) == "%" else 4
     for r in sorted(res["table"], key=lambda r: -r[metric]["mean"]):
         blocks = sorted({tuple(v) for v in r["layers"].values()})
         t.add_row(r["rule"], layer_ranges(list(blocks[0])) if len(blocks) == 1 else "per seed", str(r["r"]),
-                  f"{r['trainable_params']:,}", f"{shown(metric, r[metric]['mean']):.2f}",
-                  f"{abs(shown(metric, r[metric]['sd'])):.2f}" if r[metric]["n"] > 1 else "n/a")
+                  f"{r['trainable_params']:,}", f"{shown(metric, r[metric]['mean']):.{digits}f}",
+                  f"{abs(shown(metric, r[metric]['sd'])):.{digits}f}" if r[metric]["n"] > 1 else "n/a")
     console = make_console()
     console.print(t)
     console.print("recommendation: " + res["recommendation"]["text"].replace("**", ""))

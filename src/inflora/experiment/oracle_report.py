@@ -86,7 +86,7 @@ def _rule_table(rep: Report, res: dict) -> None:
                 "better than chance": "yes" if r.get("better_than_chance") else "no"} for r in res["rules"]])
 
 
-def _verdict(res: dict) -> str:
+def oracle_verdict(res: dict) -> str:
     rules = [r for r in res["rules"] if "scores" in r]
     good = [r["rule"] for r in rules if r["better_than_chance"]]
     if not rules:
@@ -110,8 +110,9 @@ def render_oracle(res: dict, meta: dict, out: Path) -> dict:
     if "leave-one-out" not in res["groups"]:
         rep.text("**Partial:** the single-block arms are done; the leave-one-out arms are still running "
                  "(this report is rewritten when they are).")
-    rep.heading("Verdict").text(_verdict(res) + f" The oracle's order, best first: {res['oracle_order']}.")
-    rep.heading("What each block is worth (points; mean [95 % interval])")
+    rep.heading("Verdict").text(oracle_verdict(res) + f" The oracle's order, best first: {res['oracle_order']}.")
+    unit = "nats of completion loss" if res["metric"] == "completion_loss" else "points of accuracy"
+    rep.heading(f"What each block is worth ({unit}; mean [95 % interval])")
     _block_table(rep, res)
     rep.text("Gain: block b alone minus `head`; LOO loss: `all` minus every block but b (positive: b matters). "
              "Seeds: t-interval over seeds of the per-seed paired differences; examples: a paired bootstrap "
