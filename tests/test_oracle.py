@@ -165,3 +165,18 @@ def test_oracle_runs_a_few_steps_per_arm_on_real_minilm(tmp_path, data_dir):
     assert set(units) == {"head", "all", "block-5", "without-5", "ski"}
     assert units["without-5"]["layers"] == [0, 1, 2, 3, 4] and all(u["steps"] == 2 for u in units.values())
     assert all(len(u["per_example"]["test"]["correct"]) == 48 for u in units.values())
+
+
+def test_example_bootstrap_pairs_examples_within_seeds():
+    from inflora.experiment.oracle_results import example_interval
+
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 2, 400).astype(float), rng.integers(0, 2, 400).astype(float)
+    half = 1.96 * np.std(a - b) / np.sqrt(400)  # the normal approximation's half width for one seed
+    # the same examples in both seeds: one draw serves both (the width of one seed's); drawn per seed,
+    # two seeds count as two independent samples of 400 (narrower by sqrt 2)
+    for same, width in ((True, 2 * half), (False, 2 * half / np.sqrt(2))):
+        lo, hi = example_interval([(a, b), (a, b)], same)
+        assert lo < np.mean(a - b) < hi and hi - lo == pytest.approx(width, rel=0.2)
+    assert example_interval([(a, a)], True) == [0.0, 0.0]  # identical predictions: no difference
+    assert example_interval([(a, None)]) is None

@@ -193,7 +193,8 @@ def _oracle(cache: UnitCache, plan: ComparePlan, advance, report) -> dict | None
     blocks, depth = plan.oracle_blocks()
 
     def part(groups: list[str], arms: list[dict]) -> dict:
-        return {"blocks": blocks, "depth": depth, "groups": groups, "arms": arms}
+        return {"blocks": blocks, "depth": depth, "groups": groups, "arms": arms,
+                "same_examples": plan.limit_eval is None}  # every seed scores the whole test split
 
     arms = run_oracle(cache, plan, blocks, depth, advance, lambda groups, arms: report(part(groups, arms)))
     return part(["reference", "single", "leave-one-out"], arms)

@@ -116,7 +116,8 @@ def render_oracle(res: dict, meta: dict, out: Path) -> dict:
     _block_table(rep, res)
     rep.text("Gain: block b alone minus `head`; LOO loss: `all` minus every block but b (positive: b matters). "
              "Seeds: t-interval over seeds of the per-seed paired differences; examples: a paired bootstrap "
-             "over evaluation examples (2,000 resamples) of the differences averaged over seeds.")
+             "over evaluation examples (2,000 resamples; the seeds' differences averaged per example when every seed "
+             "scores the same examples, else each seed resampled on its own and the seeds' means averaged).")
     rep.heading("Rules against the oracle")
     _rule_table(rep, res)
     rep.text("Correlations: value [95 % bootstrap over seeds of the oracle profile] and a one-sided permutation "

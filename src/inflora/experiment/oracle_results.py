@@ -23,30 +23,36 @@ BOOT = 2000
 KS = (1, 2, 3)
 
 
-def example_interval(pairs: list[tuple[np.ndarray, np.ndarray]], seed: int = 0) -> list[float] | None:
-    """95 % percentile interval of the mean paired difference a − b, averaged over seeds per example
-    and resampled over examples (``BOOT`` resamples); None when a seed lacks per-example scores."""
+def example_interval(pairs: list[tuple[np.ndarray, np.ndarray]], same_examples: bool = False,
+                     seed: int = 0) -> list[float] | None:
+    """95 % percentile interval of the mean paired difference a − b over examples (``BOOT`` resamples;
+    a seed's a and b score the same examples). When every seed scores the same examples (no
+    --limit-eval), one draw of examples serves all seeds; else each seed's examples are drawn on their
+    own and the seeds' means averaged. None when a seed lacks per-example scores."""
     if not pairs or any(a is None or b is None or len(a) != len(b) for a, b in pairs):
         return None
-    d = np.mean([a - b for a, b in pairs], axis=0)
-    idx = np.random.default_rng(seed).integers(0, len(d), (BOOT, len(d)))
-    return np.percentile(d[idx].mean(axis=1), [2.5, 97.5]).tolist()
+    rng = np.random.default_rng(seed)
+    if same_examples and len({len(a) for a, _ in pairs}) == 1:
+        d = np.mean([a - b for a, b in pairs], axis=0)
+        return np.percentile(d[rng.integers(0, len(d), (BOOT, len(d)))].mean(axis=1), [2.5, 97.5]).tolist()
+    means = [(a - b)[rng.integers(0, len(a), (BOOT, len(a)))].mean(axis=1) for a, b in pairs]
+    return np.percentile(np.mean(means, axis=0), [2.5, 97.5]).tolist()
 
 
-def _difference(by: dict, a: str, b: str, seeds: list[int], metric: str) -> dict:
+def _difference(by: dict, a: str, b: str, seeds: list[int], metric: str, same: bool) -> dict:
     per_seed = {s: arm_score(by[a, s], metric) - arm_score(by[b, s], metric) for s in seeds
                 if (a, s) in by and (b, s) in by}
     pairs = [(example_scores(by[a, s], metric), example_scores(by[b, s], metric)) for s in per_seed]
-    return {"per_seed": per_seed, **summary(list(per_seed.values())), "examples_ci": example_interval(pairs)}
+    return {"per_seed": per_seed, **summary(list(per_seed.values())), "examples_ci": example_interval(pairs, same)}
 
 
-def block_rows(arms: list[dict], blocks: list[int], metric: str) -> list[dict]:
+def block_rows(arms: list[dict], blocks: list[int], metric: str, same_examples: bool = False) -> list[dict]:
     by = {(a["rule"], a["seed"]): a for a in arms}
     seeds = sorted({a["seed"] for a in arms})
     return [{"block": b, "single": summary([arm_score(by[f"block-{b}", s], metric) for s in seeds
                                             if (f"block-{b}", s) in by]),
-             "gain": _difference(by, f"block-{b}", "head", seeds, metric),
-             "loo_loss": _difference(by, "all", f"without-{b}", seeds, metric)} for b in blocks]
+             "gain": _difference(by, f"block-{b}", "head", seeds, metric, same_examples),
+             "loo_loss": _difference(by, "all", f"without-{b}", seeds, metric, same_examples)} for b in blocks]
 
 
 def oriented(entry: dict) -> np.ndarray | None:
@@ -122,7 +128,7 @@ def better_than_chance(row: dict) -> bool:
 def aggregate_oracle(oracle: dict, diagnosis_rules: dict) -> dict:
     arms, blocks = oracle["arms"], oracle["blocks"]
     metric = score_metric(arms)
-    rows = block_rows(arms, blocks, metric)
+    rows = block_rows(arms, blocks, metric, oracle.get("same_examples", False))
     ref = {name: summary([arm_score(a, metric) for a in arms if a["rule"] == name]) for name in ("head", "all")}
     rules = rule_rows(diagnosis_rules["rules"], blocks, rows)
     for r in rules:
