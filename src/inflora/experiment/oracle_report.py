@@ -43,28 +43,34 @@ def _corr(c: dict) -> str:
     return f"{c['value']:+.2f} [{lo:+.2f}, {hi:+.2f}] p={c['p_permutation']:.3f}"
 
 
+def _z(values) -> np.ndarray:
+    v = np.asarray(values, dtype=float)
+    return (v - v.mean()) / (v.std() or 1.0)
+
+
 def profile_figure(res: dict):
-    """The oracle's single-block gain (± its seed interval) beside every rule's block scores, each
-    standardised (z-scores over the blocks) so that their shapes compare on one axis."""
+    """One figure: above, the oracle's single-block gain with its seed interval (in points, or nats);
+    below, the oracle profile beside every rule's block scores, each standardised over the blocks
+    (z-scores) so that their shapes compare on one axis."""
     import matplotlib.pyplot as plt
 
-    blocks = res["blocks"]
-    gains = np.array([r["gain"]["mean"] for r in res["table"]])
-    scale = gains.std() or 1.0
-    lo = np.array([r["gain"]["ci"][0] for r in res["table"]])
-    hi = np.array([r["gain"]["ci"][1] for r in res["table"]])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    z = (gains - gains.mean()) / scale
-    ax.errorbar(blocks, z, yerr=[z - (lo - gains.mean()) / scale, (hi - gains.mean()) / scale - z], fmt="o-",
-                color="black", lw=2.5, capsize=3, label="oracle: single-block gain (95 % t over seeds)")
+    blocks, (scale, _) = res["blocks"], SCALE.get(res["metric"], (100, 2))
+    gains = scale * np.array([r["gain"]["mean"] for r in res["table"]])
+    ci = scale * np.array([r["gain"]["ci"] for r in res["table"]], dtype=float).reshape(len(blocks), 2)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[1, 1.3])
+    errors = np.nan_to_num(np.abs(np.stack([gains - ci[:, 0], ci[:, 1] - gains])))
+    top.errorbar(blocks, gains, yerr=errors, fmt="o-", color="black", capsize=3)
+    top.axhline(0, color="grey", lw=0.8)
+    top.set_ylabel(f"gain over head ({'nats' if scale == 1 else 'points'})")
+    top.set_title("oracle: each block alone (95 % t-interval over seeds)", fontsize=10)
+    bottom.plot(blocks, _z(gains), "o-", color="black", lw=2.5, label="oracle")
     for row in res["rules"]:
         if "scores" in row:
-            x = np.asarray(row["scores"])
-            ax.plot(blocks, (x - x.mean()) / (x.std() or 1.0), "o--", ms=4, label=row["rule"])
-    ax.set_xlabel("block")
-    ax.set_ylabel("z-score over blocks (higher: adapt)")
-    ax.set_xticks(blocks)
-    ax.legend(fontsize=7)
+            bottom.plot(blocks, _z(row["scores"]), "o--", ms=4, label=row["rule"])
+    bottom.set_xlabel("block")
+    bottom.set_ylabel("z-score over blocks (higher: adapt)")
+    bottom.set_xticks(blocks)
+    bottom.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
