@@ -180,3 +180,13 @@ def test_example_bootstrap_pairs_examples_within_seeds():
         assert lo < np.mean(a - b) < hi and hi - lo == pytest.approx(width, rel=0.2)
     assert example_interval([(a, a)], True) == [0.0, 0.0]  # identical predictions: no difference
     assert example_interval([(a, None)]) is None
+
+
+def test_cli_oracle_on_49_blocks_without_blocks_is_one_line_naming_the_arms(tmp_path):
+    from transformers import BertConfig
+
+    BertConfig(num_hidden_layers=49, hidden_size=8, num_attention_heads=2, intermediate_size=16).save_pretrained(tmp_path)
+    res = run("--model", tmp_path, "--oracle", "--seeds", "1,2,3", "--out", tmp_path / "out")
+    arms = 3 * (2 + 2 * 49)
+    assert res.exit_code == 2 and f"would run {arms} arms" in res.output and "--blocks" in res.output
+    assert res.output.startswith("error:") and "Traceback" not in res.output and not (tmp_path / "out" / "units").exists()
