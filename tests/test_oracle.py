@@ -90,6 +90,8 @@ def test_a_rule_whose_scores_are_the_oracles_own_correlates_1_and_its_reverse_mi
     worst = sorted(own)[:2]
     assert reverse["regret"][2]["mean"] == pytest.approx(np.mean(sorted(own)[-2:]) - np.mean(worst))
     assert same["better_than_chance"] and not reverse["better_than_chance"]
+    g = np.array(list(GAINS.values()))  # its own choice, blocks 0 and 1, against the oracle's best two (3, 1)
+    assert same["regret_selected"]["mean"] == pytest.approx(np.mean(g[:, [3, 1]].mean(1) - g[:, [0, 1]].mean(1)))
 
 
 def test_a_partial_oracle_without_its_leave_one_out_arms_reports_the_single_block_profile(tmp_path):

@@ -89,6 +89,8 @@ def _rule_table(rep: Report, res: dict) -> None:
                 "Kendall vs gain": _corr(r.get("single", {}).get("kendall")),
                 "Spearman vs LOO": _corr(r.get("loo", {}).get("spearman")),
                 **{f"regret K={k}": _pts(r["regret"][k], metric=res["metric"]) for k in ks},
+                "regret, its own choice": (f"{_pts(r['regret_selected'], metric=res['metric'])} {r['selected']}"
+                                           if r.get("regret_selected") else "n/a"),
                 "better than chance": "yes" if r.get("better_than_chance") else "no"} for r in res["rules"]])
 
 
@@ -130,6 +132,7 @@ def render_oracle(res: dict, meta: dict, out: Path) -> dict:
              "p over block orders (exact up to 7 blocks). Regret at K: mean single-block gain of the oracle's "
              "best K blocks minus that of the rule's top K, per seed (points; a proxy from the single-block arms, "
              "not a measured K-block arm; the oracle's best K is chosen on the same seeds, so it is optimistic). "
-             "`random (expected)`: the regret of K blocks drawn at random.")
+             "`random (expected)`: the regret of K blocks drawn at random. Its own choice: the blocks the rule "
+             "chose at the comparison's budget (SKI's come from its band, not only its top scores).")
     rep.figure(profile_figure(res), "oracle_profile", "oracle profile beside each rule's block scores (z-scores)")
     return rep.write(out, stem="oracle")
