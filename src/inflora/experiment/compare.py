@@ -129,7 +129,8 @@ def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
     return cache.finish("diagnose", cfg, d.to_dict())
 
 
-def run_arm(cache: UnitCache, plan: ComparePlan, rule: str, seed: int, chosen: dict, strategy: str | None = None) -> dict:
+def run_arm(cache: UnitCache, plan: ComparePlan, rule: str, seed: int, chosen: dict,
+            strategy: str | None = None) -> dict:
     """One arm: LoRA on ``chosen["selected"]`` (the rule's strategy, or ``strategy`` for an oracle arm),
     its per-example test scores kept for paired bootstraps over examples."""
     from ..training import FinetuneConfig, finetune
@@ -138,12 +139,13 @@ def run_arm(cache: UnitCache, plan: ComparePlan, rule: str, seed: int, chosen: d
     cfg = plan.arm_config(rule, seed, layers, r)
     if (done := cache.done("arm", cfg)) is not None:
         return done
-    ft = FinetuneConfig(model=plan.model, task=plan.task, strategy=strategy or strategy_for_rule(rule), epochs=plan.epochs,
+    ft = FinetuneConfig(model=plan.model, task=plan.task, strategy=strategy or strategy_for_rule(rule),
+                        epochs=plan.epochs,
                         seed=seed, lr=plan.lr, batch_size=plan.batch_size, max_length=plan.max_length,
                         limit_train=plan.limit_train, limit_eval=plan.limit_eval, layers=layers, lora_r=r,
                         lora_alpha=plan.lora_alpha, lora_targets=split_targets(plan.lora_targets), cka_examples=0,
-                        decontaminate_against=None, data_dir=plan.data_dir, device=plan.device, precision=plan.precision,
-                        keep_predictions=True, **(plan.columns or {}))
+                        decontaminate_against=None, data_dir=plan.data_dir, device=plan.device,
+                        precision=plan.precision, keep_predictions=True, **(plan.columns or {}))
     m = finetune(ft, cache.folder("arm", cfg) / "run", progress=False)
     return cache.finish("arm", cfg, {"rule": rule, "seed": seed, "r": r, "lora_params": chosen.get("lora_params"),
                                      **{k: m[k] for k in ARM_KEEP if k in m}})

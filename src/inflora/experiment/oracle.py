@@ -33,7 +33,8 @@ def model_depth(model: str) -> int:
     from ..models.loading import model_config
 
     cfg = model_config(model)
-    depth = getattr(cfg, "num_hidden_layers", None) or getattr(getattr(cfg, "text_config", None), "num_hidden_layers", None)
+    text = getattr(cfg, "text_config", None)  # multimodal configs keep the language model's depth there
+    depth = getattr(cfg, "num_hidden_layers", None) or getattr(text, "num_hidden_layers", None)
     if not depth:
         raise ConfigError(f"cannot tell how many blocks {model!r} has (its config has no num_hidden_layers)")
     return int(depth)
@@ -49,7 +50,8 @@ def oracle_blocks(depth: int, blocks: list[int] | None, seeds: int) -> list[int]
         return sorted(set(blocks))
     if depth > MAX_BLOCKS:
         raise ConfigError(f"--oracle on all {depth} blocks would run {count_oracle_arms(depth, seeds):,} arms "
-                          f"({seeds} seed(s) x (2 + 2 x {depth})); choose a subset with --blocks (e.g. --blocks 0,8,16)")
+                          f"({seeds} seed(s) x (2 + 2 x {depth})); choose a subset with --blocks "
+                          "(e.g. --blocks 0,8,16)")
     return list(range(depth))
 
 

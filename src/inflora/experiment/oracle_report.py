@@ -113,8 +113,9 @@ def render_oracle(res: dict, meta: dict, out: Path) -> dict:
     plan = meta["plan"]
     metric = METRIC_NAMES[res["metric"]]
     rep = Report(f"Per-block oracle on {plan['model']} / {plan['task']}")
-    rep.text(f"Command: `{meta['command']}`  \nScore: {metric} (differences in points of accuracy, or nats of loss). Seeds {res['seeds']}; "
-             f"`head` {_abs(res['reference']['head'], res['metric'])}, `all` {_abs(res['reference']['all'], res['metric'])} (absolute).")
+    head, every = (_abs(res["reference"][k], res["metric"]) for k in ("head", "all"))
+    rep.text(f"Command: `{meta['command']}`  \nScore: {metric} (differences in points of accuracy, or nats of "
+             f"loss). Seeds {res['seeds']}; `head` {head}, `all` {every} (absolute).")
     if "leave-one-out" not in res["groups"]:
         rep.text("**Partial:** the single-block arms are done; the leave-one-out arms are still running "
                  "(this report is rewritten when they are).")
