@@ -74,7 +74,7 @@ def compare_cmd(
 
     raw, log = UnitCache(out).logged(command_line, lambda: run_compare(plan, out, on_oracle=report_oracle))
     total, wall = count_units(plan), log["wall_seconds"]
-    res = aggregate_compare(raw["arms"], plan.rules)
+    res = aggregate_compare(raw["arms"], plan.rules, same_examples=plan.limit_eval is None)
     meta = {"command": command_line, "plan": plan.to_dict(), "wall_seconds": wall, "invocations": log["invocations"],
             "cached_units": min(log["units_before"], total), "computed_units": total - min(log["units_before"], total)}
     render_compare(res, raw["diagnosis"], meta, out)

@@ -25,6 +25,10 @@ def _diff(d: dict, scale: float = 100, digits: int = 2) -> str:
             f"{scale * d['ci'][1]:+.{digits}f}]")
 
 
+def _interval(ci: list[float] | None, scale: float, digits: int) -> str:
+    return "n/a" if not ci else f"[{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]"
+
+
 def _loss(cell: dict) -> str:
     """A completion-loss cell (the scores are its negative): mean ± sd [interval]."""
     if not cell or cell["n"] == 0:
@@ -70,8 +74,9 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
     if best in ("ski", "all"):
         rep.text(f"The best mean is `{best}`'s, so the differences against the best are also those against `{best}`.")
     scale, digits = (1, 4) if metric == LOSS else (100, 2)
-    rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p, scale, digits), "n": p["n"],
-                "p": _p(p.get("p")), "p (Holm)": _p(p.get("p_holm"))} for p in res["paired"]])
+    rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p, scale, digits),
+                "n": p["n"], "p": _p(p.get("p")), "p (Holm)": _p(p.get("p_holm")),
+                "examples [95 %]": _interval(p.get("examples_ci"), scale, digits)} for p in res["paired"]])
     n = len(plan["seeds"])
     if n > 1:
         from scipy import stats
@@ -80,7 +85,8 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
                  f"t = {stats.t.ppf(0.975, n - 1):.2f}, so only large, consistent differences are distinguishable. "
                  "`p` is the paired t-test's; `p (Holm)` corrects it within each family (against the best, against "
                  "SKI, against `all`). Only the family against the best decides the recommendation. The intervals "
-                 "are not corrected.")
+                 "are not corrected. `examples`: a paired bootstrap over evaluation examples (2,000 resamples; "
+                 "the seeds pooled), which shows how much of the spread is the test set's rather than the seeds'.")
     add_rules_section(rep, diagnosis["rules"], diagnosis["num_layers"])
     if "random" in diagnosis["rules"]["rules"]:
         rep.text("`random` above is the diagnosis' own draw; each training seed draws its own K blocks (see the "

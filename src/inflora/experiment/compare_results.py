@@ -14,8 +14,8 @@ import math
 import numpy as np
 
 from ..select import COST_ORDER, rule_needs
-from .scores import LOSS, arm_score, score_metric, shown
-from .stats import holm, paired, summary
+from .scores import LOSS, arm_score, example_scores, score_metric, shown
+from .stats import example_interval, holm, paired, summary
 
 METRICS = ("test", "test_decontaminated", "validation", LOSS)
 
@@ -86,7 +86,17 @@ def recommend(rows: list[dict], metric: str) -> dict:
             "p_holm": p_holm, "text": text}
 
 
-def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
+def _examples(arms: list[dict], a: str, b: str, metric: str, same_examples: bool) -> list[float] | None:
+    """The paired bootstrap over evaluation examples of rule a − rule b (seeds both have), or None
+    when the arms kept no per-example scores (units cached before they were kept)."""
+    by = {(x["rule"], x["seed"]): x for x in arms}
+    seeds = sorted({s for r, s in by if r == a} & {s for r, s in by if r == b})
+    return example_interval([(example_scores(by[a, s], metric), example_scores(by[b, s], metric)) for s in seeds],
+                            same_examples)
+
+
+def aggregate_compare(arms: list[dict], rules: list[str], same_examples: bool = False) -> dict:
+    """``same_examples``: every seed scored the same evaluation examples (no --limit-eval)."""
     metric = primary_metric(arms)
     rows = rule_rows(arms, rules)
     best = max((r for r in rows if math.isfinite(r[metric]["mean"])), key=lambda r: r[metric]["mean"], default=None)
@@ -98,7 +108,9 @@ def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
             continue
         seen.append(against)
         family = [{"against": label, "comparison": f"{row['rule']} − {against['rule']}",
-                   **paired(row[metric]["per_seed"], against[metric]["per_seed"])} for row in rows if row is not against]
+                   **paired(row[metric]["per_seed"], against[metric]["per_seed"]),
+                   "examples_ci": _examples(arms, row["rule"], against["rule"], metric, same_examples)}
+                  for row in rows if row is not against]
         adjusted = holm({i: d["p"] for i, d in enumerate(family)})
         pairs += [{**d, "p_holm": adjusted[i]} for i, d in enumerate(family)]
     return {"metric": metric, "table": rows, "paired": pairs, "recommendation": rec}

@@ -17,26 +17,10 @@ import numpy as np
 
 from .rank_corr import CORRELATIONS, permutation_p
 from .scores import arm_score, example_scores, score_metric
-from .stats import summary
+from .stats import example_interval, summary
 
 BOOT = 2000
 KS = (1, 2, 3)
-
-
-def example_interval(pairs: list[tuple[np.ndarray, np.ndarray]], same_examples: bool = False,
-                     seed: int = 0) -> list[float] | None:
-    """95 % percentile interval of the mean paired difference a − b over examples (``BOOT`` resamples;
-    a seed's a and b score the same examples). When every seed scores the same examples (no
-    --limit-eval), one draw of examples serves all seeds; else each seed's examples are drawn on their
-    own and the seeds' means averaged. None when a seed lacks per-example scores."""
-    if not pairs or any(a is None or b is None or len(a) != len(b) for a, b in pairs):
-        return None
-    rng = np.random.default_rng(seed)
-    if same_examples and len({len(a) for a, _ in pairs}) == 1:
-        d = np.mean([a - b for a, b in pairs], axis=0)
-        return np.percentile(d[rng.integers(0, len(d), (BOOT, len(d)))].mean(axis=1), [2.5, 97.5]).tolist()
-    means = [(a - b)[rng.integers(0, len(a), (BOOT, len(a)))].mean(axis=1) for a, b in pairs]
-    return np.percentile(np.mean(means, axis=0), [2.5, 97.5]).tolist()
 
 
 def _difference(by: dict, a: str, b: str, seeds: list[int], metric: str, same: bool) -> dict:
