@@ -132,3 +132,21 @@ def head_floats(sh: Shapes) -> float:
     output, a dropout mask and the dropped vector; RoBERTa's and ELECTRA's heads the dropped first
     token too (decoders score every position: counted per token)."""
     return (3 if sh.family == "bert" else 4) * sh.hidden if sh.family in ENCODER_FAMILIES else 0.0
+
+
+def transient_floats(sh: Shapes, s: int, attention: str, training: bool, last_on_path: bool,
+                     any_on_path: bool) -> float:
+    """Floats per token alive for a moment beyond what autograd keeps: the workspace.
+
+    Forward, in the last block (where the kept activations are all there): the tensors of its
+    attention or FFN that nothing keeps (a block off the gradient path keeps none: scores,
+    probabilities, dropout noise and output, 4·a·s on the math path; the FFN's units, 2·f, 4·f when
+    gated). Backward: the gradients of a block's largest intermediates (3·a·s on the math path; the
+    FFN's, 2·f or 3·f when gated)."""
+    gated = sh.family in DECODER_FAMILIES
+    fused = fused_attention(sh, attention, training)
+    attn_fwd = 0 if fused else (2 if last_on_path else 4) * sh.heads * s
+    ffn_fwd = (1 if last_on_path else (4 if gated else 2)) * sh.ffn
+    forward = max(attn_fwd, ffn_fwd)
+    backward = max(0 if fused else 3 * sh.heads * s, (3 if gated else 2) * sh.ffn) if any_on_path else 0
+    return max(forward, backward)

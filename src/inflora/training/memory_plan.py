@@ -23,7 +23,7 @@ from ..errors import ArchitectureError, ConfigError
 from ..models import arch_for, base_model, get_blocks, meta_model, parameter_groups
 from ..strategies import StrategyOptions, apply_strategy, count_parameters
 from ..strategies.budget import Budget, rank_for_params
-from .activation_formula import BlockRole, Shapes, block_floats, head_floats, outside_floats
+from .activation_formula import BlockRole, Shapes, block_floats, head_floats, outside_floats, transient_floats
 
 PLAN_STRATEGIES = ("full", "head", "shallow", "lora-all", "lora-inflection", "lisa", "diagnose")
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -97,13 +97,15 @@ def build_on_meta(name: str) -> nn.Module:
 
 
 def band_for(spec: PlanSpec, model: nn.Module) -> tuple[list[int] | None, int]:
-    """lora-inflection's band and rank: ``layers`` as given, or for a budget of K blocks the K
-    nearest the input (the most memory any band of K can take: every block above is on the gradient
-    path); ``params=N`` sets the rank as ``finetune --budget`` does."""
+    """lora-inflection's band and rank: ``layers`` as given, or before a diagnosis has chosen them
+    the K blocks nearest the input (K from ``budget.layers``, else ``k``): the most memory any band
+    of K can take, every block above it being on the gradient path; ``params=N`` sets the rank as
+    ``finetune --budget`` does."""
     n = len(get_blocks(model))
     layers = spec.layers
-    if layers is None and spec.budget is not None and spec.budget.layers:
-        layers = list(range(min(spec.budget.layers, n)))
+    if layers is None:  # no band yet: the worst band of K blocks (K from the budget, else --k)
+        size = spec.budget.layers if spec.budget is not None and spec.budget.layers else spec.k
+        layers = list(range(min(size, n)))
     if layers is not None and any(not 0 <= i < n for i in layers):
         raise ConfigError(f"band {sorted(layers)} is outside this {n}-block model (0-{n - 1})")
     rank = spec.r
@@ -120,8 +122,6 @@ def applied_model(spec: PlanSpec, strategy: str, model: nn.Module):
             p.requires_grad = True
         return model, list(range(len(get_blocks(model)))), None, None
     layers, rank = band_for(spec, model) if strategy == "lora-inflection" else (None, spec.r)
-    if strategy == "lora-inflection" and not layers:
-        raise ConfigError("lora-inflection needs a band (--layers 2,3) or a budget (--budget layers=K)")
     applied = apply_strategy(strategy, model, StrategyOptions(
         layers=layers, k=spec.k, r=rank, seed=42, extra={"lisa_interval": spec.lisa_interval}))
     if applied.schedule is not None:
@@ -155,18 +155,12 @@ def activation_bytes(spec: PlanSpec, model: nn.Module, shapes: Shapes, training:
     return int(per_batch * ELEMENT_BYTES[spec.precision])
 
 
-def backward_workspace(spec: PlanSpec, shapes: Shapes, model: nn.Module, training: bool = True) -> int:
-    """The gradients of a block's largest intermediates, alive at once while backward goes through it:
-    the FFN's (gate, up and activation: 3·f per token in gated FFNs, 2·f otherwise) or, where the
-    probabilities are kept, the attention's (their gradient and softmax's: 2·a·s)."""
-    from .activation_formula import DECODER_FAMILIES, fused_attention
-
+def transient_workspace(spec: PlanSpec, shapes: Shapes, model: nn.Module, training: bool = True) -> int:
+    """The forward's and backward's short-lived tensors beside the kept activations (bytes)."""
     roles, _ = block_roles(model)
-    if not any(r.on_path for r in roles):
-        return 0
-    ffn = (3 if shapes.family in DECODER_FAMILIES else 2) * shapes.ffn
-    attn = 0 if fused_attention(shapes, spec.attention, training) else 2 * shapes.heads * spec.length
-    return spec.batch_size * spec.length * max(ffn, attn) * ELEMENT_BYTES[spec.precision]
+    floats = transient_floats(shapes, spec.length, spec.attention, training, roles[-1].on_path,
+                              any(r.on_path for r in roles))
+    return int(spec.batch_size * spec.length * floats * ELEMENT_BYTES[spec.precision])
 
 
 def trainable_params(model: nn.Module) -> list[nn.Parameter]:
@@ -202,7 +196,7 @@ def plan_strategy(spec: PlanSpec, strategy: str) -> StrategyPlan:
     grads = FP32 * trainable
     diagnosing = strategy == "diagnose"
     acts = activation_bytes(spec, model, shapes, training=not diagnosing)
-    back = backward_workspace(spec, shapes, model, training=not diagnosing)
+    back = transient_workspace(spec, shapes, model, training=not diagnosing)
     if diagnosing:  # hooks keep one block's gradients at a time; the embedding's comes last, alone
         groups = parameter_groups(model)
         sizes = {g: FP32 * sum(p.numel() for _, p in ps) for g, ps in groups.items()}
@@ -222,3 +216,13 @@ def plan(spec: PlanSpec) -> list[StrategyPlan]:
     """One ``StrategyPlan`` per strategy of ``spec`` (each on a fresh meta model)."""
     spec.check()
     return [plan_strategy(spec, s) for s in spec.strategies]
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``2,3`` -> [2, 3]; a bad item is a one-line error."""
+    if not text:
+        return None
+    try:
+        return sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--layers expects block indices like 2,3; got {text!r}") from None
