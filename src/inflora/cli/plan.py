@@ -34,6 +34,11 @@ def _table(rows: list[dict], measured: bool, title: str):
     return t
 
 
+def _progress(row: dict) -> None:
+    typer.echo(f"measured {row['strategy']}: +{row['measured_above_model'] / MIB:,.0f} MiB "
+               f"(planned +{row['peak_above_model'] / MIB:,.0f})", err=True)
+
+
 @command("plan")
 def plan_cmd(
     model: str = typer.Option("minilm", help="model name, folder (a config.json is enough) or tiny-<family>"),
@@ -42,7 +47,7 @@ def plan_cmd(
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast)"),
     attention: str = typer.Option("sdpa", help="sdpa | eager"),
     strategies: str = typer.Option("full,head,shallow,lora-all,lora-inflection,lisa,diagnose"),
-    layers: Optional[str] = typer.Option(None, help="lora-inflection's band, e.g. 2,3"),
+    layers: Optional[str] = typer.Option(None, help="lora-inflection's band, e.g. 2,3 (default: the K blocks nearest the input, the most memory a band of K takes)"),
     budget: Optional[str] = typer.Option(None, help="lora-inflection without a band: layers=K and/or params=N"),
     k: int = typer.Option(2, help="shallow: top-k blocks; lisa: active blocks"),
     lora_r: int = typer.Option(8),
@@ -52,6 +57,7 @@ def plan_cmd(
     measure_steps: int = typer.Option(3, help="steps per measured strategy"),
     device: str = typer.Option("cpu", help="where --measure runs: cpu | cuda"),
     threads: int = typer.Option(0, help="torch threads in the measuring processes (0: torch's default)"),
+    plain_malloc: bool = typer.Option(False, help="measure with glibc's default mmap threshold (allocator slack)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Predict each strategy's peak memory (weights, gradients, optimizer, activations, workspace)."""
@@ -66,7 +72,7 @@ def plan_cmd(
     if measure:
         from ..training.memory_measure import measured_rows
 
-        rows = measured_rows(spec, plans, measure_steps, device, threads)
+        rows = measured_rows(spec, plans, measure_steps, device, threads, plain_malloc, on_row=_progress)
     else:
         rows = [p.to_dict() for p in plans]
     if json_out:

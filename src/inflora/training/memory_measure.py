@@ -188,9 +188,9 @@ if __name__ == "__main__":
 
 
 def measured_rows(spec, plans: list, steps: int = 3, device: str = "cpu", threads: int = 0,
-                  plain_malloc: bool = False) -> list[dict]:
+                  plain_malloc: bool = False, on_row=None) -> list[dict]:
     """Each plan beside its measurement: the measured peak above the model and the relative error
-    of the prediction, (predicted − measured) / measured."""
+    of the prediction, (predicted − measured) / measured; ``on_row(row)`` as each one is done."""
     rows = []
     for p in plans:
         m = measure(spec, p.strategy, steps, device, threads, plain_malloc)
@@ -199,4 +199,6 @@ def measured_rows(spec, plans: list, steps: int = 3, device: str = "cpu", thread
         got = m["peak_above_model"]
         rows.append({**p.to_dict(), "measured_above_model": got, "device": m["device"], "method": m["method"],
                      "error": (p.peak_above_model - got) / got if got > 0 else None})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
