@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 
@@ -47,12 +46,13 @@ def plan_cmd(
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast)"),
     attention: str = typer.Option("sdpa", help="sdpa | eager"),
     strategies: str = typer.Option("full,head,shallow,lora-all,lora-inflection,lisa,diagnose"),
-    layers: Optional[str] = typer.Option(None, help="lora-inflection's band, e.g. 2,3 (default: the K blocks nearest the input, the most memory a band of K takes)"),
-    budget: Optional[str] = typer.Option(None, help="lora-inflection without a band: layers=K and/or params=N"),
+    layers: str | None = typer.Option(None, help="lora-inflection's band, e.g. 2,3 (default: the K blocks "
+                                                 "nearest the input, the most memory a band of K takes)"),
+    budget: str | None = typer.Option(None, help="lora-inflection without a band: layers=K and/or params=N"),
     k: int = typer.Option(2, help="shallow: top-k blocks; lisa: active blocks"),
     lora_r: int = typer.Option(8),
     lisa_interval: int = typer.Option(20),
-    steps: Optional[int] = typer.Option(None, help="optimizer steps taken (LISA's state grows); default: a long run"),
+    steps: int | None = typer.Option(None, help="optimizer steps taken (LISA's state grows); default: a long run"),
     measure: bool = typer.Option(False, help="run a few steps of each strategy (fresh process each) and compare"),
     measure_steps: int = typer.Option(3, help="steps per measured strategy"),
     device: str = typer.Option("cpu", help="where --measure runs: cpu | cuda"),

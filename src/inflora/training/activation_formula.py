@@ -36,7 +36,7 @@ class Shapes:
     hidden_dropout: float
 
     @classmethod
-    def of(cls, config, family: str) -> "Shapes":
+    def of(cls, config, family: str) -> Shapes:
         if family not in ENCODER_FAMILIES + DECODER_FAMILIES:
             raise ArchitectureError(f"no activation formula for the {family!r} family yet; "
                                     f"plan supports: {', '.join(ENCODER_FAMILIES + DECODER_FAMILIES)}")

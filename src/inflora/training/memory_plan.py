@@ -23,7 +23,14 @@ from ..errors import ArchitectureError, ConfigError
 from ..models import arch_for, base_model, get_blocks, meta_model, parameter_groups
 from ..strategies import StrategyOptions, apply_strategy, count_parameters
 from ..strategies.budget import Budget, rank_for_params
-from .activation_formula import BlockRole, Shapes, block_floats, head_floats, outside_floats, transient_floats
+from .activation_formula import (
+    BlockRole,
+    Shapes,
+    block_floats,
+    head_floats,
+    outside_floats,
+    transient_floats,
+)
 
 PLAN_STRATEGIES = ("full", "head", "shallow", "lora-all", "lora-inflection", "lisa", "diagnose")
 ELEMENT_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -90,7 +97,7 @@ def build_on_meta(name: str) -> nn.Module:
         model = meta_model(name)
     except (ConfigError, ArchitectureError):
         raise
-    except Exception as exc:  # transformers raises many kinds for a config it cannot build
+    except (ValueError, TypeError, RuntimeError, AttributeError, KeyError) as exc:  # transformers raises many kinds
         raise ArchitectureError(f"cannot build {name!r} on the meta device: {str(exc).splitlines()[0]}") from None
     arch_for(model)
     return model
