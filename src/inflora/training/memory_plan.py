@@ -208,8 +208,7 @@ def plan_strategy(spec: PlanSpec, strategy: str) -> StrategyPlan:
         groups = parameter_groups(model)
         sizes = {g: FP32 * sum(p.numel() for _, p in ps) for g, ps in groups.items()}
         in_flight = max(v for g, v in sizes.items() if g.startswith("block."))
-        work, state, grads_at_peak = back + in_flight, 0, max(sizes.values())
-        peak = weights + max(acts + work, grads_at_peak)
+        peak = weights + max(acts + back + in_flight, max(sizes.values()))
         return StrategyPlan(strategy, trainable, total, weights, in_flight, 0, acts, back, peak, layers)
     state = optimizer_state_bytes(spec, model, schedule)
     step_work = 2 * FP32 * max((p.numel() for p in trainable_params(model)), default=0)  # AdamW's sqrt temporaries
