@@ -89,6 +89,7 @@ def command(name: str | None = None, **kw):
 
 
 from . import compare, demo, diagnose, experiment, export, finetune, info  # noqa: E402,F401  (registers the commands)
+from . import plan  # noqa: E402,F401  (inflora plan: memory per strategy)
 
 
 def main() -> None:  # pragma: no cover - console entry
