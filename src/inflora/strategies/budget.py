@@ -62,7 +62,7 @@ def lora_params_per_rank(model: nn.Module, layers: list[int], targets=None) -> i
     PEFT config built by ``lora_config`` (the one builder) would adapt, found with PEFT's own matcher."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    config = lora_config(arch_for(model).family, sorted(layers), r=1, targets=targets)
+    config = lora_config(arch_for(model), sorted(layers), r=1, targets=targets)
     total = 0
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)

@@ -13,7 +13,7 @@ import re
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.architectures import ARCHITECTURES, ArchSpec, arch_for, num_layers
+from ..models.architectures import ArchSpec, arch_for, num_layers
 from ..models.loading import meta_model
 
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
@@ -23,18 +23,22 @@ TARGET_PRESETS = ("qkv", "attention", "mlp", "all")
 TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
-def family_spec(family: str) -> ArchSpec:
-    for spec in ARCHITECTURES:
-        if spec.family == family or family in spec.model_types:
-            return spec
-    return arch_for(family)  # raises the table's error
+def family_spec(family: str | ArchSpec) -> ArchSpec:
+    """The spec itself, or the spec of a family name (a table row, else discovered on a tiny model)."""
+    return family if isinstance(family, ArchSpec) else arch_for(family)
+
+
+def layers_pattern(spec: ArchSpec) -> str:
+    """PEFT's ``layers_pattern``: the block list's name, or its whole path in a model with several
+    towers (so the band's indices hit only the chosen tower's blocks, PEFT #1024)."""
+    return spec.blocks if len(spec.towers) > 1 else spec.blocks.split(".")[-1]
 
 
 def _unique(paths) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def resolve_targets(family: str, targets: str | list[str] | None) -> list[str]:
+def resolve_targets(family: str | ArchSpec, targets: str | list[str] | None) -> list[str]:
     """LoRA target paths inside a block: ``qkv`` (the default: query/key/value, or GPT-2's fused
     ``c_attn``), ``attention`` (q/k/v and the output projection), ``mlp`` (the feed-forward
     projections), ``all`` (both), or explicit names (a comma list; short names like ``q_proj`` match
@@ -66,7 +70,7 @@ def _shadowed(spec: ArchSpec, paths: list[str]) -> list[str] | None:
 
 
 def lora_config(
-    family: str, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
+    family: str | ArchSpec, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
     targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
 ):
     """A ``LoraConfig`` restricted to ``layers`` (None: every block); ``targets`` as in
@@ -86,8 +90,8 @@ def lora_config(
         r=r, lora_alpha=alpha, lora_dropout=dropout,
         target_modules=paths, exclude_modules=_shadowed(spec, paths),
         layers_to_transform=sorted(set(layers)) if layers is not None else None,
-        layers_pattern=spec.blocks.split(".")[-1] if layers is not None else None,
-        fan_in_fan_out=spec.fused_qkv,
+        layers_pattern=layers_pattern(spec) if layers is not None else None,
+        fan_in_fan_out=spec.fused_conv1d,
         modules_to_save=list(modules_to_save) if modules_to_save else None, task_type=task_type,
     )
 
@@ -139,7 +143,7 @@ def check_lora_targets(model_name: str, targets: str | list[str] | None, task: s
     """Dry-run ``targets`` on every block of ``model_name`` built on the meta device: a target the
     model lacks fails before any data or weights are loaded."""
     model = meta_model(model_name, task)
-    return match_lora_targets(model, lora_config(arch_for(model).family, None, targets=targets,
+    return match_lora_targets(model, lora_config(arch_for(model), None, targets=targets,
                                                  task_type=TASK_TYPES[task]))
 
 
@@ -161,7 +165,7 @@ def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = 8, alpha
         raise ConfigError(f"layers {sorted(layers)} out of range for a {n}-layer model")
     task = task_type_of(model)
     config = lora_config(
-        spec.family, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
+        spec, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
         modules_to_save=head_modules(model) if train_head and task == "classification" else None,
         task_type=TASK_TYPES[task],
     )
