@@ -18,8 +18,8 @@ from .streaming_entropy import SUM_FIELDS, standard_error, streaming_entropy_sum
 
 
 def valid_key_mask(attention_mask: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:
-    """[B, Tq, Tk] booleans: key s is a real token (and s <= t for causal models, and s > t - window
-    under a sliding window)."""
+    """[B, Tq, Tk] booleans: key s is a real token (and s <= t for causal models, and |t - s| < window
+    under a sliding window: behind the query for causal models, on both sides for encoders)."""
     keys = attention_mask.bool()[:, None, :]
     t = attention_mask.shape[1]
     valid = keys.expand(-1, t, -1)
@@ -27,6 +27,8 @@ def valid_key_mask(attention_mask: torch.Tensor, causal: bool, window: int | Non
         valid = valid & torch.ones(t, t, dtype=torch.bool, device=keys.device).tril()[None]
     if window is not None and window < t:
         valid = valid & torch.ones(t, t, dtype=torch.bool, device=keys.device).triu(1 - window)[None]
+        if not causal:  # a bidirectional local window (ModernBERT): |t - s| < window on both sides
+            valid = valid & torch.ones(t, t, dtype=torch.bool, device=keys.device).tril(window - 1)[None]
     return valid
 
 

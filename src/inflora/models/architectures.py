@@ -42,7 +42,9 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
         output="attention.attn.o", embeddings=("embeddings",), maps_need_output_attentions=True,
         ffn_up="intermediate.dense", ffn_down="output.dense",
-        attention_interface=False,
+        attention_interface=False, entropy_note=(
+            "its attention code does not go through transformers' attention interface (relative position "
+            "bias); entropy read from eager maps"),
     ),
     ArchSpec(
         "gpt2", ("gpt2",), blocks="h", attention="attn", query="attn.c_attn", key="attn.c_attn",

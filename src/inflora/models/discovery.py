@@ -14,7 +14,7 @@ import re
 
 from torch import nn
 
-from ..errors import ArchitectureError
+from ..errors import ArchitectureError, ConfigError
 from .spec import ArchSpec, MoESpec
 
 PEFT_LAYER_NAMES = ("layers", "h", "block", "blocks", "layer")
@@ -104,8 +104,10 @@ def choose_blocks(model: nn.Module, base: nn.Module, tower: str) -> tuple[str, n
     return path, blocks, sorted(by_tower)
 
 
-def _rel(names: dict[int, str], module: nn.Module) -> str:
-    return names[id(module)]
+def check_tower(tower: str) -> str:
+    if tower not in TOWERS:
+        raise ConfigError(f"unknown tower {tower!r}; choose one of {', '.join(TOWERS)}")
+    return tower
 
 
 def find_attention(block: nn.Module) -> tuple[str, str]:
@@ -211,8 +213,7 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
     """The ``ArchSpec`` of ``model`` (a transformers model; ``base`` its ``base_model``)."""
     from .discovery_ffn import discover_ffn
 
-    if tower not in TOWERS:
-        raise ArchitectureError(f"unknown tower {tower!r}; choose one of {', '.join(TOWERS)}")
+    check_tower(tower)
     blocks_path, blocks, towers = choose_blocks(model, base, tower)
     block = blocks[0]
     container, attention = find_attention(block)

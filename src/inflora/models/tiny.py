@@ -88,8 +88,8 @@ def sized_config(model_type: str, layers: int = 4, hidden: int = 32, heads: int 
             except AttributeError:  # a derived property (Falcon's head_dim)
                 pass
     types = getattr(config, "layer_types", None)
-    if types:  # alternate sliding and global layers where the family mixes them
-        mixed = "sliding_attention" in types
+    if types and all(t in ("sliding_attention", "full_attention") for t in types):
+        mixed = "sliding_attention" in types  # alternate sliding and global layers where the family mixes them
         config.layer_types = [("sliding_attention" if mixed and i % 2 == 0 else "full_attention") for i in range(layers)]
     return config
 
