@@ -88,3 +88,21 @@ def test_cli_info_prints_the_discovered_structure_and_bad_towers_are_one_line():
     res = runner.invoke(app, ["info", "--model", "tiny-llama", "--tower", "vision"])
     assert res.exit_code == 2 and "error: LlamaForCausalLM has no vision tower" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("family", ["phi3", "modernbert"])
+def test_redo_recycles_both_halves_of_a_fused_gate_up(family):
+    """Unit i of a fused gate/up FFN owns rows i and units + i of the fused weight."""
+    from inflora.remedies.redo import recycle, transformer_units
+
+    model = tiny_model(family, layers=1, task="classification")
+    unit = transformer_units(model)[0]
+    (fused,) = unit.incoming
+    before = fused.weight.detach().clone()
+    units = unit.next.weight.shape[1]
+    dead = torch.zeros(units, dtype=torch.bool)
+    dead[[0, 5]] = True
+    assert recycle(unit, dead) == 2
+    changed = (fused.weight != before).any(1).nonzero().flatten().tolist()
+    assert changed == [0, 5, units, units + 5]
+    assert not unit.next.weight[:, dead].any()
