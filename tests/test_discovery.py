@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from inflora.cli import app
 from inflora.errors import ArchitectureError, ConfigError
-from inflora.models import ARCHITECTURES, arch_for, get_blocks, get_ffn, set_tower, tiny_model
+from inflora.models import ARCHITECTURES, arch_for, get_attention, get_blocks, get_ffn, set_tower, tiny_model
 from inflora.models.architectures import base_model
 from inflora.models.discovery import discover
 from inflora.strategies import inject_lora
@@ -74,8 +74,20 @@ def test_a_tower_the_model_lacks_and_a_model_without_attention_fail_by_name():
         set_tower(tiny_model("llama", task="causal-lm"), "vision")
     with pytest.raises(ConfigError, match="unknown tower 'audio'; choose one of language, vision"):
         set_tower(tiny_model("llama", task="causal-lm"), "audio")
-    with pytest.raises(ArchitectureError, match="found no attention module .*ARCHITECTURES"):
-        arch_for(tiny_model("mamba", layers=2, task="causal-lm"))
+    with pytest.raises(ArchitectureError, match="SqueezeBertModule: the attention module 'attention' holds no Linear "
+                       "projection; to support it, add an ArchSpec row .*ARCHITECTURES"):
+        arch_for(tiny_model("squeezebert", layers=2))  # convolutional q/k/v: not read, and said so
+
+
+def test_state_space_and_hybrid_models_get_no_attention_and_say_so():
+    mamba = arch_for(tiny_model("mamba", layers=2, task="causal-lm"))
+    assert mamba.attention is None and mamba.attention_free_blocks == (0, 1)
+    assert mamba.lora_targets == ("mixer.in_proj", "mixer.out_proj") and "entropy does not apply" in mamba.entropy_note
+    hybrid = tiny_model("qwen3_next", task="causal-lm")  # linear-attention blocks beside softmax ones
+    spec = arch_for(hybrid)
+    assert spec.attention == "self_attn" and spec.attention_free_blocks
+    assert [get_attention(b, spec) is None for b in get_blocks(hybrid)] == [
+        i in spec.attention_free_blocks for i in range(len(get_blocks(hybrid)))]
     with pytest.raises(ArchitectureError, match="unsupported architecture 'Linear': not a transformers model"):
         arch_for(torch.nn.Linear(2, 2))
 

@@ -276,7 +276,7 @@ def diagnose(
                 return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
             flags = _flags(layers, losses, output)
-            if spec.entropy_note and attention_mode == "eager":
+            if spec.entropy_note:
                 flags.append(f"attention entropy ({spec.family}): {spec.entropy_note}")
             terms, chosen, stability = _select_band(profile_for, n_batches, len(layers), rule, params, ski_params,
                                                     resamples, seed, flags)

@@ -116,13 +116,17 @@ class EntropyProbe(ProbePlugin):
             self._attach_sinks(ctx)
             return
         for acc, module in zip(self.layers, ctx.attention):
-            self.handles.append(module.register_forward_hook(self._hook(ctx, acc)))
+            if module is not None:  # a block without softmax attention (state-space, linear): entropy stays NaN
+                self.handles.append(module.register_forward_hook(self._hook(ctx, acc)))
 
     def _attach_sinks(self, ctx) -> None:
         generator = torch.Generator().manual_seed(self.seed) if self.queries is not None else None
         options = {"queries": self.queries, "generator": generator, **({"chunk": self.chunk} if self.chunk else {})}
         self.last_forward = [-1] * len(self.layers)
         for i, module in enumerate(ctx.attention):
+            if module is None:  # no softmax attention in this block: nothing to stream, entropy stays NaN
+                self.last_forward[i] = None
+                continue
             SINKS[module] = self._sink(ctx, i, options)
             self.handles.append(_SinkHandle(module))
 
@@ -137,7 +141,7 @@ class EntropyProbe(ProbePlugin):
         return sink
 
     def after_backward(self, ctx) -> None:
-        missing = [i for i, f in enumerate(getattr(self, "last_forward", ())) if f != ctx.forwards]
+        missing = [i for i, f in enumerate(getattr(self, "last_forward", ())) if f is not None and f != ctx.forwards]
         if ctx.active and missing:
             raise ArchitectureError(
                 f"layers {missing} ran no streaming attention in this step (was attn_implementation changed while "

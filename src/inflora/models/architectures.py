@@ -156,8 +156,15 @@ def get_blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-def get_attention(block: nn.Module, spec: ArchSpec) -> nn.Module:
-    return get_submodule(block, spec.attention)
+def get_attention(block: nn.Module, spec: ArchSpec) -> nn.Module | None:
+    """The block's softmax attention module; None where the block has none (state-space and
+    linear-attention blocks of hybrid models: entropy does not apply there)."""
+    if spec.attention is None or not _has(block, spec.attention):
+        return None
+    module = block.get_submodule(spec.attention)
+    if spec.attention_class and type(module).__name__ != spec.attention_class:
+        return None
+    return module
 
 
 def get_ffn(block: nn.Module, spec: ArchSpec) -> FFN | None:

@@ -137,7 +137,7 @@ def attention_projections(block: nn.Module, container: str, attention: str, hidd
                                 f"{container} writing {hidden} features); to support it, {HOW_TO_OVERRIDE}")
     output = out_candidates[-1]
     if mla:
-        q = leaf.get("q_b_proj") or leaf["q_proj"]
+        q = leaf.get("q_b_proj") or leaf.get("q_proj") or mla[0]
         return dict(query=q, key=leaf["kv_b_proj"], value=leaf["kv_b_proj"], output=output, qkv_targets=tuple(mla))
     if fused:
         return dict(query=fused[0], key=fused[0], value=fused[0], output=output, fused_qkv=True)
@@ -215,12 +215,18 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
 
     check_tower(tower)
     blocks_path, blocks, towers = choose_blocks(model, base, tower)
-    block = blocks[0]
-    container, attention = find_attention(block)
+    found = softmax_attention(blocks)
+    if found is None:
+        return attention_free(model, base, blocks_path, blocks, tower, towers)
+    index, container, attention, projections = found
+    block = blocks[index]
     hidden = container_width(block, container)
-    projections = attention_projections(block, container, attention, hidden)
     ffn = discover_ffn(blocks, container, hidden)
     streaming, note = entropy_decision(model, block.get_submodule(attention))
+    cls = type(block.get_submodule(attention)).__name__
+    free = tuple(i for i, b in enumerate(blocks) if not _has_module(b, attention, cls))
+    if free:
+        note = (f"{note}; " if note else "") + f"blocks {list(free)} have no softmax attention: entropy does not apply there"
     all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
     kind = getattr(model.config, "model_type", type(model).__name__)
     return ArchSpec(
@@ -229,5 +235,51 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
         causal=is_causal(model, block.get_submodule(attention)) and tower == "language",
         maps_need_output_attentions=not streaming, attention_interface=streaming, entropy_note=note,
         tower=tower, towers=tuple(towers), discovered=True,
-        fused_conv1d=type(block.get_submodule(projections["query"])).__name__ == "Conv1D",
+        fused_conv1d=type(getattr(q := block.get_submodule(projections["query"]), "base_layer", q)).__name__ == "Conv1D",
+        attention_class=cls, attention_free_blocks=free,
+    )
+
+
+def _has_module(block: nn.Module, path: str, cls: str) -> bool:
+    try:
+        return type(block.get_submodule(path)).__name__ == cls
+    except AttributeError:
+        return False
+
+
+def softmax_attention(blocks: nn.ModuleList):
+    """(block index, container, attention, projections) of the first block whose attention has
+    q/k/v projections; None when no block has one (state-space and recurrent models). Hybrid
+    models (Jamba, Qwen3-Next, MiniMax) mix such blocks with state-space or linear ones."""
+    errors = []
+    for i, block in enumerate(blocks):
+        try:
+            container, attention = find_attention(block)
+            hidden = container_width(block, container)
+            return i, container, attention, attention_projections(block, container, attention, hidden)
+        except ArchitectureError as exc:
+            errors.append(exc)
+    if any("found no attention module" not in str(e) for e in errors):
+        raise next(e for e in errors if "found no attention module" not in str(e))
+    return None
+
+
+def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
+    """The spec of a model without softmax attention: the gradient metrics and LoRA read its
+    block projections; entropy does not apply (said in the diagnosis, never a number)."""
+    from .discovery_ffn import discover_ffn
+
+    hidden = getattr(model.config.get_text_config(), "hidden_size", None)
+    if hidden is None:
+        raise ArchitectureError(f"{type(model).__name__}: found no attention module and no config.hidden_size to "
+                                f"find the block's projections by; to support it, {HOW_TO_OVERRIDE}")
+    ffn = discover_ffn(blocks, "", hidden)
+    all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
+    kind = model.config.model_type
+    return ArchSpec(
+        family=kind if tower == "language" else f"{kind}:{tower}", model_types=(kind,), blocks=blocks_path,
+        attention=None, query=None, key=None, value=None, output=None,
+        embeddings=embedding_paths(base, blocks_path, all_lists), **ffn, causal=True, attention_interface=False,
+        entropy_note="no block has softmax attention (a state-space or recurrent model): entropy does not apply",
+        tower=tower, towers=tuple(towers), discovered=True, attention_free_blocks=tuple(range(len(blocks))),
     )

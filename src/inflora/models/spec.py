@@ -33,11 +33,11 @@ class ArchSpec:
     family: str
     model_types: tuple[str, ...]
     blocks: str                      # ModuleList of transformer blocks (relative to base_model)
-    attention: str                   # module whose output[1] is the attention map [B, H, Tq, Tk]
-    query: str
-    key: str
-    value: str
-    output: str                      # attention output projection
+    attention: str | None            # module whose output[1] is the attention map [B, H, Tq, Tk]
+    query: str | None                # None (with attention, key, value, output): no softmax attention at all
+    key: str | None
+    value: str | None
+    output: str | None               # attention output projection
     embeddings: tuple[str, ...]      # embedding modules (relative to base_model)
     ffn_up: str | None               # feed-forward input projection (into the hidden units); None: MoE only
     ffn_down: str | None             # feed-forward output projection (its input is the hidden units)
@@ -54,12 +54,16 @@ class ArchSpec:
     towers: tuple[str, ...] = ("language",)
     discovered: bool = False         # derived from the model (False: a verified row of the table)
     fused_conv1d: bool = field(default=False, compare=False)  # projections are Conv1D ([in, out] weights)
+    attention_class: str | None = None  # discovered: the attention class (blocks holding another have none)
+    attention_free_blocks: tuple[int, ...] = ()  # blocks without softmax attention (hybrids, state-space)
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
         """Default LoRA targets: q/k/v (the fused projection where the family fuses them)."""
         if self.qkv_targets:
             return self.qkv_targets
+        if self.query is None:  # no attention: the block's own projections
+            return self.mlp_targets
         return (self.query,) if self.fused_qkv else (self.query, self.key, self.value)
 
     @property

@@ -29,8 +29,7 @@ FAMILIES = (
 VISION_LANGUAGE = ("qwen2_vl",)
 # Overrides of the generic sizes, per family (each a trap of design/discovery.md).
 FAMILY_SIZES = {
-    "deepseek_v3": lambda h, heads: dict(num_key_value_heads=heads, first_k_dense_replace=1),
-    "gptj": lambda h, heads: dict(rotary_dim=h // heads // 2),
+    "deepseek_v3": lambda h, heads: dict(first_k_dense_replace=1),
 }
 
 
@@ -68,7 +67,7 @@ def _size_fields(layers: int, hidden: int, heads: int) -> dict:
         num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden,
         shared_expert_intermediate_size=hidden, n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=None,
         qk_rope_head_dim=d, qk_nope_head_dim=d, v_head_dim=d, sliding_window=16, local_attention=16,
-        global_attn_every_n_layers=2,
+        global_attn_every_n_layers=2, rotary_dim=d // 2, decoder_start_token_id=0,
     )
 
 
@@ -81,12 +80,15 @@ def sized_config(model_type: str, layers: int = 4, hidden: int = 32, heads: int 
     except ValueError:
         raise ArchitectureError(f"unknown model type {model_type!r}: transformers has no config class for it") from None
     fields = {**_size_fields(layers, hidden, heads), **FAMILY_SIZES.get(model_type, lambda h, n: {})(hidden, heads), **extra}
+    if hasattr(config, "kv_lora_rank"):  # latent attention expands k/v to every query head
+        fields["num_key_value_heads"] = heads
     for name, value in fields.items():
         if hasattr(config, name) or name in getattr(config, "attribute_map", {}):
             try:
                 setattr(config, name, value)
-            except AttributeError:  # a derived property (Falcon's head_dim)
-                pass
+            except Exception:  # noqa: BLE001 - a derived property (Falcon's head_dim), or a value the class refuses
+                if name == "q_lora_rank":  # some latent-attention configs require a query rank
+                    setattr(config, name, 16)
     types = getattr(config, "layer_types", None)
     if types and all(t in ("sliding_attention", "full_attention") for t in types):
         mixed = "sliding_attention" in types  # alternate sliding and global layers where the family mixes them

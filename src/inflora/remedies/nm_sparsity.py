@@ -205,7 +205,7 @@ def default_targets(model: nn.Module, targets: str = "ffn", layers: Sequence[int
     chosen = range(len(blocks)) if layers is None else layers
     rel = list(spec.mlp_targets)
     if targets == "ffn+qkv":
-        rel += list(dict.fromkeys((spec.query, spec.key, spec.value)))
+        rel += list(dict.fromkeys(p for p in (spec.query, spec.key, spec.value) if p))
     elif targets != "ffn":
         raise ConfigError(f"--nm-targets must be ffn or ffn+qkv (or a comma-separated module list), got {targets!r}")
     out = []

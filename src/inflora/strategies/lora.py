@@ -35,7 +35,7 @@ def layers_pattern(spec: ArchSpec) -> str:
 
 
 def _unique(paths) -> list[str]:
-    return list(dict.fromkeys(paths))
+    return list(dict.fromkeys(p for p in paths if p))  # None: a part the model lacks (no attention)
 
 
 def resolve_targets(family: str | ArchSpec, targets: str | list[str] | None) -> list[str]:
