@@ -33,17 +33,25 @@ def valid_key_mask(attention_mask: torch.Tensor, causal: bool, window: int | Non
 
 
 def attention_entropy_sums(
-    attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None
+    attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
+    sink: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head sums over non-padding queries of -Σ_s a log a (natural log), and of the same divided
     by log(#valid keys); with the query counts each sum is over. Returns four [H] tensors:
-    (raw_sum, raw_count, norm_sum, norm_count). Queries with one valid key have no normalised form."""
+    (raw_sum, raw_count, norm_sum, norm_count). Queries with one valid key have no normalised form.
+
+    ``sink``: the model's softmax has one more outcome than the map shows (gpt-oss's learned sink
+    logit; its eager map drops that column), so each row's missing mass 1 − Σa is that outcome's
+    probability: it joins the entropy and the outcome count, giving the distribution the model uses."""
     a = attn.detach().float()
     keys = valid_key_mask(attention_mask, causal, window)  # [B, T, T]
     a = a * keys[:, None]  # masked keys hold ~0 mass already; make it exact
     ent = -torch.special.xlogy(a, a).sum(-1)  # [B, H, T]; xlogy(0, 0) = 0, one pass over the map
+    if sink:
+        rest = (1 - a.sum(-1)).clamp_min(0)
+        ent = ent - torch.special.xlogy(rest, rest)
     queries = attention_mask.bool()  # [B, T]
-    n_keys = keys.sum(-1).float()  # [B, T]
+    n_keys = keys.sum(-1).float() + (1 if sink else 0)  # [B, T]
     normable = queries & (n_keys > 1)
     log_n = torch.where(normable, n_keys.clamp_min(2).log(), torch.ones_like(n_keys))
     q = queries[:, None].float()
@@ -68,8 +76,9 @@ class AttentionEntropy(SumAccumulator):
 
     fields = SUM_FIELDS
 
-    def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None) -> None:
-        raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window)
+    def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
+               sink: bool = False) -> None:
+        raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window, sink)
         self.add(raw, n, norm, nn_, torch.zeros_like(raw), 0.0, 0.0, 0.0)
 
     def update_streaming(self, *sums: torch.Tensor) -> None:
@@ -158,7 +167,8 @@ class EntropyProbe(ProbePlugin):
                 raise ArchitectureError(
                     f"{type(module).__name__} returned no attention map; the probe needs attn_implementation='eager'"
                 )
-            acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module))
+            acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module),
+                       sink=getattr(module, "sinks", None) is not None)
 
         return hook
 

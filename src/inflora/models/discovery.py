@@ -188,8 +188,8 @@ def entropy_decision(model: nn.Module, attention: nn.Module) -> tuple[bool, str 
     if getattr(config, "attn_logit_softcapping", None):
         return False, "logit soft-capping (attn_logit_softcapping) changes the softmax; entropy read from eager maps"
     if getattr(attention, "sinks", None) is not None:
-        return False, ("learned attention sinks join the softmax; entropy read from eager maps "
-                       "(over the real keys: the sink's share of each row is left out)")
+        return False, ("learned attention sinks join the softmax; entropy read from eager maps, "
+                       "with each row's sink share counted as one more outcome")
     if getattr(config, "alibi", False) or getattr(config, "model_type", "") in ("bloom", "mpt"):
         return False, "ALiBi adds a position bias to the scores; entropy read from eager maps"
     if not getattr(model, "_supports_attention_backend", False):
