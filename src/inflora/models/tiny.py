@@ -82,6 +82,9 @@ def sized_config(model_type: str, layers: int = 4, hidden: int = 32, heads: int 
     fields = {**_size_fields(layers, hidden, heads), **FAMILY_SIZES.get(model_type, lambda h, n: {})(hidden, heads), **extra}
     if hasattr(config, "kv_lora_rank"):  # latent attention expands k/v to every query head
         fields["num_key_value_heads"] = heads
+    if getattr(config, "is_encoder_decoder", False):
+        config.decoder_start_token_id = 0
+    config.use_cache = False  # a probe needs no cache (and hybrid caches refuse 4 blocks without attention)
     for name, value in fields.items():
         if hasattr(config, name) or name in getattr(config, "attribute_map", {}):
             try:
