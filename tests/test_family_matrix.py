@@ -37,7 +37,7 @@ def _train_steps(model, batches, steps=6, lr=2e-3) -> list[float]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.eval()  # no dropout: the steps themselves must lower the loss
     losses = []
-    for i in range(steps):
+    for _ in range(steps):
         loss = model(**batches[0]).loss
         losses.append(float(loss))
         opt.zero_grad()

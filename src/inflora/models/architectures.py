@@ -28,6 +28,7 @@ _LLAMA_LIKE = dict(
     ffn_gate="mlp.gate_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
 )
 
+
 ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec("bert", ("bert",), **_BERT_LIKE),
     ArchSpec("roberta", ("roberta", "xlm-roberta"), **_BERT_LIKE),

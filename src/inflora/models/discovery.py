@@ -15,43 +15,19 @@ import re
 from torch import nn
 
 from ..errors import ArchitectureError, ConfigError
-from .spec import ArchSpec, MoESpec
+from .discovery_ffn import discover_ffn
+from .projections import HOW_TO_OVERRIDE, io_features, is_projection, projections
+from .spec import ArchSpec
 
 PEFT_LAYER_NAMES = ("layers", "h", "block", "blocks", "layer")
 VISION_CUES = ("vision", "visual", "vit", "image", "patch")
 TOWERS = ("language", "vision")
-HOW_TO_OVERRIDE = ("add an ArchSpec row for its config.model_type to "
-                   "inflora.models.architectures.ARCHITECTURES")
 
 _Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj)$")
 _K = re.compile(r"^(k_proj|key|key_proj|k_lin|k|wk)$")
 _V = re.compile(r"^(v_proj|value|value_proj|v_lin|v|wv)$")
 _FUSED = re.compile(r"^(qkv_proj|query_key_value|c_attn|wqkv|qkv|in_proj|w_pack)$", re.I)
 _MLA = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj")
-_ROUTER = ("gate", "router")
-_SHARED = ("shared_experts", "shared_expert", "shared_mlp")
-
-
-def is_projection(module: nn.Module) -> bool:
-    """``nn.Linear`` or transformers' ``Conv1D`` (GPT-2 style, weight stored [in, out]), also
-    inside a PEFT LoRA layer (its ``base_layer``; the adapter's own Linears are not projections)."""
-    module = getattr(module, "base_layer", module)
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
-def projections(root: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(path, module) of every projection under ``root``, PEFT's adapter internals left out."""
-    skip = ("base_layer", "lora_", "modules_to_save", "original_module")
-    return [(n, m) for n, m in root.named_modules()
-            if n and is_projection(m) and not any(s in n for s in skip)]
-
-
-def io_features(module: nn.Module) -> tuple[int, int]:
-    """(in, out) features of a projection, whichever way its weight is stored."""
-    module = getattr(module, "base_layer", module)
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    return module.weight.shape[0], module.weight.shape[1]  # Conv1D: [in, out]
 
 
 def _same_class(children: list[nn.Module]) -> bool:
@@ -211,8 +187,6 @@ def is_causal(model: nn.Module, attention: nn.Module) -> bool:
 
 def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> ArchSpec:
     """The ``ArchSpec`` of ``model`` (a transformers model; ``base`` its ``base_model``)."""
-    from .discovery_ffn import discover_ffn
-
     check_tower(tower)
     blocks_path, blocks, towers = choose_blocks(model, base, tower)
     found = softmax_attention(blocks)
@@ -267,8 +241,6 @@ def softmax_attention(blocks: nn.ModuleList):
 def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
     """The spec of a model without softmax attention: the gradient metrics and LoRA read its
     block projections; entropy does not apply (said in the diagnosis, never a number)."""
-    from .discovery_ffn import discover_ffn
-
     hidden = getattr(model.config.get_text_config(), "hidden_size", None)
     if hidden is None:
         raise ArchitectureError(f"{type(model).__name__}: found no attention module and no config.hidden_size to "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ArchitectureError
-from .discovery import HOW_TO_OVERRIDE, io_features, projections
+from .projections import HOW_TO_OVERRIDE, io_features, projections
 from .spec import MoESpec
 
 _ROUTER = ("gate", "router")
