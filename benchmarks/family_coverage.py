@@ -154,7 +154,7 @@ def summary(rows: list[dict]) -> str:
              "| family | outcome | why |", "|---|---|---|"]
     for r in rows:
         if r["outcome"] != "works":
-            lines.append(f"| {r['family']} | {r['outcome']} | {(r.get('why') or '').replace('|', '/')[:110]} |")
+            lines.append(f"| {r['family']} | {r['outcome']} | {(r.get('why') or '').replace('|', '/')[:36]} |")
     lines += ["", "Works: " + ", ".join(r["family"] for r in works)]
     return "\n".join(lines) + "\n"
 
