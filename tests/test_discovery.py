@@ -118,3 +118,26 @@ def test_redo_recycles_both_halves_of_a_fused_gate_up(family):
     changed = (fused.weight != before).any(1).nonzero().flatten().tolist()
     assert changed == [0, 5, units, units + 5]
     assert not unit.next.weight[:, dead].any()
+
+
+def test_vision_tower_export_names_the_vision_blocks_and_diagnosis_needs_images(tmp_path, tokenizer, data_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from inflora.data import load_task
+    from inflora.diagnosis import diagnose
+    from inflora.export import export_config
+    from inflora.strategies import count_parameters
+
+    val = load_task("rt-instruct", "validation", data_dir)
+    d = diagnose(tiny_model("qwen2_vl", task="causal-lm"), val, tokenizer, batches=1, batch_size=4, max_length=32,
+                 progress=False, resamples=2)
+    d.model, d.family, d.inflection_layers = "tiny-qwen2_vl", "qwen2_vl:vision", [1]  # a band of vision blocks
+    done = export_config(d, "peft", tmp_path / "peft", model="tiny-qwen2_vl", r=2)
+    loaded = LoraConfig.from_pretrained(str(done.path))
+    assert loaded.layers_pattern == "visual.blocks" and sum(done.matched.values()) == 1
+    peft_model = get_peft_model(tiny_model("qwen2_vl", task="causal-lm"), loaded)
+    assert _adapted(peft_model) and all(".visual.blocks.1." in n for n in _adapted(peft_model))
+    assert count_parameters(peft_model)[0] > 0
+    with pytest.raises(ConfigError, match="vision tower of qwen2_vl needs image inputs"):
+        diagnose(tiny_model("qwen2_vl", task="causal-lm"), val, tokenizer, batches=1, batch_size=4, max_length=32,
+                 progress=False, tower="vision")

@@ -248,6 +248,9 @@ def diagnose(
                                                             seed=seed, tower=tower)
     inner = hf_model(model)
     spec = arch_for(inner)
+    if spec.tower != "language":
+        raise ConfigError(f"diagnosing the {spec.tower} tower of {spec.base_family} needs image inputs, which inflora's "
+                          "data loaders do not feed (text-only data serves the language tower): use --tower language")
     task_type = task_type_of(inner)
     causal_lm = spec.causal and task_type == "causal-lm"
     moe = moe_layout(inner)
