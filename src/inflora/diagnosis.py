@@ -14,7 +14,7 @@ from .data import InstructionDataset, TextDataset, instruction_probe_batches, is
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .metrics.accumulate import gather_batches
-from .models import arch_for, get_attention, get_blocks, hf_model, load_model
+from .models import arch_for, get_blocks, hf_model, load_model, set_tower
 from .models.moe import moe_layout
 from .probe import LayerProbe, probe_step
 from .select import (
@@ -124,7 +124,7 @@ def _as_batches(data, tokenizer, *, batches, batch_size, max_length, seed, causa
                          seed=seed, causal_lm=causal_lm)
 
 
-def load_model_for(name: str, data, seed: int | None = None):
+def load_model_for(name: str, data, seed: int | None = None, tower: str = "language"):
     """``(model, tokenizer)`` for ``data``: a causal LM for instruction data, else a classifier with
     as many labels as the data has (at least two). With ``seed`` a newly initialised head is the
     same on every run and on every process (under DDP/FSDP the ranks must hold one model)."""
@@ -133,11 +133,11 @@ def load_model_for(name: str, data, seed: int | None = None):
 
         torch.manual_seed(seed)
     if isinstance(data, InstructionDataset):
-        return load_model(name, task="causal-lm")
-    return load_model(name, num_labels=max(getattr(data, "num_labels", 2), 2))
+        return load_model(name, task="causal-lm", tower=tower)
+    return load_model(name, num_labels=max(getattr(data, "num_labels", 2), 2), tower=tower)
 
 
-def _resolve_inputs(model, data, tokenizer, *, split, data_dir, columns, fsdp, device, precision, seed):
+def _resolve_inputs(model, data, tokenizer, *, split, data_dir, columns, fsdp, device, precision, seed, tower=None):
     """Load what was given by name: the data (``load_any``; a user file whole unless ``split`` says)
     and a model that fits it; shard the model over the processes when ``fsdp``. Returns
     (model, tokenizer, data, split, device), device None once FSDP has placed the shards."""
@@ -145,7 +145,9 @@ def _resolve_inputs(model, data, tokenizer, *, split, data_dir, columns, fsdp, d
         split = split or ("all" if is_user_file(data) else "validation")
         data = load_any(data, split, data_dir, **(columns or {}))
     if isinstance(model, str):
-        model, tokenizer = load_model_for(model, data, seed)
+        model, tokenizer = load_model_for(model, data, seed, tower or "language")
+    elif tower is not None:
+        set_tower(model, tower)
     if fsdp:
         from .devices import resolve_device
         from .models.sharding import fsdp_shard
@@ -209,6 +211,7 @@ def diagnose(
     fsdp: bool = False,
     head_warmup: int = 0,
     warmup_data=None,
+    tower: str | None = None,
 ) -> Diagnosis:
     """Probe ``model`` (a model, or a name/path loaded here) on target-domain ``data`` (a task name
     or data file path, read with ``load_any``; a ``TextDataset``; or a list of batches) and select
@@ -228,7 +231,9 @@ def diagnose(
     "top-grad"]``) are also scored side by side at ``budget`` (a ``strategies.budget.Budget``; default
     K = the band's size). ``head_warmup=N`` first trains the classification head alone for N steps on
     ``warmup_data`` (default: the task's train split), so the probe's gradients are not those of a
-    random head; this one change to the model is made in place and recorded in ``config``."""
+    random head; this one change to the model is made in place and recorded in ``config``. ``tower``
+    (``language`` or ``vision``) picks the block list of a multimodal model; the band, and every
+    config exported from it, name that tower's blocks (text-only data serves the language tower)."""
     if batches < 1:
         raise ConfigError(f"--batches must be at least 1, got {batches}")
     RULES.get(rule)
@@ -240,9 +245,12 @@ def diagnose(
     data_name = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "name", "batches")
     model, tokenizer, data, split, device = _resolve_inputs(model, data, tokenizer, split=split, data_dir=data_dir,
                                                             columns=columns, fsdp=fsdp, device=device, precision=precision,
-                                                            seed=seed)
+                                                            seed=seed, tower=tower)
     inner = hf_model(model)
     spec = arch_for(inner)
+    if spec.tower != "language":
+        raise ConfigError(f"diagnosing the {spec.tower} tower of {spec.base_family} needs image inputs, which inflora's "
+                          "data loaders do not feed (text-only data serves the language tower): use --tower language")
     task_type = task_type_of(inner)
     causal_lm = spec.causal and task_type == "causal-lm"
     moe = moe_layout(inner)
@@ -278,7 +286,9 @@ def diagnose(
                 rows = probe.layer_results(idx, only=("attention_entropy", "activation_grad"))
                 return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
-            flags = _flags(layers, losses, output) + _structure_flags(inner, moe)
+            flags = _flags(layers, losses, output) + _structure_flags(moe)
+            if spec.entropy_note:
+                flags.append(f"attention entropy ({spec.family}): {spec.entropy_note}")
             terms, chosen, stability = _select_band(profile_for, n_batches, len(layers), rule, params, ski_params,
                                                     resamples, seed, flags)
     finally:
@@ -381,17 +391,13 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
     return _scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
 
 
-def _structure_flags(inner: nn.Module, moe) -> list[str]:
-    """What this model's structure keeps the probe from measuring, said instead of left out silently."""
-    flags = []
+def _structure_flags(moe) -> list[str]:
+    """What this model's structure keeps the probe from measuring, said instead of left out silently
+    (what the attention entropy cannot measure is the spec's ``entropy_note``, flagged beside it)."""
     if moe:
-        flags.append("dormant FFN units are not measured on mixture-of-experts blocks (see the MoE columns instead)")
-    spec = arch_for(inner)
-    if any(getattr(get_attention(b, spec), "sinks", None) is not None for b in get_blocks(inner)):
-        flags.append("attention has learned sink logits: the eager map leaves out the sink's column of each softmax "
-                     "row, so the attention entropy misses the sink's own term (-p log p of the sink) and is a lower "
-                     "bound on the entropy of the distribution the model uses")
-    return flags
+        return ["dormant FFN units are measured on dense blocks and on shared experts only, not on routed "
+                "experts (see the MoE columns instead)"]
+    return []
 
 
 def _flags(layers: list[dict], losses: list[float], output: dict) -> list[str]:

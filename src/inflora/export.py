@@ -15,7 +15,7 @@ from pathlib import Path
 from .diagnosis import Diagnosis
 from .errors import ConfigError
 from .io import atomic_write_text, output_dir
-from .models import arch_for, meta_model, model_config
+from .models import arch_for, meta_model, model_config, set_tower
 from .strategies.lora import match_lora_targets
 
 FORMATS = {"peft": "peft-lora", "axolotl": "axolotl-lora.yaml", "trl": "trl_peft_config.py", "json": "lora_config.json"}
@@ -48,10 +48,12 @@ def dry_run(d: Diagnosis, config, model_name: str) -> dict[str, int]:
     """Match ``config`` against ``model_name``'s modules; refuse a model of another architecture."""
     kind = model_config(model_name).model_type
     family = arch_for(kind).family
-    if family != d.family:
+    if family != arch_for(d.family).base_family:
         raise ConfigError(f"the diagnosis was made on a {d.family} model ({d.model}) but --model {model_name} is "
                           f"{kind}; its layers and module names differ: diagnose that model first")
-    return match_lora_targets(meta_model(model_name, d.task_type), config)
+    meta = meta_model(model_name, d.task_type)
+    set_tower(meta, arch_for(d.family).tower)
+    return match_lora_targets(meta, config)
 
 
 def _header(d: Diagnosis, comment: str = "#") -> str:

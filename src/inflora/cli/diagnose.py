@@ -104,6 +104,8 @@ def diagnose_cmd(
                                          "or params=N (LoRA rank per rule for N trainable parameters)"),
     head_warmup: int = typer.Option(0, help="first fit the classification head alone for N steps on the task's train "
                                     "split (frozen features), so gradients are not shaped by a random head"),
+    tower: str = typer.Option("language", help="multimodal models: which block list to diagnose, language or "
+                              "vision (text-only data serves the language tower)"),
     weights_only: bool = typer.Option(False, "--weights-only", help="with --rules: no data, no backward pass; only "
                                       "weight rules (spectrum-snr, kappa, alpha-hts) and random/all"),
 ) -> None:
@@ -113,6 +115,7 @@ def diagnose_cmd(
     from ..errors import ConfigError
     from ..io import output_dir
     from ..models.attention import check_attention_mode
+    from ..models.discovery import check_tower
     from ..reports import write_diagnosis_report
     from ..select import RULES
     from ..strategies.budget import Budget
@@ -123,6 +126,7 @@ def diagnose_cmd(
         raise ConfigError(f"--head-warmup must be 0 (off) or a number of steps, got {head_warmup}")
     if attention is not None:
         check_attention_mode(attention)
+    check_tower(tower)
     rule_names = [r.strip() for r in (rules or "").split(",") if r.strip()]
     for name in rule_names:
         RULES.get(name)
@@ -142,7 +146,8 @@ def diagnose_cmd(
     d = diagnose(model, task, split=split, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
                  rule_params=parse_params(param), resamples=resamples, seed=seed, data_dir=data_dir, columns=columns,
                  attention=attention, entropy_queries=entropy_queries, rules=rule_names or None, budget=spend,
-                 device=choice.device, precision=precision, fsdp=fsdp, progress=main, head_warmup=head_warmup)
+                 device=choice.device, precision=precision, fsdp=fsdp, progress=main, head_warmup=head_warmup,
+                 tower=tower)
     if not main:  # every rank holds the same result; one writes it
         return
     d.to_json(out / "diagnosis.json")

@@ -33,6 +33,8 @@ def masked_abs_sums(acts: torch.Tensor, channel_dim: int = 1,
     a = acts.detach().float().abs().movedim(channel_dim, -1)
     if mask is None:
         return a.reshape(-1, a.shape[-1]).sum(0), a.numel() / a.shape[-1]
+    if a.dim() == 2 and mask.dim() == 2 and a.shape[0] == mask.numel():
+        mask = mask.reshape(-1)  # token-flattened FFNs (OPT, MoE shared experts) see [B*T, units]
     m = mask.to(a.dtype).reshape(*mask.shape, *([1] * (a.dim() - mask.dim())))
     return (a * m).reshape(-1, a.shape[-1]).sum(0), float(m.sum())
 
@@ -117,13 +119,15 @@ class UnitLayer:
 
 
 def transformer_units(model: nn.Module) -> list[UnitLayer]:
-    """FFN units of every block, read from the architecture table (ArchitectureError if unknown)."""
+    """FFN units of every block, from the model's spec (ArchitectureError if undiscoverable). An MoE
+    block without shared experts has no dense FFN: it is left out (its experts are not units here)."""
     spec = arch_for(model)
     std = getattr(getattr(model, "config", None), "initializer_range", None)
     out = []
     for i, block in enumerate(get_blocks(model)):
         ffn = get_ffn(block, spec)
-        out.append(UnitLayer(f"block.{i}", ffn.inputs, ffn.down, None, -1, std))
+        if ffn is not None:
+            out.append(UnitLayer(f"block.{i}", ffn.inputs, ffn.down, None, -1, std))
     return out
 
 

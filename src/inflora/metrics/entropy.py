@@ -18,8 +18,8 @@ from .streaming_entropy import SUM_FIELDS, standard_error, streaming_entropy_sum
 
 
 def valid_key_mask(attention_mask: torch.Tensor, causal: bool, window: int | None = None) -> torch.Tensor:
-    """[B, Tq, Tk] booleans: key s is a real token (and s <= t for causal models, and s > t - window
-    under a sliding window)."""
+    """[B, Tq, Tk] booleans: key s is a real token (and s <= t for causal models, and |t - s| < window
+    under a sliding window: behind the query for causal models, on both sides for encoders)."""
     keys = attention_mask.bool()[:, None, :]
     t = attention_mask.shape[1]
     valid = keys.expand(-1, t, -1)
@@ -27,21 +27,31 @@ def valid_key_mask(attention_mask: torch.Tensor, causal: bool, window: int | Non
         valid = valid & torch.ones(t, t, dtype=torch.bool, device=keys.device).tril()[None]
     if window is not None and window < t:
         valid = valid & torch.ones(t, t, dtype=torch.bool, device=keys.device).triu(1 - window)[None]
+        if not causal:  # a bidirectional local window (ModernBERT): |t - s| < window on both sides
+            valid = valid & torch.ones(t, t, dtype=torch.bool, device=keys.device).tril(window - 1)[None]
     return valid
 
 
 def attention_entropy_sums(
-    attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None
+    attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
+    sink: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head sums over non-padding queries of -Σ_s a log a (natural log), and of the same divided
     by log(#valid keys); with the query counts each sum is over. Returns four [H] tensors:
-    (raw_sum, raw_count, norm_sum, norm_count). Queries with one valid key have no normalised form."""
+    (raw_sum, raw_count, norm_sum, norm_count). Queries with one valid key have no normalised form.
+
+    ``sink``: the model's softmax has one more outcome than the map shows (gpt-oss's learned sink
+    logit; its eager map drops that column), so each row's missing mass 1 − Σa is that outcome's
+    probability: it joins the entropy and the outcome count, giving the distribution the model uses."""
     a = attn.detach().float()
     keys = valid_key_mask(attention_mask, causal, window)  # [B, T, T]
     a = a * keys[:, None]  # masked keys hold ~0 mass already; make it exact
     ent = -torch.special.xlogy(a, a).sum(-1)  # [B, H, T]; xlogy(0, 0) = 0, one pass over the map
+    if sink:
+        rest = (1 - a.sum(-1)).clamp_min(0)
+        ent = ent - torch.special.xlogy(rest, rest)
     queries = attention_mask.bool()  # [B, T]
-    n_keys = keys.sum(-1).float()  # [B, T]
+    n_keys = keys.sum(-1).float() + (1 if sink else 0)  # [B, T]
     normable = queries & (n_keys > 1)
     log_n = torch.where(normable, n_keys.clamp_min(2).log(), torch.ones_like(n_keys))
     q = queries[:, None].float()
@@ -66,8 +76,9 @@ class AttentionEntropy(SumAccumulator):
 
     fields = SUM_FIELDS
 
-    def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None) -> None:
-        raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window)
+    def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
+               sink: bool = False) -> None:
+        raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window, sink)
         self.add(raw, n, norm, nn_, torch.zeros_like(raw), 0.0, 0.0, 0.0)
 
     def update_streaming(self, *sums: torch.Tensor) -> None:
@@ -114,13 +125,17 @@ class EntropyProbe(ProbePlugin):
             self._attach_sinks(ctx)
             return
         for acc, module in zip(self.layers, ctx.attention):
-            self.handles.append(module.register_forward_hook(self._hook(ctx, acc)))
+            if module is not None:  # a block without softmax attention (state-space, linear): entropy stays NaN
+                self.handles.append(module.register_forward_hook(self._hook(ctx, acc)))
 
     def _attach_sinks(self, ctx) -> None:
         generator = torch.Generator().manual_seed(self.seed) if self.queries is not None else None
         options = {"queries": self.queries, "generator": generator, **({"chunk": self.chunk} if self.chunk else {})}
         self.last_forward = [-1] * len(self.layers)
         for i, module in enumerate(ctx.attention):
+            if module is None:  # no softmax attention in this block: nothing to stream, entropy stays NaN
+                self.last_forward[i] = None
+                continue
             SINKS[module] = self._sink(ctx, i, options)
             self.handles.append(_SinkHandle(module))
 
@@ -135,7 +150,7 @@ class EntropyProbe(ProbePlugin):
         return sink
 
     def after_backward(self, ctx) -> None:
-        missing = [i for i, f in enumerate(getattr(self, "last_forward", ())) if f != ctx.forwards]
+        missing = [i for i, f in enumerate(getattr(self, "last_forward", ())) if f is not None and f != ctx.forwards]
         if ctx.active and missing:
             raise ArchitectureError(
                 f"layers {missing} ran no streaming attention in this step (was attn_implementation changed while "
@@ -152,7 +167,8 @@ class EntropyProbe(ProbePlugin):
                 raise ArchitectureError(
                     f"{type(module).__name__} returned no attention map; the probe needs attn_implementation='eager'"
                 )
-            acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module))
+            acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module),
+                       sink=getattr(module, "sinks", None) is not None)
 
         return hook
 

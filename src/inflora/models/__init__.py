@@ -1,7 +1,7 @@
-"""Models: loading, and the per-family architecture table used for layer discovery."""
+"""Models: loading, block discovery (``discovery.py``) and the architecture override table."""
 from .architectures import (
     ARCHITECTURES, FFN, ArchSpec, arch_for, base_model, first_tensor, get_attention, get_blocks, get_embeddings,
-    get_ffn, hf_model, num_layers, parameter_groups, supported_model_types,
+    get_ffn, hf_model, num_layers, parameter_groups, set_tower, supported_model_types,
 )
 from .loading import (
     ALIASES, attention_implementation, ensure_eager_attention, ensure_pad_token, load_model, meta_model,
@@ -13,5 +13,5 @@ __all__ = [
     "ALIASES", "ARCHITECTURES", "FFN", "ArchSpec", "arch_for", "attention_implementation", "base_model",
     "ensure_eager_attention", "ensure_pad_token", "first_tensor", "get_attention", "get_blocks",
     "get_embeddings", "get_ffn", "hf_model", "load_model", "meta_model", "model_config", "num_layers",
-    "parameter_groups", "resolve_model_path", "supported_model_types", "tiny_config", "tiny_model",
+    "parameter_groups", "resolve_model_path", "set_tower", "supported_model_types", "tiny_config", "tiny_model",
 ]

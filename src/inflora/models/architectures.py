@@ -1,64 +1,20 @@
-"""The architecture table: where each model family keeps its blocks, attention and projections.
+"""Where a model keeps its blocks, attention and projections: discovered, or overridden here.
 
-Like BackPACK's module map, nothing is guessed: a family is supported when it has a row here.
-Paths are dotted attribute paths; ``blocks`` and ``embeddings`` are relative to
-``model.base_model`` and the others relative to one block. To add a family, add one
-``ArchSpec`` to ``ARCHITECTURES`` with its ``config.model_type`` values.
-
-The feed-forward layout is ``ffn_up`` (and ``ffn_gate`` in gated families: h = act(gate x) * up x)
-into the hidden units, and ``ffn_down`` out of them; the units h are always ``ffn_down``'s input,
-so every family's FFN activations can be read the same way (ReDo, the dormant diagnostic).
+``arch_for(model)`` derives the ``ArchSpec`` from the model itself (``discovery.py``); the table
+below holds overrides, rows for families whose layout discovery cannot read (or reads
+differently from what was verified), and is the record of what each listed family was verified
+with (``tests/test_discovery.py`` checks discovery agrees with every row). Paths are dotted
+attribute paths; ``blocks`` and ``embeddings`` are relative to ``model.base_model`` and the
+others relative to one block (see ``spec.py``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
 
 from torch import nn
 
 from ..errors import ArchitectureError
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    family: str
-    model_types: tuple[str, ...]
-    blocks: str                      # ModuleList of transformer blocks (relative to base_model)
-    attention: str                   # module whose output[1] is the attention map [B, H, Tq, Tk]
-    query: str
-    key: str
-    value: str
-    output: str                      # attention output projection
-    embeddings: tuple[str, ...]      # embedding modules (relative to base_model)
-    ffn_up: str                      # feed-forward input projection (into the hidden units)
-    ffn_down: str                    # feed-forward output projection (its input is the hidden units)
-    ffn_gate: str | None = None      # gated FFNs (SwiGLU): the gate projection beside ffn_up
-    causal: bool = False
-    fused_qkv: bool = False          # GPT-2's c_attn holds q, k and v in one Linear
-    maps_need_output_attentions: bool = False  # the module returns its map only when asked
-    attention_interface: bool = True  # modeling code calls transformers' AttentionInterface (streaming entropy works)
-
-    @property
-    def lora_targets(self) -> tuple[str, ...]:
-        """Default LoRA targets: q/k/v (the fused projection where the family fuses them)."""
-        return (self.query,) if self.fused_qkv else (self.query, self.key, self.value)
-
-    @property
-    def mlp_targets(self) -> tuple[str, ...]:
-        """The feed-forward projections (gate, up, down where present), relative to one block."""
-        return tuple(p for p in (self.ffn_gate, self.ffn_up, self.ffn_down) if p)
-
-    @property
-    def ffn_inputs(self) -> tuple[str, ...]:
-        """The projections whose output rows make the hidden units (up, plus gate where gated)."""
-        return tuple(p for p in (self.ffn_gate, self.ffn_up) if p)
-
-
-@dataclass(frozen=True)
-class FFN:
-    """One block's feed-forward modules: ``inputs`` make the hidden units, ``down`` consumes them."""
-
-    inputs: tuple[nn.Module, ...]
-    down: nn.Module
+from .spec import FFN, ArchSpec, MoESpec  # noqa: F401  (re-exported)
 
 
 _BERT_LIKE = dict(
@@ -72,7 +28,6 @@ _LLAMA_LIKE = dict(
     ffn_gate="mlp.gate_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
 )
 
-_NO_DENSE_FFN = dict(ffn_gate=None, ffn_up="", ffn_down="")
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec("bert", ("bert",), **_BERT_LIKE),
@@ -88,18 +43,16 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
         output="attention.attn.o", embeddings=("embeddings",), maps_need_output_attentions=True,
         ffn_up="intermediate.dense", ffn_down="output.dense",
-        attention_interface=False,
+        attention_interface=False, entropy_note=(
+            "its attention code does not go through transformers' attention interface (relative position "
+            "bias); entropy read from eager maps"),
     ),
     ArchSpec(
         "gpt2", ("gpt2",), blocks="h", attention="attn", query="attn.c_attn", key="attn.c_attn",
         value="attn.c_attn", output="attn.c_proj", embeddings=("wte", "wpe"), causal=True, fused_qkv=True,
-        ffn_up="mlp.c_fc", ffn_down="mlp.c_proj",
+        ffn_up="mlp.c_fc", ffn_down="mlp.c_proj", fused_conv1d=True,
     ),
     ArchSpec("llama", ("llama", "mistral", "qwen2"), **_LLAMA_LIKE),
-    # MoE rows (minimal, until discovery): no dense FFN (ffn paths ""); the experts are found by models/moe.py.
-    ArchSpec("qwen3_moe", ("qwen3_moe", "qwen2_moe", "mixtral"), **{**_LLAMA_LIKE, **_NO_DENSE_FFN}),
-    # gpt-oss adds a learned sink logit to each head's softmax: read eager maps, not the streaming path
-    ArchSpec("gpt_oss", ("gpt_oss",), **{**_LLAMA_LIKE, **_NO_DENSE_FFN}, attention_interface=False),
 )
 
 _BY_TYPE = {t: spec for spec in ARCHITECTURES for t in spec.model_types}
@@ -109,26 +62,76 @@ def supported_model_types() -> list[str]:
     return sorted(_BY_TYPE)
 
 
+_SPECS: "weakref.WeakKeyDictionary[nn.Module, ArchSpec]" = weakref.WeakKeyDictionary()
+_TOWERS: "weakref.WeakKeyDictionary[nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
 def arch_for(model_or_type: nn.Module | str) -> ArchSpec:
-    """The table row for a model (or a ``config.model_type``); a clear error for unknown families."""
+    """The ``ArchSpec`` of a model: its table row where it has one (the verified override), else
+    discovered from the model (cached per model). A string is a ``config.model_type`` or a family
+    (``qwen2_vl:vision`` names a tower), discovered on a tiny model of that type built on the meta device."""
     if isinstance(model_or_type, str):
-        model_type = model_or_type
-    else:
-        config = getattr(model_or_type, "config", None)
-        model_type = getattr(config, "model_type", None) or type(model_or_type).__name__
-    if model_type not in _BY_TYPE:
-        raise ArchitectureError(
-            f"unsupported architecture {model_type!r}; supported: {', '.join(supported_model_types())}. "
-            "To add one, append an ArchSpec to inflora.models.architectures.ARCHITECTURES"
-        )
-    return _BY_TYPE[model_type]
+        return spec_for_type(model_or_type)
+    inner = hf_model(model_or_type)
+    spec = _SPECS.get(inner)
+    if spec is None:
+        spec = _SPECS[inner] = _spec_of(inner, _TOWERS.get(inner, "language"))
+    return spec
+
+
+def _spec_of(model: nn.Module, tower: str) -> ArchSpec:
+    from .discovery import discover
+
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise ArchitectureError(f"unsupported architecture {type(model).__name__!r}: not a transformers model "
+                                "(no config.model_type), so its blocks cannot be discovered")
+    if tower == "language" and model_type in _BY_TYPE:
+        return _BY_TYPE[model_type]
+    return discover(model, base_model(model), tower)
+
+
+def set_tower(model: nn.Module, tower: str) -> ArchSpec:
+    """Choose which block list of a multimodal model (``language`` or ``vision``) every metric,
+    band and LoRA config names; an ``ArchitectureError`` when the model has no such tower."""
+    inner = hf_model(model)
+    spec = _spec_of(inner, tower)
+    _TOWERS[inner], _SPECS[inner] = tower, spec
+    return spec
+
+
+def spec_for_type(name: str) -> ArchSpec:
+    """The spec of a family name or ``config.model_type`` (``kind:tower`` for a tower)."""
+    kind, _, tower = name.partition(":")
+    for spec in ARCHITECTURES:
+        if not tower and (spec.family == kind or kind in spec.model_types):
+            return spec
+    return _discovered_type(kind, tower or "language")
+
+
+def _discovered_type(kind: str, tower: str) -> ArchSpec:
+    from .tiny import meta_tiny_model
+
+    if (kind, tower) not in _BY_NAME:
+        _BY_NAME[(kind, tower)] = _spec_of_meta(meta_tiny_model(kind), tower)
+    return _BY_NAME[(kind, tower)]
+
+
+def _spec_of_meta(model: nn.Module, tower: str) -> ArchSpec:
+    from .discovery import discover
+
+    return discover(model, base_model(model), tower)
+
+
+_BY_NAME: dict[tuple[str, str], ArchSpec] = {}
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
     try:
         return root.get_submodule(path)
     except AttributeError:
-        raise ArchitectureError(f"{type(root).__name__} has no module {path!r}; the architecture table does not match this model") from None
+        raise ArchitectureError(f"{type(root).__name__} has no module {path!r}; the architecture spec does not match this model") from None
 
 
 def hf_model(model: nn.Module) -> nn.Module:
@@ -154,15 +157,37 @@ def get_blocks(model: nn.Module) -> nn.ModuleList:
     return blocks
 
 
-def get_attention(block: nn.Module, spec: ArchSpec) -> nn.Module:
-    return get_submodule(block, spec.attention)
+def get_attention(block: nn.Module, spec: ArchSpec) -> nn.Module | None:
+    """The block's softmax attention module; None where the block has none (state-space and
+    linear-attention blocks of hybrid models: entropy does not apply there)."""
+    if spec.attention is None or not _has(block, spec.attention):
+        return None
+    module = block.get_submodule(spec.attention)
+    if spec.attention_class and type(module).__name__ != spec.attention_class:
+        return None
+    return module
 
 
-def get_ffn(block: nn.Module, spec: ArchSpec) -> FFN:
-    if not spec.ffn_down:
-        raise ArchitectureError(f"{spec.family} blocks have a mixture-of-experts feed-forward, not a dense FFN "
-                                "(see inflora.models.moe)")
-    return FFN(tuple(get_submodule(block, p) for p in spec.ffn_inputs), get_submodule(block, spec.ffn_down))
+def get_ffn(block: nn.Module, spec: ArchSpec) -> FFN | None:
+    """The block's dense FFN; in an MoE block its shared experts; None for an MoE block without
+    shared experts (the dense FFN metrics skip it and say so)."""
+    paths = (spec.ffn_gate, spec.ffn_up, spec.ffn_down)
+    if spec.moe and _has(block, spec.moe.experts):
+        paths = tuple(spec.shared_ffn_paths()) if spec.moe.shared_experts else ()
+        if len(paths) == 2:
+            paths = (None, *paths)
+    if not paths or not paths[-1]:
+        return None
+    inputs = tuple(get_submodule(block, p) for p in paths[:-1] if p)
+    return FFN(inputs, get_submodule(block, paths[-1]))
+
+
+def _has(root: nn.Module, path: str) -> bool:
+    try:
+        root.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
 
 
 def attention_window(module: nn.Module) -> int | None:

@@ -75,8 +75,10 @@ def resolve_attention_mode(model: nn.Module, requested: str | None) -> str:
         return requested or "streaming"
     if requested == "streaming":
         raise ConfigError(
-            f"attention='streaming' needs a family whose attention goes through transformers' attention interface; "
-            f"{spec.family!r} does not (use attention='eager'). Families that can: {', '.join(streaming_families())}"
+            f"attention='streaming' needs a family whose attention goes through transformers' attention interface "
+            f"with a plain masked softmax; {spec.family!r} does not ({spec.entropy_note or 'no attention interface'}; "
+            f"use attention='eager'). Families that can: {', '.join(streaming_families())} and most discovered ones "
+            "(inflora info --model M says)"
         )
     return "eager"
 

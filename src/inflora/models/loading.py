@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ArchitectureError, ConfigError
-from .architectures import arch_for
+from .architectures import set_tower
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,12 @@ def meta_model(name_or_path: str, task: str = "classification") -> nn.Module:
     """The model on the meta device, from its config alone: its module names without any weights
     (a tiny name, a folder or a hub name; a config download at most)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    from .tiny import auto_class
+
+    config = model_config(name_or_path)
     with torch.device("meta"):
-        return auto.from_config(model_config(name_or_path))
+        return auto_class(config, task).from_config(config)
 
 
 def ensure_pad_token(tokenizer):
@@ -80,12 +81,13 @@ def ensure_pad_token(tokenizer):
     return tokenizer
 
 
-def _load_tiny(family: str, task: str, attn_implementation: str | None):
+def _load_tiny(family: str, task: str, attn_implementation: str | None, tower: str):
     from transformers import AutoTokenizer
 
     from .tiny import tiny_model
 
     model = tiny_model(family, task=task)
+    set_tower(model, tower)
     if attn_implementation and attn_implementation != "eager":
         model.set_attn_implementation(attn_implementation)
     return model, AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
@@ -97,31 +99,32 @@ def load_model(
     *,
     task: str = "classification",
     attn_implementation: str | None = "eager",
+    tower: str = "language",
     **kwargs,
 ) -> tuple[nn.Module, object]:
     """Return ``(model, tokenizer)``.
 
     ``task`` is ``classification`` (AutoModelForSequenceClassification) or ``causal-lm``.
     Attention maps are only materialised by the eager implementation, so that is the default;
-    pass ``attn_implementation='sdpa'`` for faster training when no maps are needed.
+    pass ``attn_implementation='sdpa'`` for faster training when no maps are needed. ``tower``
+    picks the block list of a multimodal model (``language`` or ``vision``).
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from .tiny import auto_class
 
     config = model_config(name_or_path)
-    arch_for(config.model_type)  # fail early, before loading weights, for an unknown family
     if task not in ("classification", "causal-lm"):
         raise ConfigError(f"unknown task type {task!r}; use 'classification' or 'causal-lm'")
     if tiny_family(name_or_path):
-        model, tokenizer = _load_tiny(tiny_family(name_or_path), task, attn_implementation)
+        model, tokenizer = _load_tiny(tiny_family(name_or_path), task, attn_implementation, tower)
         model.config.name_or_path = name_or_path
         return model, ensure_pad_token(tokenizer)
+    set_tower(meta_model(name_or_path, task), tower)  # fail early, before loading weights, where discovery fails
     path = resolve_model_path(name_or_path)
-    if task == "classification":
-        auto = AutoModelForSequenceClassification
-        if num_labels is not None:  # None: keep the checkpoint's own label count
-            kwargs["num_labels"] = num_labels
-    else:
-        auto = AutoModelForCausalLM
+    auto = auto_class(config, task)
+    if task == "classification" and num_labels is not None:  # None: keep the checkpoint's own label count
+        kwargs["num_labels"] = num_labels
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -132,6 +135,7 @@ def load_model(
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config.name_or_path = name_or_path if name_or_path in ALIASES else str(Path(path))
+    set_tower(model, tower)
     return model, tokenizer
 
 

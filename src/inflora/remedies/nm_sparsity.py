@@ -184,6 +184,14 @@ def sparse_layers(model: nn.Module) -> dict[str, _NMMixin]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, _NMMixin)}
 
 
+def _module_or_none(block: nn.Module, path: str) -> nn.Module | None:
+    """The block's module at ``path``, or None where this block lacks it (an MoE block has no dense FFN)."""
+    try:
+        return block.get_submodule(path)
+    except AttributeError:
+        return None
+
+
 def default_targets(model: nn.Module, targets: str = "ffn", layers: Sequence[int] | None = None) -> list[str]:
     """Module names to sparsify. Transformers: the FFN projections of each (chosen) block, from the
     architecture table (``ffn+qkv`` adds Q/K/V); attention output, embeddings and head stay dense;
@@ -197,14 +205,14 @@ def default_targets(model: nn.Module, targets: str = "ffn", layers: Sequence[int
     chosen = range(len(blocks)) if layers is None else layers
     rel = list(spec.mlp_targets)
     if targets == "ffn+qkv":
-        rel += list(dict.fromkeys((spec.query, spec.key, spec.value)))
+        rel += list(dict.fromkeys(p for p in (spec.query, spec.key, spec.value) if p))
     elif targets != "ffn":
         raise ConfigError(f"--nm-targets must be ffn or ffn+qkv (or a comma-separated module list), got {targets!r}")
     out = []
     for i in chosen:
         if not 0 <= i < len(blocks):
             raise ConfigError(f"--nm-layers: block {i} does not exist (model has {len(blocks)})")
-        out += [f"{prefix[id(blocks[i])]}.{r}" for r in rel if isinstance(blocks[i].get_submodule(r), nn.Linear)]
+        out += [f"{prefix[id(blocks[i])]}.{r}" for r in rel if isinstance(_module_or_none(blocks[i], r), nn.Linear)]
     return out
 
 

@@ -69,6 +69,17 @@ def expand_to_inputs(dead: torch.Tensor, next_layer: nn.Module) -> torch.Tensor:
     return dead.repeat_interleave(fan_in // dead.numel())
 
 
+def rows_of_units(dead: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """Mask over an incoming layer's output rows. A fused gate/up projection (Phi-3's gate_up_proj,
+    ModernBERT's Wi) holds the gate half then the up half: unit i owns rows i and units + i."""
+    rows = by_output(layer, layer.weight).shape[0]
+    if rows == dead.numel():
+        return dead
+    if rows % dead.numel():
+        raise ConfigError(f"incoming layer has {rows} output rows, not a multiple of {dead.numel()} units")
+    return dead.repeat(rows // dead.numel())
+
+
 @torch.no_grad()
 def recycle(unit: UnitLayer, dead: torch.Tensor, optimizer=None, adam_step: str = "reset_tensor",
             init: str = "default") -> int:
@@ -79,11 +90,12 @@ def recycle(unit: UnitLayer, dead: torch.Tensor, optimizer=None, adam_step: str 
     if n == 0:
         return 0
     for layer in unit.incoming:
-        _reinit_rows(by_output(layer, layer.weight), dead, unit.init_std, init)
-        _reset_adam(optimizer, layer, layer.weight, dead, adam_step)
+        rows = rows_of_units(dead, layer)
+        _reinit_rows(by_output(layer, layer.weight), rows, unit.init_std, init)
+        _reset_adam(optimizer, layer, layer.weight, rows, adam_step)
         if layer.bias is not None:
-            layer.bias[dead] = 0
-            _reset_adam(optimizer, layer, layer.bias, dead, adam_step)
+            layer.bias[rows] = 0
+            _reset_adam(optimizer, layer, layer.bias, rows, adam_step)
     nxt = unit.next
     cols = expand_to_inputs(dead, nxt)
     by_output(nxt, nxt.weight)[:, cols] = 0  # the next layer's bias is never touched

@@ -63,7 +63,7 @@ def lora_params_per_rank(model: nn.Module, layers: list[int], targets=None) -> i
     PEFT config built by ``lora_config`` (the one builder) would adapt, found with PEFT's own matcher."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    config = lora_config(arch_for(model).family, sorted(layers), r=1, targets=targets, dropout=0.0,
+    config = lora_config(arch_for(model), sorted(layers), r=1, targets=targets, dropout=0.0,
                          moe=moe_layout(model))
     total = 0
     for name, module in model.named_modules():

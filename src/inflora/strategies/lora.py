@@ -13,7 +13,7 @@ import re
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.architectures import ARCHITECTURES, ArchSpec, arch_for, num_layers
+from ..models.architectures import ArchSpec, arch_for, num_layers
 from ..models.loading import meta_model
 from ..models.moe import MoeLayout, moe_layout
 
@@ -24,15 +24,19 @@ TARGET_PRESETS = ("qkv", "attention", "mlp", "all", "experts")
 TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
-def family_spec(family: str) -> ArchSpec:
-    for spec in ARCHITECTURES:
-        if spec.family == family or family in spec.model_types:
-            return spec
-    return arch_for(family)  # raises the table's error
+def family_spec(family: str | ArchSpec) -> ArchSpec:
+    """The spec itself, or the spec of a family name (a table row, else discovered on a tiny model)."""
+    return family if isinstance(family, ArchSpec) else arch_for(family)
+
+
+def layers_pattern(spec: ArchSpec) -> str:
+    """PEFT's ``layers_pattern``: the block list's name, or its whole path in a model with several
+    towers (so the band's indices hit only the chosen tower's blocks, PEFT #1024)."""
+    return spec.blocks if len(spec.towers) > 1 else spec.blocks.split(".")[-1]
 
 
 def _unique(paths) -> list[str]:
-    return list(dict.fromkeys(paths))
+    return list(dict.fromkeys(p for p in paths if p))  # None: a part the model lacks (no attention)
 
 
 def _split(targets: str | list[str] | None) -> list[str]:
@@ -41,7 +45,7 @@ def _split(targets: str | list[str] | None) -> list[str]:
     return list(targets or [])
 
 
-def resolve_targets(family: str, targets: str | list[str] | None, moe: MoeLayout | None = None) -> list[str]:
+def resolve_targets(family: str | ArchSpec, targets: str | list[str] | None, moe: MoeLayout | None = None) -> list[str]:
     """LoRA target *module* paths inside a block: ``qkv`` (the default: query/key/value, or GPT-2's
     fused ``c_attn``), ``attention`` (q/k/v and the output projection), ``mlp`` (the feed-forward
     projections; on a mixture-of-experts model the shared experts' Linear layers, the routed experts
@@ -76,7 +80,7 @@ def resolve_parameters(family: str, targets: str | list[str] | None, moe: MoeLay
         return []
     if moe is None:
         if "experts" in wanted:
-            raise ConfigError(f"--lora-targets experts needs a mixture-of-experts model; this {family} model has dense "
+            raise ConfigError(f"--lora-targets experts needs a mixture-of-experts model; this {family_spec(family).family} model has dense "
                               f"feed-forward layers (use mlp)")
         return []
     if layers is None:
@@ -95,7 +99,7 @@ def _shadowed(spec: ArchSpec, paths: list[str]) -> list[str] | None:
 
 
 def lora_config(
-    family: str, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
+    family: str | ArchSpec, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
     targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
     moe: MoeLayout | None = None,
 ):
@@ -118,13 +122,13 @@ def lora_config(
         raise ConfigError(f"LoRA on fused expert parameters (PEFT target_parameters) cannot use dropout, got "
                           f"{dropout}; pass --lora-dropout 0")
     if not paths and not parameters:
-        raise ConfigError(f"--lora-targets {targets!r} names nothing to adapt in {family} blocks {layers}")
+        raise ConfigError(f"--lora-targets {targets!r} names nothing to adapt in {family_spec(family).family} blocks {layers}")
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout,
         target_modules=paths, exclude_modules=_shadowed(spec, paths), target_parameters=parameters or None,
         layers_to_transform=sorted(set(layers)) if layers is not None else None,
-        layers_pattern=spec.blocks.split(".")[-1] if layers is not None else None,
-        fan_in_fan_out=spec.fused_qkv,
+        layers_pattern=layers_pattern(spec) if layers is not None else None,
+        fan_in_fan_out=spec.fused_conv1d,
         modules_to_save=list(modules_to_save) if modules_to_save else None, task_type=task_type,
     )
 
@@ -188,7 +192,7 @@ def check_lora_targets(model_name: str, targets: str | list[str] | None, task: s
     """Dry-run ``targets`` on every block of ``model_name`` built on the meta device: a target the
     model lacks (or expert targets with dropout) fails before any data or weights are loaded."""
     model = meta_model(model_name, task)
-    return match_lora_targets(model, lora_config(arch_for(model).family, None, targets=targets, dropout=dropout,
+    return match_lora_targets(model, lora_config(arch_for(model), None, targets=targets, dropout=dropout,
                                                  task_type=TASK_TYPES[task], moe=moe_layout(model)))
 
 
@@ -210,7 +214,7 @@ def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = 8, alpha
         raise ConfigError(f"layers {sorted(layers)} out of range for a {n}-layer model")
     task = task_type_of(model)
     config = lora_config(
-        spec.family, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
+        spec, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
         modules_to_save=head_modules(model) if train_head and task == "classification" else None,
         task_type=TASK_TYPES[task], moe=moe_layout(model),
     )

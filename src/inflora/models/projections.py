@@ -1,0 +1,30 @@
+"""The projections discovery reads roles from: ``nn.Linear`` or transformers' ``Conv1D``, also
+inside a PEFT LoRA layer; and the one sentence every discovery error ends with."""
+from __future__ import annotations
+
+from torch import nn
+
+HOW_TO_OVERRIDE = ("add an ArchSpec row for its config.model_type to "
+                   "inflora.models.architectures.ARCHITECTURES")
+
+
+def is_projection(module: nn.Module) -> bool:
+    """``nn.Linear`` or transformers' ``Conv1D`` (GPT-2 style, weight stored [in, out]), also
+    inside a PEFT LoRA layer (its ``base_layer``; the adapter's own Linears are not projections)."""
+    module = getattr(module, "base_layer", module)
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def projections(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every projection under ``root``, PEFT's adapter internals left out."""
+    skip = ("base_layer", "lora_", "modules_to_save", "original_module")
+    return [(n, m) for n, m in root.named_modules()
+            if n and is_projection(m) and not any(s in n for s in skip)]
+
+
+def io_features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a projection, whichever way its weight is stored."""
+    module = getattr(module, "base_layer", module)
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    return module.weight.shape[0], module.weight.shape[1]  # Conv1D: [in, out]
