@@ -198,5 +198,5 @@ def _oracle(cache: UnitCache, plan: ComparePlan, advance, report) -> dict | None
         return {"blocks": blocks, "depth": depth, "groups": groups, "arms": arms,
                 "same_examples": plan.limit_eval is None}  # every seed scores the whole test split
 
-    arms = run_oracle(cache, plan, blocks, depth, advance, lambda groups, arms: report(part(groups, arms)))
+    arms = run_oracle(run_arm, cache, plan, blocks, depth, advance, lambda groups, arms: report(part(groups, arms)))
     return part(["reference", "single", "leave-one-out"], arms)

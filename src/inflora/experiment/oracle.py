@@ -66,13 +66,12 @@ def oracle_arms(depth: int, blocks: list[int]) -> list[OracleArm]:
 GROUPS = ("reference", "single", "leave-one-out")
 
 
-def run_oracle(cache, plan, blocks: list[int], depth: int, advance=lambda label: None,
+def run_oracle(run_arm, cache, plan, blocks: list[int], depth: int, advance=lambda label: None,
                on_group=lambda done, results: None) -> list[dict]:
     """Every oracle arm of every seed (cached units); returns their results, each with ``group``.
-    ``on_group(groups done, results so far)`` follows each group: a long run reports the single-block
-    profile before its leave-one-out arms are done."""
-    from .compare import run_arm
-
+    ``run_arm`` is compare's own arm runner (passed in, so the oracle does not import compare, which
+    drives it). ``on_group(groups done, results so far)`` follows each group: a long run reports the
+    single-block profile before its leave-one-out arms are done."""
     arms, results = oracle_arms(depth, blocks), []
     for i, group in enumerate(GROUPS):
         for seed in plan.seeds:
