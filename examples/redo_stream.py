@@ -41,7 +41,7 @@ def run_one(seed: int, redo: bool, tasks: int = 12, steps: int = 1000, tau: floa
     for task in range(tasks):
         idx = torch.randperm(len(x_all), generator=gen)[:600]
         x, y = x_all[idx], torch.randint(0, 10, (600,), generator=gen)
-        for s in range(steps):
+        for _ in range(steps):
             b = torch.randint(0, 600, (64,), generator=gen)
             opt.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(x[b]), y[b]).backward()

@@ -18,9 +18,10 @@ from inflora.io import read_json
 from inflora.models import get_blocks, load_model, tiny_model
 from inflora.strategies import StrategyOptions, apply_strategy, count_parameters, random_band
 from inflora.training import FinetuneConfig, finetune
-finetune_module = importlib.import_module("inflora.training.parts")
 from inflora.training.parts import build_optimizer as _optimizer
 from inflora.training.profiles import cka_features
+
+finetune_module = importlib.import_module("inflora.training.parts")
 
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()

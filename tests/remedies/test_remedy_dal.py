@@ -91,7 +91,7 @@ def test_p_one_is_invariant_to_loss_scale():
         opt = DAL([theta], p=1.0, lr_max=5.0, hvp="exact")
         traj = []
         for _ in range(30):
-            opt.step(lambda: dal_quadratic.loss_of(theta, scale))
+            opt.step(lambda theta=theta, scale=scale: dal_quadratic.loss_of(theta, scale))
             traj.append(theta.detach().clone())
         runs.append(torch.stack(traj))
         assert max(h["lr"] for h in opt.history) < 5.0  # below the cap

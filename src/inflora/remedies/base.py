@@ -78,7 +78,7 @@ class Remedy:
                 except (TypeError, ValueError):
                     raise ConfigError(f"--{name.replace('_', '-')}: cannot read {value!r} as {opt.type.__name__}") from None
             args[opt.arg] = value
-        for name, opt in cls.options.items():
+        for opt in cls.options.values():
             args.setdefault(opt.arg, opt.default)
         return cls(**args)
 
