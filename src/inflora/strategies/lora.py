@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.architectures import ARCHITECTURES, ArchSpec, arch_for, num_layers
 from ..models.loading import meta_model
+from ..validate import check_values
 
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
 HEAD_MODULES = ("pooler", "pre_classifier", "classifier", "score")
@@ -79,8 +80,7 @@ def lora_config(
             raise ConfigError("LoRA needs at least one layer")
         if any(i < 0 for i in layers):
             raise ConfigError(f"layer indices must be >= 0, got {layers}")
-    if r < 1:
-        raise ConfigError(f"LoRA rank must be >= 1, got {r}")
+    check_values(lora_r=r, lora_alpha=alpha, lora_dropout=dropout)
     paths = resolve_targets(family, targets)
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout,

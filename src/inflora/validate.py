@@ -1,0 +1,145 @@
+"""The one place where values a user types are checked against their usable range.
+
+The CLI and the library call the same ``check_values``: ``inflora finetune --lr -1`` and
+``FinetuneConfig(lr=-1)`` fail with the same one-line ``ConfigError`` before any model or data is
+loaded. ``BOUNDS`` is keyed by the parameter name that the API and the CLI share (``max_length`` is
+``--max-length``); the CLI walker test (tests/test_validation_cli.py) reads it to find an
+out-of-range value for every numeric option, so an option added later is covered once its bound is
+written here.
+"""
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+MIN_LENGTH = 8      # tokens: two special tokens ([CLS]/[SEP] or BOS/EOS) and a few words; below it texts vanish
+SEED_MAX = 2**32 - 1  # numpy's and torch's seed range
+
+
+@dataclass(frozen=True)
+class Bound:
+    """``low <= value`` (``low < value`` when ``open_low``), ``value < high`` when ``high`` is set."""
+
+    low: float
+    why: str
+    open_low: bool = False
+    high: float | None = None
+    integer: bool = True
+
+    def ok(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not float(value).is_integer():
+            return False
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        return above and (self.high is None or value < self.high)
+
+    def describe(self) -> str:
+        low = f"greater than {self.low:g}" if self.open_low else f"at least {self.low:g}"
+        kind = "a whole number " if self.integer else "a number "
+        return kind + low + (f" and below {self.high:g}" if self.high is not None else "")
+
+    def outside(self):
+        """A value just outside the range (the walker test's out-of-range input)."""
+        return self.low if self.open_low else (self.low - 1 if self.integer else self.low - 0.5)
+
+
+_AT_LEAST_1 = "a count"
+BOUNDS: dict[str, Bound] = {
+    "lr": Bound(0, "a learning rate", open_low=True, integer=False),
+    "lora_dropout": Bound(0, "a dropout probability", high=1, integer=False),
+    "max_length": Bound(MIN_LENGTH, "room for the special tokens and some text"),
+    "seed": Bound(0, "a random seed", high=SEED_MAX + 1),
+    "batch_size": Bound(1, _AT_LEAST_1), "diagnose_batch_size": Bound(1, _AT_LEAST_1),
+    "batches": Bound(1, _AT_LEAST_1), "resamples": Bound(0, "bootstrap resamples (0: no stability estimate)"), "epochs": Bound(1, _AT_LEAST_1),
+    "k": Bound(1, _AT_LEAST_1), "lisa_interval": Bound(1, "steps"), "grad_accum": Bound(1, _AT_LEAST_1),
+    "log_every": Bound(1, "steps"), "lora_r": Bound(1, "a LoRA rank"), "lora_alpha": Bound(1, "a LoRA scale"),
+    "limit_train": Bound(1, "examples"), "limit_eval": Bound(1, "examples"),
+    "head_warmup": Bound(0, "steps (0: off)"), "entropy_queries": Bound(1, "query positions"),
+    "warmup_ratio": Bound(0, "a share of the training steps", high=1, integer=False),
+}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_value(name: str, value):
+    """``value`` if it lies in ``BOUNDS[name]`` (None: not given, always fine); else a ConfigError."""
+    bound = BOUNDS[name]
+    if value is None or bound.ok(value):
+        return value
+    raise ConfigError(f"{flag(name)} must be {bound.describe()} ({bound.why}), got {value!r}")
+
+
+def check_values(**values) -> None:
+    """``check_value`` for each keyword whose name has a bound (others are left to their owners)."""
+    for name, value in values.items():
+        if name in BOUNDS:
+            check_value(name, value)
+
+
+def check_seeds(seeds) -> list[int]:
+    for seed in seeds:
+        check_value("seed", seed)
+    return list(seeds)
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """``text`` on one line without control characters: safe inside a comment, a table cell or a
+    log line of any file another program reads (a newline there would start a line of code)."""
+    flat = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in str(text))
+    flat = " ".join(flat.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _field(loc: tuple) -> str:
+    return ".".join(printable(part, 60) for part in loc) or "(top level)"
+
+
+def load_json(path, schema=None):
+    """The JSON in ``path``, checked against ``schema`` (a pydantic model or type; None: any JSON).
+    Files are untrusted: a missing, non-UTF-8, malformed or ill-shaped file is one DataError
+    ``<file>: <field>: <why>``. Returns the plain JSON data (the schema checks, it does not convert)."""
+    import json
+    from pathlib import Path
+
+    from .errors import DataError
+
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{path}: does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: byte {exc.start}: not UTF-8 text") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: line {exc.lineno} column {exc.colno}: not JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{path}: (top level): nested too deeply") from None
+    if schema is not None:
+        check_schema(path, data, schema)
+    return data
+
+
+def check_schema(path, data, schema) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    from .errors import DataError
+
+    try:
+        TypeAdapter(schema).validate_python(data, strict=True)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        raise DataError(f"{path}: {_field(first['loc'])}: {printable(first['msg'])}") from None
+    except RecursionError:
+        raise DataError(f"{path}: (top level): nested too deeply") from None
