@@ -368,6 +368,7 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
     from .strategies.budget import Budget
 
     budget = budget or Budget()
+    check_values(seed=seed)
     check_rules(rules, {"weights"})
     inner = hf_model(model)
     blocks = get_blocks(inner)

@@ -28,6 +28,7 @@ class Bound:
     open_low: bool = False
     high: float | None = None
     integer: bool = True
+    open_high: bool = True
 
     def ok(self, value) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -37,12 +38,13 @@ class Bound:
         if not math.isfinite(value):
             return False
         above = value > self.low if self.open_low else value >= self.low
-        return above and (self.high is None or value < self.high)
+        below = self.high is None or (value < self.high if self.open_high else value <= self.high)
+        return above and below
 
     def describe(self) -> str:
         low = f"greater than {self.low:g}" if self.open_low else f"at least {self.low:g}"
-        kind = "a whole number " if self.integer else "a number "
-        return kind + low + (f" and below {self.high:g}" if self.high is not None else "")
+        high = "" if self.high is None else f" and {'below' if self.open_high else 'at most'} {self.high:g}"
+        return low + high
 
     def outside(self):
         """A value just outside the range (the walker test's out-of-range input)."""
@@ -62,6 +64,10 @@ BOUNDS: dict[str, Bound] = {
     "limit_train": Bound(1, "examples"), "limit_eval": Bound(1, "examples"),
     "head_warmup": Bound(0, "steps (0: off)"), "entropy_queries": Bound(1, "query positions"),
     "warmup_ratio": Bound(0, "a share of the training steps", high=1, integer=False),
+    # rule parameters (--param key=value)
+    "alpha": Bound(0, "SKI's mix of the entropy and gradient terms", high=1, open_high=False, integer=False),
+    "tau": Bound(0, "a threshold on the normalised SKI", high=1, open_high=False, integer=False),
+    "top": Bound(1, "peaks"), "widen": Bound(0, "blocks either side of a peak"),
 }
 
 
@@ -69,12 +75,25 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_value(name: str, value):
-    """``value`` if it lies in ``BOUNDS[name]`` (None: not given, always fine); else a ConfigError."""
+def check_value(name: str, value, label: str | None = None):
+    """``value`` if it lies in ``BOUNDS[name]`` (None: not given, always fine); else a ConfigError
+    naming ``label`` (default: the CLI flag)."""
     bound = BOUNDS[name]
     if value is None or bound.ok(value):
         return value
-    raise ConfigError(f"{flag(name)} must be {bound.describe()} ({bound.why}), got {value!r}")
+    whole = "a whole number: " if bound.integer else ""
+    raise ConfigError(f"{label or flag(name)} must be {bound.describe()}, got {value!r} ({whole}{bound.why})")
+
+
+def check_like(name: str, value, default, label: str):
+    """A keyword value of the same kind as its ``default`` (a bool for a bool, a number for a number,
+    text for text), in range when ``name`` has a bound."""
+    kinds = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(type(default))
+    if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+        raise ConfigError(f"{label} must be {type(default).__name__} like its default {default!r}, got {value!r}")
+    if name in BOUNDS:
+        check_value(name, value, label)
+    return value
 
 
 def check_values(**values) -> None:
