@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
@@ -49,8 +50,18 @@ def _rows(path: Path):
 
 def read_text(path: Path) -> str:
     """The file as text: UTF-8 (a BOM is dropped); otherwise Latin-1, which reads any byte, announced
-    in one warning naming the first byte that is not UTF-8. A NUL byte means a binary or UTF-16/32
-    file, which Latin-1 would turn into junk rows: that is an error naming its offset."""
+    in one warning naming the first byte that is not UTF-8 (once: a file is often read twice, to
+    sniff its columns and to load it). A NUL byte means a binary or UTF-16/32 file, which Latin-1
+    would turn into junk rows: that is an error naming its offset."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DataError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
+    return _decoded(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _decoded(path: Path, mtime_ns: int, size: int) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
