@@ -4,15 +4,12 @@ JSON types as ``Diagnosis.to_json`` writes them, names without line breaks or co
 module names that are module names, and a band inside the model."""
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .models import ARCHITECTURES
-from .strategies.lora import TASK_TYPES
-
-MODULE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+from .strategies.lora import MODULE_NAME, TASK_TYPES
 
 
 def _one_line(text: str) -> str:

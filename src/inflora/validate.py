@@ -42,13 +42,27 @@ class Bound:
         return above and below
 
     def describe(self) -> str:
-        low = f"greater than {self.low:g}" if self.open_low else f"at least {self.low:g}"
-        high = "" if self.high is None else f" and {'below' if self.open_high else 'at most'} {self.high:g}"
+        low = f"greater than {_number(self.low)}" if self.open_low else f"at least {_number(self.low)}"
+        high = "" if self.high is None else f" and {'below' if self.open_high else 'at most'} {_number(self.high)}"
         return low + high
 
-    def outside(self):
-        """A value just outside the range (the walker test's out-of-range input)."""
-        return self.low if self.open_low else (self.low - 1 if self.integer else self.low - 0.5)
+    def check(self, value, label: str):
+        """``value`` when in range (None: not given); else a one-line ConfigError naming ``label``."""
+        if value is None or self.ok(value):
+            return value
+        whole = "a whole number: " if self.integer else ""
+        raise ConfigError(f"{label} must be {self.describe()}, got {value!r} ({whole}{self.why})")
+
+    def outside(self) -> list:
+        """Values just outside the range, below it and above it (the CLI walker test's inputs)."""
+        step = 1 if self.integer else 0.5
+        below = [self.low if self.open_low else self.low - step]
+        above = [] if self.high is None else [self.high if self.open_high else self.high + step]
+        return below + above
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 _AT_LEAST_1 = "a count"
@@ -78,11 +92,7 @@ def flag(name: str) -> str:
 def check_value(name: str, value, label: str | None = None):
     """``value`` if it lies in ``BOUNDS[name]`` (None: not given, always fine); else a ConfigError
     naming ``label`` (default: the CLI flag)."""
-    bound = BOUNDS[name]
-    if value is None or bound.ok(value):
-        return value
-    whole = "a whole number: " if bound.integer else ""
-    raise ConfigError(f"{label or flag(name)} must be {bound.describe()}, got {value!r} ({whole}{bound.why})")
+    return BOUNDS[name].check(value, label or flag(name))
 
 
 def check_like(name: str, value, default, label: str):

@@ -35,6 +35,20 @@ def _unique(paths) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+MODULE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # what a module path may hold (no regex, no line break)
+
+
+TARGET_PRESETS = ("qkv", "attention", "mlp", "all")
+
+
+def check_target_names(targets) -> None:
+    """Each LoRA target is a preset or a module name, whatever the model (checked before loading one)."""
+    for t in targets or []:
+        if t not in TARGET_PRESETS and not MODULE_NAME.fullmatch(t):
+            raise ConfigError(f"LoRA target {t!r} is neither a preset ({', '.join(TARGET_PRESETS)}) nor a module "
+                              "name (letters, digits, _ . -)")
+
+
 def resolve_targets(family: str, targets: str | list[str] | None) -> list[str]:
     """LoRA target paths inside a block: ``qkv`` (the default: query/key/value, or GPT-2's fused
     ``c_attn``), ``attention`` (q/k/v and the output projection), ``mlp`` (the feed-forward
@@ -45,6 +59,7 @@ def resolve_targets(family: str, targets: str | list[str] | None) -> list[str]:
         targets = [t.strip() for t in targets.split(",") if t.strip()]
     if not targets:
         return list(spec.lora_targets)
+    check_target_names(targets)
     presets = {
         "qkv": list(spec.lora_targets),
         "attention": _unique([*spec.lora_targets, spec.output]),

@@ -26,7 +26,7 @@ from ..devices import make_accelerator, resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json, versions
 from ..strategies import STRATEGIES, count_parameters
-from ..strategies.lora import check_lora_targets
+from ..strategies.lora import check_lora_targets, check_target_names
 from ..validate import check_values
 from .checkpoint import is_complete, load_checkpoint, load_trainable_state
 from .config import FinetuneConfig
@@ -46,6 +46,7 @@ def check_config(cfg: FinetuneConfig) -> None:
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     check_values(**cfg.to_dict())
+    check_target_names(cfg.lora_targets)
     if cfg.diagnosis is not None and not Path(cfg.diagnosis).is_file():
         raise ConfigError(f"--diagnosis {cfg.diagnosis} does not exist")
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
