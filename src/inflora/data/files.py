@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import logging
@@ -50,20 +49,12 @@ def _rows(path: Path):
 
 def read_text(path: Path) -> str:
     """The file as text: UTF-8 (a BOM is dropped); otherwise Latin-1, which reads any byte, announced
-    in one warning naming the first byte that is not UTF-8 (once: a file is often read twice, to
-    sniff its columns and to load it). A NUL byte means a binary or UTF-16/32 file, which Latin-1
+    in one warning naming the first byte that is not UTF-8 (once per version of the file: it is often
+    read twice, to sniff its columns and to load it). A NUL byte means a binary or UTF-16/32 file, which Latin-1
     would turn into junk rows: that is an error naming its offset."""
     try:
-        stat = path.stat()
-    except OSError as exc:
-        raise DataError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
-    return _decoded(path, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _decoded(path: Path, mtime_ns: int, size: int) -> str:
-    try:
         data = path.read_bytes()
+        stat = path.stat()
     except OSError as exc:
         raise DataError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
     nul = data.find(b"\x00")
@@ -72,8 +63,14 @@ def _decoded(path: Path, mtime_ns: int, size: int) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        log.warning("%s is not UTF-8 (byte %d is 0x%02x); read it as Latin-1", path.name, exc.start, data[exc.start])
+        seen = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if seen not in _ANNOUNCED:
+            _ANNOUNCED.add(seen)
+            log.warning("%s is not UTF-8 (byte %d is 0x%02x); read it as Latin-1", path.name, exc.start, data[exc.start])
         return data.decode("latin-1")
+
+
+_ANNOUNCED: set[tuple] = set()  # files whose Latin-1 fallback was announced (one warning per file version)
 
 
 def skip_report(name: str, skipped: dict[str, list[int]], total: int) -> str:
