@@ -219,3 +219,19 @@ def test_checkpoint_meta_and_unit_results_are_validated(tmp_path):
     (folder / "result.json").write_text(json.dumps({"rule": "ski", "seed": 1, "r": "8"}))
     with pytest.raises(DataError, match=r"result\.json: r: Input should be a valid integer"):
         cache.done("arm", {"a": 1})
+
+
+# -- Markdown the tool writes ------------------------------------------------------------------------
+
+def test_report_titles_headings_and_cells_stay_on_their_line(tmp_path):
+    from inflora.reports.document import Report
+
+    hostile = "minilm\n# injected heading\n| a | b |\u2028<script>"
+    rep = Report(f"inflora diagnosis — {hostile}").heading(hostile).table([{"model": hostile, "n": 1}])
+    rep.write(tmp_path)
+    md = next(tmp_path.glob("*.md")).read_text()
+    assert [line for line in md.splitlines() if line.startswith("#")] == [
+        "# inflora diagnosis — minilm # injected heading | a | b | <script>",
+        "## minilm # injected heading | a | b | <script>"]
+    row = [line for line in md.splitlines() if line.startswith("| minilm")]
+    assert row == ["| minilm # injected heading \\| a \\| b \\| <script> | 1 |"]
