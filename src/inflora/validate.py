@@ -80,7 +80,7 @@ BOUNDS: dict[str, Bound] = {
     "warmup_ratio": Bound(0, "a share of the training steps", high=1, integer=False),
     # rule parameters (--param key=value)
     "alpha": Bound(0, "SKI's mix of the entropy and gradient terms", high=1, open_high=False, integer=False),
-    "tau": Bound(0, "a threshold on the normalised SKI", high=1, open_high=False, integer=False),
+    "tau": Bound(0, "a threshold on the normalised SKI; above 1 it selects nothing", integer=False),
     "top": Bound(1, "peaks"), "widen": Bound(0, "blocks either side of a peak"),
 }
 
