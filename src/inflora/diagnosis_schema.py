@@ -45,6 +45,19 @@ Number = Optional[float]  # null: NaN (JSON has none)
 Cell = Union[None, bool, int, float, str, list[Number]]
 
 
+class MoeSection(BaseModel):
+    """``models.moe.MoeLayout.to_dict``: its names become PEFT ``target_parameters`` in exports."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    experts: Module
+    router: Module
+    expert_parameters: list[Module]
+    shared: list[Module]
+    num_experts: Annotated[int, Field(ge=1)]
+    top_k: Annotated[int, Field(ge=1)]
+    blocks: list[Annotated[int, Field(ge=0)]]
+
+
 class DiagnosisFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -68,6 +81,15 @@ class DiagnosisFile(BaseModel):
     task_type: Annotated[str, AfterValidator(_task_type)] = "classification"
     head_modules: list[Module] = []
     output: dict[str, Any] = {}
+    moe: Union[MoeSection, dict[str, Any]] = {}  # {} for a dense model
+
+    @field_validator("moe", mode="before")
+    @classmethod
+    def _moe_section(cls, value):
+        if value == {}:
+            return value
+        MoeSection.model_validate(value, strict=True)  # a non-empty section is a whole layout
+        return value
 
     @field_validator("layers")
     @classmethod

@@ -10,11 +10,9 @@ The run is a chain of parts (``parts.py``: data, model, band, remedies, optimize
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import resource
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +26,7 @@ from ..io import atomic_write_json, versions
 from ..strategies import STRATEGIES, count_parameters
 from ..strategies.lora import check_lora_targets, check_target_names
 from ..validate import check_values
-from .checkpoint import is_complete, load_checkpoint, load_trainable_state
+from .checkpoint import is_complete, load_checkpoint, load_trainable_state, save_final_model
 from .config import FinetuneConfig
 from .lm_eval import check_instruction_run, completion_metrics, evaluate_split
 from .loop import Run, TrainState, run_epochs
@@ -51,7 +49,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--diagnosis {cfg.diagnosis} does not exist")
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
         task = "causal-lm" if is_instruction_source(cfg.task, cfg.prompt_column, cfg.messages_column) else "classification"
-        check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task)
+        check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task, cfg.lora_dropout)
 
 
 def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool = True) -> tuple[Run, dict]:
@@ -158,19 +156,6 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
         atomic_write_json(out / "metrics.json", metrics)
     accelerator.wait_for_everyone()
     return metrics
-
-
-def save_final_model(model, tokenizer, path: Path) -> Path:
-    """A plain transformers folder (LoRA merged) that ``--init`` and ``load_model`` accept."""
-    if hasattr(model, "merge_and_unload"):  # merge a copy: training may go on with the adapters
-        model = copy.deepcopy(model).merge_and_unload()
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    return path
 
 
 __all__ = ["check_config", "final_metrics", "finetune", "prepare_run", "save_final_model"]
