@@ -81,15 +81,12 @@ class DiagnosisFile(BaseModel):
     task_type: Annotated[str, AfterValidator(_task_type)] = "classification"
     head_modules: list[Module] = []
     output: dict[str, Any] = {}
-    moe: Union[MoeSection, dict[str, Any]] = {}  # {} for a dense model
+    moe: Optional[MoeSection] = None  # {} (a dense model) is read as None
 
     @field_validator("moe", mode="before")
     @classmethod
-    def _moe_section(cls, value):
-        if value == {}:
-            return value
-        MoeSection.model_validate(value, strict=True)  # a non-empty section is a whole layout
-        return value
+    def _dense_has_no_moe_section(cls, value):
+        return None if value == {} else value
 
     @field_validator("layers")
     @classmethod
