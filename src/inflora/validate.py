@@ -1,11 +1,13 @@
-"""The one place where values a user types are checked against their usable range.
+"""The input boundary: what a user types and what a file says, checked where it enters.
 
-The CLI and the library call the same ``check_values``: ``inflora finetune --lr -1`` and
-``FinetuneConfig(lr=-1)`` fail with the same one-line ``ConfigError`` before any model or data is
-loaded. ``BOUNDS`` is keyed by the parameter name that the API and the CLI share (``max_length`` is
-``--max-length``); the CLI walker test (tests/test_validation_cli.py) reads it to find an
-out-of-range value for every numeric option, so an option added later is covered once its bound is
-written here.
+``BOUNDS`` is the one table of usable ranges. The CLI and the library call the same
+``check_values``: ``inflora finetune --lr -1`` and ``FinetuneConfig(lr=-1)`` fail with the same
+one-line ``ConfigError`` before any model or data is loaded. It is keyed by the parameter name that
+the API and the CLI share (``max_length`` is ``--max-length``); the CLI walker test
+(tests/test_cli_walker.py) reads it to find out-of-range values for every numeric option, so an
+option added later is covered once its bound is written here. ``load_json`` reads a JSON file that
+inflora wrote but someone may have changed, against a pydantic schema; ``printable`` puts a user
+string on one line before it goes into a comment, heading or table cell of a generated file.
 """
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ BOUNDS: dict[str, Bound] = {
     "max_length": Bound(MIN_LENGTH, "room for the special tokens and some text"),
     "seed": Bound(0, "a random seed", high=SEED_MAX + 1),
     "batch_size": Bound(1, _AT_LEAST_1), "diagnose_batch_size": Bound(1, _AT_LEAST_1),
-    "batches": Bound(1, _AT_LEAST_1), "resamples": Bound(0, "bootstrap resamples (0: no stability estimate)"), "epochs": Bound(1, _AT_LEAST_1),
+    "batches": Bound(1, _AT_LEAST_1), "epochs": Bound(1, _AT_LEAST_1),
+    "resamples": Bound(0, "bootstrap resamples (0: no stability estimate)"),
     "k": Bound(1, _AT_LEAST_1), "lisa_interval": Bound(1, "steps"), "grad_accum": Bound(1, _AT_LEAST_1),
     "log_every": Bound(1, "steps"), "lora_r": Bound(1, "a LoRA rank"), "lora_alpha": Bound(1, "a LoRA scale"),
     "limit_train": Bound(1, "examples"), "limit_eval": Bound(1, "examples"),
