@@ -28,7 +28,7 @@ from ..strategies.lora import check_lora_targets, check_target_names
 from ..validate import check_values
 from .checkpoint import is_complete, load_checkpoint, load_trainable_state, save_final_model
 from .config import FinetuneConfig
-from .lm_eval import check_instruction_run, completion_metrics, evaluate_split
+from .lm_eval import check_instruction_run, completion_metrics, evaluate_split, per_example
 from .loop import Run, TrainState, run_epochs
 from .parts import (OPTIMIZERS, adapt_model, build_optimizer, check_labels, cka_start, load_splits, model_factory,
                     resolve_band)
@@ -92,13 +92,16 @@ def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool =
     return run, extra
 
 
-def split_scores(run: Run, causal: bool) -> tuple[dict, dict]:
+def split_scores(run: Run, causal: bool, kept: dict | None = None) -> tuple[dict, dict]:
     """Accuracy per split (validation: the best epoch's) and, for a causal LM, each split's completion
-    metrics (validation recomputed to report them all)."""
+    metrics (validation recomputed to report them all). A classifier's split whose per-example scores
+    were ``kept`` takes its accuracy from them instead of a second pass."""
     cfg, state = run.cfg, run.state
     scores, completion = ({}, {}) if causal else ({"validation": state.best_acc}, {})
     for name in ("validation", "test", "test_decontaminated") if causal else ("test", "test_decontaminated", "retention"):
-        if name in run.encoded:
+        if not causal and name in (kept or {}):
+            scores[name] = sum(kept[name]["correct"]) / len(kept[name]["correct"])
+        elif name in run.encoded:
             got = evaluate_split(run.inner, run.encoded[name], cfg.eval_batch_size, run.accelerator)
             got.pop("score")
             if "accuracy" in got:
@@ -108,11 +111,22 @@ def split_scores(run: Run, causal: bool) -> tuple[dict, dict]:
     return scores, completion
 
 
+def kept_predictions(run: Run, causal: bool) -> dict:
+    """Per-example scores of the evaluation splits (the test splits; validation too for instruction
+    data, whose score may be its completion loss), from the best epoch's weights."""
+    if run.accelerator.num_processes > 1:
+        raise ConfigError("per-example predictions are kept on one process only; run without torchrun")
+    names = ("validation", "test") if causal else ("test", "test_decontaminated")
+    return {n: per_example(run.inner, run.encoded[n], run.cfg.eval_batch_size) for n in names if n in run.encoded}
+
+
 def final_metrics(run: Run, extra: dict) -> dict:
     """Reload the best epoch's weights, score the test splits, and assemble metrics.json."""
     cfg, state, acc = run.cfg, run.state, run.accelerator
     load_trainable_state(run.inner, load_file(str(run.out / "checkpoints" / "best.safetensors")))
-    scores, completion = split_scores(run, causal=extra["completion_before"] is not None)
+    causal = extra["completion_before"] is not None
+    kept = kept_predictions(run, causal) if cfg.keep_predictions else None
+    scores, completion = split_scores(run, causal=causal, kept=kept)
     end_feats = cka_features(run.inner, extra["cka_set"], cfg.cka_pooling) if extra["cka_set"] else []
     start = [extra["start_feats"][str(i)].to(f.device) for i, f in enumerate(end_feats)]
     return {
@@ -130,6 +144,7 @@ def final_metrics(run: Run, extra: dict) -> dict:
         "device": str(acc.device), "precision": cfg.precision, "world_size": acc.num_processes,
         "grad_accum": cfg.grad_accum, "global_batch_size": cfg.batch_size * acc.num_processes * cfg.grad_accum,
         "config": cfg.to_dict(), "config_key": cfg.key(), "versions": versions(),
+        **({"per_example": kept} if kept is not None else {}),
     }
 
 
