@@ -276,7 +276,7 @@ def test_from_json_bad_files(tmp_path):
         Diagnosis.from_json(tmp_path / "missing.json")
     one_line(info)
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(DataError, match="not a diagnosis file"):
+    with pytest.raises(DataError, match=r"bad\.json: line 1 column 2: not JSON"):
         Diagnosis.from_json(tmp_path / "bad.json")
     (tmp_path / "partial.json").write_text('{"model": "x"}')
     with pytest.raises(DataError, match="not a diagnosis file"):

@@ -94,7 +94,8 @@ def test_cli_export_with_model_prints_matched_count(diagnoses, tmp_path):
 
 
 @pytest.mark.parametrize("change,args,match", [
-    ({"inflection_layers": [1, 9]}, ["--model", "tiny-llama"], r"layer\(s\) \[9\] of the band match no module"),
+    ({"inflection_layers": [1, 9]}, ["--model", "tiny-llama"],  # refused on reading, before the dry run
+     r"diagnosis\.json: inflection_layers: Value error, layers \[9\] are outside the model's 0\.\.3"),
     ({}, ["--model", "tiny-llama", "--lora-targets", "c_fc"], r"\['c_fc'\] match no module"),
     ({}, ["--model", "tiny-gpt2"], r"made on a llama model .* but --model tiny-gpt2 is gpt2"),
     ({}, ["--format", "onnx"], r"unknown export format 'onnx'; choose one of: peft, axolotl, trl, json"),

@@ -352,10 +352,11 @@ def test_empty_split_is_a_one_line_data_error(tiny_dir, tmp_path, monkeypatch, s
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_zero_limit_is_a_one_line_data_error(tiny_dir, tmp_path):
-    with pytest.raises(DataError) as exc:
+def test_zero_limit_is_a_one_line_config_error(tiny_dir, tmp_path):
+    with pytest.raises(ConfigError, match=r"--limit-train must be at least 1, got 0 \(a whole number: examples\)") as exc:
         finetune(config(tiny_dir, limit_train=0), tmp_path, progress=False)
     one_line(exc)
+    assert not any(tmp_path.iterdir())  # refused before the run folder was claimed
 
 
 def test_tiny_eval_limit_without_decontaminated_examples_still_runs(tiny_dir, tmp_path):

@@ -10,10 +10,10 @@ import inflora
 
 ROOT = Path(inflora.__file__).parent
 LAYERS = {  # lower number = lower layer; a package may import only from strictly lower numbers
-    "errors": 0, "io": 1, "registry": 1, "devices": 1,
+    "errors": 0, "io": 1, "registry": 1, "devices": 1, "validate": 1,
     "models": 2, "data": 2, "select": 2,
     "metrics": 3, "strategies": 3,
-    "probe": 4,
+    "probe": 4, "diagnosis_schema": 4,
     "diagnosis": 5, "remedies": 5,
     "training": 6, "reports": 6, "export": 6,
     "experiment": 7,

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .data import InstructionDataset, TextDataset, instruction_probe_batches, is_user_file, load_any, probe_batches
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
+from .validate import check_values
 from .metrics.accumulate import gather_batches
 from .models import arch_for, get_blocks, hf_model, load_model, set_tower
 from .models.moe import moe_layout
@@ -68,16 +69,21 @@ class Diagnosis:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Diagnosis":
+        """Read a diagnosis file, checked against ``diagnosis_schema.DiagnosisFile`` first: the file
+        may come from someone else, and its strings end up in exported configs and reports."""
+        from .diagnosis_schema import DiagnosisFile
+        from .validate import check_schema, load_json
+
         path = Path(path)
         if not path.is_file():
             raise DataError(f"diagnosis file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-            data["layers"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in data.get("layers", [])]
-            data["output"] = _nan_for_null(data.get("output", {}))
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise DataError(f"{path} is not a diagnosis file: {exc}") from None
+        data = load_json(path)
+        if not isinstance(data, dict) or "num_layers" not in data:
+            raise DataError(f"{path}: (top level): not a diagnosis file (no num_layers)")
+        check_schema(path, data, DiagnosisFile)
+        data["layers"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in data["layers"]]
+        data["output"] = _nan_for_null(data.get("output", {}))
+        return cls(**data)
 
     def lora_config(self, **kw):
         """A PEFT ``LoraConfig`` that adapts only the inflection band (defaults r=8, alpha=16, q/k/v;
@@ -234,8 +240,8 @@ def diagnose(
     random head; this one change to the model is made in place and recorded in ``config``. ``tower``
     (``language`` or ``vision``) picks the block list of a multimodal model; the band, and every
     config exported from it, name that tower's blocks (text-only data serves the language tower)."""
-    if batches < 1:
-        raise ConfigError(f"--batches must be at least 1, got {batches}")
+    check_values(batches=batches, batch_size=batch_size, max_length=max_length, resamples=resamples, seed=seed,
+                 entropy_queries=entropy_queries, head_warmup=head_warmup)
     RULES.get(rule)
     for name in rules or []:
         RULES.get(name)
@@ -381,6 +387,7 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
     from .strategies.budget import Budget
 
     budget = budget or Budget()
+    check_values(seed=seed)
     check_rules(rules, {"weights"})
     inner = hf_model(model)
     blocks = get_blocks(inner)

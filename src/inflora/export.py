@@ -7,16 +7,17 @@ layer that matches nothing fails here instead of silently training a smaller ada
 from __future__ import annotations
 
 import json
+import math
 import os
-import pprint
 from dataclasses import dataclass
 from pathlib import Path
 
 from .diagnosis import Diagnosis
 from .errors import ConfigError
-from .io import atomic_write_text, output_dir
+from .io import _jsonable, atomic_write_text, output_dir
 from .models import arch_for, meta_model, model_config, set_tower
 from .strategies.lora import match_lora_targets
+from .validate import printable
 
 FORMATS = {"peft": "peft-lora", "axolotl": "axolotl-lora.yaml", "trl": "trl_peft_config.py", "json": "lora_config.json"}
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "target_parameters", "exclude_modules", "layers_to_transform",
@@ -56,12 +57,20 @@ def dry_run(d: Diagnosis, config, model_name: str) -> dict[str, int]:
     return match_lora_targets(meta, config)
 
 
-def _header(d: Diagnosis, comment: str = "#") -> str:
-    return (f"{comment} inflora: LoRA on the inflection band {d.inflection_layers} of {d.model} "
-            f"({d.family}, rule {d.selection.get('rule', '?')}, {d.task_type})\n")
+def _header(d: Diagnosis) -> list[str]:
+    """Comment lines about where the band came from; every user string passes through
+    ``printable`` (one line, no control characters), so a comment cannot end early."""
+    rule = d.selection.get("rule", "?")
+    return [f"inflora: LoRA on the inflection band {[int(i) for i in d.inflection_layers]} of "
+            f"{printable(d.model)} ({printable(d.family)}, rule {printable(rule)}, {printable(d.task_type)})"]
+
+
+def _comments(lines: list[str]) -> str:
+    return "".join(f"# {printable(line, 1000)}\n" for line in lines)
 
 
 def _axolotl(d: Diagnosis, kw: dict) -> str:
+    """One ``yaml.safe_dump`` of one dict (keys fixed here, values plain data), comments above it."""
     import yaml
 
     if kw.get("exclude_modules"):
@@ -76,18 +85,36 @@ def _axolotl(d: Diagnosis, kw: dict) -> str:
         fragment["lora_fan_in_fan_out"] = True
     if kw.get("modules_to_save"):
         fragment["lora_modules_to_save"] = kw["modules_to_save"]
-    return _header(d) + "# merge into your Axolotl config\n" + yaml.safe_dump(fragment, sort_keys=False)
+    return _comments(_header(d) + ["merge into your Axolotl config"]) + yaml.safe_dump(fragment, sort_keys=False)
+
+
+# The whole TRL file: comments, one import, one assignment. The only variable part is KWARGS,
+# the repr of a dict of plain literals (``_literal`` checks), which Python reads back as data.
+TRL_TEMPLATE = "{comments}from peft import LoraConfig\n\npeft_config = LoraConfig(**{kwargs})\n"
+
+
+def _literal(value):
+    """``value`` if it is made of JSON-like literals only (so its repr is a Python literal)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"cannot write the non-finite number {value} into a TRL config")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_literal(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _literal(v) for k, v in value.items()}
+    raise ConfigError(f"cannot write {type(value).__name__} into a TRL config")
 
 
 def _trl(d: Diagnosis, kw: dict) -> str:
-    return (_header(d) + "# use as SFTTrainer(model=..., train_dataset=..., peft_config=peft_config)\n"
-            "from peft import LoraConfig\n\npeft_config = LoraConfig(**" + pprint.pformat(kw, sort_dicts=False) + ")\n")
+    comments = _comments(_header(d) + ["use as SFTTrainer(model=..., train_dataset=..., peft_config=peft_config)"])
+    return TRL_TEMPLATE.format(comments=comments, kwargs=repr(_literal(kw)))
 
 
 def _json(d: Diagnosis, kw: dict) -> str:
     meta = {"model": d.model, "family": d.family, "task_type": d.task_type, "band": d.inflection_layers,
             "rule": d.selection.get("rule"), "stability": d.stability}
-    return json.dumps({"inflora": meta, "lora_config": kw}, indent=2) + "\n"
+    return json.dumps(_jsonable({"inflora": meta, "lora_config": kw}), indent=2, allow_nan=False) + "\n"
 
 
 def export_config(d: Diagnosis, fmt: str, out: str | os.PathLike | None = None, *, model: str | None = None,

@@ -120,10 +120,10 @@ def diagnose_cmd(
     from ..select import RULES
     from ..strategies.budget import Budget
 
-    if entropy_queries is not None and entropy_queries < 1:
-        raise ConfigError(f"--entropy-queries must be at least 1, got {entropy_queries}")
-    if head_warmup < 0:
-        raise ConfigError(f"--head-warmup must be 0 (off) or a number of steps, got {head_warmup}")
+    from ..validate import check_values
+
+    check_values(batches=batches, batch_size=batch_size, max_length=max_length, resamples=resamples, seed=seed,
+                 entropy_queries=entropy_queries, head_warmup=head_warmup)  # before the output folder is made
     if attention is not None:
         check_attention_mode(attention)
     check_tower(tower)

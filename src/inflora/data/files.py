@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -19,19 +20,20 @@ def _rows(path: Path):
     """(line number, row dict or None when the line is not a JSON object) for each data row."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError:
-                        row = None
-                    yield number, row if isinstance(row, dict) else None
+        for number, line in enumerate(read_text(path).split("\n"), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
+                    row = None
+                yield number, row if isinstance(row, dict) else None
     elif suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        try:
             for row in reader:
-                yield reader.line_num, row
+                yield reader.line_num, {k: v for k, v in row.items() if k is not None}
+        except csv.Error as exc:
+            raise DataError(f"{path.name}: line {reader.line_num}: not readable as {suffix[1:].upper()} ({exc})") from None
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -43,6 +45,32 @@ def _rows(path: Path):
         yield from enumerate(table.to_pylist(), 1)  # row numbers, 1-based
     else:
         raise DataError(f"unsupported data file {path.name}: use .csv, .tsv, .jsonl or .parquet")
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a BOM is dropped); otherwise Latin-1, which reads any byte, announced
+    in one warning naming the first byte that is not UTF-8 (once per version of the file: it is often
+    read twice, to sniff its columns and to load it). A NUL byte means a binary or UTF-16/32 file, which Latin-1
+    would turn into junk rows: that is an error naming its offset."""
+    try:
+        data = path.read_bytes()
+        stat = path.stat()
+    except OSError as exc:
+        raise DataError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise DataError(f"{path.name}: byte {nul} is NUL: a binary or UTF-16 file, not text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        seen = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if seen not in _ANNOUNCED:
+            _ANNOUNCED.add(seen)
+            log.warning("%s is not UTF-8 (byte %d is 0x%02x); read it as Latin-1", path.name, exc.start, data[exc.start])
+        return data.decode("latin-1")
+
+
+_ANNOUNCED: set[tuple] = set()  # files whose Latin-1 fallback was announced (one warning per file version)
 
 
 def skip_report(name: str, skipped: dict[str, list[int]], total: int) -> str:

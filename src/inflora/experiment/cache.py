@@ -9,8 +9,41 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Any, Optional
 
-from ..io import atomic_write_json, read_json
+from pydantic import BaseModel, ConfigDict
+
+from ..diagnosis_schema import DiagnosisFile
+from ..io import atomic_write_json
+from ..validate import load_json
+
+
+class Invocation(BaseModel):
+    """One record of ``invocations.json``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    command: str
+    wall_seconds: float
+    finished: bool
+    units_before: int
+    units_after: int
+
+
+class ArmResult(BaseModel):
+    """What ``compare`` reads back from an arm's ``result.json`` (more keys may follow)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    rule: str
+    seed: int
+    r: int
+    lora_params: Optional[int] = None
+    layers: list[int]
+    trainable_params: int
+    accuracy: dict[str, Optional[float]]
+
+
+# A cached unit's result.json is read back as trusted numbers: check its shape first.
+RESULT_SCHEMAS = {"diagnose": DiagnosisFile, "arm": ArmResult}
 
 
 def unit_key(config: dict) -> str:
@@ -26,7 +59,7 @@ class UnitCache:
 
     def done(self, kind: str, config: dict) -> dict | None:
         path = self.folder(kind, config) / "result.json"
-        return read_json(path) if path.is_file() else None
+        return load_json(path, RESULT_SCHEMAS.get(kind, dict[str, Any])) if path.is_file() else None
 
     def count_done(self) -> int:
         """Finished units in this folder (any kind)."""
@@ -35,6 +68,7 @@ class UnitCache:
     def logged(self, command_line: str, work):
         """``work()`` with its record appended to ``invocations.json`` (also when interrupted: its time
         counts toward the total). Returns ``(result, {"wall_seconds", "units_before", "invocations"})``."""
+        earlier = self.invocations()  # a damaged log is refused before the work, not after it
         before, t0, finished = self.count_done(), time.perf_counter(), False
         try:
             result = work()
@@ -42,14 +76,17 @@ class UnitCache:
         finally:
             wall = time.perf_counter() - t0
             invocations = self.log_invocation({"command": command_line, "wall_seconds": wall, "finished": finished,
-                                               "units_before": before, "units_after": self.count_done()})
+                                               "units_before": before, "units_after": self.count_done()}, earlier)
         return result, {"wall_seconds": wall, "units_before": before, "invocations": invocations}
 
-    def log_invocation(self, record: dict) -> list[dict]:
-        """Append one command's record to ``invocations.json`` beside ``units/``; returns them all."""
+    def invocations(self) -> list[dict]:
         path = self.root.parent / "invocations.json"
-        records = (read_json(path) if path.is_file() else []) + [record]
-        atomic_write_json(path, records)
+        return load_json(path, list[Invocation]) if path.is_file() else []
+
+    def log_invocation(self, record: dict, earlier: list[dict] | None = None) -> list[dict]:
+        """Append one command's record to ``invocations.json`` beside ``units/``; returns them all."""
+        records = (self.invocations() if earlier is None else earlier) + [record]
+        atomic_write_json(self.root.parent / "invocations.json", records)
         return records
 
     def finish(self, kind: str, config: dict, result: dict) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import ConfigError
+from ..validate import check_seeds, check_values
 from ..select import RULES
 from ..strategies.budget import Budget
 from ..strategies.rule_arms import strategy_for_rule
@@ -58,8 +59,11 @@ class ComparePlan:
             raise ConfigError(f"a rule is listed twice in {self.rules}")
         if not self.seeds:
             raise ConfigError("give at least one seed")
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        check_seeds(self.seeds)
+        check_values(epochs=self.epochs, limit_train=self.limit_train, limit_eval=self.limit_eval,
+                     batch_size=self.batch_size, max_length=self.max_length, lr=self.lr, lora_r=self.lora_r,
+                     lora_alpha=self.lora_alpha, batches=self.diagnose_batches,
+                     diagnose_batch_size=self.diagnose_batch_size)
         if self.lora_targets:  # a target the model lacks: refused before the diagnosis, as finetune does
             self._check_targets()
         if self.blocks and not self.oracle:

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import ConfigError
+from ..validate import check_seeds
 from ..strategies import NEEDS_BAND, STRATEGIES
 from ..strategies.rule_arms import rule_of
 from .cache import UnitCache
@@ -48,6 +49,7 @@ class Plan:
             STRATEGIES.get(s)
         if not self.seeds:
             raise ConfigError("give at least one seed")
+        check_seeds(self.seeds)
         if self.budget is not None and self.budget < 1:
             raise ConfigError(f"a budget of {self.budget} blocks is impossible; choose K >= 1")
         return self

@@ -127,16 +127,61 @@ def load_model(
         kwargs["num_labels"] = num_labels
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    check_weights(path)
     try:
         model = auto.from_pretrained(path, **kwargs)
     except ValueError as exc:
-        raise ArchitectureError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0]}") from None
-    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
+        raise ArchitectureError(f"cannot load {name_or_path!r}: {_first_line(exc)}") from None
+    except (OSError, RuntimeError) as exc:  # unreadable or truncated weights, shapes that do not fit the config
+        why = _shape_mismatch(path, auto) if "mismatched" in str(exc) else None
+        raise ConfigError(f"cannot load the weights of {name_or_path!r}: {why or _first_line(exc)}") from None
+    try:
+        tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(exc)}") from None
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.config.name_or_path = name_or_path if name_or_path in ALIASES else str(Path(path))
     set_tower(model, tower)
     return model, tokenizer
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_weights(path: str) -> None:
+    """A local model folder must hold weights beside its config: say which files are missing
+    rather than let transformers fail with a traceback about the hub."""
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError(f"model folder {folder} has no weights: none of {', '.join(WEIGHT_FILES)} "
+                          "(a config alone describes a model, it does not hold one)")
+
+
+def _shape_mismatch(path: str, auto) -> str | None:
+    """The first tensor whose shape in model.safetensors differs from the one config.json implies."""
+    from safetensors import safe_open
+    import torch
+
+    file = Path(path) / "model.safetensors"
+    if not file.is_file():
+        return None
+    with torch.device("meta"):
+        wanted = auto.from_config(model_config(path)).state_dict()
+    ends = {name.split(".", 1)[-1]: tensor.shape for name, tensor in wanted.items()}
+    with safe_open(str(file), "pt") as f:
+        for key in f.keys():
+            expected = wanted[key].shape if key in wanted else ends.get(key)  # a base model's keys lack the prefix
+            stored = f.get_slice(key).get_shape()
+            if expected is not None and list(expected) != list(stored):
+                return (f"the weights do not match config.json: {key} is {list(stored)} in model.safetensors "
+                        f"but {list(expected)} by the config")
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def attention_implementation(model: nn.Module) -> str:

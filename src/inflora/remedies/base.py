@@ -14,15 +14,18 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ..errors import ConfigError
+from ..validate import Bound
 
 
 class Option(NamedTuple):
-    """One CLI option: ``(type, default, help)`` plus the constructor argument it feeds."""
+    """One CLI option: ``(type, default, help)`` plus the constructor argument it feeds and, for a
+    number, its usable range (``validate.Bound``; None: any value of the type)."""
 
     type: Any
     default: Any
     help: str
     arg: str
+    bound: Bound | None = None
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -77,6 +80,8 @@ class Remedy:
                     value = opt.type(value)
                 except (TypeError, ValueError):
                     raise ConfigError(f"--{name.replace('_', '-')}: cannot read {value!r} as {opt.type.__name__}") from None
+            if opt.bound is not None:
+                opt.bound.check(value, "--" + name.replace("_", "-"))
             args[opt.arg] = value
         for opt in cls.options.values():
             args.setdefault(opt.arg, opt.default)

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..errors import ConfigError, TrainingError
+from ..validate import Bound
 from .base import Option, Remedy
 
 
@@ -189,12 +190,12 @@ class DriftAdjustedLR(Remedy):
 
     name = "dal"
     options = {
-        "dal_p": Option(float, 1.0, "exponent p in eta = min(2/v^p, lr_max); only p=1 is loss-scale invariant", "p"),
-        "dal_lr_max": Option(float, 5.0, "cap on the learning rate", "lr_max"),
-        "dal_every": Option(int, 1, "measure v every k steps (reuse eta in between)", "every_k"),
-        "dal_start": Option(int, None, "DAL only for steps t > start", "start"),
-        "dal_stop": Option(int, None, "DAL only for steps t < stop", "stop"),
-        "dal_base_lr": Option(float, None, "optimizer lr, used only to rescale step 0's gradient", "base_lr"),
+        "dal_p": Option(float, 1.0, "exponent p in eta = min(2/v^p, lr_max); only p=1 is loss-scale invariant", "p", Bound(0, "an exponent", open_low=True, integer=False)),
+        "dal_lr_max": Option(float, 5.0, "cap on the learning rate", "lr_max", Bound(0, "a learning rate", open_low=True, integer=False)),
+        "dal_every": Option(int, 1, "measure v every k steps (reuse eta in between)", "every_k", Bound(1, "steps")),
+        "dal_start": Option(int, None, "DAL only for steps t > start", "start", Bound(0, "a step")),
+        "dal_stop": Option(int, None, "DAL only for steps t < stop", "stop", Bound(1, "a step")),
+        "dal_base_lr": Option(float, None, "optimizer lr, used only to rescale step 0's gradient", "base_lr", Bound(0, "a learning rate", open_low=True, integer=False)),
     }
 
     def __init__(self, p: float = 1.0, lr_max: float = 5.0, every_k: int = 1, start: int | None = None,

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..validate import Bound
 from .base import Option, Remedy
 
 
@@ -81,9 +82,9 @@ class Grokfast(Remedy):
     name = "grokfast"
     options = {
         "grokfast_mode": Option(str, "ema", "ema or ma", "mode"),
-        "grokfast_alpha": Option(float, 0.98, "EMA momentum alpha (alpha^N ~ 0.1 for an N-fold speed-up)", "alpha"),
-        "grokfast_lamb": Option(float, 2.0, "amplification lambda (MA default 5)", "lamb"),
-        "grokfast_window": Option(int, 100, "MA window size", "window"),
+        "grokfast_alpha": Option(float, 0.98, "EMA momentum alpha (alpha^N ~ 0.1 for an N-fold speed-up)", "alpha", Bound(0, "an EMA momentum", high=1, integer=False)),
+        "grokfast_lamb": Option(float, 2.0, "amplification lambda (MA default 5)", "lamb", Bound(0, "an amplification", integer=False)),
+        "grokfast_window": Option(int, 100, "MA window size", "window", Bound(1, "steps")),
     }
 
     def __init__(self, mode: str = "ema", alpha: float = 0.98, lamb: float = 2.0, window: int = 100):

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ArchitectureError, ConfigError
 from ..models import arch_for, get_blocks
+from ..validate import Bound
 from .base import Option, Remedy
 
 RECIPES = ("ste", "sr-ste", "mdgf-linear", "mdgf-exp", "sdgf-stepwise", "sdgf-geometric")
@@ -222,7 +223,10 @@ def sparsify(model: nn.Module, n: int, m: int, names: Sequence[str] | None = Non
     if not names:
         raise ConfigError("N:M sparsity found no Linear layer to sparsify")
     for name in names:
-        lin = model.get_submodule(name)
+        try:
+            lin = model.get_submodule(name)
+        except AttributeError:
+            raise ConfigError(f"--nm-targets: {type(model).__name__} has no module {name!r}") from None
         if isinstance(lin, NMLinear):
             continue
         if not isinstance(lin, nn.Linear):
@@ -303,12 +307,12 @@ class NMSparsity(Remedy):
     options = {
         "nm": Option(str, "2:4", "N:M pattern, e.g. 2:4, 1:8, 1:32", "pattern"),
         "nm_recipe": Option(str, "mdgf-exp", "ste|sr-ste|mdgf-linear|mdgf-exp|sdgf-stepwise|sdgf-geometric", "recipe"),
-        "nm_alpha": Option(float, 1e-4, "MDGF decay rate alpha per optimizer step", "alpha"),
+        "nm_alpha": Option(float, 1e-4, "MDGF decay rate alpha per optimizer step", "alpha", Bound(0, "a decay rate", integer=False)),
         "nm_mode": Option(str, "row", "group along inputs (row) or outputs (column)", "mode"),
-        "nm_dense_steps": Option(int, 0, "optimizer steps trained dense before masking", "dense_steps"),
-        "nm_final_steps": Option(int, 0, "last steps forced to beta=0 and the target pattern (needs total steps)", "final_steps"),
-        "nm_total_steps": Option(int, None, "total optimizer steps (needed by SDGF and the final phase)", "total_steps"),
-        "nm_srste_lambda": Option(float, 2e-4, "SR-STE decay lambda_W on pruned weights", "srste_lambda"),
+        "nm_dense_steps": Option(int, 0, "optimizer steps trained dense before masking", "dense_steps", Bound(0, "steps")),
+        "nm_final_steps": Option(int, 0, "last steps forced to beta=0 and the target pattern (needs total steps)", "final_steps", Bound(0, "steps")),
+        "nm_total_steps": Option(int, None, "total optimizer steps (needed by SDGF and the final phase)", "total_steps", Bound(1, "steps")),
+        "nm_srste_lambda": Option(float, 2e-4, "SR-STE decay lambda_W on pruned weights", "srste_lambda", Bound(0, "a decay", integer=False)),
         "nm_targets": Option(str, "ffn", "ffn|ffn+qkv or comma-separated module names", "targets"),
         "nm_layers": Option(str, None, "comma-separated block indices (default: all)", "layers"),
     }
@@ -329,7 +333,10 @@ class NMSparsity(Remedy):
         self.dense_steps, self.final_steps, self.total_steps = int(dense_steps), int(final_steps), total_steps
         self.srste_lambda = float(srste_lambda)
         if isinstance(layers, str):
-            layers = [int(v) for v in layers.split(",") if v.strip()]
+            try:
+                layers = [int(v) for v in layers.split(",") if v.strip()]
+            except ValueError:
+                raise ConfigError(f"--nm-layers expects comma-separated block indices like 0,2, got {layers!r}") from None
         self.targets, self.layers = targets, layers
         self.schedule = (sdgf_schedule(self.n, self.m, recipe.split("-")[1], total_steps, dense_steps, final_steps)
                          if recipe.startswith("sdgf") else None)

@@ -19,6 +19,7 @@ from ..metrics.dormant import (  # the measurement lives with the metrics; this 
     DormantAccumulator, UnitLayer, dormant_fraction, dormant_fractions, dormant_mask, dormant_scores, find_units,
     layer_scores, mlp_units, score_histogram, transformer_units, unit_means,
 )
+from ..validate import Bound
 from .base import Option, Remedy
 
 __all__ = [
@@ -110,10 +111,10 @@ class ReDo(Remedy):
 
     name = "redo"
     options = {
-        "redo_tau": Option(float, 0.025, "dormancy threshold tau (0.1 for high replay / fast drift)", "tau"),
-        "redo_every": Option(int, 1000, "recycle every F optimizer steps", "every"),
-        "redo_start": Option(int, 0, "first step at which recycling may fire", "start"),
-        "redo_end": Option(int, None, "no recycling from this step on", "end"),
+        "redo_tau": Option(float, 0.025, "dormancy threshold tau (0.1 for high replay / fast drift)", "tau", Bound(0, "a dormancy threshold", integer=False)),
+        "redo_every": Option(int, 1000, "recycle every F optimizer steps", "every", Bound(1, "steps")),
+        "redo_start": Option(int, 0, "first step at which recycling may fire", "start", Bound(0, "a step")),
+        "redo_end": Option(int, None, "no recycling from this step on", "end", Bound(1, "a step")),
         "redo_adam_step": Option(str, "reset_tensor", "Adam step count of touched tensors: reset_tensor|keep", "adam_step"),
         "redo_init": Option(str, "default", "re-init of incoming weights: default|xavier (BERT: normal(0, initializer_range))", "init"),
     }

@@ -12,6 +12,7 @@ import math
 import torch
 
 from ..errors import ConfigError
+from ..validate import Bound
 from .base import Option, Remedy
 
 
@@ -128,9 +129,9 @@ class SpikeMonitor(Remedy):
 
     name = "spam"
     options = {
-        "spam_theta": Option(float, 5000.0, "spike threshold theta (g^2 > theta * v)", "theta"),
-        "spam_delta_t": Option(int, 500, "momentum reset interval Delta_T (used by make_optimizer)", "delta_t"),
-        "spam_warmup": Option(int, 150, "cosine ramp length N after each reset", "warmup"),
+        "spam_theta": Option(float, 5000.0, "spike threshold theta (g^2 > theta * v)", "theta", Bound(0, "a spike threshold", open_low=True, integer=False)),
+        "spam_delta_t": Option(int, 500, "momentum reset interval Delta_T (used by make_optimizer)", "delta_t", Bound(1, "steps")),
+        "spam_warmup": Option(int, 150, "cosine ramp length N after each reset", "warmup", Bound(0, "steps")),
     }
 
     def __init__(self, theta: float = 5000.0, delta_t: int | None = 500, warmup: int = 150):

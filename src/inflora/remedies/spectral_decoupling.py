@@ -17,6 +17,7 @@ from ..errors import ConfigError
 from ..metrics.output import (  # noqa: F401 - grad_weights, saturated_fraction are re-exported
     IGNORE, at_least_fp32, grad_weights, output_rows, saturated_fraction, signed, true_class_prob,
 )
+from ..validate import Bound
 from .base import Option, Remedy
 
 
@@ -179,7 +180,7 @@ class SpectralDecoupling(Remedy):
 
     name = "spectral-decoupling"
     options = {
-        "sd_lambda": Option(float, 0.1, "SD penalty weight (mean convention; multi-class default 0.1)", "lam"),
+        "sd_lambda": Option(float, 0.1, "SD penalty weight (mean convention; multi-class default 0.1)", "lam", Bound(0, "a penalty weight", integer=False)),
         "sd_targets": Option(str, None, "per-class logit targets gamma_c, comma-separated (e.g. 0.44,2.5)", "targets"),
     }
 

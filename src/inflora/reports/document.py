@@ -2,7 +2,9 @@
 
 Reports quote user-supplied strings (model names, data paths, column names, command lines), so
 the HTML converter keeps no raw HTML and makes no links: ``<script>`` in a model name is shown as
-text, never run. Only the images the report itself embeds become elements.
+text, never run. Only the images the report itself embeds become elements. Titles, headings and
+table cells are put on one line (``validate.printable``), so a line break in a name cannot start a
+Markdown block of its own.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import re
 from pathlib import Path
 
 from ..io import atomic_write_bytes, atomic_write_text
+from ..validate import printable
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
@@ -46,14 +49,19 @@ def fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _cell(text: str) -> str:
+    """A table cell stays one cell: one line (``printable``) and no bare ``|``."""
+    return printable(text, 1000).replace("|", "\\|")
+
+
 class Report:
     def __init__(self, title: str):
-        self.title = title
-        self.parts: list[str] = [f"# {title}\n"]
+        self.title = printable(title, 1000)
+        self.parts: list[str] = [f"# {self.title}\n"]
         self.figures: dict[str, bytes] = {}
 
     def heading(self, text: str, level: int = 2) -> "Report":
-        self.parts.append(f"{'#' * level} {text}\n")
+        self.parts.append(f"{'#' * level} {printable(text, 1000)}\n")
         return self
 
     def text(self, markdown: str) -> "Report":
@@ -65,7 +73,7 @@ class Report:
             return self.text("_(no rows)_")
         columns = columns or list(rows[0])
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(fmt(r.get(c, ""), digits).replace("|", "\\|") for c in columns) + " |" for r in rows]
+        lines += ["| " + " | ".join(_cell(fmt(r.get(c, ""), digits)) for c in columns) + " |" for r in rows]
         self.parts.append("\n".join(lines) + "\n")
         return self
 

@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ConfigError
+from ..validate import check_like
 from ..registry import Registry
 from .ski import band_from_peaks, local_maxima, ski_terms
 
@@ -60,6 +61,8 @@ def rule_parameters(rule: str, given: dict | None = None) -> dict:
     if unknown:
         raise ConfigError(f"rule {rule!r} has no parameter {', '.join(map(repr, unknown))}; "
                           f"its parameters: {', '.join(f'{k}={v}' for k, v in defaults.items())}")
+    for key, value in given.items():
+        check_like(key, value, defaults[key], f"--param {key}")
     return {**defaults, **given}
 
 

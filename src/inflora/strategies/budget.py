@@ -7,6 +7,7 @@ The classification head trains in every arm and is counted separately.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from torch import nn
@@ -53,7 +54,7 @@ def _whole(kind: str, raw: str) -> int:
         value = float(raw[:-1] if scale != 1 else raw) * scale
     except ValueError:
         raise ConfigError(f"--budget {kind}= needs a whole number, got {raw!r}") from None
-    if value != int(value) or value < 1:
+    if not math.isfinite(value) or value != int(value) or value < 1:
         raise ConfigError(f"--budget {kind}= needs a whole number >= 1, got {raw!r}")
     return int(value)
 

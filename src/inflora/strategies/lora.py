@@ -16,6 +16,7 @@ from ..errors import ConfigError
 from ..models.architectures import ArchSpec, arch_for, num_layers
 from ..models.loading import meta_model
 from ..models.moe import MoeLayout, moe_layout
+from ..validate import check_values
 
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
 HEAD_MODULES = ("pooler", "pre_classifier", "classifier", "score")
@@ -39,6 +40,17 @@ def _unique(paths) -> list[str]:
     return list(dict.fromkeys(p for p in paths if p))  # None: a part the model lacks (no attention)
 
 
+MODULE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # what a module path may hold (no regex, no line break)
+
+
+def check_target_names(targets) -> None:
+    """Each LoRA target is a preset or a module name, whatever the model (checked before loading one)."""
+    for t in _split(targets):
+        if t not in TARGET_PRESETS and not MODULE_NAME.fullmatch(t):
+            raise ConfigError(f"LoRA target {t!r} is neither a preset ({', '.join(TARGET_PRESETS)}) nor a module "
+                              "name (letters, digits, _ . -)")
+
+
 def _split(targets: str | list[str] | None) -> list[str]:
     if isinstance(targets, str):
         return [t.strip() for t in targets.split(",") if t.strip()]
@@ -55,6 +67,7 @@ def resolve_targets(family: str | ArchSpec, targets: str | list[str] | None, moe
     targets = _split(targets)
     if not targets:
         return list(spec.lora_targets)
+    check_target_names(targets)
     mlp = list(moe.shared) if moe else list(spec.mlp_targets)
     presets = {
         "qkv": list(spec.lora_targets),
@@ -114,8 +127,7 @@ def lora_config(
             raise ConfigError("LoRA needs at least one layer")
         if any(i < 0 for i in layers):
             raise ConfigError(f"layer indices must be >= 0, got {layers}")
-    if r < 1:
-        raise ConfigError(f"LoRA rank must be >= 1, got {r}")
+    check_values(lora_r=r, lora_alpha=alpha, lora_dropout=dropout)
     paths = resolve_targets(family, targets, moe)
     parameters = resolve_parameters(family, targets, moe, layers)
     if parameters and dropout:

@@ -13,15 +13,34 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Any, Callable, Optional
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
 from ..errors import ConfigError
-from ..io import atomic_write_json, read_json
+from ..io import atomic_write_json
+from ..validate import load_json
 
+
+class CheckpointMeta(BaseModel):
+    """``meta.json``: the loop's ``TrainState`` (checked before a resume trusts it)."""
+
+    # extra keys pass (TrainState.from_dict ignores them), so a field added to TrainState needs no change here
+    model_config = ConfigDict(extra="allow", strict=True)
+    epoch: Annotated[int, Field(ge=0)]
+    history: list[dict[str, Any]] = []
+    best_epoch: Optional[int] = None
+    best_acc: Optional[float] = -1.0
+    grad_profile: list[Any] = []
+    train_seconds: Optional[float] = 0.0
+    steps: Annotated[int, Field(ge=0)] = 0
+    remedy_metrics: list[Any] = []
+    step_losses: list[Optional[float]] = []
+    world_size: Annotated[int, Field(ge=1)] = 1
+    precision: str = "fp32"
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Only what training changes: the trainable parameters (small for LoRA and head-only runs)."""
@@ -111,7 +130,7 @@ def load_checkpoint(path: Path, model, optimizer=None, scheduler=None, *, rank: 
     """Restore weights, optimizer, scheduler and this rank's RNG. A checkpoint written by another
     number of processes is refused: its data order and random streams would not continue."""
     path = Path(path)
-    meta = read_json(path / "meta.json")
+    meta = load_json(path / "meta.json", CheckpointMeta)
     saved_world = int(meta.get("world_size", 1))
     if saved_world != world:
         raise ConfigError(f"{path.parent.parent} was started with {saved_world} process(es) and this run has {world}; "

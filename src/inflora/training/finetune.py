@@ -24,7 +24,8 @@ from ..devices import make_accelerator, resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json, versions
 from ..strategies import STRATEGIES, count_parameters
-from ..strategies.lora import check_lora_targets
+from ..strategies.lora import check_lora_targets, check_target_names
+from ..validate import check_values
 from .checkpoint import is_complete, load_checkpoint, load_trainable_state, save_final_model
 from .config import FinetuneConfig
 from .lm_eval import check_instruction_run, completion_metrics, evaluate_split, per_example
@@ -42,14 +43,10 @@ def check_config(cfg: FinetuneConfig) -> None:
     STRATEGIES.get(cfg.strategy)
     if cfg.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
-    if cfg.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.lisa_interval < 1:
-        raise ConfigError(f"--lisa-interval must be at least 1 step, got {cfg.lisa_interval}")
-    if cfg.grad_accum < 1:
-        raise ConfigError(f"--grad-accum must be at least 1, got {cfg.grad_accum}")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    check_values(**cfg.to_dict())
+    check_target_names(cfg.lora_targets)
+    if cfg.diagnosis is not None and not Path(cfg.diagnosis).is_file():
+        raise ConfigError(f"--diagnosis {cfg.diagnosis} does not exist")
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
         task = "causal-lm" if is_instruction_source(cfg.task, cfg.prompt_column, cfg.messages_column) else "classification"
         check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task, cfg.lora_dropout)

@@ -2,10 +2,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError
-from ..io import atomic_write_json, output_dir, read_json
+from ..io import atomic_write_json, output_dir
+from ..validate import load_json
 from .config import FinetuneConfig
+
+
+class RunRecord(BaseModel):
+    """What the folder guard reads from ``config.json`` / ``metrics.json`` (metrics carry more keys)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    config_key: str
+    config: dict[str, Any] = {}
 
 # Options that change the numbers but that a user may well mistake for "how", not "what": a resume
 # with another value gets its own message instead of "a different configuration".
@@ -27,7 +39,7 @@ def finished_metrics(cfg: FinetuneConfig, out: Path) -> dict | None:
     metrics_path = Path(out) / "metrics.json"
     if not metrics_path.exists():
         return None
-    done = read_json(metrics_path)
+    done = load_json(metrics_path, RunRecord)
     if done.get("config_key") == cfg.key():
         return done
     raise _differs(done, cfg, out, "a finished")
@@ -39,7 +51,7 @@ def claim_run_folder(cfg: FinetuneConfig, out: Path, *, write: bool = True) -> N
     out = Path(out)
     key_file = out / "config.json"
     if key_file.exists():
-        stored = read_json(key_file)
+        stored = load_json(key_file, RunRecord)
         if stored.get("config_key") != cfg.key():
             raise _differs(stored, cfg, out, "an unfinished")
     if write:

@@ -1,0 +1,121 @@
+"""What a ``diagnosis.json`` may hold. Diagnosis files are shared between people (that is what
+``inflora export`` is for), so ``Diagnosis.from_json`` treats one as untrusted: known keys only,
+JSON types as ``Diagnosis.to_json`` writes them, names without line breaks or control characters,
+module names that are module names, and a band inside the model."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from .models import ARCHITECTURES
+from .strategies.lora import MODULE_NAME, TASK_TYPES
+
+
+def _one_line(text: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 or ch in "\u2028\u2029\x85" for ch in text):
+        raise ValueError("holds a line break or control character")
+    if len(text) > 1000:
+        raise ValueError("is longer than 1000 characters")
+    return text
+
+
+def _module(text: str) -> str:
+    if not MODULE_NAME.fullmatch(text):
+        raise ValueError(f"{text[:60]!r} is not a module name (letters, digits, _ . -)")
+    return text
+
+
+def _family(text: str) -> str:
+    """A table family or any model type transformers knows (families are discovered), with an
+    optional ``:tower`` (``qwen2_vl:vision``)."""
+    from transformers import CONFIG_MAPPING
+
+    name, _, tower = text.partition(":")
+    known = {spec.family for spec in ARCHITECTURES}
+    if name not in known and name not in CONFIG_MAPPING:
+        raise ValueError(f"unknown model family {name[:60]!r}: neither a table family ({', '.join(sorted(known))}) "
+                         "nor a transformers model type")
+    if tower and tower not in ("language", "vision"):
+        raise ValueError(f"unknown tower {tower[:30]!r}; choose one of language, vision")
+    return text
+
+
+def _task_type(text: str) -> str:
+    if text not in TASK_TYPES:
+        raise ValueError(f"unknown task type; choose one of {', '.join(TASK_TYPES)}")
+    return text
+
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
+Module = Annotated[str, AfterValidator(_module)]
+Number = Optional[float]  # null: NaN (JSON has none)
+Cell = Union[None, bool, int, float, str, list[Number]]
+
+
+class MoeSection(BaseModel):
+    """``models.moe.MoeLayout.to_dict``: its names become PEFT ``target_parameters`` in exports."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    experts: Module
+    router: Module
+    expert_parameters: list[Module]
+    shared: list[Module]
+    num_experts: Annotated[int, Field(ge=1)]
+    top_k: Annotated[int, Field(ge=1)]
+    blocks: list[Annotated[int, Field(ge=0)]]
+
+
+class DiagnosisFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: OneLine
+    family: Annotated[str, AfterValidator(_family)]
+    num_layers: Annotated[int, Field(ge=1, le=10_000)]
+    layers: list[dict[str, Cell]]
+    inflection_layers: list[int]
+    ski: list[Number]
+    entropy_term: list[Number]
+    grad_term: list[Number]
+    peaks: list[int]
+    stability: list[Number]
+    selection: dict[str, Any]
+    groups: dict[str, Any]
+    lora_targets: list[Module]
+    config: dict[str, Any]
+    versions: dict[str, OneLine] = {}
+    flags: list[str] = []
+    rules: dict[str, Any] = {}
+    task_type: Annotated[str, AfterValidator(_task_type)] = "classification"
+    head_modules: list[Module] = []
+    output: dict[str, Any] = {}
+    moe: Optional[MoeSection] = None  # {} (a dense model) is read as None
+
+    @field_validator("moe", mode="before")
+    @classmethod
+    def _dense_has_no_moe_section(cls, value):
+        return None if value == {} else value
+
+    @field_validator("layers")
+    @classmethod
+    def _one_row_per_layer(cls, rows, info: ValidationInfo):
+        depth = info.data.get("num_layers")
+        if depth is not None and len(rows) != depth:
+            raise ValueError(f"{len(rows)} rows for num_layers {depth}")
+        return rows
+
+    @field_validator("inflection_layers", "peaks")
+    @classmethod
+    def _inside_the_model(cls, layers, info: ValidationInfo):
+        depth = info.data.get("num_layers")
+        outside = [i for i in layers if depth is not None and not 0 <= i < depth]
+        if outside:
+            raise ValueError(f"layers {outside[:5]} are outside the model's 0..{depth - 1}")
+        return layers
+
+    @field_validator("selection")
+    @classmethod
+    def _rule_is_a_name(cls, selection):
+        if not isinstance(selection.get("rule", ""), str):
+            raise ValueError("rule is not a rule name")
+        return selection
