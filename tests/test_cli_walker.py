@@ -30,7 +30,14 @@ def tiny_base(command: str, tiny: str, diagnosis: str) -> list[str]:
             "compare": ["--model", tiny, "--rules", "random", "--seeds", "1", "--limit-train", "16", "--limit-eval", "8",
                         "--max-length", "16", "--batches", "1", "--diagnose-batch-size", "4", "--budget", "layers=1"],
             "experiment": ["--profile", "smoke", "--model", tiny],
-            "export": [diagnosis]}.get(command, [])
+            "export": [diagnosis],
+            "plan": ["--model", tiny, "--strategies", "head"]}.get(command, [])
+
+
+def out_args(command: str, folder) -> list[str]:
+    """``--out folder`` for the commands that write one (``plan`` and ``info`` print only)."""
+    params = typer.main.get_command(app).commands[command].params
+    return ["--out", str(folder)] if any(p.name == "out" for p in params) else []
 
 
 def walk():
@@ -82,9 +89,10 @@ def test_every_option_refuses_an_out_of_range_value(base_files, tmp_path, comman
     tiny, diagnosis = base_files
     for value in bad:
         if flag.startswith("--"):
-            args = [command, *tiny_base(command, tiny, diagnosis), *extra, "--out", str(tmp_path / "out"), flag, str(value)]
+            args = [command, *tiny_base(command, tiny, diagnosis), *extra, *out_args(command, tmp_path / "out"),
+                    flag, str(value)]
         else:  # an argument: the junk takes its place
-            args = [command, str(value), "--out", str(tmp_path / "out")]
+            args = [command, str(value), *out_args(command, tmp_path / "out")]
         res = runner.invoke(app, args)
         errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
         assert res.exit_code == 2 and len(errors) == 1, f"{' '.join(map(repr, args))}\n{res.output[-2000:]}"

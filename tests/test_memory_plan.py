@@ -127,7 +127,7 @@ def test_lisa_optimizer_state_grows_to_every_block():
 @pytest.mark.parametrize("args,message", [
     (("--model", "tiny-qwen2", "--layers", "1,7"), "outside this 4-block model"),
     (("--model", "tiny-gpt2"), "no activation formula"),
-    (("--model", "tiny-nonsense"), "no tiny config"),
+    (("--model", "tiny-nonsense"), "unknown model type 'nonsense'"),
     (("--strategies", "full,everything"), "unknown strategy"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):

@@ -85,6 +85,9 @@ BOUNDS: dict[str, Bound] = {
     "alpha": Bound(0, "SKI's mix of the entropy and gradient terms", high=1, open_high=False, integer=False),
     "tau": Bound(0, "a threshold on the normalised SKI; above 1 it selects nothing", integer=False),
     "top": Bound(1, "peaks"), "widen": Bound(0, "blocks either side of a peak"),
+    # inflora plan
+    "length": Bound(1, "tokens per sequence"), "steps": Bound(1, "optimizer steps"),
+    "measure_steps": Bound(1, "steps"), "threads": Bound(0, "torch threads (0: torch's default)"),
 }
 
 

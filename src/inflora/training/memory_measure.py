@@ -26,8 +26,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..strategies.budget import Budget
+from ..validate import check_values
 
 MARK = "MEASURED "
 MMAP_THRESHOLD = 128 * 1024
@@ -187,10 +188,20 @@ if __name__ == "__main__":
     print(MARK + json.dumps(child(json.loads(sys.stdin.read()))), flush=True)
 
 
+def check_measure_options(device: str, steps: int, threads: int) -> None:
+    """``--device``, ``--measure-steps`` and ``--threads`` are checked whether or not ``--measure``
+    is given, so a typo is reported before a long plan, not ignored."""
+    check_values(measure_steps=steps, threads=threads)
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"unknown --device {device!r}; choose one of cpu, cuda, cuda:N")
+
+
 def measured_rows(spec, plans: list, steps: int = 3, device: str = "cpu", threads: int = 0,
                   plain_malloc: bool = False, on_row=None) -> list[dict]:
     """Each plan beside its measurement: the measured peak above the model and the relative error
     of the prediction, (predicted − measured) / measured; ``on_row(row)`` as each one is done."""
+    check_measure_options(device, steps, threads)
     rows = []
     for p in plans:
         m = measure(spec, p.strategy, steps, device, threads, plain_malloc)

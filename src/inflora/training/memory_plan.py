@@ -23,6 +23,7 @@ from ..errors import ArchitectureError, ConfigError
 from ..models import arch_for, base_model, get_blocks, meta_model, parameter_groups
 from ..strategies import StrategyOptions, apply_strategy, count_parameters
 from ..strategies.budget import Budget, rank_for_params
+from ..validate import check_value, check_values
 from .activation_formula import (
     BlockRole,
     Shapes,
@@ -56,8 +57,9 @@ class PlanSpec:
     steps: int | None = None     # optimizer steps taken (LISA's state grows with them); None: a long run
 
     def check(self) -> None:
-        if self.batch_size < 1 or self.length < 1:
-            raise ConfigError(f"batch size and length must be >= 1, got {self.batch_size} and {self.length}")
+        check_values(batch_size=self.batch_size, length=self.length, k=self.k, lisa_interval=self.lisa_interval,
+                     steps=self.steps)
+        check_value("lora_r", self.r)
         if self.precision not in ELEMENT_BYTES:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(ELEMENT_BYTES)}")
         if self.attention not in ("sdpa", "eager"):
