@@ -35,6 +35,7 @@ from .parts import (OPTIMIZERS, adapt_model, build_optimizer, check_labels, cka_
                     resolve_band)
 from .profiles import cka_features, delta_cka_profile
 from .run_folder import claim_run_folder, finished_metrics
+from .source_head import with_source_head
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--grad-accum must be at least 1, got {cfg.grad_accum}")
     if cfg.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.new_head and not cfg.init:
+        raise ConfigError("a new head replaces the head of --init; give the checkpoint to start from")
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
         task = "causal-lm" if is_instruction_source(cfg.task, cfg.prompt_column, cfg.messages_column) else "classification"
         check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task)
@@ -104,7 +107,8 @@ def split_scores(run: Run, causal: bool) -> tuple[dict, dict]:
     scores, completion = ({}, {}) if causal else ({"validation": state.best_acc}, {})
     for name in ("validation", "test", "test_decontaminated") if causal else ("test", "test_decontaminated", "retention"):
         if name in run.encoded:
-            got = evaluate_split(run.inner, run.encoded[name], cfg.eval_batch_size, run.accelerator)
+            model = with_source_head(run.inner, cfg.init) if name == "retention" and cfg.new_head else run.inner
+            got = evaluate_split(model, run.encoded[name], cfg.eval_batch_size, run.accelerator)
             got.pop("score")
             if "accuracy" in got:
                 scores[name] = got["accuracy"]

@@ -68,6 +68,9 @@ def model_factory(cfg: FinetuneConfig, splits: dict):
         seed_everything(cfg.seed)
         if is_instruction_data(splits):  # a causal LM trained on the completions
             return load_model(source, task="causal-lm", attn_implementation=attn)
+        if cfg.new_head:  # the checkpoint's backbone under a fresh head sized for this task
+            return load_model(source, num_labels=splits["train"].num_labels, attn_implementation=attn,
+                              ignore_mismatched_sizes=True)
         labels = None if cfg.init else splits["train"].num_labels  # a checkpoint keeps its own head
         if labels is not None:
             check_checkpoint_labels(source, labels, cfg.task)
