@@ -79,7 +79,8 @@ def _results_table(rep, res: dict, label: str, metrics: list[str]) -> None:
 def render(res: dict, meta: dict, out: Path) -> dict:
     transfer = get_transfer(meta.get("transfer", DEFAULT))
     label, metrics = transfer.label, res.get("metrics", list(METRICS))
-    claims = {m: judge(res, m) for m in metrics}
+    # Claim (g) reads the source head's confident mistakes on the target: a new head has none to read.
+    claims = {m: [c for c in judge(res, m) if not (transfer.new_head and c["id"] == "g")] for m in metrics}
     payload = {**res, "claims": claims, "meta": meta, "versions": versions()}
     atomic_write_json(out / "results.json", payload)
     target = "Rotten Tomatoes" if label == "RT" else label
@@ -113,7 +114,10 @@ def render(res: dict, meta: dict, out: Path) -> dict:
                 "OVER/UNDER": f"{r['over_over_under']['mean']:.3g}", "per seed": fmt(list(r["per_seed"].values()), 3)}
                for s, r in res["grad_ratio"].items()])
     rep.text("The review of the paper reports ≈1.9e-6 (OVER) vs 3.5e-5 (UNDER) under shallow unfreezing, a ratio of ≈0.05.")
-    add_saturation_section(rep, res.get("saturation"))
+    if transfer.new_head:
+        rep.text(f"_No output-saturation section: the source checkpoints meet {label} through a new, random head._")
+    else:
+        add_saturation_section(rep, res.get("saturation"))
     if res.get("sources"):
         rep.heading("Source runs (SST-2 full fine-tuning; accuracy on SST-2 validation)")
         rep.table([{"seed": seed, **{f"{g.upper()} (epoch {s[g]['epoch']})": f"{100 * s[g]['sst2_validation_accuracy']:.2f} % "
