@@ -2,8 +2,8 @@
 
 source(seed) trains full fine-tuning on SST-2 and keeps the UNDER (epoch ``under_epochs``) and OVER
 (last epoch) models of the same run; diagnose(regime, seed) finds the band of each on the target's
-validation split; target(regime, strategy, seed) fine-tunes each on the target's train split. Interrupt at any time: the
-same command resumes, and a finished experiment re-renders at once.
+validation split; target(regime, strategy, seed) fine-tunes each on the target's train split.
+Interrupt at any time: the same command resumes, and a finished experiment re-renders at once.
 """
 from __future__ import annotations
 
@@ -153,12 +153,12 @@ def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: d
 def load_source(path: str, new_labels: int | None, seed: int):
     """A source checkpoint with its own head, or (``new_labels``) under a fresh seeded head of that size."""
     from ..models import load_model
-    from ..training.parts import seed_everything
+    from ..training.parts import load_under_new_head, seed_everything
 
     if new_labels is None:
         return load_model(path, num_labels=None)
     seed_everything(seed)
-    return load_model(path, num_labels=new_labels, ignore_mismatched_sizes=True)
+    return load_under_new_head(path, new_labels)
 
 
 def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: str, source: dict, band: list[int],
@@ -170,12 +170,10 @@ def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: s
     if (done := cache.done("target", cfg)) is not None:
         return done
     ft = FinetuneConfig(model=p.model, init=source[regime], new_head=transfer.new_head, task=transfer.target,
-                        strategy=strategy,
-                        epochs=p.target_epochs, seed=seed, batch_size=p.batch_size, max_length=p.max_length,
+                        strategy=strategy, epochs=p.target_epochs, seed=seed, batch_size=p.batch_size, max_length=p.max_length,
                         limit_train=p.target_limit, limit_eval=p.eval_limit, layers=band, cka_examples=p.cka_examples,
                         log_every=p.log_every, decontaminate_against=transfer.decontaminate, retention_task="sst2",
-                        data_dir=data_dir,
-                        device=device, precision=precision)
+                        data_dir=data_dir, device=device, precision=precision)
     m = finetune(ft, cache.folder("target", cfg) / "run", progress=False)
     keep = ("strategy", "layers", "band", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
             "train_seconds", "steps", "steps_per_second", "peak_rss_mb", "grad_profile", "delta_cka")
