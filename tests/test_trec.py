@@ -71,4 +71,5 @@ def test_missing_trec_file_is_one_line_cli_error(data_dir, tmp_path):
     result = CliRunner().invoke(app, ["finetune", "--model", "minilm", "--task", "trec", "--data-dir", str(tmp_path),
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "error:" in result.output and "train.all" in result.output
+    assert CHECKSUMS["trec/train.all"] in result.output.replace("\n", "")
     assert "Traceback" not in result.output

@@ -70,7 +70,7 @@ def verified(root: Path, rel: str) -> Path:
     """The path of ``rel`` under ``root`` after checking it exists and matches its checksum."""
     path = root / rel
     if not path.is_file():
-        raise DataError(f"missing data file {path} (is {root} the shared data folder?)")
+        raise DataError(f"missing data file {path} (SHA-256 {CHECKSUMS[rel]}; is {root} the shared data folder?)")
     st = path.stat()
     digest = _sha256(str(path), st.st_size, st.st_mtime)
     if digest != CHECKSUMS[rel]:
