@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 OUT    ?= runs/demo
 export INFLORA_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install demo test test-all bench clean mpnet
+.PHONY: install demo test test-all bench docs lint clean mpnet
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,9 +32,19 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m ""
 
+# The documentation site: docs/ -> site/ (mkdocs.yml). Fails on any warning (a broken link, a
+# missing page, a docstring mkdocstrings cannot read).
+docs: install
+	$(PY) -m pip install -q -e ".[docs]"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+lint: install
+	$(PY) -m pip install -q -e ".[lint]"
+	$(VENV)/bin/ruff check .
+
 bench: install
 	$(PY) benchmarks/diagnose_overhead.py
 	$(PY) benchmarks/strategy_cost.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) runs site .pytest_cache .hypothesis

@@ -42,6 +42,9 @@ def test_compare_end_to_end_on_a_tiny_model_and_resume(tiny_dir, tmp_path):
     families = ["best"] + [r for r in ("ski", "all") if r != out["recommendation"]["best_mean"]]
     assert [p["against"] for p in out["paired"]] == [f for f in families for _ in range(3)]  # 3 others per family
     assert all(p["p_holm"] >= p["p"] for p in out["paired"] if math.isfinite(p["p"]))
+    for p in out["paired"]:  # per-example test scores were kept: a paired bootstrap over examples
+        lo, hi = p["examples_ci"]
+        assert lo <= p["mean"] + 1e-9 and p["mean"] - 1e-9 <= hi
     assert out["recommendation"]["text"] and "recommendation:" in res.output
     table = res.output[res.output.index("matched-budget comparison"):res.output.index("recommendation:")]
     assert "0-3" in table and all(len(line) <= 80 and "…" not in line for line in table.splitlines())

@@ -1,7 +1,6 @@
 """The experiment's rule arms (lora-<rule>) at a block budget K (the run itself: test_experiment.py, on the
 smoke fixture's cached source run)."""
 
-import pytest
 from typer.testing import CliRunner
 
 from inflora.cli import app

@@ -67,3 +67,58 @@ def test_the_check_catches_an_upward_import(tmp_path):
     found = violations(tmp_path)
     assert found == ["metrics/bad.py:2: metrics (layer 3) imports remedies (layer 5)",
                      "probe.py:2: probe (layer 4) imports diagnosis (layer 5)"]
+
+
+def module_imports(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> the inflora modules (files, not package facades) it imports, function-level
+    imports included. ``training.loop`` -> {"training.checkpoint", ...}."""
+    modules = {".".join(p.relative_to(root).with_suffix("").parts) for p in root.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts)
+        here = list(path.relative_to(root).parts[:-1])
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = here[: len(here) - node.level + 1] + (node.module.split(".") if node.module else [])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("inflora."):
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            candidates = [".".join(base)] + [".".join([*base, a.name]) for a in node.names]
+            targets |= {c for c in candidates if c in modules and not c.endswith("__init__")}
+        if not name.endswith("__init__"):
+            graph[name] = targets - {name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every module that sits on an import cycle, as the cycle's path (depth-first search)."""
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_no_import_cycle_between_modules():
+    assert import_cycles(module_imports()) == []
+
+
+def test_the_cycle_check_catches_a_function_level_cycle(tmp_path):
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "loop.py").write_text("def f():\n    from .finetune import save\n")
+    (tmp_path / "training" / "finetune.py").write_text("from .loop import run\n")
+    assert import_cycles(module_imports(tmp_path)) == [["training.finetune", "training.loop", "training.finetune"]]

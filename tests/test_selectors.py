@@ -14,7 +14,7 @@ from inflora.errors import ConfigError
 from inflora.metrics import io_cka, linear_cka
 from inflora.models import get_blocks, tiny_model
 from inflora.select import (
-    RULES, BlockScores, RuleInputs, fit_band, random_blocks, score_rules, select_layers, within_type_percentile,
+    BlockScores, RuleInputs, fit_band, random_blocks, score_rules, select_layers, within_type_percentile,
 )
 from inflora.select.alpha_hts import alpha_hts, hill_alpha, ks_distance
 from inflora.select.kappa import condition_number

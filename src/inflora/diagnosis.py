@@ -14,7 +14,8 @@ from .data import InstructionDataset, TextDataset, instruction_probe_batches, is
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .metrics.accumulate import gather_batches
-from .models import arch_for, get_blocks, hf_model, load_model
+from .models import arch_for, get_attention, get_blocks, hf_model, load_model
+from .models.moe import moe_layout
 from .probe import LayerProbe, probe_step
 from .select import (
     RULES, RuleInputs, bootstrap_stability, local_maxima, rule_needs, rule_parameters, score_rules, select_layers, ski_terms,
@@ -49,6 +50,7 @@ class Diagnosis:
     task_type: str = "classification"   # or "causal-lm": what the loss was and what LoRA should adapt
     head_modules: list[str] = field(default_factory=list)  # heads that stay trainable (PEFT modules_to_save)
     output: dict = field(default_factory=dict)  # output saturation (metrics.output); {} in older files
+    moe: dict = field(default_factory=dict)  # MoE layout (models.moe.MoeLayout.to_dict); {} for dense models
 
     def profile(self, key: str) -> list[float]:
         return [row[key] for row in self.layers]
@@ -86,6 +88,10 @@ class Diagnosis:
             raise ConfigError("this diagnosis selected no layers (see its flags); pass layers explicitly")
         kw.setdefault("modules_to_save", self.head_modules or None)
         kw.setdefault("task_type", TASK_TYPES.get(self.task_type, "SEQ_CLS"))
+        if self.moe:
+            from .models.moe import MoeLayout
+
+            kw.setdefault("moe", MoeLayout.from_dict(self.moe))
         return lora_config(self.family, self.inflection_layers, **kw)
 
 
@@ -239,6 +245,7 @@ def diagnose(
     spec = arch_for(inner)
     task_type = task_type_of(inner)
     causal_lm = spec.causal and task_type == "causal-lm"
+    moe = moe_layout(inner)
     probe_set = _as_batches(data, tokenizer, batches=batches, batch_size=batch_size,
                             max_length=max_length, seed=seed, causal_lm=causal_lm)
     placement = _place(model, device, precision)
@@ -253,7 +260,8 @@ def diagnose(
     try:
         entropy_options = {"queries": entropy_queries, "seed": seed}
         extra = ["block_io"] if any("forward" in rule_needs(n) for n in rules or []) else []
-        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant", "output", *extra], attention=attention,
+        ffn = ["moe"] if moe else ["dormant"]  # dormant units read a dense FFN; MoE blocks get the router/expert probe
+        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", *ffn, "output", *extra], attention=attention,
                         attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"}) as probe:
             attention_mode = probe.attention_mode
             for batch in tqdm(mine, desc="diagnose", unit="batch", disable=not progress):
@@ -270,7 +278,7 @@ def diagnose(
                 rows = probe.layer_results(idx, only=("attention_entropy", "activation_grad"))
                 return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
-            flags = _flags(layers, losses, output)
+            flags = _flags(layers, losses, output) + _structure_flags(inner, moe)
             terms, chosen, stability = _select_band(profile_for, n_batches, len(layers), rule, params, ski_params,
                                                     resamples, seed, flags)
     finally:
@@ -297,6 +305,7 @@ def diagnose(
                 "data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})},
         flags=flags, rules=compared, task_type=task_type, output=output,
         head_modules=head_modules(inner) if task_type == "classification" else [],
+        moe=moe.to_dict() if moe else {},
     )
 
 
@@ -319,7 +328,7 @@ def _select_band(profile_for, n_batches: int, n_layers: int, rule: str, params: 
 def _compare_rules(model, rules, layers, chosen, budget, seed, params, flags) -> dict:
     """Every requested rule at K blocks (``budget`` layers=K, else the band's size), on the probe's
     profiles and the model's weights; with ``params=N``, each rule's rank for N LoRA parameters."""
-    from .strategies.budget import Budget, match_budget
+    from .strategies.budget import Budget
 
     budget = budget or Budget()
     k = budget.layers or len(chosen)
@@ -370,6 +379,19 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
         raise ConfigError("without data there is no band to size the budget: give --budget layers=K "
                           "(with a parameter budget: layers=K,params=N)")
     return _scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
+
+
+def _structure_flags(inner: nn.Module, moe) -> list[str]:
+    """What this model's structure keeps the probe from measuring, said instead of left out silently."""
+    flags = []
+    if moe:
+        flags.append("dormant FFN units are not measured on mixture-of-experts blocks (see the MoE columns instead)")
+    spec = arch_for(inner)
+    if any(getattr(get_attention(b, spec), "sinks", None) is not None for b in get_blocks(inner)):
+        flags.append("attention has learned sink logits: the eager map leaves out the sink's column of each softmax "
+                     "row, so the attention entropy misses the sink's own term (-p log p of the sink) and is a lower "
+                     "bound on the entropy of the distribution the model uses")
+    return flags
 
 
 def _flags(layers: list[dict], losses: list[float], output: dict) -> list[str]:

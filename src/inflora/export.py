@@ -19,7 +19,7 @@ from .models import arch_for, meta_model, model_config
 from .strategies.lora import match_lora_targets
 
 FORMATS = {"peft": "peft-lora", "axolotl": "axolotl-lora.yaml", "trl": "trl_peft_config.py", "json": "lora_config.json"}
-LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "layers_to_transform",
+LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "target_parameters", "exclude_modules", "layers_to_transform",
              "layers_pattern", "fan_in_fan_out", "modules_to_save", "bias", "task_type")
 
 
@@ -68,6 +68,8 @@ def _axolotl(d: Diagnosis, kw: dict) -> str:
     fragment = {"adapter": "lora", "lora_r": kw["r"], "lora_alpha": kw["lora_alpha"], "lora_dropout": kw["lora_dropout"],
                 "lora_target_modules": kw["target_modules"], "peft_layers_to_transform": kw["layers_to_transform"],
                 "peft_layers_pattern": [kw["layers_pattern"]]}
+    if kw.get("target_parameters"):  # fused MoE experts; Axolotl passes these to LoraConfig.target_parameters
+        fragment["lora_target_parameters"] = kw["target_parameters"]
     if kw.get("fan_in_fan_out"):
         fragment["lora_fan_in_fan_out"] = True
     if kw.get("modules_to_save"):

@@ -41,6 +41,8 @@ def print_summary(d, out: Path, console: Console | None = None) -> None:
                   f"{r['activation_grad_norm']:.2e}", f"{r['param_grad_norm']:.2e}", f"{r['ski']:.3f}", f"{s:.2f}",
                   "◀ band" if r["layer"] in d.inflection_layers else "")
     console.print(t)
+    if d.moe:
+        console.print(moe_table(d))
     if "attention_entropy_se" in d.layers[0]:
         se = max(r["attention_entropy_se"] for r in d.layers)
         console.print(f"entropy is an estimate from {d.config['entropy_queries']} sampled queries per sequence "
@@ -54,6 +56,16 @@ def print_summary(d, out: Path, console: Console | None = None) -> None:
         console.print(f"[yellow]warning:[/] {flag}")
     console.print(f"wrote {out / 'diagnosis.json'}, {out / 'report.html'}, {out / 'report.md'}, {out / 'profile.png'}, {out / 'reliability.png'}",
                   soft_wrap=True)
+
+
+def moe_table(d):
+    from ..reports.document import fmt
+    from ..reports.moe_section import MOE_COLUMNS, moe_rows
+
+    t = table(f"mixture of experts: {d.moe['num_experts']} experts, top-{d.moe['top_k']}", list(MOE_COLUMNS))
+    for row in moe_rows(d):
+        t.add_row(*(v if isinstance(v, str) else fmt(v, 3) for v in row.values()))
+    return t
 
 
 @command("diagnose")

@@ -17,7 +17,8 @@ def export_cmd(
     model: Optional[str] = typer.Option(None, help="dry-run the config against this model's modules (built on the "
                                         "meta device from its config; a tiny-<family> name, a folder or a hub name)"),
     out: Optional[Path] = typer.Option(None, help="output path (default: next to the diagnosis, named after the format)"),
-    lora_targets: Optional[str] = typer.Option(None, help="qkv (default) | attention | mlp | all | comma list of modules"),
+    lora_targets: Optional[str] = typer.Option(None, help="qkv (default) | attention | mlp | all | experts (MoE; "
+                                        "with --lora-dropout 0) | comma list of modules"),
     lora_r: int = typer.Option(8),
     lora_alpha: int = typer.Option(16),
     lora_dropout: float = typer.Option(0.1),

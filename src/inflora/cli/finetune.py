@@ -83,7 +83,8 @@ def finetune_cmd(
     lora_alpha: int = typer.Option(16),
     lora_dropout: float = typer.Option(0.1),
     lora_targets: Optional[str] = typer.Option(None, help="LoRA targets: qkv (default) | attention (+ output projection) "
-                                               "| mlp | all | comma list of module names"),
+                                               "| mlp | all | experts (MoE: fused expert weights; needs --lora-dropout 0) "
+                                               "| comma list of module names"),
     init: Optional[str] = typer.Option(None, help="start from a saved fine-tuned model folder"),
     limit_train: Optional[int] = typer.Option(None, help="stratified subset of the training split"),
     limit_eval: Optional[int] = typer.Option(None, help="stratified subset of validation/test"),

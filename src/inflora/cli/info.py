@@ -12,7 +12,8 @@ def family_details(spec) -> str:
         f"config.model_type: {', '.join(spec.model_types)}{' (causal)' if spec.causal else ''}",
         f"blocks: {spec.blocks}; attention: {spec.attention}",
         f"LoRA targets (q/k/v): {', '.join(spec.lora_targets)}",
-        f"FFN: {' + '.join(spec.ffn_inputs)} -> {spec.ffn_down}",
+        f"FFN: {' + '.join(spec.ffn_inputs)} -> {spec.ffn_down}" if spec.ffn_down
+        else "FFN: mixture of experts (router, fused experts, shared experts found per block: models/moe.py)",
     ])
 
 

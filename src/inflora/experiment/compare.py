@@ -19,7 +19,7 @@ from ..strategies.rule_arms import strategy_for_rule
 from .cache import UnitCache
 
 ARM_KEEP = ("strategy", "layers", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
-            "train_seconds", "steps", "steps_per_second")
+            "train_seconds", "steps", "steps_per_second", "completion", "per_example")
 
 
 @dataclass
@@ -45,6 +45,9 @@ class ComparePlan:
     diagnose_split: str = "validation"
     diagnose_seed: int = 0
     data_dir: str | None = None
+    columns: dict | None = None            # a user file's columns (prompt_column=..., as finetune); None: defaults
+    oracle: bool = False                   # also the per-block oracle (experiment/oracle.py)
+    blocks: list[int] | None = None        # the oracle's blocks (default: all; required above 48)
 
     def validate(self) -> "ComparePlan":
         if not self.rules:
@@ -57,7 +60,29 @@ class ComparePlan:
             raise ConfigError("give at least one seed")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.lora_targets:  # a target the model lacks: refused before the diagnosis, as finetune does
+            self._check_targets()
+        if self.blocks and not self.oracle:
+            raise ConfigError("--blocks chooses the oracle's blocks; add --oracle")
+        if self.oracle:
+            self.oracle_blocks()
         return self
+
+    def _check_targets(self) -> None:
+        from ..data import is_instruction_source
+        from ..strategies.lora import check_lora_targets
+
+        columns = self.columns or {}
+        causal = is_instruction_source(self.task, columns.get("prompt_column", "prompt"),
+                                       columns.get("messages_column", "messages"))
+        check_lora_targets(self.model, split_targets(self.lora_targets), "causal-lm" if causal else "classification")
+
+    def oracle_blocks(self) -> tuple[list[int], int]:
+        """The oracle's blocks and the model's depth (refused above 48 blocks without --blocks)."""
+        from .oracle import model_depth, oracle_blocks
+
+        depth = model_depth(self.model)
+        return oracle_blocks(depth, self.blocks, len(self.seeds)), depth
 
     def to_dict(self) -> dict:
         return {**asdict(self), "budget": self.budget.to_dict()}
@@ -65,17 +90,22 @@ class ComparePlan:
     def diagnose_config(self) -> dict:
         keys = ("model", "task", "rules", "diagnose_batches", "diagnose_batch_size", "diagnose_split", "diagnose_seed",
                 "max_length", "precision")
-        return {**{k: getattr(self, k) for k in keys}, "budget": self.budget.to_dict()}
+        return {**{k: getattr(self, k) for k in keys}, "budget": self.budget.to_dict(), **self._columns()}
+
+    def _columns(self) -> dict:
+        """Cache keys name a user file's columns only when given (keys of earlier runs stay as they were)."""
+        return {"columns": self.columns} if self.columns else {}
 
     def arm_config(self, rule: str, seed: int, layers: list[int], r: int) -> dict:
         keys = ("model", "task", "epochs", "limit_train", "limit_eval", "batch_size", "max_length", "lr", "lora_alpha",
                 "lora_targets", "precision")
-        return {**{k: getattr(self, k) for k in keys}, "rule": rule, "seed": seed, "layers": layers, "lora_r": r}
+        return {**{k: getattr(self, k) for k in keys}, "rule": rule, "seed": seed, "layers": layers, "lora_r": r,
+                **self._columns()}
 
 
 def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
     """The one diagnosis every arm's blocks come from (the head seeded with ``diagnose_seed``)."""
-    from ..data import load_task
+    from ..data import InstructionDataset, load_any
     from ..diagnosis import diagnose
     from ..models import load_model
     from ..training.parts import seed_everything
@@ -83,9 +113,12 @@ def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
     cfg = plan.diagnose_config()
     if (done := cache.done("diagnose", cfg)) is not None:
         return done
-    data = load_task(plan.task, plan.diagnose_split, plan.data_dir)
+    data = load_any(plan.task, plan.diagnose_split, plan.data_dir, **(plan.columns or {}))
     seed_everything(plan.diagnose_seed)
-    model, tok = load_model(plan.model, num_labels=max(data.num_labels, 2))
+    if isinstance(data, InstructionDataset):  # instruction data: a causal LM and its completion loss
+        model, tok = load_model(plan.model, task="causal-lm")
+    else:
+        model, tok = load_model(plan.model, num_labels=max(data.num_labels, 2))
     d = diagnose(model, data, tok, batches=plan.diagnose_batches, batch_size=plan.diagnose_batch_size,
                  max_length=plan.max_length, seed=plan.diagnose_seed, progress=False, rules=plan.rules,
                  budget=plan.budget, split=plan.diagnose_split, device=plan.device, precision=plan.precision)
@@ -96,21 +129,26 @@ def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
     return cache.finish("diagnose", cfg, d.to_dict())
 
 
-def run_arm(cache: UnitCache, plan: ComparePlan, rule: str, seed: int, chosen: dict) -> dict:
+def run_arm(cache: UnitCache, plan: ComparePlan, rule: str, seed: int, chosen: dict,
+            strategy: str | None = None) -> dict:
+    """One arm: LoRA on ``chosen["selected"]`` (the rule's strategy, or ``strategy`` for an oracle arm),
+    its per-example test scores kept for paired bootstraps over examples."""
     from ..training import FinetuneConfig, finetune
 
     layers, r = chosen["selected"], chosen.get("r", plan.lora_r)
     cfg = plan.arm_config(rule, seed, layers, r)
     if (done := cache.done("arm", cfg)) is not None:
         return done
-    ft = FinetuneConfig(model=plan.model, task=plan.task, strategy=strategy_for_rule(rule), epochs=plan.epochs,
+    ft = FinetuneConfig(model=plan.model, task=plan.task, strategy=strategy or strategy_for_rule(rule),
+                        epochs=plan.epochs,
                         seed=seed, lr=plan.lr, batch_size=plan.batch_size, max_length=plan.max_length,
                         limit_train=plan.limit_train, limit_eval=plan.limit_eval, layers=layers, lora_r=r,
                         lora_alpha=plan.lora_alpha, lora_targets=split_targets(plan.lora_targets), cka_examples=0,
-                        decontaminate_against=None, data_dir=plan.data_dir, device=plan.device, precision=plan.precision)
+                        decontaminate_against=None, data_dir=plan.data_dir, device=plan.device,
+                        precision=plan.precision, keep_predictions=True, **(plan.columns or {}))
     m = finetune(ft, cache.folder("arm", cfg) / "run", progress=False)
     return cache.finish("arm", cfg, {"rule": rule, "seed": seed, "r": r, "lora_params": chosen.get("lora_params"),
-                                     **{k: m[k] for k in ARM_KEEP}})
+                                     **{k: m[k] for k in ARM_KEEP if k in m}})
 
 
 def split_targets(text: str | None) -> list[str] | None:
@@ -118,11 +156,18 @@ def split_targets(text: str | None) -> list[str] | None:
 
 
 def count_units(plan: ComparePlan) -> int:
-    return 1 + len(plan.rules) * len(plan.seeds)
+    """The diagnosis, one arm per rule and seed, and the oracle's arms (an oracle arm that is also a
+    rule's, ``all`` at the same rank, is one unit counted twice)."""
+    from .oracle import count_oracle_arms
+
+    oracle = count_oracle_arms(len(plan.oracle_blocks()[0]), len(plan.seeds)) if plan.oracle else 0
+    return 1 + len(plan.rules) * len(plan.seeds) + oracle
 
 
-def run_compare(plan: ComparePlan, out: str | Path, *, progress: bool = True) -> dict:
-    """Run (or resume) the diagnosis and every arm; returns ``{"diagnosis", "arms"}``."""
+def run_compare(plan: ComparePlan, out: str | Path, *, progress: bool = True, on_oracle=None) -> dict:
+    """Run (or resume) the diagnosis, the oracle's arms (``on_oracle(diagnosis, oracle)`` is called
+    after its single-block arms and again after its leave-one-out arms, before the rule arms) and every
+    rule's arm; returns ``{"diagnosis", "arms", "oracle"}`` (``oracle``: None without ``plan.oracle``)."""
     plan.validate()
     cache = UnitCache(Path(out))
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total} units"),
@@ -131,10 +176,27 @@ def run_compare(plan: ComparePlan, out: str | Path, *, progress: bool = True) ->
         task = bar.add_task("diagnose", total=count_units(plan))
         d = run_diagnosis(cache, plan)
         bar.advance(task)
+        oracle = _oracle(cache, plan, lambda label: bar.update(task, advance=1, description=label),
+                         lambda part: on_oracle and on_oracle(d, part))
         arms = []
         for seed in plan.seeds:
             for rule in plan.rules:
                 bar.update(task, description=f"{rule} seed {seed}")
                 arms.append(run_arm(cache, plan, rule, seed, d["rules"]["rules"][rule]))
                 bar.advance(task)
-    return {"diagnosis": d, "arms": arms}
+    return {"diagnosis": d, "arms": arms, "oracle": oracle}
+
+
+def _oracle(cache: UnitCache, plan: ComparePlan, advance, report) -> dict | None:
+    if not plan.oracle:
+        return None
+    from .oracle import run_oracle
+
+    blocks, depth = plan.oracle_blocks()
+
+    def part(groups: list[str], arms: list[dict]) -> dict:
+        return {"blocks": blocks, "depth": depth, "groups": groups, "arms": arms,
+                "same_examples": plan.limit_eval is None}  # every seed scores the whole test split
+
+    arms = run_oracle(cache, plan, blocks, depth, advance, lambda groups, arms: report(part(groups, arms)))
+    return part(["reference", "single", "leave-one-out"], arms)

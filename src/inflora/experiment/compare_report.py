@@ -6,7 +6,9 @@ from pathlib import Path
 from ..io import atomic_write_json, versions
 from ..reports.document import Report, fmt
 from ..reports.rules_section import add_rules_section
+from .compare_results import METRICS
 from .report import _acc, _wall_time
+from .scores import LOSS
 
 
 def _blocks(row: dict) -> str:
@@ -15,10 +17,25 @@ def _blocks(row: dict) -> str:
         f"{s} {fmt(v)}" for s, v in sorted(row["layers"].items()))
 
 
-def _diff(d: dict) -> str:
+def _diff(d: dict, scale: float = 100, digits: int = 2) -> str:
+    """A paired difference of scores (points of accuracy, or nats of completion loss: ``scale`` 1)."""
     if d["n"] < 2:
-        return f"{100 * d['mean']:+.2f}" if d["n"] else "n/a"
-    return f"{100 * d['mean']:+.2f} [{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]"
+        return f"{scale * d['mean']:+.{digits}f}" if d["n"] else "n/a"
+    return (f"{scale * d['mean']:+.{digits}f} [{scale * d['ci'][0]:+.{digits}f}, "
+            f"{scale * d['ci'][1]:+.{digits}f}]")
+
+
+def _interval(ci: list[float] | None, scale: float, digits: int) -> str:
+    return "n/a" if not ci else f"[{scale * ci[0]:+.{digits}f}, {scale * ci[1]:+.{digits}f}]"
+
+
+def _loss(cell: dict) -> str:
+    """A completion-loss cell (the scores are its negative): mean ± sd [interval]."""
+    if not cell or cell["n"] == 0:
+        return "n/a"
+    if cell["n"] == 1:
+        return f"{-cell['mean']:.4f}"
+    return f"{-cell['mean']:.4f} ± {cell['sd']:.4f} [{-cell['ci'][1]:.4f}, {-cell['ci'][0]:.4f}]"
 
 
 def _p(p) -> str:
@@ -41,19 +58,25 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
              f"{plan['limit_train'] or 'all'} training examples; evaluation on {plan['limit_eval'] or 'all'} examples "
              "per split.")
     metric = res["metric"]
-    rep.heading(f"Accuracy (%; mean ± sd over seeds [95 % t-interval]; ranked by {metric})")
-    shown = [m for m in ("test", "test_decontaminated", "validation") if any(r[m]["n"] for r in res["table"])]
-    names = {"test": "test", "test_decontaminated": "test (decontaminated)", "validation": "validation"}
+    rep.heading(f"Scores (accuracy in %, completion loss in nats per token; mean ± sd over seeds [95 % t-interval]; "
+                f"ranked by {metric})")
+    shown = [m for m in METRICS if any(r.get(m, {}).get("n") for r in res["table"])]
+    names = {"test": "test", "test_decontaminated": "test (decontaminated)", "validation": "validation",
+             LOSS: "validation completion loss"}
     rep.table([{"rule": r["rule"], "blocks": _blocks(r), "r": r["r"], "trainable": f"{r['trainable_params']:,}",
                 "LoRA params": f"{r['lora_params']:,}" if r.get("lora_params") else "n/a",
-                "step ms": f"{1000 * r['step_seconds']:.0f}", **{names[m]: _acc(r[m]) for m in shown}}
+                "step ms": f"{1000 * r['step_seconds']:.0f}",
+                **{names[m]: (_loss if m == LOSS else _acc)(r[m]) for m in shown}}
                for r in sorted(res["table"], key=lambda r: -r[metric]["mean"])], digits=3)
-    rep.heading(f"Paired differences ({metric}, points, same seed [95 % t-interval]; negative = worse)")
+    unit = "nats of completion loss, positive = lower loss" if metric == LOSS else "points"
+    rep.heading(f"Paired differences ({metric}, {unit}, same seed [95 % t-interval]; negative = worse)")
     best = res["recommendation"].get("best_mean")
     if best in ("ski", "all"):
         rep.text(f"The best mean is `{best}`'s, so the differences against the best are also those against `{best}`.")
-    rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p), "n": p["n"],
-                "p": _p(p.get("p")), "p (Holm)": _p(p.get("p_holm"))} for p in res["paired"]])
+    scale, digits = (1, 4) if metric == LOSS else (100, 2)
+    rep.table([{"against": p["against"], "comparison": p["comparison"], "difference": _diff(p, scale, digits),
+                "n": p["n"], "p": _p(p.get("p")), "p (Holm)": _p(p.get("p_holm")),
+                "examples [95 %]": _interval(p.get("examples_ci"), scale, digits)} for p in res["paired"]])
     n = len(plan["seeds"])
     if n > 1:
         from scipy import stats
@@ -62,7 +85,8 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
                  f"t = {stats.t.ppf(0.975, n - 1):.2f}, so only large, consistent differences are distinguishable. "
                  "`p` is the paired t-test's; `p (Holm)` corrects it within each family (against the best, against "
                  "SKI, against `all`). Only the family against the best decides the recommendation. The intervals "
-                 "are not corrected.")
+                 "are not corrected. `examples`: a paired bootstrap over evaluation examples (2,000 resamples; "
+                 "the seeds pooled), which shows how much of the spread is the test set's rather than the seeds'.")
     add_rules_section(rep, diagnosis["rules"], diagnosis["num_layers"])
     if "random" in diagnosis["rules"]["rules"]:
         rep.text("`random` above is the diagnosis' own draw; each training seed draws its own K blocks (see the "

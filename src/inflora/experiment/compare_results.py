@@ -14,14 +14,16 @@ import math
 import numpy as np
 
 from ..select import COST_ORDER, rule_needs
-from .stats import holm, paired, summary
+from .scores import LOSS, arm_score, example_scores, score_metric, shown
+from .stats import example_interval, holm, paired, summary
 
-METRICS = ("test", "test_decontaminated", "validation")
+METRICS = ("test", "test_decontaminated", "validation", LOSS)
 
 
 def primary_metric(arms: list[dict]) -> str:
-    """RT test when the task has one (SST-2 has no labelled test split), else validation."""
-    return "test" if all("test" in a["accuracy"] for a in arms) else "validation"
+    """RT test when the task has one (SST-2 has no labelled test split), else validation accuracy,
+    else (instruction data without label options) the validation completion loss: ``scores.py``."""
+    return score_metric(arms)
 
 
 def rule_rows(arms: list[dict], rules: list[str]) -> list[dict]:
@@ -36,7 +38,7 @@ def rule_rows(arms: list[dict], rules: list[str]) -> list[dict]:
                "lora_params": runs[0].get("lora_params"),
                "step_seconds": float(np.mean([1 / a["steps_per_second"] for a in runs if a["steps_per_second"]]))}
         for metric in METRICS:
-            per_seed = {a["seed"]: a["accuracy"][metric] for a in runs if a["accuracy"].get(metric) is not None}
+            per_seed = {a["seed"]: arm_score(a, metric) for a in runs if arm_score(a, metric) is not None}
             row[metric] = {"per_seed": per_seed, **summary(list(per_seed.values()))}
         rows.append(row)
     return rows
@@ -58,21 +60,24 @@ def recommend(rows: list[dict], metric: str) -> dict:
     tied = [r for r in scored if r is best or r["rule"] not in beaten]
     cheapest = min(tied, key=_cost)["rule"]
     n = min((d["n"] for d in diffs.values()), default=len(best[metric]["per_seed"]))
-    pct = 100 * best[metric]["mean"]
+    pct = (f"completion loss {shown(metric, best[metric]['mean']):.4f}" if metric == LOSS
+           else f"{shown(metric, best[metric]['mean']):.2f} %")
+    points = "nats" if metric == LOSS else "points"
     if not diffs:
-        text = f"only one rule was run ({best['rule']}, {pct:.2f} %); nothing to compare"
+        text = f"only one rule was run ({best['rule']}, {pct}); nothing to compare"
     elif n < 2:
-        text = f"{best['rule']} has the highest mean ({pct:.2f} %), but one seed gives no interval: run more seeds"
+        text = f"{best['rule']} has the best mean ({pct}), but one seed gives no interval: run more seeds"
     elif len(tied) == 1:
         margin = min(diffs.values(), key=lambda d: d["mean"])
-        text = (f"**{best['rule']}** wins ({pct:.2f} %): every other rule is below it (paired t-tests, Holm-corrected "
-                f"p < 0.05; n = {n} seeds; smallest margin {100 * margin['mean']:+.2f} points)")
+        margin_txt = f"{margin['mean']:.4f}" if metric == LOSS else f"{100 * margin['mean']:+.2f}"
+        text = (f"**{best['rule']}** wins ({pct}): every other rule is below it (paired t-tests, Holm-corrected "
+                f"p < 0.05; n = {n} seeds; smallest margin {margin_txt} {points})")
     elif len(tied) == len(scored):
-        text = (f"no rule is distinguishable from the best mean ({best['rule']}, {pct:.2f} %): no paired t-test "
+        text = (f"no rule is distinguishable from the best mean ({best['rule']}, {pct}): no paired t-test "
                 f"against it reaches Holm-corrected p < 0.05 (n = {n} seeds). The cheapest one suffices: **{cheapest}**")
     else:
         others = ", ".join(r["rule"] for r in tied if r is not best)
-        text = (f"{best['rule']} has the highest mean ({pct:.2f} %) and beats {', '.join(beaten)}, but cannot be told "
+        text = (f"{best['rule']} has the best mean ({pct}) and beats {', '.join(beaten)}, but cannot be told "
                 f"apart from {others} (n = {n} seeds). Among those, the cheapest suffices: **{cheapest}**")
     if cheapest == "random" and len(tied) > 1:
         text += " (no selection rule was told apart from K blocks drawn at random)"
@@ -81,7 +86,17 @@ def recommend(rows: list[dict], metric: str) -> dict:
             "p_holm": p_holm, "text": text}
 
 
-def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
+def _examples(arms: list[dict], a: str, b: str, metric: str, same_examples: bool) -> list[float] | None:
+    """The paired bootstrap over evaluation examples of rule a − rule b (seeds both have), or None
+    when the arms kept no per-example scores (units cached before they were kept)."""
+    by = {(x["rule"], x["seed"]): x for x in arms}
+    seeds = sorted({s for r, s in by if r == a} & {s for r, s in by if r == b})
+    return example_interval([(example_scores(by[a, s], metric), example_scores(by[b, s], metric)) for s in seeds],
+                            same_examples)
+
+
+def aggregate_compare(arms: list[dict], rules: list[str], same_examples: bool = False) -> dict:
+    """``same_examples``: every seed scored the same evaluation examples (no --limit-eval)."""
     metric = primary_metric(arms)
     rows = rule_rows(arms, rules)
     best = max((r for r in rows if math.isfinite(r[metric]["mean"])), key=lambda r: r[metric]["mean"], default=None)
@@ -93,7 +108,9 @@ def aggregate_compare(arms: list[dict], rules: list[str]) -> dict:
             continue
         seen.append(against)
         family = [{"against": label, "comparison": f"{row['rule']} − {against['rule']}",
-                   **paired(row[metric]["per_seed"], against[metric]["per_seed"])} for row in rows if row is not against]
+                   **paired(row[metric]["per_seed"], against[metric]["per_seed"]),
+                   "examples_ci": _examples(arms, row["rule"], against["rule"], metric, same_examples)}
+                  for row in rows if row is not against]
         adjusted = holm({i: d["p"] for i, d in enumerate(family)})
         pairs += [{**d, "p_holm": adjusted[i]} for i, d in enumerate(family)]
     return {"metric": metric, "table": rows, "paired": pairs, "recommendation": rec}

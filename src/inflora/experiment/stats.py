@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+EXAMPLE_BOOT = 2000   # resamples of a paired bootstrap over evaluation examples (selectors.md §10.4)
+
 
 def summary(values: list[float], level: float = 0.95) -> dict:
     """Mean, sample sd and a two-sided t interval; with one value the interval is undefined (NaN)."""
@@ -64,3 +66,19 @@ def verdict(ci: list[float], direction: int) -> str:
     if (hi < 0 and direction > 0) or (lo > 0 and direction < 0):
         return "not supported"
     return "inconclusive"
+
+
+def example_interval(pairs: list[tuple[np.ndarray, np.ndarray]], same_examples: bool = False,
+                     seed: int = 0) -> list[float] | None:
+    """95 % percentile interval of the mean paired difference a − b over examples (``EXAMPLE_BOOT`` resamples;
+    a seed's a and b score the same examples). When every seed scores the same examples (no
+    --limit-eval), one draw of examples serves all seeds; else each seed's examples are drawn on their
+    own and the seeds' means averaged. None when a seed lacks per-example scores."""
+    if not pairs or any(a is None or b is None or len(a) != len(b) for a, b in pairs):
+        return None
+    rng = np.random.default_rng(seed)
+    if same_examples and len({len(a) for a, _ in pairs}) == 1:
+        d = np.mean([a - b for a, b in pairs], axis=0)
+        return np.percentile(d[rng.integers(0, len(d), (EXAMPLE_BOOT, len(d)))].mean(axis=1), [2.5, 97.5]).tolist()
+    means = [(a - b)[rng.integers(0, len(a), (EXAMPLE_BOOT, len(a)))].mean(axis=1) for a, b in pairs]
+    return np.percentile(np.mean(means, axis=0), [2.5, 97.5]).tolist()

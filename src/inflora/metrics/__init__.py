@@ -10,18 +10,21 @@ from .entropy import AttentionEntropy, EntropyProbe, attention_entropy, attentio
 from .grad_norms import (
     ActivationGradNorm, ActivationGradProbe, ParamGradNorm, ParamGradProbe, activation_grad_norm, param_grad_norm,
 )
+from .moe import MoeProbe, expert_grad_norms, router_sums
 from .output import (
     OutputProbe, OutputSaturation, expected_calibration_error, grad_weights, output_saturation, saturated_fraction,
 )
 
 DIAGNOSTICS: Registry[type[ProbePlugin]] = Registry("diagnostic")
-for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe, BlockIOProbe, OutputProbe):
+for _plugin in (EntropyProbe, ActivationGradProbe, ParamGradProbe, FeatureProbe, DormantProbe, BlockIOProbe, OutputProbe,
+                MoeProbe):
     DIAGNOSTICS.register(_plugin.name)(_plugin)
 
 __all__ = [
     "DIAGNOSTICS", "ActivationGradNorm", "AttentionEntropy", "OutputProbe", "OutputSaturation", "ParamGradNorm",
     "ProbePlugin", "SumAccumulator",
     "activation_grad_norm", "attention_entropy", "attention_entropy_sums", "delta_cka", "expected_calibration_error",
+    "expert_grad_norms", "router_sums",
     "grad_weights", "io_cka", "linear_cka", "output_saturation", "saturated_fraction",
     "param_grad_norm", "pool_hidden", "shared_pca",
 ]

@@ -72,6 +72,8 @@ _LLAMA_LIKE = dict(
     ffn_gate="mlp.gate_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
 )
 
+_NO_DENSE_FFN = dict(ffn_gate=None, ffn_up="", ffn_down="")
+
 ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec("bert", ("bert",), **_BERT_LIKE),
     ArchSpec("roberta", ("roberta", "xlm-roberta"), **_BERT_LIKE),
@@ -94,6 +96,10 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         ffn_up="mlp.c_fc", ffn_down="mlp.c_proj",
     ),
     ArchSpec("llama", ("llama", "mistral", "qwen2"), **_LLAMA_LIKE),
+    # MoE rows (minimal, until discovery): no dense FFN (ffn paths ""); the experts are found by models/moe.py.
+    ArchSpec("qwen3_moe", ("qwen3_moe", "qwen2_moe", "mixtral"), **{**_LLAMA_LIKE, **_NO_DENSE_FFN}),
+    # gpt-oss adds a learned sink logit to each head's softmax: read eager maps, not the streaming path
+    ArchSpec("gpt_oss", ("gpt_oss",), **{**_LLAMA_LIKE, **_NO_DENSE_FFN}, attention_interface=False),
 )
 
 _BY_TYPE = {t: spec for spec in ARCHITECTURES for t in spec.model_types}
@@ -153,6 +159,9 @@ def get_attention(block: nn.Module, spec: ArchSpec) -> nn.Module:
 
 
 def get_ffn(block: nn.Module, spec: ArchSpec) -> FFN:
+    if not spec.ffn_down:
+        raise ArchitectureError(f"{spec.family} blocks have a mixture-of-experts feed-forward, not a dense FFN "
+                                "(see inflora.models.moe)")
     return FFN(tuple(get_submodule(block, p) for p in spec.ffn_inputs), get_submodule(block, spec.ffn_down))
 
 

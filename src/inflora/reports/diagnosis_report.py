@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .document import Report, fmt
 from .plots import head_heatmap, profile_figure, reliability_figure, ski_alpha
+from .moe_section import add_moe_section
 from .rules_section import add_rules_section
 
 
@@ -131,6 +132,8 @@ def write_diagnosis_report(d, out_dir: str | Path) -> dict[str, Path]:
             "Share of each block's feed-forward units whose mean |activation| is at most τ times the layer's mean "
             "unit (τ-dormant). Dormant units receive almost no gradient; `--remedy redo` recycles them during training.")
         rep.table([{"layer": r["layer"], **{f"τ = {k.split('_')[-1]}": r[k] for k in dormant}} for r in d.layers])
+    if getattr(d, "moe", None):
+        add_moe_section(rep, d)
     rep.heading("Attention heads").figure(head_heatmap(d), "heads", "Mean entropy of every head; dark cells are saturated heads.")
     rep.heading("Selection").table([{"rule": d.selection["rule"], **d.selection["parameters"],
                                      "band": d.inflection_layers, "peaks": d.peaks}])

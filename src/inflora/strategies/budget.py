@@ -13,7 +13,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.architectures import arch_for
-from .lora import lora_config
+from ..models.moe import moe_layout
+from .lora import lora_config, parameter_hits
 
 BUDGET_KINDS = ("layers", "params")
 
@@ -62,12 +63,17 @@ def lora_params_per_rank(model: nn.Module, layers: list[int], targets=None) -> i
     PEFT config built by ``lora_config`` (the one builder) would adapt, found with PEFT's own matcher."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    config = lora_config(arch_for(model).family, sorted(layers), r=1, targets=targets)
+    config = lora_config(arch_for(model).family, sorted(layers), r=1, targets=targets, dropout=0.0,
+                         moe=moe_layout(model))
     total = 0
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)
         if name and w is not None and w.ndim == 2 and "lora_" not in name and check_target_module_exists(config, name):
             total += int(w.shape[0]) + int(w.shape[1])
+    for target in config.target_parameters or ():  # fused experts [E, a, b]: rank r per expert, E·(a + b) per rank
+        for name in parameter_hits(model, target):
+            e, a, b = model.get_parameter(name).shape
+            total += int(e) * (int(a) + int(b))
     return total
 
 

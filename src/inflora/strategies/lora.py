@@ -15,11 +15,12 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.architectures import ARCHITECTURES, ArchSpec, arch_for, num_layers
 from ..models.loading import meta_model
+from ..models.moe import MoeLayout, moe_layout
 
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
 HEAD_MODULES = ("pooler", "pre_classifier", "classifier", "score")
 LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.1}
-TARGET_PRESETS = ("qkv", "attention", "mlp", "all")
+TARGET_PRESETS = ("qkv", "attention", "mlp", "all", "experts")
 TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
@@ -34,26 +35,54 @@ def _unique(paths) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def resolve_targets(family: str, targets: str | list[str] | None) -> list[str]:
-    """LoRA target paths inside a block: ``qkv`` (the default: query/key/value, or GPT-2's fused
-    ``c_attn``), ``attention`` (q/k/v and the output projection), ``mlp`` (the feed-forward
-    projections), ``all`` (both), or explicit names (a comma list; short names like ``q_proj`` match
-    by suffix, as in PEFT)."""
-    spec = family_spec(family)
+def _split(targets: str | list[str] | None) -> list[str]:
     if isinstance(targets, str):
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
+        return [t.strip() for t in targets.split(",") if t.strip()]
+    return list(targets or [])
+
+
+def resolve_targets(family: str, targets: str | list[str] | None, moe: MoeLayout | None = None) -> list[str]:
+    """LoRA target *module* paths inside a block: ``qkv`` (the default: query/key/value, or GPT-2's
+    fused ``c_attn``), ``attention`` (q/k/v and the output projection), ``mlp`` (the feed-forward
+    projections; on a mixture-of-experts model the shared experts' Linear layers, the routed experts
+    being parameters: see ``resolve_parameters``), ``all`` (both), ``experts`` (parameters only), or
+    explicit names (a comma list; short names like ``q_proj`` match by suffix, as in PEFT)."""
+    spec = family_spec(family)
+    targets = _split(targets)
     if not targets:
         return list(spec.lora_targets)
+    mlp = list(moe.shared) if moe else list(spec.mlp_targets)
     presets = {
         "qkv": list(spec.lora_targets),
         "attention": _unique([*spec.lora_targets, spec.output]),
-        "mlp": list(spec.mlp_targets),
-        "all": _unique([*spec.lora_targets, spec.output, *spec.mlp_targets]),
+        "mlp": mlp,
+        "all": _unique([*spec.lora_targets, spec.output, *mlp]),
+        "experts": [],
     }
     out: list[str] = []
     for t in targets:
         out += presets.get(t, [t])
     return _unique(out)
+
+
+def resolve_parameters(family: str, targets: str | list[str] | None, moe: MoeLayout | None,
+                       layers: list[int] | None) -> list[str]:
+    """PEFT ``target_parameters``: the fused expert weights that ``experts``, ``mlp`` and ``all`` name
+    on a mixture-of-experts model. PEFT matches parameters by name only (it ignores
+    ``layers_to_transform`` for them), so a band is written into each name: ``layers.3.mlp.experts.down_proj``
+    names block 3 (a block index, never an expert index)."""
+    wanted = {"experts", "mlp", "all"} & set(_split(targets))
+    if not wanted:
+        return []
+    if moe is None:
+        if "experts" in wanted:
+            raise ConfigError(f"--lora-targets experts needs a mixture-of-experts model; this {family} model has dense "
+                              f"feed-forward layers (use mlp)")
+        return []
+    if layers is None:
+        return list(moe.expert_parameters)
+    pattern = family_spec(family).blocks.split(".")[-1]
+    return [f"{pattern}.{i}.{p}" for i in sorted(set(layers)) if i in moe.blocks for p in moe.expert_parameters]
 
 
 def _shadowed(spec: ArchSpec, paths: list[str]) -> list[str] | None:
@@ -68,9 +97,11 @@ def _shadowed(spec: ArchSpec, paths: list[str]) -> list[str] | None:
 def lora_config(
     family: str, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
     targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
+    moe: MoeLayout | None = None,
 ):
     """A ``LoraConfig`` restricted to ``layers`` (None: every block); ``targets`` as in
-    ``resolve_targets``; ``modules_to_save`` the heads that train in full."""
+    ``resolve_targets`` (and ``resolve_parameters`` with ``moe``, the model's MoE layout);
+    ``modules_to_save`` the heads that train in full."""
     from peft import LoraConfig
 
     spec = family_spec(family)
@@ -81,10 +112,16 @@ def lora_config(
             raise ConfigError(f"layer indices must be >= 0, got {layers}")
     if r < 1:
         raise ConfigError(f"LoRA rank must be >= 1, got {r}")
-    paths = resolve_targets(family, targets)
+    paths = resolve_targets(family, targets, moe)
+    parameters = resolve_parameters(family, targets, moe, layers)
+    if parameters and dropout:
+        raise ConfigError(f"LoRA on fused expert parameters (PEFT target_parameters) cannot use dropout, got "
+                          f"{dropout}; pass --lora-dropout 0")
+    if not paths and not parameters:
+        raise ConfigError(f"--lora-targets {targets!r} names nothing to adapt in {family} blocks {layers}")
     return LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout,
-        target_modules=paths, exclude_modules=_shadowed(spec, paths),
+        target_modules=paths, exclude_modules=_shadowed(spec, paths), target_parameters=parameters or None,
         layers_to_transform=sorted(set(layers)) if layers is not None else None,
         layers_pattern=spec.blocks.split(".")[-1] if layers is not None else None,
         fan_in_fan_out=spec.fused_qkv,
@@ -108,18 +145,29 @@ def _layer_of(name: str, pattern: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def parameter_hits(model: nn.Module, target: str) -> list[str]:
+    """Parameter names PEFT's ``target_parameters`` matcher takes for ``target`` (exact, or a suffix)."""
+    return [f"{m}.{p}" for m, module in model.named_modules() if m
+            for p, _ in module.named_parameters(recurse=False)
+            if f"{m}.{p}" == target or f"{m}.{p}".endswith("." + target)]
+
+
 def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
     """Dry-run ``config`` against ``model.named_modules()`` with PEFT's matcher (a model on the meta
-    device will do): the number of modules each target matches. Raises when a target, or a layer of
-    ``layers_to_transform``, matches nothing."""
+    device will do): the number of modules (or parameters, for ``target_parameters``) each target
+    matches. Raises when a target, or a layer of ``layers_to_transform``, matches nothing."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
     names = [n for n, _ in model.named_modules() if n]
     counts, layers_hit = {}, set()
-    for target in config.target_modules:
+    for target in config.target_modules or ():
         one = copy.copy(config)
         one.target_modules = {target}
         hits = [n for n in names if check_target_module_exists(one, n)]
+        counts[target] = len(hits)
+        layers_hit |= {_layer_of(n, config.layers_pattern) for n in hits}
+    for target in config.target_parameters or ():
+        hits = parameter_hits(model, target)
         counts[target] = len(hits)
         layers_hit |= {_layer_of(n, config.layers_pattern) for n in hits}
     missing = [t for t, c in counts.items() if c == 0]
@@ -135,12 +183,13 @@ def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
     return counts
 
 
-def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = "classification") -> dict[str, int]:
+def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = "classification",
+                       dropout: float = LORA_DEFAULTS["dropout"]) -> dict[str, int]:
     """Dry-run ``targets`` on every block of ``model_name`` built on the meta device: a target the
-    model lacks fails before any data or weights are loaded."""
+    model lacks (or expert targets with dropout) fails before any data or weights are loaded."""
     model = meta_model(model_name, task)
-    return match_lora_targets(model, lora_config(arch_for(model).family, None, targets=targets,
-                                                 task_type=TASK_TYPES[task]))
+    return match_lora_targets(model, lora_config(arch_for(model).family, None, targets=targets, dropout=dropout,
+                                                 task_type=TASK_TYPES[task], moe=moe_layout(model)))
 
 
 def _examples(model: nn.Module) -> str:
@@ -163,7 +212,7 @@ def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = 8, alpha
     config = lora_config(
         spec.family, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
         modules_to_save=head_modules(model) if train_head and task == "classification" else None,
-        task_type=TASK_TYPES[task],
+        task_type=TASK_TYPES[task], moe=moe_layout(model),
     )
     match_lora_targets(model, config)
     return get_peft_model(model, config)

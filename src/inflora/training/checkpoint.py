@@ -7,6 +7,7 @@ tampered run folder) is refused with a one-line error rather than unpickled.
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import random
@@ -126,3 +127,16 @@ def load_checkpoint(path: Path, model, optimizer=None, scheduler=None, *, rank: 
 
 def is_complete(path: Path) -> bool:
     return all((Path(path) / f).is_file() for f in ("trainable.safetensors", "state.pt", "meta.json"))
+
+
+def save_final_model(model, tokenizer, path: Path) -> Path:
+    """A plain transformers folder (LoRA merged) that ``--init`` and ``load_model`` accept."""
+    if hasattr(model, "merge_and_unload"):  # merge a copy: training may go on with the adapters
+        model = copy.deepcopy(model).merge_and_unload()
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path

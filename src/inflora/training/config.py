@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass, field
 
 _KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label",
                  "retention_task": None, "lisa_interval": 20, "new_head": False,
-                 "prompt_column": "prompt", "completion_column": "completion", "messages_column": "messages"}
+                 "prompt_column": "prompt", "completion_column": "completion", "messages_column": "messages",
+                 "keep_predictions": False}
 
 
 @dataclass
@@ -59,6 +60,7 @@ class FinetuneConfig:
     messages_column: str = "messages"
     save_model: bool = False             # save the final model (needed as a source for --init)
     save_epochs: list[int] = field(default_factory=list)  # also save the model after these epochs (UNDER/OVER)
+    keep_predictions: bool = False       # metrics.json keeps per-example test scores (paired bootstraps over examples)
 
     def to_dict(self) -> dict:
         return asdict(self)

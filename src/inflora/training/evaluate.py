@@ -29,3 +29,21 @@ def accuracy(model, split: EncodedSplit, batch_size: int = 128, accelerator=None
     if seen != len(split):
         raise TrainingError(f"evaluation counted {seen} examples of {len(split)}; the gather lost or duplicated some")
     return correct / len(split)
+
+
+@torch.no_grad()
+def correct_rows(model, split: EncodedSplit, batch_size: int = 128) -> list[int]:
+    """1 where the prediction of row i is right, else 0, in the split's own row order (one process):
+    what a paired bootstrap over test examples resamples."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    rows, right = split.row_order(by_length=True), [0] * len(split)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in split.collate_rows(chunk).items()}
+        labels = batch.pop("labels")
+        for row, ok in zip(chunk, (model(**batch).logits.argmax(-1) == labels).tolist()):
+            right[row] = int(ok)
+    model.train(was_training)
+    return right

@@ -10,11 +10,9 @@ The run is a chain of parts (``parts.py``: data, model, band, remedies, optimize
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import resource
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -27,9 +25,9 @@ from ..errors import ConfigError
 from ..io import atomic_write_json, versions
 from ..strategies import STRATEGIES, count_parameters
 from ..strategies.lora import check_lora_targets
-from .checkpoint import is_complete, load_checkpoint, load_trainable_state
+from .checkpoint import is_complete, load_checkpoint, load_trainable_state, save_final_model
 from .config import FinetuneConfig
-from .lm_eval import check_instruction_run, completion_metrics, evaluate_split
+from .lm_eval import check_instruction_run, completion_metrics, evaluate_split, per_example
 from .loop import Run, TrainState, run_epochs
 from .parts import (OPTIMIZERS, adapt_model, build_optimizer, check_labels, cka_start, load_splits, model_factory,
                     resolve_band)
@@ -57,7 +55,7 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError("a new head replaces the head of --init; give the checkpoint to start from")
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
         task = "causal-lm" if is_instruction_source(cfg.task, cfg.prompt_column, cfg.messages_column) else "classification"
-        check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task)
+        check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task, cfg.lora_dropout)
 
 
 def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool = True) -> tuple[Run, dict]:
@@ -100,13 +98,16 @@ def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool =
     return run, extra
 
 
-def split_scores(run: Run, causal: bool) -> tuple[dict, dict]:
+def split_scores(run: Run, causal: bool, kept: dict | None = None) -> tuple[dict, dict]:
     """Accuracy per split (validation: the best epoch's) and, for a causal LM, each split's completion
-    metrics (validation recomputed to report them all)."""
+    metrics (validation recomputed to report them all). A classifier's split whose per-example scores
+    were ``kept`` takes its accuracy from them instead of a second pass."""
     cfg, state = run.cfg, run.state
     scores, completion = ({}, {}) if causal else ({"validation": state.best_acc}, {})
     for name in ("validation", "test", "test_decontaminated") if causal else ("test", "test_decontaminated", "retention"):
-        if name in run.encoded:
+        if not causal and name in (kept or {}):
+            scores[name] = sum(kept[name]["correct"]) / len(kept[name]["correct"])
+        elif name in run.encoded:
             model = with_source_head(run.inner, cfg.init) if name == "retention" and cfg.new_head else run.inner
             got = evaluate_split(model, run.encoded[name], cfg.eval_batch_size, run.accelerator)
             got.pop("score")
@@ -117,11 +118,22 @@ def split_scores(run: Run, causal: bool) -> tuple[dict, dict]:
     return scores, completion
 
 
+def kept_predictions(run: Run, causal: bool) -> dict:
+    """Per-example scores of the evaluation splits (the test splits; validation too for instruction
+    data, whose score may be its completion loss), from the best epoch's weights."""
+    if run.accelerator.num_processes > 1:
+        raise ConfigError("per-example predictions are kept on one process only; run without torchrun")
+    names = ("validation", "test") if causal else ("test", "test_decontaminated")
+    return {n: per_example(run.inner, run.encoded[n], run.cfg.eval_batch_size) for n in names if n in run.encoded}
+
+
 def final_metrics(run: Run, extra: dict) -> dict:
     """Reload the best epoch's weights, score the test splits, and assemble metrics.json."""
     cfg, state, acc = run.cfg, run.state, run.accelerator
     load_trainable_state(run.inner, load_file(str(run.out / "checkpoints" / "best.safetensors")))
-    scores, completion = split_scores(run, causal=extra["completion_before"] is not None)
+    causal = extra["completion_before"] is not None
+    kept = kept_predictions(run, causal) if cfg.keep_predictions else None
+    scores, completion = split_scores(run, causal=causal, kept=kept)
     end_feats = cka_features(run.inner, extra["cka_set"], cfg.cka_pooling) if extra["cka_set"] else []
     start = [extra["start_feats"][str(i)].to(f.device) for i, f in enumerate(end_feats)]
     return {
@@ -139,6 +151,7 @@ def final_metrics(run: Run, extra: dict) -> dict:
         "device": str(acc.device), "precision": cfg.precision, "world_size": acc.num_processes,
         "grad_accum": cfg.grad_accum, "global_batch_size": cfg.batch_size * acc.num_processes * cfg.grad_accum,
         "config": cfg.to_dict(), "config_key": cfg.key(), "versions": versions(),
+        **({"per_example": kept} if kept is not None else {}),
     }
 
 
@@ -165,19 +178,6 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
         atomic_write_json(out / "metrics.json", metrics)
     accelerator.wait_for_everyone()
     return metrics
-
-
-def save_final_model(model, tokenizer, path: Path) -> Path:
-    """A plain transformers folder (LoRA merged) that ``--init`` and ``load_model`` accept."""
-    if hasattr(model, "merge_and_unload"):  # merge a copy: training may go on with the adapters
-        model = copy.deepcopy(model).merge_and_unload()
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    return path
 
 
 __all__ = ["check_config", "final_metrics", "finetune", "prepare_run", "save_final_model"]

@@ -16,7 +16,7 @@ from ..data import EncodedInstructions, InstructionDataset
 from ..data.instruction_batching import IGNORE_INDEX, fit, tokenize_example
 from ..errors import ConfigError
 from ..models import hf_model
-from .evaluate import accuracy
+from .evaluate import accuracy, correct_rows
 
 
 def sequence_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,8 +65,8 @@ class OptionSplit(EncodedInstructions):
                     self.pairs.append((j, k))
 
 
-def option_accuracy(model, split: EncodedInstructions, batch_size: int = 64) -> float:
-    """Share of examples whose own completion has the lowest summed NLL among the label options."""
+def option_correct(model, split: EncodedInstructions, batch_size: int = 64) -> list[int]:
+    """Per example, 1 when its own completion has the lowest summed NLL among the label options."""
     pairs = OptionSplit(split)
     sums, _ = _row_nll(model, pairs, batch_size)
     best: dict[int, tuple[float, int]] = {}
@@ -74,7 +74,12 @@ def option_accuracy(model, split: EncodedInstructions, batch_size: int = 64) -> 
         if j not in best or nll < best[j][0]:
             best[j] = (nll, k)
     gold = split.labels
-    return sum(best[j][1] == gold[j] for j in range(len(split)) if j in best) / len(split)
+    return [int(j in best and best[j][1] == gold[j]) for j in range(len(split))]
+
+
+def option_accuracy(model, split: EncodedInstructions, batch_size: int = 64) -> float:
+    """Share of examples whose own completion has the lowest summed NLL among the label options."""
+    return sum(option_correct(model, split, batch_size)) / len(split)
 
 
 def completion_metrics(model, split: EncodedInstructions, batch_size: int = 64) -> dict:
@@ -104,6 +109,24 @@ def evaluate_split(model, split, batch_size: int = 64, accelerator=None) -> dict
         out = {"accuracy": accuracy(model, split, batch_size, accelerator) if accelerator else
                accuracy(model, split, batch_size)}
     out["score"] = out["accuracy"] if "accuracy" in out else -out["completion_loss"]
+    return out
+
+
+def per_example(model, split, batch_size: int = 64) -> dict[str, list]:
+    """Per-example scores in row order, for paired bootstraps over examples: ``correct`` (0/1) for a
+    classifier or where the completions are label options; ``completion_loss`` (mean NLL per completion
+    token of each example) for instruction data. One process; the model's mode is restored."""
+    if not isinstance(split, EncodedInstructions):
+        return {"correct": correct_rows(model, split, batch_size)}
+    was_training = model.training
+    model.eval()
+    try:
+        sums, counts = _row_nll(model, split, batch_size)
+        out = {"completion_loss": [s / c if c else math.nan for s, c in zip(sums, counts)]}
+        if split.ds.options:
+            out["correct"] = option_correct(model, split, batch_size)
+    finally:
+        model.train(was_training)
     return out
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import TrainingError
-from .checkpoint import is_complete, save_checkpoint, trainable_state
+from .checkpoint import is_complete, save_checkpoint, save_final_model, trainable_state
 from .config import FinetuneConfig
 from .lm_eval import evaluate_split
 from .grad_profile import GradProfileRecorder
@@ -158,7 +158,6 @@ def train_epoch(run: Run, recorder: GradProfileRecorder, epoch: int) -> float:
 
 def end_epoch(run: Run, epoch: int, train_loss: float) -> None:
     """Validation, best/last checkpoints (atomically), optional model snapshot."""
-    from .finetune import save_final_model
 
     state, cfg, acc = run.state, run.cfg, run.accelerator
     scores = evaluate_split(run.inner, run.encoded["validation"], cfg.eval_batch_size, acc)

@@ -144,9 +144,9 @@ def build_optimizer(model, lr: float, weight_decay: float, remedies: list = (), 
     """AdamW (or plain SGD) without decay on biases and norms, unless a remedy brings its own
     optimizer (SPAM). ``finetune`` has checked ``kind`` before loading the model."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+            (no_decay if p.ndim < 2 else decay).append(p)  # by shape, as nanoGPT: biases and norm gains
     if not decay and not no_decay:
         raise ConfigError("the strategy left no trainable parameters")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
