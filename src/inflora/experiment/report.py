@@ -1,4 +1,4 @@
-"""results.json / results.md / results.html for the SST-2 → RT experiment."""
+"""results.json / results.md / results.html for the SST-2 → RT and SST-2 → TREC experiments."""
 from __future__ import annotations
 
 from collections import Counter
@@ -8,7 +8,9 @@ from ..io import atomic_write_json, versions
 from ..reports.document import Report, fmt
 from ..reports.plots import layer_profiles_figure
 from .claims import judge
+from .forgetting import add_versus_random_section
 from .results import METRICS
+from .transfers import DEFAULT, get_transfer
 from .saturation import add_saturation_section
 
 
@@ -45,7 +47,11 @@ def common_band(res: dict, regime: str) -> list[int]:
     return list(Counter(bands).most_common(1)[0][0]) if bands else []
 
 
-def _add_rule_section(rep, res: dict) -> None:
+def _metric_name(metric: str, label: str) -> str:
+    return f"full {label} test" if metric == "test" else f"decontaminated {label} test"
+
+
+def _add_rule_section(rep, res: dict, label: str) -> None:
     """Which selection rule, per regime: the LoRA band arms judged like ``inflora compare``."""
     recs = res.get("rule_recommendations", {})
     if not any(recs.values()):
@@ -57,58 +63,72 @@ def _add_rule_section(rep, res: dict) -> None:
              "< weights < a forward pass < a backward pass; then trainable parameters).")
     for metric, by_regime in recs.items():
         for regime, rec in by_regime.items():
-            name = "full RT test" if metric == "test" else "decontaminated RT test"
-            rep.text(f"**{regime.upper()}, {name}:** {rec['text']}.")
+            rep.text(f"**{regime.upper()}, {_metric_name(metric, label)}:** {rec['text']}.")
+
+
+def _results_table(rep, res: dict, label: str, metrics: list[str]) -> None:
+    rep.text(f"Accuracy in % on the {label} test split (mean ± sd over seeds [95% t-interval])."
+             + (" *decontaminated* drops the test sentences that also occur in SST-2 train (761 of 1066 on the full "
+                "test)." if "test_decontaminated" in metrics else ""))
+    rows = [{"regime": r["regime"].upper(), "strategy": r["strategy"], "trainable": _trainable(r),
+             "layers": r["layers"], **{f"{label} test" + ("" if m == "test" else " (decontaminated)"): _acc(r[m])
+                                       for m in metrics}, "step s": r["step_seconds"]} for r in res["table"]]
+    rep.heading("Results").table(rows)
 
 
 def render(res: dict, meta: dict, out: Path) -> dict:
-    claims = {m: judge(res, m) for m in METRICS}
+    transfer = get_transfer(meta.get("transfer", DEFAULT))
+    label, metrics = transfer.label, res.get("metrics", list(METRICS))
+    # Claim (g) reads the source head's confident mistakes on the target: a new head has none to read.
+    claims = {m: [c for c in judge(res, m) if not (transfer.new_head and c["id"] == "g")] for m in metrics}
     payload = {**res, "claims": claims, "meta": meta, "versions": versions()}
     atomic_write_json(out / "results.json", payload)
-    rep = Report("SST-2 → Rotten Tomatoes: inflection-layer LoRA vs other strategies")
+    target = "Rotten Tomatoes" if label == "RT" else label
+    rep = Report(f"SST-2 → {target}: inflection-layer LoRA vs other strategies")
     rep.text(f"Command: `{meta['command']}`  \nProfile **{meta['profile']['name']}** ({meta['profile']['model']}), seeds "
              f"{fmt(meta['seeds'])}. " + _wall_time(meta))
     if meta.get("budget_layers"):
         rep.text(f"Budget: every band strategy trains **K = {meta['budget_layers']}** blocks (lora-inflection: SKI's band "
                  "trimmed or extended to K by SKI score; lora-random: K random blocks; lora-<rule>: the rule's K blocks). "
                  "SKI's own band per seed is in the Bands table below.")
-    rep.text("Accuracy in % on the RT test split (mean ± sd over seeds [95% t-interval]). *decontaminated* drops the "
-             "test sentences that also occur in SST-2 train (761 of 1066 on the full test).")
-    rows = [{"regime": r["regime"].upper(), "strategy": r["strategy"], "trainable": _trainable(r),
-             "layers": r["layers"], "RT test": _acc(r["test"]), "RT test (decontaminated)": _acc(r["test_decontaminated"]),
-             "step s": r["step_seconds"]} for r in res["table"]]
-    rep.heading("Results").table(rows)
+    _results_table(rep, res, label, metrics)
     rep.heading("Paired differences against lora-inflection (points; positive = lora-inflection better)")
     rep.table([{"regime": p["regime"].upper(), "metric": p["metric"], "comparison": p["comparison"],
                 "per seed": ", ".join(f"{s}: {100 * v:+.2f}" for s, v in p["per_seed"].items()),
                 "mean": f"{100 * p['mean']:+.2f}" if p["n"] else "n/a",
                 "95% CI": f"[{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]" if p["n"] > 1 else "n/a"} for p in res["paired"]])
-    _add_rule_section(rep, res)
+    _add_rule_section(rep, res, label)
     if any(r["retention"]["n"] for r in res["table"]):
-        rep.heading("Forgetting: SST-2 validation accuracy after RT fine-tuning")
+        rep.heading(f"Forgetting: SST-2 validation accuracy after {label} fine-tuning")
         rep.text("How much of the source task survives target training (the concern of KappaTune-style rules): the "
                  "SST-2 validation accuracy of each target run's final model, and the drop from its source checkpoint "
-                 "(points; positive = forgotten).")
+                 "(points; positive = forgotten)." + (" The target has its own new head, so SST-2 is scored by the "
+                 "adapted backbone (LoRA merged) under the source checkpoint's own head (pooler and classifier)."
+                 if transfer.new_head else ""))
         rep.table([{"regime": r["regime"].upper(), "strategy": r["strategy"], "layers": r["layers"],
                     "SST-2 after": _acc(r["retention"]), "drop (points)": _acc(r["forgetting"])}
                    for r in res["table"]])
+    add_versus_random_section(rep, res.get("versus_random", []), label)
     rep.heading("Gradient suppression: OVER vs UNDER")
     rep.table([{"strategy": s, "UNDER mean ‖∂L/∂h‖": f"{r['under_mean']:.3g}", "OVER mean ‖∂L/∂h‖": f"{r['over_mean']:.3g}",
                 "OVER/UNDER": f"{r['over_over_under']['mean']:.3g}", "per seed": fmt(list(r["per_seed"].values()), 3)}
                for s, r in res["grad_ratio"].items()])
     rep.text("The review of the paper reports ≈1.9e-6 (OVER) vs 3.5e-5 (UNDER) under shallow unfreezing, a ratio of ≈0.05.")
-    add_saturation_section(rep, res.get("saturation"))
+    if transfer.new_head:
+        rep.text(f"_No output-saturation section: the source checkpoints meet {label} through a new, random head._")
+    else:
+        add_saturation_section(rep, res.get("saturation"))
     if res.get("sources"):
         rep.heading("Source runs (SST-2 full fine-tuning; accuracy on SST-2 validation)")
         rep.table([{"seed": seed, **{f"{g.upper()} (epoch {s[g]['epoch']})": f"{100 * s[g]['sst2_validation_accuracy']:.2f} % "
                                       f"(train loss {s[g]['train_loss']:.3f})" for g in ("under", "over")}}
                    for seed, s in sorted(res["sources"].items())])
-    rep.heading("Bands (diagnosis of each source checkpoint on RT validation)")
+    rep.heading(f"Bands (diagnosis of each source checkpoint on {label} validation)")
     rep.table([{"seed": s, **{f"{g.upper()} band": b[g]["band"] for g in ("under", "over") if g in b},
                 **{f"{g.upper()} stability": fmt(b[g]["stability"], 2) for g in ("under", "over") if g in b}}
                for s, b in sorted(res["bands"].items())])
-    for metric in METRICS:
-        rep.heading(f"Claims ({'full RT test' if metric == 'test' else 'decontaminated RT test'})")
+    for metric in metrics:
+        rep.heading(f"Claims ({_metric_name(metric, label)})")
         rep.table([{"claim": f"({c['id']}) {c['claim']}", "verdict": c["verdict"], "evidence": c["evidence"]} for c in claims[metric]])
     rep.heading("Profiles during target training (mean over seeds; shaded: the most common band)")
     for regime in ("under", "over"):

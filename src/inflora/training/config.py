@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 
 _KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label",
-                 "retention_task": None, "lisa_interval": 20,
+                 "retention_task": None, "lisa_interval": 20, "new_head": False,
                  "prompt_column": "prompt", "completion_column": "completion", "messages_column": "messages",
                  "keep_predictions": False}
 
@@ -39,6 +39,8 @@ class FinetuneConfig:
     lora_dropout: float = 0.1
     lora_targets: list[str] | None = None
     init: str | None = None              # start from a saved fine-tuned model (source -> target)
+    new_head: bool = False               # ...with a fresh head for the task's labels (SST-2 -> TREC); the
+                                         # retention task is then scored with the init's own head
     log_every: int = 10                  # training-time gradient profile every N steps
     cka_examples: int = 512              # 0: skip ΔCKA
     cka_pooling: str = "mean"

@@ -34,6 +34,7 @@ from .parts import (OPTIMIZERS, adapt_model, build_optimizer, check_labels, cka_
                     resolve_band)
 from .profiles import cka_features, delta_cka_profile
 from .run_folder import claim_run_folder, finished_metrics
+from .source_head import with_source_head
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ def check_config(cfg: FinetuneConfig) -> None:
     check_target_names(cfg.lora_targets)
     if cfg.diagnosis is not None and not Path(cfg.diagnosis).is_file():
         raise ConfigError(f"--diagnosis {cfg.diagnosis} does not exist")
+    if cfg.new_head and not cfg.init:
+        raise ConfigError("a new head replaces the head of --init; give the checkpoint to start from")
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
         task = "causal-lm" if is_instruction_source(cfg.task, cfg.prompt_column, cfg.messages_column) else "classification"
         check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task, cfg.lora_dropout)
@@ -102,7 +105,8 @@ def split_scores(run: Run, causal: bool, kept: dict | None = None) -> tuple[dict
         if not causal and name in (kept or {}):
             scores[name] = sum(kept[name]["correct"]) / len(kept[name]["correct"])
         elif name in run.encoded:
-            got = evaluate_split(run.inner, run.encoded[name], cfg.eval_batch_size, run.accelerator)
+            model = with_source_head(run.inner, cfg.init) if name == "retention" and cfg.new_head else run.inner
+            got = evaluate_split(model, run.encoded[name], cfg.eval_batch_size, run.accelerator)
             got.pop("score")
             if "accuracy" in got:
                 scores[name] = got["accuracy"]

@@ -68,12 +68,20 @@ def model_factory(cfg: FinetuneConfig, splits: dict):
         seed_everything(cfg.seed)
         if is_instruction_data(splits):  # a causal LM trained on the completions
             return load_model(source, task="causal-lm", attn_implementation=attn)
+        if cfg.new_head:
+            return load_under_new_head(source, splits["train"].num_labels, attn)
         labels = None if cfg.init else splits["train"].num_labels  # a checkpoint keeps its own head
         if labels is not None:
             check_checkpoint_labels(source, labels, cfg.task)
         return load_model(source, num_labels=labels, attn_implementation=attn)
 
     return make
+
+
+def load_under_new_head(source: str, num_labels: int, attn: str = "eager"):
+    """A saved classifier's backbone under a fresh head for ``num_labels`` classes (SST-2 -> TREC): the
+    head weights whose shapes differ are drawn anew from the current torch seed."""
+    return load_model(source, num_labels=num_labels, attn_implementation=attn, ignore_mismatched_sizes=True)
 
 
 def resolve_band(cfg: FinetuneConfig, make_model) -> tuple[list[int] | None, dict]:
