@@ -119,9 +119,8 @@ def timed_child(cmd: list[str], env: dict) -> dict:
 
 
 def child_env(threads: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    return env
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def inflora_cli(folder: Path, env: dict, out: Path) -> dict:
@@ -217,8 +216,8 @@ def orientation_times(model) -> dict:
     for name, w in block_matrices(get_blocks(hf_model(model)))[0].items():
         w = w.detach()
         tall = w if w.shape[0] >= w.shape[1] else w.T
-        out[name] = {"shape": list(w.shape), "as_stored": _best(lambda: torch.linalg.svdvals(w)),
-                     "tall": _best(lambda: torch.linalg.svdvals(tall))}
+        out[name] = {"shape": list(w.shape), "as_stored": _best(lambda m=w: torch.linalg.svdvals(m)),
+                     "tall": _best(lambda m=tall: torch.linalg.svdvals(m))}
     return out
 
 

@@ -10,7 +10,7 @@ checkpoint and the same model in memory give identical scores.
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class Spectra:
         self._tensors: dict[tuple[int, str], torch.Tensor] = {}
 
     @classmethod
-    def of_matrices(cls, matrices: list[dict[str, torch.Tensor]]) -> "Spectra":
+    def of_matrices(cls, matrices: list[dict[str, torch.Tensor]]) -> Spectra:
         """Lazily, from matrices in memory (``block_matrices``): nothing is computed until asked."""
         spectra = cls(len(matrices))
         for i, mats in enumerate(matrices):
