@@ -317,7 +317,7 @@ def main() -> None:
         return child_mode(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--blocks", type=int, default=16)
-    ap.add_argument("--shard-mb", type=int, default=250)
+    ap.add_argument("--shard-mb", type=int, default=150)
     ap.add_argument("--vocab", type=int, default=QWEN2_05B["vocab_size"], help="smaller only to try the script")
     ap.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "inflora-weights-scan")
     ap.add_argument("--spectrum", type=Path, default=None, help="path to Spectrum's spectrum.py (not shipped)")

@@ -160,3 +160,22 @@ def test_library_errors_have_the_project_types(tmp_path):
         checkpoint_layout(str(tmp_path / "gap"))
     with pytest.raises(ConfigError, match="hub is offline"):
         scan_weights("nobody/nothing-here", ["kappa"], Budget(layers=1))
+
+
+def test_a_scan_started_again_resumes_after_its_finished_blocks(sharded_decoder, tmp_path, monkeypatch):
+    import inflora.weight_scan as ws
+
+    _, path = sharded_decoder
+    first = scan_weights(str(path), WEIGHT_RULES, Budget(layers=2), resume_dir=tmp_path / "scan")
+    assert sorted(p.name for p in (tmp_path / "scan").iterdir()) == [f"block-0000{i}.npz" for i in range(4)]
+    (tmp_path / "scan" / "block-00002.npz").unlink()
+    (tmp_path / "scan" / "block-00001.npz").write_bytes(b"truncated")  # a damaged file is recomputed
+    reads, real_read = [], ws.read_tensor
+    monkeypatch.setattr(ws, "read_tensor", lambda ref: reads.append(ref.name) or real_read(ref))  # counts real reads
+    again = scan_weights(str(path), WEIGHT_RULES, Budget(layers=2), resume_dir=tmp_path / "scan")
+    assert sorted({n.split(".")[2] for n in reads}) == ["1", "2"] and len(reads) == 14
+    for name in WEIGHT_RULES:
+        assert again["rules"][name]["per_module"] == first["rules"][name]["per_module"]
+    other_rules = scan_weights(str(path), ["spectrum-snr"], Budget(layers=2), resume_dir=tmp_path / "scan")
+    assert len(reads) == 14 + 28  # other rules, other dtypes: the cache does not apply
+    assert other_rules["rules"]["spectrum-snr"]["raw"] == first["rules"]["spectrum-snr"]["raw"]

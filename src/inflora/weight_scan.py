@@ -9,7 +9,10 @@ column), which uses the model built on the meta device from its config (no weigh
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 
 from .errors import ArchitectureError, ConfigError
 from .models import arch_for, hf_model, meta_model, model_config, num_layers
@@ -18,13 +21,15 @@ from .models.weight_blocks import BlockLayout, checkpoint_layout
 from .models.weight_files import read_tensor
 from .select import RULES, RuleInputs, check_k, check_rules, score_rules
 from .select.spectra import scan_spectra
+from .select.spectra_cache import BlockCache
 from .strategies.budget import Budget, match_budget
 
 
 def scan_weights(name_or_path: str, rules: list[str], budget: Budget | None = None, seed: int = 0,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, resume_dir: Path | None = None) -> dict:
     """Every rule's block scores and K-block selection (as ``score_rules``), plus ``scan``: what was
-    read, from where, and the seconds per block. A ``tiny-<family>`` name has no files: its
+    read, from where, and the seconds per block. With ``resume_dir``, finished blocks are kept there
+    and a scan started again resumes after them. A ``tiny-<family>`` name has no files: its
     random-init model is built in memory and scored there."""
     from .diagnosis import budget_blocks, score_without_data
 
@@ -39,7 +44,8 @@ def scan_weights(name_or_path: str, rules: list[str], budget: Budget | None = No
     check_k(k, layout.num_blocks)
     t0 = time.perf_counter()
     dtypes = sorted({RULES.get(r).spectrum_dtype for r in rules} - {None})
-    spectra = scan_spectra(layout.matrices(), layout.num_blocks, dtypes, read=read_tensor,
+    cache = BlockCache(resume_dir, scan_key(layout, dtypes)) if resume_dir else None
+    spectra = scan_spectra(layout.matrices(), layout.num_blocks, dtypes, read=read_tensor, cache=cache,
                            total=sum(len(b) for b in layout.blocks), progress=progress) if dtypes else None
     seconds = time.perf_counter() - t0
     result = score_rules(rules, RuleInputs(layout.num_blocks, spectra=spectra, seed=seed), k)
@@ -47,6 +53,15 @@ def scan_weights(name_or_path: str, rules: list[str], budget: Budget | None = No
     result["scan"] = scan_summary(layout, spectra, seconds, dtypes)
     _add_lora_sizes(result, layout, budget)
     return result
+
+
+def scan_key(layout: BlockLayout, dtypes: list[str]) -> str:
+    """What a resumed scan must share with the one it resumes: the same files, unchanged, the same
+    block list and the same dtypes."""
+    shards = sorted({ref.shard for mats in layout.blocks for ref in mats.values()})
+    files = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in shards]
+    text = json.dumps({"files": files, "block_list": layout.block_list, "dtypes": dtypes})
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def scan_summary(layout: BlockLayout, spectra, seconds: float, dtypes: list[str]) -> dict:

@@ -149,7 +149,7 @@ def _weights_only(model: str, rule_names: list[str], spend, seed: int, out: Path
 
     if not rule_names:
         raise ConfigError("--weights-only needs --rules (weight rules: spectrum-snr, kappa, alpha-hts; or random, all)")
-    result = scan_weights(model, rule_names, spend, seed, progress=True)
+    result = scan_weights(model, rule_names, spend, seed, progress=True, resume_dir=out / ".scan")
     n = len(next(iter(result["rules"].values()))["raw"])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "rules.json", {"model": model, **result})

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from .spectra_cache import BlockCache
+
 
 def singular_values(w: torch.Tensor, dtype: str) -> np.ndarray:
     """σ of one weight matrix in ``dtype``, descending. The SVD runs on the matrix's tall orientation
@@ -66,18 +68,45 @@ class Spectra:
             self._values[(block, type_, dtype)] = singular_values(w, dtype)
 
 
+    def restore(self, cache: BlockCache, dtypes: list[str]) -> set[int]:
+        """Blocks a previous run of the same scan finished (``spectra_cache``)."""
+        done = set()
+        for block in range(self.num_blocks):
+            found = cache.load(block, dtypes)
+            if found:
+                self.shapes[block], values, self.block_seconds[block] = found
+                self._values.update({(block, t, d): v for (t, d), v in values.items()})
+                done.add(block)
+        return done
+
+    def save_block(self, cache: BlockCache, block: int) -> None:
+        values = {(t, d): v for (b, t, d), v in self._values.items() if b == block}
+        cache.save(block, self.shapes[block], values, self.block_seconds[block])
+
+
 def scan_spectra(items: Iterable[tuple[int, str, object]], num_blocks: int, dtypes: list[str],
-                 read=lambda x: x, total: int | None = None, progress: bool = False) -> Spectra:
+                 read=lambda x: x, total: int | None = None, progress: bool = False,
+                 cache: BlockCache | None = None) -> Spectra:
     """Singular values of every streamed matrix in each of ``dtypes``; ``read(item)`` turns an item's
     handle into its tensor (reading it from disk), and the tensor is dropped before the next one is
-    read. A block's seconds count its reads and its SVDs."""
+    read. A block's seconds count its reads and its SVDs. Items must come block by block; with a
+    ``cache``, each finished block is saved and blocks finished by an earlier run are not read."""
     from tqdm.auto import tqdm
 
     spectra = Spectra(num_blocks)
+    done = spectra.restore(cache, dtypes) if cache else set()
+    current = None
     for block, type_, handle in tqdm(items, total=total, desc="scan", unit="matrix", disable=not progress, delay=2.0):
+        if block in done:
+            continue
+        if cache and current is not None and block != current:
+            spectra.save_block(cache, current)
+        current = block
         t0 = time.perf_counter()
         w = read(handle)
         spectra.add(block, type_, w, dtypes)
         del w
         spectra.block_seconds[block] += time.perf_counter() - t0
+    if cache and current is not None:
+        spectra.save_block(cache, current)
     return spectra
