@@ -174,6 +174,7 @@ def test_a_scan_started_again_resumes_after_its_finished_blocks(sharded_decoder,
     monkeypatch.setattr(ws, "read_tensor", lambda ref: reads.append(ref.name) or real_read(ref))  # counts real reads
     again = scan_weights(str(path), WEIGHT_RULES, Budget(layers=2), resume_dir=tmp_path / "scan")
     assert sorted({n.split(".")[2] for n in reads}) == ["1", "2"] and len(reads) == 14
+    assert again["scan"]["resumed_blocks"] == [0, 3] and first["scan"]["resumed_blocks"] == []
     for name in WEIGHT_RULES:
         assert again["rules"][name]["per_module"] == first["rules"][name]["per_module"]
     other_rules = scan_weights(str(path), ["spectrum-snr"], Budget(layers=2), resume_dir=tmp_path / "scan")

@@ -72,6 +72,7 @@ def scan_summary(layout: BlockLayout, spectra, seconds: float, dtypes: list[str]
         "other_block_lists": layout.other_lists, "files": layout.files, "bytes": layout.bytes,
         "matrices": len(refs) if spectra else 0, "dtypes": dtypes, "seconds": seconds,
         "block_seconds": spectra.block_seconds if spectra else [0.0] * layout.num_blocks,
+        "resumed_blocks": spectra.resumed if spectra else [],
         "largest_matrix": {"name": largest.name, "shape": list(largest.shape), "dtype": largest.dtype},
         "largest_tensor": {"name": layout.largest.name, "shape": list(layout.largest.shape),
                            "dtype": layout.largest.dtype},

@@ -36,6 +36,7 @@ class Spectra:
         self.num_blocks = num_blocks
         self.shapes: list[dict[str, tuple[int, int]]] = [{} for _ in range(num_blocks)]
         self.block_seconds = [0.0] * num_blocks
+        self.resumed: list[int] = []              # blocks taken from an earlier run's cache
         self._values: dict[tuple[int, str, str], np.ndarray] = {}
         self._tensors: dict[tuple[int, str], torch.Tensor] = {}
 
@@ -95,6 +96,7 @@ def scan_spectra(items: Iterable[tuple[int, str, object]], num_blocks: int, dtyp
 
     spectra = Spectra(num_blocks)
     done = spectra.restore(cache, dtypes) if cache else set()
+    spectra.resumed = sorted(done)
     current = None
     for block, type_, handle in tqdm(items, total=total, desc="scan", unit="matrix", disable=not progress, delay=2.0):
         if block in done:
