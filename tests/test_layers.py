@@ -15,7 +15,7 @@ LAYERS = {  # lower number = lower layer; a package may import only from strictl
     "metrics": 3, "strategies": 3,
     "probe": 4, "diagnosis_schema": 4,
     "diagnosis": 5, "remedies": 5,
-    "training": 6, "reports": 6, "export": 6,
+    "training": 6, "reports": 6, "export": 6, "weight_scan": 6,
     "experiment": 7,
     "cli": 8,
     "__main__": 9, "__init__": 9,  # the package facade re-exports the public API

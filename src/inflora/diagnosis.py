@@ -391,11 +391,16 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
     check_rules(rules, {"weights"})
     inner = hf_model(model)
     blocks = get_blocks(inner)
-    k = budget.layers
-    if k is None:
+    k = budget_blocks(budget)
+    return _scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
+
+
+def budget_blocks(budget) -> int:
+    """K of a budget scored without data: there is no band to take it from, so it must be given."""
+    if budget.layers is None:
         raise ConfigError("without data there is no band to size the budget: give --budget layers=K "
                           "(with a parameter budget: layers=K,params=N)")
-    return _scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
+    return budget.layers
 
 
 def _structure_flags(moe) -> list[str]:

@@ -158,27 +158,41 @@ def diagnose_cmd(
 
 
 def _weights_only(model: str, rule_names: list[str], spend, seed: int, out: Path) -> None:
-    from ..diagnosis import score_without_data
     from ..errors import ConfigError
     from ..io import atomic_write_json
-    from ..models import load_model
     from ..reports.document import Report
-    from ..reports.rules_section import add_rules_section
-    from ..select import check_rules
+    from ..reports.rules_section import add_rules_section, add_scan_section
+    from ..weight_scan import scan_weights
 
     if not rule_names:
         raise ConfigError("--weights-only needs --rules (weight rules: spectrum-snr, kappa, alpha-hts; or random, all)")
-    check_rules(rule_names, {"weights"})
-    net, _ = load_model(model, num_labels=2)
-    result = score_without_data(net, rule_names, spend, seed)
+    result = scan_weights(model, rule_names, spend, seed, progress=True, resume_dir=out / ".scan")
     n = len(next(iter(result["rules"].values()))["raw"])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "rules.json", {"model": model, **result})
     rep = Report(f"inflora rules (weights only) — {model}")
     add_rules_section(rep, result, n)
+    if "scan" in result:
+        add_scan_section(rep, result["scan"])
     rep.write(out, stem="rules")
     print_rules(result, n)
-    make_console(stderr=True).print(f"wrote {out / 'rules.json'}, {out / 'rules.md'}, {out / 'rules.html'}")
+    err = make_console(stderr=True)
+    if "scan" in result:
+        err.print(scan_line(result["scan"]))
+    for note in result.get("notes", []):
+        err.print(f"note: {note}")
+    err.print(f"wrote {out / 'rules.json'}, {out / 'rules.md'}, {out / 'rules.html'}")
+
+
+def scan_line(scan: dict) -> str:
+    """What the scan read and its time per block, in lines that fit 80 columns."""
+    per_block = scan["block_seconds"]
+    slowest = max(range(len(per_block)), key=per_block.__getitem__)
+    others = "".join(f"\nnot scanned: {p} ({n} blocks)" for p, n in scan["other_block_lists"].items())
+    return (f"scanned {scan['matrices']} matrices of {scan['blocks']} blocks ({scan['block_list']})\n"
+            f"from {scan['files']} file(s), {scan['bytes'] / 1e9:.2f} GB, in {scan['seconds']:.1f} s\n"
+            f"time per block: {sum(per_block) / len(per_block):.2f} s "
+            f"(slowest: block {slowest}, {per_block[slowest]:.2f} s){others}")
 
 
 DOT_COLUMNS_UP_TO = 12  # blocks shown one ● column each; deeper models get one column of block ranges

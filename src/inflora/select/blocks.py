@@ -15,6 +15,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import ConfigError
+from .spectra import Spectra
 
 NEEDS_TEXT = {
     "weights": "the model's weights",
@@ -70,6 +71,14 @@ class RuleInputs:
     blocks: list[nn.Module] | None = None    # the model's transformer blocks (``models.get_blocks``)
     profiles: dict[str, list[float]] = field(default_factory=dict)
     seed: int = 0
+    spectra: Spectra | None = None           # singular values of the block matrices (a scanned checkpoint)
+
+    def weight_spectra(self, rule: str) -> Spectra:
+        """The block matrices' spectra: scanned ones, else computed lazily from ``blocks`` and kept,
+        so rules that read the same spectrum share one SVD per matrix."""
+        if self.spectra is None:
+            self.spectra = Spectra.of_matrices(weight_matrices(self.blocks, rule))
+        return self.spectra
 
     def profile(self, key: str, rule: str) -> list[float]:
         if key not in self.profiles:
@@ -94,6 +103,7 @@ class ScoreRule:
     score_fn: Callable[[RuleInputs], tuple]
     doc: str = ""
     picker_fn: Callable[[RuleInputs], Callable[[int], list[int]]] | None = None  # rules without an order
+    spectrum_dtype: str | None = None  # weight rules: the dtype of the singular values they read
 
     def score(self, inputs: RuleInputs) -> BlockScores:
         t0 = time.perf_counter()
@@ -170,19 +180,18 @@ def within_type_percentile(values: list[dict[str, float]]) -> list[float]:
 
 def matrix_rule(name: str, direction: str, metric: Callable[[np.ndarray, tuple[int, int]], float],
                 dtype: str, doc: str) -> ScoreRule:
-    """A weight-only rule: ``metric(singular_values, shape)`` per block matrix, then within-type percentiles."""
-    import torch
+    """A weight-only rule: ``metric(singular_values, shape)`` per block matrix, with the singular values
+    computed in ``dtype`` (``spectra.singular_values``), then within-type percentiles."""
 
     def score(inp: RuleInputs):
-        per_block, per_module, n_svd = [], {}, 0
-        for i, mats in enumerate(weight_matrices(inp.blocks, name)):
+        spectra = inp.weight_spectra(name)
+        per_block, per_module = [], {}
+        for i in range(spectra.num_blocks):
             row = {}
-            for t, w in mats.items():
-                s = torch.linalg.svdvals(w.detach().to("cpu", getattr(torch, dtype))).numpy()
-                row[t] = float(metric(s, tuple(w.shape)))
+            for t in spectra.types(i):
+                row[t] = float(metric(spectra.values(i, t, dtype), spectra.shapes[i][t]))
                 per_module[f"{i}.{t}"] = row[t]
-                n_svd += 1
             per_block.append(row)
-        return within_type_percentile(per_block), per_module, {"n_svd": n_svd, "aggregate": "within-type percentile"}
+        return within_type_percentile(per_block), per_module, {"n_svd": len(per_module), "aggregate": "within-type percentile"}
 
-    return ScoreRule(name, frozenset({"weights"}), direction, score, doc)
+    return ScoreRule(name, frozenset({"weights"}), direction, score, doc, spectrum_dtype=dtype)
