@@ -1,0 +1,107 @@
+"""Parameter-gradient norms measured in post-accumulate-grad hooks (issue 19): the same numbers as
+norms of kept gradients, on the real MiniLM and every tiny family, while no gradient buffer outlives
+its own measurement in ``probe_step``; kept (not dropped) when the caller runs backward itself."""
+import pytest
+import torch
+import transformers
+
+from inflora.metrics.grad_norms import param_grad_norm
+from inflora.models import parameter_groups, tiny_model
+from inflora.models.tiny import TINY_FAMILIES
+from inflora.probe import LayerProbe, probe_step
+
+transformers.logging.set_verbosity_error()
+
+CASES = [(f, "classification") for f in TINY_FAMILIES] + [("gpt2", "causal-lm"), ("qwen2", "causal-lm")]
+
+
+def padded_batch(task, b=3, t=10, vocab=1000):
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(5, vocab, (b, t), generator=g)
+    mask = torch.ones(b, t, dtype=torch.long)
+    mask[1, 7:] = 0
+    mask[2, :4] = 0  # left padding too
+    ids = ids.masked_fill(mask == 0, 0)
+    labels = ids.masked_fill(mask == 0, -100) if task == "causal-lm" else torch.tensor([0, 1, 1])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def kept_gradient_norms(model, batch) -> dict[str, float]:
+    """The pre-hook way: a plain backward keeps every ``.grad``; group norms are read afterwards."""
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()
+    out = {name: param_grad_norm(p for _, p in params) for name, params in parameter_groups(model).items()}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def probed_norms(probe) -> dict[str, float]:
+    plugin = next(p for p in probe.plugins if p.name == "param_grad")
+    return {name: acc.compute()["param_grad_norm"] for name, acc in plugin.groups.items()}
+
+
+def live_gradient_counter(model):
+    """Hooks (registered after the probe's) that record how many parameters hold a ``.grad``
+    each time one more gradient is complete."""
+    counts = []
+    params = list(model.parameters())
+
+    def count(_):
+        counts.append(sum(q.grad is not None for q in params))
+
+    handles = [p.register_post_accumulate_grad_hook(count) for p in params if p.requires_grad]
+    return counts, handles
+
+
+def check_hooked_norms_equal_kept(model, batch):
+    want = kept_gradient_norms(model, batch)
+    with LayerProbe(model, ["param_grad"]) as probe:
+        counts, handles = live_gradient_counter(model)
+        probe_step(model, probe, batch)
+        for h in handles:
+            h.remove()
+        got = probed_norms(probe)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-6, abs=0), name
+    assert sum(v > 0 for v in want.values()) >= len(want) - 1  # real gradients, not zeros compared to zeros
+    # every gradient was dropped by the probe's hook before the next one was complete
+    assert counts and max(counts) == 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("family,task", CASES, ids=[f"{f}-{t}" for f, t in CASES])
+def test_hooked_norms_equal_norms_of_kept_gradients_on_every_tiny_family(family, task):
+    model = tiny_model(family, layers=3, task=task)
+    check_hooked_norms_equal_kept(model, padded_batch(task))
+
+
+def test_hooked_norms_equal_norms_of_kept_gradients_on_minilm(minilm):
+    model, tok = minilm
+    enc = tok(["a gripping, funny film", "dull and far too long", "fine"], padding=True, return_tensors="pt")
+    batch = {**enc, "labels": torch.tensor([1, 0, 1])}
+    model.eval()
+    check_hooked_norms_equal_kept(model, batch)
+
+
+def test_gradients_are_kept_when_the_caller_runs_backward_itself():
+    """A training loop with the probe attached needs its gradients: only ``probe_step`` drops them."""
+    model = tiny_model("llama", layers=2, task="causal-lm")
+    batch = padded_batch("causal-lm")
+    want = kept_gradient_norms(model, batch)
+    with LayerProbe(model, ["param_grad"]) as probe:
+        model(**batch).loss.backward()
+        probe.after_backward()
+        got = probed_norms(probe)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_frozen_blocks_report_zero_and_keep_no_hooks_firing():
+    model = tiny_model("bert", layers=3)
+    for p in model.bert.encoder.layer[0].parameters():
+        p.requires_grad_(False)
+    with LayerProbe(model, ["param_grad"]) as probe:
+        probe_step(model, probe, padded_batch("classification"))
+        got = probed_norms(probe)
+    assert got["block.0"] == 0.0 and got["block.1"] > 0 and got["block.2"] > 0
