@@ -5,6 +5,7 @@ import pytest
 import torch
 import transformers
 
+from _reference import param_grad_reference
 from inflora.metrics.grad_norms import param_grad_norm
 from inflora.models import parameter_groups, tiny_model
 from inflora.models.tiny import TINY_FAMILIES
@@ -26,11 +27,11 @@ def padded_batch(task, b=3, t=10, vocab=1000):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def kept_gradient_norms(model, batch) -> dict[str, float]:
+def kept_gradient_norms(model, batch, norm=param_grad_norm) -> dict[str, float]:
     """The pre-hook way: a plain backward keeps every ``.grad``; group norms are read afterwards."""
     model.zero_grad(set_to_none=True)
     model(**batch).loss.backward()
-    out = {name: param_grad_norm(p for _, p in params) for name, params in parameter_groups(model).items()}
+    out = {name: norm(p for _, p in params) for name, params in parameter_groups(model).items()}
     model.zero_grad(set_to_none=True)
     return out
 
@@ -105,3 +106,43 @@ def test_frozen_blocks_report_zero_and_keep_no_hooks_firing():
         probe_step(model, probe, padded_batch("classification"))
         got = probed_norms(probe)
     assert got["block.0"] == 0.0 and got["block.1"] > 0 and got["block.2"] > 0
+
+
+TIED = [("qwen2", True), ("qwen2", False), ("gpt2", True), ("llama", False)]
+
+
+@pytest.mark.parametrize("family,tied", TIED, ids=[f"{f}-{'tied' if t else 'untied'}" for f, t in TIED])
+def test_sparse_embedding_gradients_give_the_dense_norms(family, tied):
+    """Embeddings switched to sparse gradients and a tied LM head split onto its own leaf (what
+    ``diagnose`` does): the embeddings/head norms still equal those of the dense, summed gradient."""
+    model = tiny_model(family, layers=2, task="causal-lm", tie_word_embeddings=tied)
+    model.tie_weights()
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    batch = padded_batch("causal-lm")
+    want = kept_gradient_norms(model, batch)
+    # the embeddings against a float64 loop: float32 norms of a dense V × D gradient are off by ~3e-5 here,
+    # while the sparse path sums in float64
+    want["embeddings"] = kept_gradient_norms(model, batch, norm=param_grad_reference)["embeddings"]
+    with LayerProbe(model, ["param_grad"], param_grad={"sparse_embeddings": True}) as probe:
+        head = model.get_output_embeddings().weight
+        assert (head is not model.get_input_embeddings().weight) or not tied  # split while attached
+        probe_step(model, probe, batch)
+        got = probed_norms(probe)
+    assert got == pytest.approx(want, rel=1e-6)
+    assert want["embeddings"] > 0
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied  # restored
+    assert not model.get_input_embeddings().sparse
+
+
+def test_sparse_embedding_gradient_really_is_sparse_when_kept():
+    model = tiny_model("qwen2", layers=1, task="causal-lm", tie_word_embeddings=True)
+    model.tie_weights()
+    batch = padded_batch("causal-lm")
+    want = kept_gradient_norms(model, batch, norm=param_grad_reference)
+    with LayerProbe(model, ["param_grad"], param_grad={"sparse_embeddings": True}) as probe:
+        model(**batch).loss.backward()  # not probe_step: the gradients stay for inspection
+        emb = model.get_input_embeddings().weight
+        assert emb.grad.is_sparse and emb.grad.coalesce().indices().shape[1] <= batch["input_ids"].numel()
+        probe.after_backward()
+        assert probed_norms(probe)["embeddings"] == pytest.approx(want["embeddings"], rel=1e-6)
+    model.zero_grad(set_to_none=True)

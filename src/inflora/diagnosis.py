@@ -254,7 +254,8 @@ def diagnose(
         entropy_options = {"queries": entropy_queries, "seed": seed}
         extra = ["block_io"] if any("forward" in rule_needs(n) for n in rules or []) else []
         with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", "dormant", "output", *extra], attention=attention,
-                        attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"}) as probe:
+                        attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"},
+                        param_grad={"sparse_embeddings": True}) as probe:
             attention_mode = probe.attention_mode
             for batch in tqdm(mine, desc="diagnose", unit="batch", disable=not progress):
                 losses.append(probe_step(model, probe, batch, precision))

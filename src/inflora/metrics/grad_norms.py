@@ -8,6 +8,7 @@ import torch
 
 from ..models.architectures import first_tensor
 from .accumulate import ProbePlugin, SumAccumulator
+from .embedding_grads import SparseEmbeddingGrads
 
 
 def activation_grad_sums(grad: torch.Tensor, token_mask: torch.Tensor) -> tuple[float, float, float, float]:
@@ -133,31 +134,49 @@ class ParamGradProbe(ProbePlugin):
     gradients autograd is still producing are alive, never a whole model's. ``after_backward``
     combines the norms per group in parameter order (the numbers ``param_grad_norm`` gives on
     kept gradients). Gradients the hook did not see are read from ``.grad`` as before: FSDP2
-    assigns its reduce-scattered shards outside autograd, and they need the mesh-wide sum."""
+    assigns its reduce-scattered shards outside autograd, and they need the mesh-wide sum.
+    ``sparse_embeddings=True`` (``diagnose``) also keeps vocabulary-sized embedding gradients from
+    ever being dense (``embedding_grads``); not for a loop whose optimizer needs those gradients."""
 
     name = "param_grad"
+
+    def __init__(self, sparse_embeddings: bool = False) -> None:
+        super().__init__()
+        self.sparse_embeddings = sparse_embeddings
+        self.embeddings: SparseEmbeddingGrads | None = None
 
     def attach(self, ctx) -> None:
         self.groups = {name: ParamGradNorm() for name in ctx.groups}
         self.layers = [self.groups[f"block.{i}"] for i in range(ctx.num_layers)]
         self.seen: dict[int, torch.Tensor] = {}  # id(param) -> ‖g‖ (float32) of this backward
-        for params in ctx.groups.values():
-            for _, p in params:
-                if p.requires_grad:
-                    self.handles.append(p.register_post_accumulate_grad_hook(self._hook(ctx)))
+        if self.sparse_embeddings:
+            self.embeddings = SparseEmbeddingGrads(ctx.inner)
+        extra = self.embeddings.extra_leaves if self.embeddings else []
+        trainable = [p for params in ctx.groups.values() for _, p in params if p.requires_grad]
+        for p in trainable + extra:
+            self.handles.append(p.register_post_accumulate_grad_hook(self._hook(ctx)))
 
     def _hook(self, ctx):
         def measure(p: torch.nn.Parameter) -> None:
             if not ctx.active or p.grad is None:
                 return
-            norm, group = tensor_grad_norm(p.grad)
-            if group is not None:  # a shard: left for after_backward's mesh-wide sum
-                return
-            self.seen[id(p)] = norm
+            if self.embeddings is not None and self.embeddings.owns(p):
+                self.embeddings.record(p)
+            else:
+                norm, group = tensor_grad_norm(p.grad)
+                if group is not None:  # a shard: left for after_backward's mesh-wide sum
+                    return
+                self.seen[id(p)] = norm
             if ctx.measure_only:
                 p.grad = None
 
         return measure
+
+    def detach(self) -> None:
+        if self.embeddings is not None:
+            self.embeddings.close()
+            self.embeddings = None
+        super().detach()
 
     def accumulators(self) -> list[SumAccumulator]:
         return list(self.groups.values())
@@ -166,11 +185,16 @@ class ParamGradProbe(ProbePlugin):
         for name, acc in self.groups.items():
             acc.update_norm(combine_norms(self._norms(ctx.groups[name])))
         self.seen.clear()
+        if self.embeddings is not None:
+            self.embeddings.reset()
 
     def _norms(self, params) -> list[tuple[torch.Tensor, object]]:
         out = []
         for _, p in params:
-            if id(p) in self.seen:
+            norm = self.embeddings.norm(p) if self.embeddings is not None else None
+            if norm is not None:
+                out.append((norm, None))
+            elif id(p) in self.seen:
                 out.append((self.seen[id(p)], None))
             elif p.requires_grad and p.grad is not None:
                 out.append(tensor_grad_norm(p.grad))
