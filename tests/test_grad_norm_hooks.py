@@ -147,3 +147,20 @@ def test_sparse_embedding_gradient_really_is_sparse_when_kept():
         probe.after_backward()
         assert probed_norms(probe)["embeddings"] == pytest.approx(want["embeddings"], rel=1e-6)
     model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_chunked_head_leaves_loss_and_activation_gradients_unchanged(tied):
+    model = tiny_model("qwen2", layers=2, task="causal-lm", tie_word_embeddings=tied)
+    model.tie_weights()
+    batch = padded_batch("causal-lm")
+    results = {}
+    for sparse in (False, True):
+        with LayerProbe(model, ["activation_grad", "param_grad"], param_grad={"sparse_embeddings": sparse}) as probe:
+            loss = probe_step(model, probe, batch)
+            results[sparse] = (loss, [r["activation_grad_norm"] for r in probe.layer_results()],
+                               [r["param_grad_norm"] for r in probe.layer_results()])
+    assert results[True][0] == results[False][0]
+    assert results[True][1] == pytest.approx(results[False][1], rel=1e-6)
+    assert results[True][2] == pytest.approx(results[False][2], rel=1e-6)
+    assert min(results[True][1]) > 0

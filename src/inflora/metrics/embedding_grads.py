@@ -145,10 +145,6 @@ class SparseEmbeddingGrads:
         head.forward = types.MethodType(forward, head)
         self._restore.append(lambda: head.__dict__.pop("forward", None))
 
-    @property
-    def extra_leaves(self) -> list:
-        return []
-
     def owns(self, p: torch.Tensor) -> bool:
         return id(p) in self.tied
 

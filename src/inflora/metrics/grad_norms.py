@@ -151,9 +151,7 @@ class ParamGradProbe(ProbePlugin):
         self.seen: dict[int, torch.Tensor] = {}  # id(param) -> ‖g‖ (float32) of this backward
         if self.sparse_embeddings:
             self.embeddings = SparseEmbeddingGrads(ctx.inner)
-        extra = self.embeddings.extra_leaves if self.embeddings else []
-        trainable = [p for params in ctx.groups.values() for _, p in params if p.requires_grad]
-        for p in trainable + extra:
+        for p in (p for params in ctx.groups.values() for _, p in params if p.requires_grad):
             self.handles.append(p.register_post_accumulate_grad_hook(self._hook(ctx)))
 
     def _hook(self, ctx):
