@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from _memory import peak_extra_memory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _memory import peak_extra_memory
 
 FIGURES = ("floor", "plain", "diagnose")
 TARGETS = {"memory_vs_floor": 1.25, "time_vs_plain": 1.15}
@@ -54,7 +54,6 @@ def build(args):
 
 
 def workload(model, figure: str, resamples: int):
-    import torch
 
     from inflora.diagnosis import diagnose
 
@@ -123,10 +122,10 @@ def summarise(rounds: list[dict]) -> dict:
     done = [r for r in rounds if all("seconds" in r.get(f, {}) for f in FIGURES)]
     if not done:
         return {}
-    med = lambda xs: statistics.median(list(xs))  # noqa: E731
+    med = lambda xs: statistics.median(list(xs))
     table = {f: {"seconds": med(r[f]["seconds"] for r in done), "peak_extra_mib": med(r[f]["peak_extra_mib"] for r in done)}
              for f in FIGURES}
-    ratio = lambda f, base, k: [r[f][k] / r[base][k] for r in done]  # noqa: E731
+    ratio = lambda f, base, k: [r[f][k] / r[base][k] for r in done]
     table["ratios"] = {
         "diagnose_memory_vs_floor": med(ratio("diagnose", "floor", "peak_extra_mib")),
         "diagnose_memory_vs_plain": med(ratio("diagnose", "plain", "peak_extra_mib")),

@@ -6,13 +6,13 @@ import logging
 import pytest
 import torch
 import transformers
+from test_streaming_entropy import assert_rows_match, padded_batch, sharpen
 
 from inflora.metrics import fused_entropy
 from inflora.metrics.fused_entropy import fused_row_entropy
 from inflora.metrics.streaming_entropy import chunk_entropy, streaming_entropy_sums
 from inflora.models import tiny_model
 from inflora.probe import LayerProbe, probe_step
-from test_streaming_entropy import assert_rows_match, padded_batch, sharpen
 
 transformers.logging.set_verbosity_error()
 

@@ -4,8 +4,8 @@ its own measurement in ``probe_step``; kept (not dropped) when the caller runs b
 import pytest
 import torch
 import transformers
-
 from _reference import param_grad_reference
+
 from inflora.metrics.grad_norms import param_grad_norm
 from inflora.models import parameter_groups, tiny_model
 from inflora.models.tiny import TINY_FAMILIES

@@ -15,12 +15,11 @@ unchanged; everything is restored on ``close``.
 """
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 import types
 
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import ArchitectureError
 
