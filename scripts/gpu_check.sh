@@ -42,6 +42,10 @@ print(f"ok: finetune on {m['device']} (bf16): {m['steps']} steps at {m['steps_pe
       f"test accuracy {m['accuracy']['test']:.4f}, peak GPU memory {peak / 2**20:.0f} MiB")
 PY
 
+# 1b. the fused-entropy path (issue 19): the CUDA kernel's log-sum-exp gives the entropy, equal to
+#     the chunked path and to eager maps, without falling back; random-init shapes only
+PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" "$PY" scripts/gpu_fused_entropy.py
+
 # 2. the CLI on cuda: bf16 and fp16 (gradient scaler); device recorded in the JSON files
 "$PY" -m inflora diagnose --device cuda --precision bf16 --batches 4 --out "$OUT/diag"
 "$PY" -m inflora finetune --device cuda --precision bf16 --layers 1,2 --limit-train 2000 --limit-eval 500 --out "$OUT/ft_bf16"

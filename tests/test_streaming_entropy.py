@@ -132,7 +132,7 @@ def eager_map(q, k, allowed, scaling):
     return torch.softmax(s.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
 
 
-@pytest.mark.parametrize("chunk", [1, 4, 64])
+@pytest.mark.parametrize("chunk", [1, 4, 64, "fused"])
 @pytest.mark.parametrize("kind", ["causal-none", "causal-bool-left", "bidir-bool-right", "bidir-float", "window"])
 def test_pure_function_matches_slow_reference(kind, chunk):
     q, k = random_qk()
@@ -148,7 +148,8 @@ def test_pure_function_matches_slow_reference(kind, chunk):
         tri &= torch.ones(t, t, dtype=torch.bool).triu(-2)  # window 3
     allowed = pad.bool()[:, None, None, :] & tri
     mask = {"causal-none": None, "bidir-float": torch.zeros(b, 1, t, t).masked_fill(~allowed, torch.finfo(torch.float32).min)}.get(kind, allowed)
-    got = streaming_entropy_sums(q, k, mask, pad, scaling=0.3, causal=kind == "causal-none", chunk=chunk)
+    path = {"fused": True} if chunk == "fused" else {"chunk": chunk, "fused": False}
+    got = streaming_entropy_sums(q, k, mask, pad, scaling=0.3, causal=kind == "causal-none", **path)
     attn = eager_map(q, k, allowed, 0.3)
     if kind == "window":  # the reference knows no window: compare the raw sums with the eager sums instead
         raw, n, norm, nn_ = attention_entropy_sums(attn, pad, causal=True, window=3)

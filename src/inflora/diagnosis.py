@@ -276,7 +276,8 @@ def diagnose(
         extra = ["block_io"] if any("forward" in rule_needs(n) for n in rules or []) else []
         ffn = ["moe"] if moe else ["dormant"]  # dormant units read a dense FFN; MoE blocks get the router/expert probe
         with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", *ffn, "output", *extra], attention=attention,
-                        attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"}) as probe:
+                        attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"},
+                        param_grad={"sparse_embeddings": True}) as probe:
             attention_mode = probe.attention_mode
             for batch in tqdm(mine, desc="diagnose", unit="batch", disable=not progress):
                 losses.append(probe_step(model, probe, batch, precision))

@@ -37,6 +37,7 @@ class ProbeContext:
     attention_mode: str = "eager"  # how attention entropy is read: "streaming" (beside SDPA) or "eager" maps
     forwards: int = 0  # model forward calls seen; tells a first attention call from a checkpoint recompute
     active: bool = True
+    measure_only: bool = False  # the backward's gradients exist only to be measured: plugins may drop them
     handles: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -177,7 +178,11 @@ def probe_step(model: nn.Module, probe: LayerProbe, batch: dict[str, torch.Tenso
         raise ArchitectureError("the model returned no loss; probe batches need labels")
     loss = out.loss
     del out  # the logits (B × T × vocab) need not live through backward: at long context they dominate memory
-    loss.backward()
+    probe.ctx.measure_only = True  # parameter gradients are dropped as soon as they are measured
+    try:
+        loss.backward()
+    finally:
+        probe.ctx.measure_only = False
     probe.after_backward()
     model.zero_grad(set_to_none=True)
     value = float(loss.detach())

@@ -26,19 +26,37 @@ def gather_batches(local: list) -> list:
 
 
 class SumAccumulator:
+    """Per-batch records of named sums. Totals over any subset of batches (a bootstrap resample)
+    come from one stacked ``[batches, ...]`` tensor per field, built once and reused while the
+    records are unchanged, so a resample costs one indexed sum per field, not a stack of scalars."""
+
     fields: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.records: list[dict[str, torch.Tensor]] = []
+        self._stacked: dict[str, torch.Tensor] = {}
+        self._stacked_from: list = []  # the record objects the stack was built from
 
     def add(self, *values) -> None:
         self.records.append({k: torch.as_tensor(v, dtype=torch.float64).detach().cpu() for k, v in zip(self.fields, values)})
 
+    def stacked(self) -> dict[str, torch.Tensor]:
+        """Each field's records stacked along a new first (batch) dimension."""
+        same = len(self._stacked_from) == len(self.records) and all(
+            a is b for a, b in zip(self._stacked_from, self.records))
+        if not same:
+            self._stacked = {k: torch.stack([r[k] for r in self.records]) for k in self.fields}
+            self._stacked_from = list(self.records)
+        return self._stacked
+
     def totals(self, batches: list[int] | None = None) -> dict[str, torch.Tensor]:
-        chosen = self.records if batches is None or not self.records else [self.records[i] for i in batches]
-        if not chosen:
+        if not self.records or (batches is not None and len(batches) == 0):
             return {k: torch.zeros(1, dtype=torch.float64) for k in self.fields}
-        return {k: torch.stack([r[k] for r in chosen]).sum(0) for k in self.fields}
+        stacked = self.stacked()
+        if batches is None:
+            return {k: v.sum(0) for k, v in stacked.items()}
+        idx = torch.as_tensor(batches, dtype=torch.long)
+        return {k: v.index_select(0, idx).sum(0) for k, v in stacked.items()}
 
     def compute(self, batches: list[int] | None = None) -> dict:
         return self.compute_from(self.totals(batches))

@@ -106,15 +106,16 @@ class EntropyProbe(ProbePlugin):
     """Per-head entropy sums of each layer: streamed beside SDPA (``ctx.attention_mode ==
     'streaming'``), or reduced from the eager map inside the layer's forward hook.
 
-    ``queries=N`` (streaming only) samples N valid query positions per sequence, seeded by ``seed``."""
+    ``queries=N`` (streaming only) samples N valid query positions per sequence, seeded by ``seed``;
+    ``fused=False`` takes the chunked path even where a fused kernel could give the entropy."""
 
     name = "attention_entropy"
 
-    def __init__(self, queries: int | None = None, seed: int = 0, chunk: int | None = None) -> None:
+    def __init__(self, queries: int | None = None, seed: int = 0, chunk: int | None = None, fused: bool = True) -> None:
         super().__init__()
         if queries is not None and queries < 1:
             raise ConfigError(f"--entropy-queries must be at least 1, got {queries}")
-        self.queries, self.seed, self.chunk = queries, seed, chunk
+        self.queries, self.seed, self.chunk, self.fused = queries, seed, chunk, fused
 
     def attach(self, ctx) -> None:
         self.layers = [AttentionEntropy() for _ in ctx.attention]
@@ -130,7 +131,8 @@ class EntropyProbe(ProbePlugin):
 
     def _attach_sinks(self, ctx) -> None:
         generator = torch.Generator().manual_seed(self.seed) if self.queries is not None else None
-        options = {"queries": self.queries, "generator": generator, **({"chunk": self.chunk} if self.chunk else {})}
+        options = {"queries": self.queries, "generator": generator, "fused": self.fused,
+                   **({"chunk": self.chunk} if self.chunk else {})}
         self.last_forward = [-1] * len(self.layers)
         for i, module in enumerate(ctx.attention):
             if module is None:  # no softmax attention in this block: nothing to stream, entropy stays NaN

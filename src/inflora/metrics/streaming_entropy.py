@@ -20,6 +20,7 @@ import math
 import torch
 
 from ..errors import ArchitectureError
+from .fused_entropy import fused_row_entropy
 
 CHUNK = 64  # queries per chunk: 64 beat 256 by ~2x on CPU (fewer cache misses), see the issue's prototype
 _FILL = -1e30  # a finite "minus infinity": exp() underflows to 0 and 0 × _FILL stays 0 (no NaN)
@@ -137,10 +138,11 @@ def chunk_entropy(query, key, rows, pos, *, scaling: float, causal: bool) -> tor
 def streaming_entropy_sums(
     query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, query_mask: torch.Tensor,
     *, scaling: float | None = None, causal: bool = False, chunk: int = CHUNK,
-    queries: int | None = None, generator: torch.Generator | None = None,
+    queries: int | None = None, generator: torch.Generator | None = None, fused: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Per-head entropy sums of one attention layer, the same as ``attention_entropy_sums`` computes
-    from the eager map, but from ``query`` [B, H, T, D] and ``key`` [B, Hkv, S, D] in query chunks.
+    from the eager map, but from ``query`` [B, H, T, D] and ``key`` [B, Hkv, S, D]: from one fused
+    kernel call (``fused_entropy``) where the platform has one and ``fused``, else in query chunks.
 
     ``attention_mask`` is what the model hands its attention function (None, bool or additive 4-D);
     ``causal`` applies when it is None (SDPA's ``is_causal``). ``query_mask`` [B, T] marks the queries
@@ -159,26 +161,50 @@ def streaming_entropy_sums(
         query_mask = query_mask.bool().to(query.device)
         n_keys = valid_key_counts(valid, causal, b, t, s_len).to(query.device)  # [B, H|1, T]
         normable = query_mask[:, None] & (n_keys > 1)
-        log_n = n_keys.clamp_min(2).double().log()
         sampling = queries is not None and queries < t
         pos, taken = sample_positions(query_mask, queries if sampling else None, generator)
+        take = (lambda x: _rows(x, pos)) if sampling else (lambda x: x)  # noqa: E731
+        ent = None
+        if fused:
+            ent = _fused(query, key, valid, pos, take, sampling=sampling, causal=causal, scaling=scaling)
+        if ent is None:
+            ent = _chunked(query, key, valid, pos, taken, sampling=sampling, causal=causal, scaling=scaling, chunk=chunk)
+        ent = ent.double()
+        norm_ok = take(normable[..., None])[..., 0].expand(b, h, -1)
+        log_n = take(n_keys.clamp_min(2).double().log()[..., None])[..., 0]
+        norm = torch.where(norm_ok, ent / log_n, 0.0)
         moments = _Moments(b, h, query.device)
-        parts = []  # (entropy, normalised, taken) per chunk; the moments are summed once, after the loop
-        for i0 in range(0, pos.shape[1], chunk):
-            p, took = pos[:, i0 : i0 + chunk], taken[:, i0 : i0 + chunk]
-            if not bool(took.any()):
-                continue
-            # exact: the chunk is the same contiguous positions in every sequence, a slice; sampled: a gather
-            take = (lambda x: x[:, :, i0 : i0 + chunk]) if not sampling else (lambda x: _rows(x, p))  # noqa: E731
-            rows = None if valid is None else take(valid)
-            ent = chunk_entropy(take(query), key, rows, p, scaling=scaling, causal=causal).double()
-            norm_ok = take(normable[..., None])[..., 0].expand(b, h, -1)
-            norm = torch.where(norm_ok, ent / take(log_n[..., None])[..., 0], 0.0)
-            parts.append((ent, norm, took))
-        if parts:
-            moments.add(*(torch.cat(xs, dim=-1) for xs in zip(*parts)))
+        moments.add(ent, norm, taken)
         n_valid = query_mask.sum(1).double()
         return moments.totals(n_valid, normable.sum(-1).double().expand(b, h).sum(0), sampled=sampling)
+
+
+def _fused(query, key, valid, pos, take, *, sampling: bool, causal: bool, scaling: float):
+    """Row entropies ``[B, H, n]`` of the measured queries from one fused kernel call, or None.
+    Sampled causal queries are not contiguous, so their causal rule becomes an explicit mask."""
+    if not sampling:
+        return fused_row_entropy(query, key, valid, scaling=scaling, causal=causal)
+    rows = None if valid is None else take(valid)
+    if rows is None and causal:
+        rows = (torch.arange(key.shape[2], device=pos.device)[None, None, None] <= pos[:, None, :, None])
+    return fused_row_entropy(take(query), key, rows, scaling=scaling, causal=False)
+
+
+def _chunked(query, key, valid, pos, taken, *, sampling: bool, causal: bool, scaling: float, chunk: int):
+    """Row entropies ``[B, H, n]`` of the measured queries, ``chunk`` queries at a time (0 for
+    chunks holding no measured query: they are not computed)."""
+    b, h = query.shape[:2]
+    parts = []
+    for i0 in range(0, pos.shape[1], chunk):
+        p, took = pos[:, i0 : i0 + chunk], taken[:, i0 : i0 + chunk]
+        if not bool(took.any()):
+            parts.append(torch.zeros(b, h, p.shape[1], device=query.device))
+            continue
+        # exact: the chunk is the same contiguous positions in every sequence, a slice; sampled: a gather
+        take = (lambda x: x[:, :, i0 : i0 + chunk]) if not sampling else (lambda x: _rows(x, p))  # noqa: E731
+        rows = None if valid is None else take(valid)
+        parts.append(chunk_entropy(take(query), key, rows, p, scaling=scaling, causal=causal))
+    return torch.cat(parts, dim=-1)
 
 
 class _Moments:
