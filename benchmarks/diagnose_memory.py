@@ -122,10 +122,14 @@ def summarise(rounds: list[dict]) -> dict:
     done = [r for r in rounds if all("seconds" in r.get(f, {}) for f in FIGURES)]
     if not done:
         return {}
-    med = lambda xs: statistics.median(list(xs))
+    def med(xs):
+        return statistics.median(list(xs))
+
     table = {f: {"seconds": med(r[f]["seconds"] for r in done), "peak_extra_mib": med(r[f]["peak_extra_mib"] for r in done)}
              for f in FIGURES}
-    ratio = lambda f, base, k: [r[f][k] / r[base][k] for r in done]
+    def ratio(f, base, k):
+        return [r[f][k] / r[base][k] for r in done]
+
     table["ratios"] = {
         "diagnose_memory_vs_floor": med(ratio("diagnose", "floor", "peak_extra_mib")),
         "diagnose_memory_vs_plain": med(ratio("diagnose", "plain", "peak_extra_mib")),

@@ -151,7 +151,7 @@ def test_cli_value_parsers_survive_junk(text):
     params = one_line_or_works(lambda: parse_params([text]))
     if params is not None:
         for rule in ("ski", "topk", "threshold"):
-            one_line_or_works(lambda: rule_parameters(rule, params))
+            one_line_or_works(lambda rule=rule: rule_parameters(rule, params))
 
 
 runner = CliRunner()

@@ -201,7 +201,8 @@ def _chunked(query, key, valid, pos, taken, *, sampling: bool, causal: bool, sca
             parts.append(torch.zeros(b, h, p.shape[1], device=query.device))
             continue
         # exact: the chunk is the same contiguous positions in every sequence, a slice; sampled: a gather
-        take = (lambda x: x[:, :, i0 : i0 + chunk]) if not sampling else (lambda x: _rows(x, p))  # noqa: E731
+        take = ((lambda x, i0=i0: x[:, :, i0 : i0 + chunk]) if not sampling  # noqa: E731
+                else (lambda x, p=p: _rows(x, p)))
         rows = None if valid is None else take(valid)
         parts.append(chunk_entropy(take(query), key, rows, p, scaling=scaling, causal=causal))
     return torch.cat(parts, dim=-1)

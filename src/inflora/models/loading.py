@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ArchitectureError, ConfigError
-from .architectures import arch_for, set_tower
+from .architectures import set_tower
 from .mpnet import NAME as MPNET, mpnet_path
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ class BlockCache:
     def save(self, block: int, shapes: dict[str, tuple], values: dict[tuple[str, str], np.ndarray],
              seconds: float) -> None:
         arrays = {"key": np.array(self.key), "seconds": np.array(seconds), "types": np.array(list(shapes), dtype=str)}
-        for i, (t, shape) in enumerate(shapes.items()):
+        for i, shape in enumerate(shapes.values()):
             arrays[f"shape{i}"] = np.array(shape, dtype=np.int64)
         for (t, dtype), v in values.items():
             arrays[f"sv{list(shapes).index(t)}_{dtype}"] = v
