@@ -86,7 +86,7 @@ class Diagnosis:
         return cls(**data)
 
     def lora_config(self, **kw):
-        """A PEFT ``LoraConfig`` that adapts only the inflection band (defaults r=8, alpha=16, q/k/v;
+        """A PEFT ``LoraConfig`` that adapts only the inflection band (defaults: ``LORA_DEFAULTS``;
         ``targets='mlp'`` etc. as in ``inject_lora``), built by the same function as ``inject_lora``."""
         from .strategies.lora import TASK_TYPES, lora_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import ConfigError
-from ..validate import check_seeds, check_values
+from ..validate import LORA_DEFAULTS, check_seeds, check_values
 from ..select import RULES
 from ..strategies.budget import Budget
 from ..strategies.rule_arms import strategy_for_rule
@@ -36,8 +36,8 @@ class ComparePlan:
     batch_size: int = 32
     max_length: int = 64
     lr: float | None = None
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = LORA_DEFAULTS.r
+    lora_alpha: int = LORA_DEFAULTS.alpha
     lora_targets: str | None = None        # as finetune --lora-targets (qkv | attention | mlp | all | names)
     device: str = "auto"
     precision: str = "fp32"

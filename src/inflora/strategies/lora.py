@@ -16,11 +16,10 @@ from ..errors import ConfigError
 from ..models.architectures import ArchSpec, arch_for, num_layers
 from ..models.loading import meta_model
 from ..models.moe import MoeLayout, moe_layout
-from ..validate import check_values
+from ..validate import LORA_DEFAULTS, check_values
 
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
 HEAD_MODULES = ("pooler", "pre_classifier", "classifier", "score")
-LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.1}
 TARGET_PRESETS = ("qkv", "attention", "mlp", "all", "experts")
 TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
@@ -64,9 +63,7 @@ def resolve_targets(family: str | ArchSpec, targets: str | list[str] | None, moe
     being parameters: see ``resolve_parameters``), ``all`` (both), ``experts`` (parameters only), or
     explicit names (a comma list; short names like ``q_proj`` match by suffix, as in PEFT)."""
     spec = family_spec(family)
-    targets = _split(targets)
-    if not targets:
-        return list(spec.lora_targets)
+    targets = _split(targets) or [LORA_DEFAULTS.targets]
     check_target_names(targets)
     mlp = list(moe.shared) if moe else list(spec.mlp_targets)
     presets = {
@@ -112,8 +109,8 @@ def _shadowed(spec: ArchSpec, paths: list[str]) -> list[str] | None:
 
 
 def lora_config(
-    family: str | ArchSpec, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
-    targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
+    family: str | ArchSpec, layers: list[int] | None, *, r: int = LORA_DEFAULTS.r, alpha: int = LORA_DEFAULTS.alpha,
+    dropout: float = LORA_DEFAULTS.dropout, targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
     moe: MoeLayout | None = None,
 ):
     """A ``LoraConfig`` restricted to ``layers`` (None: every block); ``targets`` as in
@@ -200,7 +197,7 @@ def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
 
 
 def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = "classification",
-                       dropout: float = LORA_DEFAULTS["dropout"]) -> dict[str, int]:
+                       dropout: float = LORA_DEFAULTS.dropout) -> dict[str, int]:
     """Dry-run ``targets`` on every block of ``model_name`` built on the meta device: a target the
     model lacks (or expert targets with dropout) fails before any data or weights are loaded."""
     model = meta_model(model_name, task)
@@ -214,8 +211,8 @@ def _examples(model: nn.Module) -> str:
     return ", ".join(_unique([*spec.lora_targets, spec.output, *spec.mlp_targets])[:6])
 
 
-def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
-                targets: str | list[str] | None = None, train_head: bool = True):
+def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = LORA_DEFAULTS.r,
+                alpha: int = LORA_DEFAULTS.alpha, dropout: float = LORA_DEFAULTS.dropout, targets: str | list[str] | None = None, train_head: bool = True):
     """Wrap ``model`` in a PEFT model with LoRA on ``layers`` only (None = all blocks); the
     classifier (and pooler) stay trainable. Returns the PEFT model."""
     from peft import get_peft_model
