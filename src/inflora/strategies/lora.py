@@ -12,6 +12,7 @@ import re
 
 from torch import nn
 
+from ..data.task_type import CAUSAL_LM, CLASSIFICATION
 from ..errors import ConfigError
 from ..models.architectures import ArchSpec, arch_for, num_layers
 from ..models.loading import meta_model
@@ -21,7 +22,7 @@ from ..validate import LORA_DEFAULTS, check_values
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
 HEAD_MODULES = ("pooler", "pre_classifier", "classifier", "score")
 TARGET_PRESETS = ("qkv", "attention", "mlp", "all", "experts")
-TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+TASK_TYPES = {CLASSIFICATION: "SEQ_CLS", CAUSAL_LM: "CAUSAL_LM"}  # inflora's task type -> PEFT's
 
 
 def family_spec(family: str | ArchSpec) -> ArchSpec:
@@ -149,8 +150,9 @@ def head_modules(model: nn.Module) -> list[str]:
 
 
 def task_type_of(model: nn.Module) -> str:
-    """``classification`` when the model has a classifier/score head, else ``causal-lm``."""
-    return "classification" if {"classifier", "score"} & set(head_modules(model)) else "causal-lm"
+    """What a model already built is for: ``classification`` when it has a classifier/score head, else
+    ``causal-lm`` (data decides it before loading: ``inflora.data.task_type``)."""
+    return CLASSIFICATION if {"classifier", "score"} & set(head_modules(model)) else CAUSAL_LM
 
 
 def _layer_of(name: str, pattern: str | None) -> int | None:
@@ -196,7 +198,7 @@ def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
     return counts
 
 
-def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = "classification",
+def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = CLASSIFICATION,
                        dropout: float = LORA_DEFAULTS.dropout) -> dict[str, int]:
     """Dry-run ``targets`` on every block of ``model_name`` built on the meta device: a target the
     model lacks (or expert targets with dropout) fails before any data or weights are loaded."""
