@@ -226,7 +226,7 @@ def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = LORA_DEF
     task = task_type_of(model)
     config = lora_config(
         spec, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
-        modules_to_save=head_modules(model) if train_head and task == "classification" else None,
+        modules_to_save=head_modules(model) if train_head and task == CLASSIFICATION else None,
         task_type=TASK_TYPES[task], moe=moe_layout(model),
     )
     match_lora_targets(model, config)
