@@ -7,6 +7,7 @@ library, and a scan of the source for a number written as the default of a LoRA-
 import ast
 import dataclasses
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,16 @@ def test_the_scan_catches_a_retyped_default():
     assert sorted(typed_defaults(ROOT / "cli" / "x.py", code)) == ["x.py:2 lora_r=8", "x.py:4 lora_dropout=0.1"]
     assert sorted(typed_defaults(ROOT / "strategies" / "lora.py", code)) == [
         "lora.py:2 lora_r=8", "lora.py:4 lora_dropout=0.1", "lora.py:5 r=8"]
+
+
+DOC_LINE = re.compile(r"LoRA defaults[^:]*:\s*r = (\d+), alpha = (\d+), dropout ([\d.]+)")
+
+
+def test_the_docs_state_the_lora_defaults_the_code_has():
+    """Where the README or the site states the defaults, it states LORA_DEFAULTS' values."""
+    repo = ROOT.parents[1]
+    pages = [repo / "README.md", *(p for p in (repo / "docs").rglob("*.md") if "results" not in p.parts)]
+    stated = [(p.name, m.groups()) for p in pages if p.is_file() for m in DOC_LINE.finditer(p.read_text())]
+    assert stated, "no page states the LoRA defaults"
+    want = (str(LORA_DEFAULTS.r), str(LORA_DEFAULTS.alpha), str(LORA_DEFAULTS.dropout))
+    assert [(name, groups) for name, groups in stated if groups != want] == []
