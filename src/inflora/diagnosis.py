@@ -10,7 +10,8 @@ from pathlib import Path
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import InstructionDataset, TextDataset, instruction_probe_batches, is_user_file, load_any, probe_batches
+from .data import (CAUSAL_LM, TextDataset, instruction_probe_batches, is_user_file, load_any, probe_batches,
+                   task_type)
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .validate import check_values
@@ -86,7 +87,7 @@ class Diagnosis:
         return cls(**data)
 
     def lora_config(self, **kw):
-        """A PEFT ``LoraConfig`` that adapts only the inflection band (defaults r=8, alpha=16, q/k/v;
+        """A PEFT ``LoraConfig`` that adapts only the inflection band (defaults: ``LORA_DEFAULTS``;
         ``targets='mlp'`` etc. as in ``inject_lora``), built by the same function as ``inject_lora``."""
         from .strategies.lora import TASK_TYPES, lora_config
 
@@ -121,7 +122,7 @@ def _as_batches(data, tokenizer, *, batches, batch_size, max_length, seed, causa
         raise DataError(f"cannot diagnose on {type(data).__name__}; pass a task name, a TextDataset or a list of batches")
     if tokenizer is None:
         raise ConfigError("a tokenizer is needed to encode a dataset; pass tokenizer=")
-    if isinstance(data, InstructionDataset):
+    if task_type(data) == CAUSAL_LM:
         if not causal_lm:
             raise ConfigError(f"{data.name} is instruction data: it needs a causal LM (load_model(..., task='causal-lm'))")
         return instruction_probe_batches(data, tokenizer, batches=batches, batch_size=batch_size,
@@ -138,8 +139,8 @@ def load_model_for(name: str, data, seed: int | None = None, tower: str = "langu
         import torch
 
         torch.manual_seed(seed)
-    if isinstance(data, InstructionDataset):
-        return load_model(name, task="causal-lm", tower=tower)
+    if task_type(data) == CAUSAL_LM:
+        return load_model(name, task=CAUSAL_LM, tower=tower)
     return load_model(name, num_labels=max(getattr(data, "num_labels", 2), 2), tower=tower)
 
 

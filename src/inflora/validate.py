@@ -22,6 +22,23 @@ SEED_MAX = 2**32 - 1  # numpy's and torch's seed range
 
 
 @dataclass(frozen=True)
+class LoraDefaults:
+    """The LoRA settings a user gets without asking, written once. Every default reads this: the
+    CLI options (``--lora-r`` …), ``FinetuneConfig``, ``StrategyOptions``, ``lora_config`` /
+    ``inject_lora``, the compare plan and the memory plan (tests/test_lora_defaults.py checks it).
+    It lives beside ``BOUNDS`` (the same inputs' usable ranges) in a module without torch, so the
+    CLI can name it in its option declarations. ``targets``: the preset of ``resolve_targets``."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    targets: str = "qkv"
+
+
+LORA_DEFAULTS = LoraDefaults()
+
+
+@dataclass(frozen=True)
 class Bound:
     """``low <= value`` (``low < value`` when ``open_low``), ``value < high`` when ``high`` is set."""
 

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..validate import LORA_DEFAULTS
 from . import command
 from .experiment import _split
 from .output import console as make_console
@@ -28,8 +29,8 @@ def compare_cmd(
     batch_size: int = typer.Option(32),
     max_length: int = typer.Option(64),
     lr: Optional[float] = typer.Option(None, help="learning rate (default: LoRA's 5e-4)"),
-    lora_r: int = typer.Option(8, help="LoRA rank (with params=N: chosen per rule instead)"),
-    lora_alpha: int = typer.Option(16),
+    lora_r: int = typer.Option(LORA_DEFAULTS.r, help="LoRA rank (with params=N: chosen per rule instead)"),
+    lora_alpha: int = typer.Option(LORA_DEFAULTS.alpha),
     lora_targets: Optional[str] = typer.Option(None, help="LoRA targets: qkv (default) | attention | mlp | all | names"),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16: GPU only)"),

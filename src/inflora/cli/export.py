@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ..validate import LORA_DEFAULTS
 from . import command
 
 
@@ -19,9 +20,9 @@ def export_cmd(
     out: Optional[Path] = typer.Option(None, help="output path (default: next to the diagnosis, named after the format)"),
     lora_targets: Optional[str] = typer.Option(None, help="qkv (default) | attention | mlp | all | experts (MoE; "
                                         "with --lora-dropout 0) | comma list of modules"),
-    lora_r: int = typer.Option(8),
-    lora_alpha: int = typer.Option(16),
-    lora_dropout: float = typer.Option(0.1),
+    lora_r: int = typer.Option(LORA_DEFAULTS.r),
+    lora_alpha: int = typer.Option(LORA_DEFAULTS.alpha),
+    lora_dropout: float = typer.Option(LORA_DEFAULTS.dropout),
 ) -> None:
     """Write the inflection band's LoRA config for PEFT, TRL or Axolotl; with --model, check that every
     target and band layer matches modules of that model first."""

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ..validate import LORA_DEFAULTS
 from . import command
 from .output import console as make_console
 from .output import layer_ranges, table
@@ -79,9 +80,9 @@ def finetune_cmd(
     layers: Optional[str] = typer.Option(None, help="explicit band, e.g. 0,1,4"),
     k: int = typer.Option(2, help="shallow: number of top blocks to unfreeze; lisa: number of active blocks"),
     lisa_interval: int = typer.Option(20, help="lisa: resample the active blocks every N optimizer steps"),
-    lora_r: int = typer.Option(8),
-    lora_alpha: int = typer.Option(16),
-    lora_dropout: float = typer.Option(0.1),
+    lora_r: int = typer.Option(LORA_DEFAULTS.r),
+    lora_alpha: int = typer.Option(LORA_DEFAULTS.alpha),
+    lora_dropout: float = typer.Option(LORA_DEFAULTS.dropout),
     lora_targets: Optional[str] = typer.Option(None, help="LoRA targets: qkv (default) | attention (+ output projection) "
                                                "| mlp | all | experts (MoE: fused expert weights; needs --lora-dropout 0) "
                                                "| comma list of module names"),

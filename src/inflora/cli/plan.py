@@ -5,6 +5,7 @@ import json
 
 import typer
 
+from ..validate import LORA_DEFAULTS
 from . import command
 from .output import console as make_console
 from .output import table
@@ -50,7 +51,7 @@ def plan_cmd(
                                                  "nearest the input, the most memory a band of K takes)"),
     budget: str | None = typer.Option(None, help="lora-inflection without a band: layers=K and/or params=N"),
     k: int = typer.Option(2, help="shallow: top-k blocks; lisa: active blocks"),
-    lora_r: int = typer.Option(8),
+    lora_r: int = typer.Option(LORA_DEFAULTS.r),
     lisa_interval: int = typer.Option(20),
     steps: int | None = typer.Option(None, help="optimizer steps taken (LISA's state grows); default: a long run"),
     measure: bool = typer.Option(False, help="run a few steps of each strategy (fresh process each) and compare"),

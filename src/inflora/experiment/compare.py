@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import ConfigError
-from ..validate import check_seeds, check_values
+from ..validate import LORA_DEFAULTS, check_seeds, check_values
 from ..select import RULES
 from ..strategies.budget import Budget
 from ..strategies.rule_arms import strategy_for_rule
@@ -36,8 +36,8 @@ class ComparePlan:
     batch_size: int = 32
     max_length: int = 64
     lr: float | None = None
-    lora_r: int = 8
-    lora_alpha: int = 16
+    lora_r: int = LORA_DEFAULTS.r
+    lora_alpha: int = LORA_DEFAULTS.alpha
     lora_targets: str | None = None        # as finetune --lora-targets (qkv | attention | mlp | all | names)
     device: str = "auto"
     precision: str = "fp32"
@@ -73,13 +73,12 @@ class ComparePlan:
         return self
 
     def _check_targets(self) -> None:
-        from ..data import is_instruction_source
+        from ..data import task_type
         from ..strategies.lora import check_lora_targets
 
         columns = self.columns or {}
-        causal = is_instruction_source(self.task, columns.get("prompt_column", "prompt"),
-                                       columns.get("messages_column", "messages"))
-        check_lora_targets(self.model, split_targets(self.lora_targets), "causal-lm" if causal else "classification")
+        task = task_type(self.task, columns.get("prompt_column", "prompt"), columns.get("messages_column", "messages"))
+        check_lora_targets(self.model, split_targets(self.lora_targets), task)
 
     def oracle_blocks(self) -> tuple[list[int], int]:
         """The oracle's blocks and the model's depth (refused above 48 blocks without --blocks)."""
@@ -109,9 +108,8 @@ class ComparePlan:
 
 def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
     """The one diagnosis every arm's blocks come from (the head seeded with ``diagnose_seed``)."""
-    from ..data import InstructionDataset, load_any
-    from ..diagnosis import diagnose
-    from ..models import load_model
+    from ..data import load_any
+    from ..diagnosis import diagnose, load_model_for
     from ..training.parts import seed_everything
 
     cfg = plan.diagnose_config()
@@ -119,10 +117,7 @@ def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
         return done
     data = load_any(plan.task, plan.diagnose_split, plan.data_dir, **(plan.columns or {}))
     seed_everything(plan.diagnose_seed)
-    if isinstance(data, InstructionDataset):  # instruction data: a causal LM and its completion loss
-        model, tok = load_model(plan.model, task="causal-lm")
-    else:
-        model, tok = load_model(plan.model, num_labels=max(data.num_labels, 2))
+    model, tok = load_model_for(plan.model, data)  # a causal LM for instruction data, else a classifier
     d = diagnose(model, data, tok, batches=plan.diagnose_batches, batch_size=plan.diagnose_batch_size,
                  max_length=plan.max_length, seed=plan.diagnose_seed, progress=False, rules=plan.rules,
                  budget=plan.budget, split=plan.diagnose_split, device=plan.device, precision=plan.precision)

@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.architectures import arch_for
 from ..models.moe import moe_layout
+from ..validate import LORA_DEFAULTS
 from .lora import lora_config, parameter_hits
 
 BUDGET_KINDS = ("layers", "params")
@@ -88,7 +89,8 @@ def rank_for_params(model: nn.Module, layers: list[int], n_params: int, targets=
     return n_params // step
 
 
-def match_budget(model: nn.Module, selections: dict[str, list[int]], budget: Budget, r: int = 8) -> dict[str, dict]:
+def match_budget(model: nn.Module, selections: dict[str, list[int]], budget: Budget,
+                 r: int = LORA_DEFAULTS.r) -> dict[str, dict]:
     """Per rule: its LoRA rank and trainable LoRA parameter count at ``budget``."""
     targets = list(budget.targets) if budget.targets else None
     out = {}

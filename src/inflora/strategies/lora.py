@@ -12,17 +12,17 @@ import re
 
 from torch import nn
 
+from ..data.task_type import CAUSAL_LM, CLASSIFICATION
 from ..errors import ConfigError
 from ..models.architectures import ArchSpec, arch_for, num_layers
 from ..models.loading import meta_model
 from ..models.moe import MoeLayout, moe_layout
-from ..validate import check_values
+from ..validate import LORA_DEFAULTS, check_values
 
 # Classification heads that must stay trainable in every strategy (PEFT ``modules_to_save``).
 HEAD_MODULES = ("pooler", "pre_classifier", "classifier", "score")
-LORA_DEFAULTS = {"r": 8, "alpha": 16, "dropout": 0.1}
 TARGET_PRESETS = ("qkv", "attention", "mlp", "all", "experts")
-TASK_TYPES = {"classification": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
+TASK_TYPES = {CLASSIFICATION: "SEQ_CLS", CAUSAL_LM: "CAUSAL_LM"}  # inflora's task type -> PEFT's
 
 
 def family_spec(family: str | ArchSpec) -> ArchSpec:
@@ -64,9 +64,7 @@ def resolve_targets(family: str | ArchSpec, targets: str | list[str] | None, moe
     being parameters: see ``resolve_parameters``), ``all`` (both), ``experts`` (parameters only), or
     explicit names (a comma list; short names like ``q_proj`` match by suffix, as in PEFT)."""
     spec = family_spec(family)
-    targets = _split(targets)
-    if not targets:
-        return list(spec.lora_targets)
+    targets = _split(targets) or [LORA_DEFAULTS.targets]
     check_target_names(targets)
     mlp = list(moe.shared) if moe else list(spec.mlp_targets)
     presets = {
@@ -112,8 +110,8 @@ def _shadowed(spec: ArchSpec, paths: list[str]) -> list[str] | None:
 
 
 def lora_config(
-    family: str | ArchSpec, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
-    targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
+    family: str | ArchSpec, layers: list[int] | None, *, r: int = LORA_DEFAULTS.r, alpha: int = LORA_DEFAULTS.alpha,
+    dropout: float = LORA_DEFAULTS.dropout, targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
     moe: MoeLayout | None = None,
 ):
     """A ``LoraConfig`` restricted to ``layers`` (None: every block); ``targets`` as in
@@ -152,8 +150,9 @@ def head_modules(model: nn.Module) -> list[str]:
 
 
 def task_type_of(model: nn.Module) -> str:
-    """``classification`` when the model has a classifier/score head, else ``causal-lm``."""
-    return "classification" if {"classifier", "score"} & set(head_modules(model)) else "causal-lm"
+    """What a model already built is for: ``classification`` when it has a classifier/score head, else
+    ``causal-lm`` (data decides it before loading: ``inflora.data.task_type``)."""
+    return CLASSIFICATION if {"classifier", "score"} & set(head_modules(model)) else CAUSAL_LM
 
 
 def _layer_of(name: str, pattern: str | None) -> int | None:
@@ -199,8 +198,8 @@ def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
     return counts
 
 
-def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = "classification",
-                       dropout: float = LORA_DEFAULTS["dropout"]) -> dict[str, int]:
+def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = CLASSIFICATION,
+                       dropout: float = LORA_DEFAULTS.dropout) -> dict[str, int]:
     """Dry-run ``targets`` on every block of ``model_name`` built on the meta device: a target the
     model lacks (or expert targets with dropout) fails before any data or weights are loaded."""
     model = meta_model(model_name, task)
@@ -214,8 +213,8 @@ def _examples(model: nn.Module) -> str:
     return ", ".join(_unique([*spec.lora_targets, spec.output, *spec.mlp_targets])[:6])
 
 
-def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = 8, alpha: int = 16, dropout: float = 0.1,
-                targets: str | list[str] | None = None, train_head: bool = True):
+def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = LORA_DEFAULTS.r,
+                alpha: int = LORA_DEFAULTS.alpha, dropout: float = LORA_DEFAULTS.dropout, targets: str | list[str] | None = None, train_head: bool = True):
     """Wrap ``model`` in a PEFT model with LoRA on ``layers`` only (None = all blocks); the
     classifier (and pooler) stay trainable. Returns the PEFT model."""
     from peft import get_peft_model
@@ -227,7 +226,7 @@ def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = 8, alpha
     task = task_type_of(model)
     config = lora_config(
         spec, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
-        modules_to_save=head_modules(model) if train_head and task == "classification" else None,
+        modules_to_save=head_modules(model) if train_head and task == CLASSIFICATION else None,
         task_type=TASK_TYPES[task], moe=moe_layout(model),
     )
     match_lora_targets(model, config)

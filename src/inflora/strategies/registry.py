@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..models.architectures import get_blocks, num_layers, parameter_groups
 from ..registry import Registry
 from ..select import random_blocks
+from ..validate import LORA_DEFAULTS
 from .lisa import LisaSchedule
 from .lora import head_modules, inject_lora
 from .rule_arms import arm_rules
@@ -22,9 +23,9 @@ from .rule_arms import arm_rules
 class StrategyOptions:
     layers: list[int] | None = None     # the inflection band (lora-inflection, size for lora-random)
     k: int = 2                          # shallow: top-k blocks
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.1
+    r: int = LORA_DEFAULTS.r
+    alpha: int = LORA_DEFAULTS.alpha
+    dropout: float = LORA_DEFAULTS.dropout
     targets: list[str] | None = None
     seed: int = 42
     extra: dict = field(default_factory=dict)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ArchitectureError
+from ..validate import LORA_DEFAULTS
 
 ENCODER_FAMILIES = ("bert", "roberta", "electra")
 DECODER_FAMILIES = ("llama", "mistral", "qwen2")
@@ -56,7 +57,7 @@ class BlockRole:
 
     weights: bool = False
     lora: int = 0
-    rank: int = 8
+    rank: int = LORA_DEFAULTS.r
     input_grad: bool = False
 
     @property

@@ -5,6 +5,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..validate import LORA_DEFAULTS
+
 
 _KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label",
                  "retention_task": None, "lisa_interval": 20, "new_head": False,
@@ -34,9 +36,9 @@ class FinetuneConfig:
     diagnose_batches: int = 8            # on-the-fly diagnosis when neither is given
     k: int = 2                           # shallow: top-k blocks; lisa: active blocks
     lisa_interval: int = 20              # lisa: resample the active blocks every N optimizer steps
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
+    lora_r: int = LORA_DEFAULTS.r
+    lora_alpha: int = LORA_DEFAULTS.alpha
+    lora_dropout: float = LORA_DEFAULTS.dropout
     lora_targets: list[str] | None = None
     init: str | None = None              # start from a saved fine-tuned model (source -> target)
     new_head: bool = False               # ...with a fresh head for the task's labels (SST-2 -> TREC); the

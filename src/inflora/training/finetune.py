@@ -19,7 +19,7 @@ from typing import Callable
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
-from ..data import encode_split, is_instruction_source
+from ..data import encode_split, task_type
 from ..devices import make_accelerator, resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json, versions
@@ -51,7 +51,7 @@ def check_config(cfg: FinetuneConfig) -> None:
     if cfg.new_head and not cfg.init:
         raise ConfigError("a new head replaces the head of --init; give the checkpoint to start from")
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
-        task = "causal-lm" if is_instruction_source(cfg.task, cfg.prompt_column, cfg.messages_column) else "classification"
+        task = task_type(cfg.task, cfg.prompt_column, cfg.messages_column)
         check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task, cfg.lora_dropout)
 
 

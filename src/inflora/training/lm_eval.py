@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data import EncodedInstructions, InstructionDataset
+from ..data import CAUSAL_LM, EncodedInstructions, task_type
 from ..data.instruction_batching import IGNORE_INDEX, fit, tokenize_example
 from ..errors import ConfigError
 from ..models import hf_model
@@ -133,7 +133,7 @@ def per_example(model, split, batch_size: int = 64) -> dict[str, list]:
 def check_instruction_run(cfg, splits: dict) -> bool:
     """True for instruction data (a causal-LM run). Remedies act on classification logits and labels,
     so they are refused here rather than misapplied to next-token logits."""
-    causal = isinstance(splits["train"], InstructionDataset)
+    causal = task_type(splits["train"]) == CAUSAL_LM
     if causal and cfg.remedies:
         raise ConfigError(f"remedies ({', '.join(cfg.remedies)}) act on classification losses; "
                           "they cannot be used with instruction data")

@@ -23,7 +23,7 @@ from ..errors import ArchitectureError, ConfigError
 from ..models import arch_for, base_model, get_blocks, meta_model, parameter_groups
 from ..strategies import StrategyOptions, apply_strategy, count_parameters
 from ..strategies.budget import Budget, rank_for_params
-from ..validate import check_value, check_values
+from ..validate import LORA_DEFAULTS, check_value, check_values
 from .activation_formula import (
     BlockRole,
     Shapes,
@@ -52,7 +52,7 @@ class PlanSpec:
     layers: list[int] | None = None
     budget: Budget | None = None
     k: int = 2
-    r: int = 8
+    r: int = LORA_DEFAULTS.r
     lisa_interval: int = 20
     steps: int | None = None     # optimizer steps taken (LISA's state grows with them); None: a long run
 

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data import EncodedSplit, InstructionDataset, decontaminate, encode_split, is_user_file, load_any, load_task
+from ..data import (CAUSAL_LM, EncodedSplit, decontaminate, encode_split, is_user_file, load_any, load_task,
+                    task_type)
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import load_model
 from ..strategies import NEEDS_BAND, StrategyOptions, apply_strategy
@@ -67,7 +68,7 @@ def model_factory(cfg: FinetuneConfig, splits: dict):
     def make(attn: str):
         seed_everything(cfg.seed)
         if is_instruction_data(splits):  # a causal LM trained on the completions
-            return load_model(source, task="causal-lm", attn_implementation=attn)
+            return load_model(source, task=CAUSAL_LM, attn_implementation=attn)
         if cfg.new_head:
             return load_under_new_head(source, splits["train"].num_labels, attn)
         labels = None if cfg.init else splits["train"].num_labels  # a checkpoint keeps its own head
@@ -157,7 +158,7 @@ def build_optimizer(model, lr: float, weight_decay: float, remedies: list = (), 
 
 
 def is_instruction_data(splits: dict) -> bool:
-    return isinstance(splits["train"], InstructionDataset)
+    return task_type(splits["train"]) == CAUSAL_LM
 
 
 def check_labels(model, splits: dict) -> None:
