@@ -2,7 +2,7 @@
 
 Prompt/completion pairs of plain text are joined as they are (TRL's "prompt-completion" format):
 ``prompt + completion``. A chat (a ``messages`` list) is rendered with the tokenizer's chat template
-when it has one; otherwise with the plain template below, documented in the README::
+when it has one; otherwise with the plain template below, documented in docs/guides/decoders.md::
 
     System: <content>
     User: <content>
