@@ -195,7 +195,7 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
     index, container, attention, projections = found
     block = blocks[index]
     hidden = container_width(block, container)
-    ffn = discover_ffn(blocks, container, hidden)
+    ffn = discover_ffn(blocks, container, hidden, model.config)
     streaming, note = entropy_decision(model, block.get_submodule(attention))
     cls = type(block.get_submodule(attention)).__name__
     free = tuple(i for i, b in enumerate(blocks) if not _has_module(b, attention, cls))
@@ -245,7 +245,7 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
     if hidden is None:
         raise ArchitectureError(f"{type(model).__name__}: found no attention module and no config.hidden_size to "
                                 f"find the block's projections by; to support it, {HOW_TO_OVERRIDE}")
-    ffn = discover_ffn(blocks, "", hidden)
+    ffn = discover_ffn(blocks, "", hidden, model.config)
     all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
     kind = model.config.model_type
     return ArchSpec(
