@@ -23,9 +23,9 @@ PEFT_LAYER_NAMES = ("layers", "h", "block", "blocks", "layer")
 VISION_CUES = ("vision", "visual", "vit", "image", "patch")
 TOWERS = ("language", "vision")
 
-_Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj)$")
-_K = re.compile(r"^(k_proj|key|key_proj|k_lin|k|wk)$")
-_V = re.compile(r"^(v_proj|value|value_proj|v_lin|v|wv)$")
+_Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj|project_q|q_head)$", re.I)
+_K = re.compile(r"^(k_proj|key|key_proj|k_lin|k|wk|project_k|k_head)$", re.I)
+_V = re.compile(r"^(v_proj|value|value_proj|v_lin|v|wv|project_v|v_head)$", re.I)
 _FUSED = re.compile(r"^(qkv_proj|query_key_value|c_attn|wqkv|qkv|in_proj|w_pack)$", re.I)
 _MLA = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj")
 
@@ -88,26 +88,28 @@ def check_tower(tower: str) -> str:
 
 def find_attention(block: nn.Module) -> tuple[str, str]:
     """(container, attention): the outermost module whose class says Attention (it holds the
-    output projection), and the innermost one holding the query projections (it returns the map)."""
+    output projection), and the innermost one inside it holding the query projections (it returns
+    the map); a decoder's cross-attention (declared after its self-attention) is never chosen."""
     attn = [(n, m) for n, m in block.named_modules() if n and "Attention" in type(m).__name__]
     if not attn:
         raise ArchitectureError(f"{type(block).__name__}: found no attention module (a submodule whose class "
                                 f"name contains 'Attention'); to support it, {HOW_TO_OVERRIDE}")
     container = attn[0][0]
-    inner = [n for n, m in attn if any(is_projection(c) for c in m.children())]
+    inner = [n for n, m in attn if (n == container or n.startswith(container + "."))
+             and any(is_projection(c) for c in m.children())]
     return container, (inner[-1] if inner else container)
 
 
 def attention_projections(block: nn.Module, container: str, attention: str, hidden: int) -> dict:
     """q/k/v/o paths (relative to the block): separate, fused (one weight) or latent (MLA)."""
     mod = block.get_submodule(container)
-    projs = [(f"{container}.{n}", n.split(".")[-1], m) for n, m in projections(mod)]
+    projs = [(f"{container}.{n}", role_name(n), m) for n, m in projections(mod)]
     leaf = {short: path for path, short, _ in projs}
     fused = [p for p, s, _ in projs if _FUSED.match(s)]
     mla = [leaf[s] for s in _MLA if s in leaf and ("kv_a_proj_with_mqa" in leaf)]
     out_candidates = [p for p, _, m in projs if io_features(m)[1] == hidden and p not in fused + mla
-                      and not _Q.match(p.split(".")[-1]) and not _K.match(p.split(".")[-1])
-                      and not _V.match(p.split(".")[-1])]
+                      and not _Q.match(role_name(p)) and not _K.match(role_name(p))
+                      and not _V.match(role_name(p))]
     if not out_candidates:
         raise ArchitectureError(f"{type(block).__name__}: found no attention output projection (a Linear of "
                                 f"{container} writing {hidden} features); to support it, {HOW_TO_OVERRIDE}")
@@ -127,14 +129,21 @@ def attention_projections(block: nn.Module, container: str, attention: str, hidd
     return dict(query=found["query"][0], key=found["key"][0], value=found["value"][0], output=output)
 
 
+def role_name(path: str) -> str:
+    """The name a projection's role is read from: its own, or its wrapper's where the Linear sits
+    one level down under a generic name (Moshi's ``q_proj.linear``)."""
+    parts = path.split(".")
+    return parts[-2] if parts[-1] == "linear" and len(parts) > 1 else parts[-1]
+
+
 def container_width(block: nn.Module, container: str) -> int:
     """The block's residual width: what the attention's query (or fused q/k/v) projection reads."""
     projs = projections(block.get_submodule(container))
     if not projs:
         raise ArchitectureError(f"{type(block).__name__}: the attention module {container!r} holds no Linear "
                                 f"projection; to support it, {HOW_TO_OVERRIDE}")
-    reads = [m for n, m in projs if _Q.match(n.split(".")[-1]) or _FUSED.match(n.split(".")[-1])
-             or n.split(".")[-1] == "q_a_proj"]
+    reads = [m for n, m in projs if _Q.match(role_name(n)) or _FUSED.match(role_name(n))
+             or role_name(n) == "q_a_proj"]
     return io_features((reads or [projs[0][1]])[0])[0]
 
 
