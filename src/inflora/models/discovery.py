@@ -198,7 +198,7 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
     """The ``ArchSpec`` of ``model`` (a transformers model; ``base`` its ``base_model``)."""
     check_tower(tower)
     blocks_path, blocks, towers = choose_blocks(model, base, tower)
-    found = softmax_attention(blocks)
+    found = softmax_attention(blocks, getattr(model.config, "layer_types", None))
     if found is None:
         return attention_free(model, base, blocks_path, blocks, tower, towers)
     index, container, attention, projections = found
@@ -230,12 +230,21 @@ def _has_module(block: nn.Module, path: str, cls: str) -> bool:
         return False
 
 
-def softmax_attention(blocks: nn.ModuleList):
+_SOFTMAX_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "attention")
+
+
+def softmax_attention(blocks: nn.ModuleList, layer_types=None):
     """(block index, container, attention, projections) of the first block whose attention has
     q/k/v projections; None when no block has one (state-space and recurrent models). Hybrid
-    models (Jamba, Qwen3-Next, MiniMax) mix such blocks with state-space or linear ones."""
+    models (Jamba, Qwen3-Next, MiniMax) mix such blocks with state-space or linear ones; where the
+    config's ``layer_types`` names them, softmax blocks are tried first, since a linear-attention
+    module (Kimi's delta rule) also has q/k/v projections but no attention map."""
     errors = []
-    for i, block in enumerate(blocks):
+    order = list(range(len(blocks)))
+    if layer_types and len(layer_types) >= len(blocks):
+        order.sort(key=lambda i: layer_types[i] not in _SOFTMAX_LAYER_TYPES)
+    for i in order:
+        block = blocks[i]
         try:
             container, attention = find_attention(block)
             hidden = container_width(block, container)

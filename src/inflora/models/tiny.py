@@ -98,11 +98,22 @@ def sized_config(model_type: str, layers: int = 4, hidden: int = 32, heads: int 
             except Exception:  # noqa: BLE001 - a derived property (Falcon's head_dim), or a value the class refuses
                 if name == "q_lora_rank":  # some latent-attention configs require a query rank
                     setattr(config, name, 16)
-    types = getattr(config, "layer_types", None)
-    if types and all(t in ("sliding_attention", "full_attention") for t in types):
-        mixed = "sliding_attention" in types  # alternate sliding and global layers where the family mixes them
-        config.layer_types = [("sliding_attention" if mixed and i % 2 == 0 else "full_attention") for i in range(layers)]
+    _size_layer_types(config, layers)
     return config
+
+
+def _size_layer_types(config, layers: int) -> None:
+    """``layer_types`` for ``layers`` blocks: sliding and global alternate where the family mixes
+    them; a hybrid keeps its first kinds with its last block softmax (``full_attention``), so 4
+    blocks of Kimi-Linear or Qwen3-Next still hold one block whose attention can be measured."""
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return
+    if all(t in ("sliding_attention", "full_attention") for t in types):
+        mixed = "sliding_attention" in types
+        config.layer_types = [("sliding_attention" if mixed and i % 2 == 0 else "full_attention") for i in range(layers)]
+    elif "full_attention" in types and len(types) > layers:
+        config.layer_types = [*types[:layers - 1], "full_attention"]
 
 
 def _vision_language(model_type: str, layers: int, hidden: int, heads: int):
