@@ -89,14 +89,9 @@ def try_family(kind: str, data: dict, tokenizer) -> dict:
     except Exception as exc:  # noqa: BLE001 - ArchitectureError, or a discovery bug: both are listed
         outcome = "no attention" if isinstance(exc, ArchitectureError) and "no attention module" in str(exc) else "discovery"
         return {"family": kind, "task": task, "outcome": outcome, "why": _first_line(exc)}
-    if task == "causal-lm" and not spec.causal:  # an encoder's LM head: diagnose it as a classifier
-        try:
-            from inflora.models.tiny import auto_class
-
-            model = auto_class(model.config, "classification").from_config(model.config).eval()
-            task = "classification"
-        except Exception:  # noqa: BLE001
-            pass
+    if task == "causal-lm" and not spec.causal:
+        model, task, spec = as_encoder_or_decoder(model)
+    _set_default_language(model)
     try:
         d = diagnose(model, data[task], tokenizer, batches=2, batch_size=4, max_length=32, progress=False, resamples=2)
         free = set(spec.attention_free_blocks)  # no softmax attention there: NaN entropy, said in the flags
@@ -108,6 +103,32 @@ def try_family(kind: str, data: dict, tokenizer) -> dict:
                 "moe": bool(spec.moe), "blocks": spec.blocks, "seconds": round(time.perf_counter() - t0, 2)}
     except Exception as exc:  # noqa: BLE001
         return {"family": kind, "task": task, "outcome": "diagnose", "why": _first_line(exc)}
+
+
+def as_encoder_or_decoder(model):
+    """(model, task, spec) for a causal-LM class whose attention is not causal: an encoder's LM
+    head is diagnosed as a classifier; a family without one (BertGeneration) runs as the decoder
+    transformers asks for (``is_decoder=True``: its attention becomes causal)."""
+    from inflora.models import arch_for
+    from inflora.models.tiny import auto_class
+
+    try:
+        model = auto_class(model.config, "classification").from_config(model.config).eval()
+        return model, "classification", arch_for(model)
+    except Exception:  # noqa: BLE001
+        pass
+    if hasattr(model.config, "is_decoder") and not getattr(model.config, "is_encoder_decoder", False):
+        model.config.is_decoder = True
+        torch.manual_seed(0)
+        model = type(model)(model.config).eval()
+    return model, "causal-lm", arch_for(model)
+
+
+def _set_default_language(model) -> None:
+    """X-MOD routes every block through a per-language adapter and refuses input without one."""
+    languages = getattr(model.config, "languages", None)
+    if hasattr(model, "set_default_language") and languages:
+        model.set_default_language(next(iter(languages)))
 
 
 def _alarm(signum, frame):

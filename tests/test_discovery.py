@@ -141,3 +141,21 @@ def test_vision_tower_export_names_the_vision_blocks_and_diagnosis_needs_images(
     with pytest.raises(ConfigError, match="vision tower of qwen2_vl needs image inputs"):
         diagnose(tiny_model("qwen2_vl", task="causal-lm"), val, tokenizer, batches=1, batch_size=4, max_length=32,
                  progress=False, tower="vision")
+
+
+def test_a_decoder_block_with_cross_attention_is_read_at_its_self_attention():
+    """Blenderbot/Marian/Pegasus causal LMs: the block holds ``self_attn`` then ``encoder_attn``;
+    the cross-attention never runs without an encoder, so the probe must read ``self_attn``."""
+    model = tiny_model("blenderbot", layers=2, task="causal-lm")
+    spec = arch_for(model)
+    assert hasattr(get_blocks(model)[0], "encoder_attn")
+    assert (spec.attention, spec.query, spec.causal) == ("self_attn", "self_attn.q_proj", True)
+
+
+@pytest.mark.parametrize("family,query,key", [
+    ("ctrl", "multi_head_attention.Wq", "multi_head_attention.Wk"),      # upper-case names
+    ("moshi", "self_attn.q_proj.linear", "self_attn.k_proj.linear"),     # the Linear one level down
+])
+def test_projection_roles_read_through_case_and_wrapper_names(family, query, key):
+    spec = arch_for(tiny_model(family, layers=2, task="causal-lm"))
+    assert (spec.query, spec.key) == (query, key)

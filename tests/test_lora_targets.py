@@ -91,3 +91,14 @@ def test_one_builder_for_inject_and_diagnosis(tokenizer, data_dir):
     assert cfg.task_type == "CAUSAL_LM" and cfg.layers_to_transform == band
     via_diagnosis = count_parameters(get_peft_model(tiny_model("llama", task="causal-lm"), cfg))
     assert via_diagnosis == count_parameters(inject_lora(tiny_model("llama", task="causal-lm"), band, targets="all"))
+
+
+@pytest.mark.parametrize("family", ["t5", "flaubert"])
+def test_a_sequence_classifier_with_an_unusual_head_name_is_a_classifier(family):
+    """T5 (``classification_head``) and Flaubert (``sequence_summary``): transformers' class says
+    classification, so the probe feeds class labels, not next-token labels."""
+    from inflora.strategies.lora import task_type_of
+
+    model = tiny_model(family, layers=2, task="classification")
+    assert task_type_of(model) == "classification"
+    assert task_type_of(tiny_model("gpt2", layers=2, task="causal-lm")) == "causal-lm"

@@ -109,6 +109,38 @@ def test_a_dense_model_has_no_moe_layout_and_a_bad_file_layout_is_refused():
         MoeLayout.from_dict({**good, "num_experts": "4"})
 
 
+def test_moe_is_discovered_once_per_model_and_every_reader_agrees(monkeypatch):
+    """One MoE discovery: ``arch_for`` walks the blocks once; the layout (LoRA, exports, diagnosis
+    JSON) and the probe's per-block modules re-read ``ArchSpec.moe`` without walking them again."""
+    from inflora.models import arch_for, get_blocks
+    from inflora.models import discovery_moe
+    from inflora.models.moe import spec_block_moes
+
+    calls = []
+    real = discovery_moe.find_block_moe
+    monkeypatch.setattr(discovery_moe, "find_block_moe", lambda *a: calls.append(1) or real(*a))
+    model = tiny_moe("qwen3_moe")
+    spec = arch_for(model).moe
+    layout, found = moe_layout(model), spec_block_moes(model, get_blocks(model))
+    assert len(calls) == model.config.num_hidden_layers  # the blocks, walked once
+    assert (layout.experts, layout.router, layout.blocks, layout.num_experts) == (
+        spec.experts, spec.router, spec.blocks, spec.num_experts)
+    assert layout.expert_parameters == tuple(f"{spec.experts}.{n}" for n in spec.expert_parameters)
+    for i, block in enumerate(get_blocks(model)):
+        assert found[i].experts is block.get_submodule(spec.experts)
+        assert found[i].router is block.get_submodule(spec.router)
+
+
+def test_three_dimensional_weights_without_a_router_are_not_experts():
+    """RecurrentGemma's RG-LRU gates are [heads, w, w] block-diagonal weights: no router beside them,
+    so the model is dense (before, its 3-D gates were taken for 4 experts and diagnose failed)."""
+    from inflora.models import arch_for
+
+    model = tiny_model("recurrent_gemma", task="causal-lm", layers=2)
+    assert any(p.dim() == 3 and p.shape[0] >= 2 for n, p in model.named_parameters() if "rg_lru" in n)
+    assert arch_for(model).moe is None and moe_layout(model) is None
+
+
 # ---------------------------------------------------------------- the probe against the model's own router
 @pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss"])
 def test_probe_load_and_expert_grads_match_the_model(family):

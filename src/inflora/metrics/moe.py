@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ArchitectureError
-from ..models.moe import BlockMoe, block_moes
+from ..models.moe import BlockMoe, spec_block_moes
 from .accumulate import ProbePlugin, SumAccumulator
 
 
@@ -131,7 +131,7 @@ class MoeProbe(ProbePlugin):
     name = "moe"
 
     def attach(self, ctx) -> None:
-        self.blocks = [_MoeBlock(m) if m else None for m in block_moes(ctx.blocks, getattr(ctx.inner, "config", None))]
+        self.blocks = [_MoeBlock(m) if m else None for m in spec_block_moes(ctx.inner, ctx.blocks)]
         for block in self.blocks:
             if block is not None:
                 self.handles.append(block.moe.router.register_forward_hook(self._hook(ctx, block)))

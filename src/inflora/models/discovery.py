@@ -23,9 +23,9 @@ PEFT_LAYER_NAMES = ("layers", "h", "block", "blocks", "layer")
 VISION_CUES = ("vision", "visual", "vit", "image", "patch")
 TOWERS = ("language", "vision")
 
-_Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj)$")
-_K = re.compile(r"^(k_proj|key|key_proj|k_lin|k|wk)$")
-_V = re.compile(r"^(v_proj|value|value_proj|v_lin|v|wv)$")
+_Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj|project_q|q_head)$", re.I)
+_K = re.compile(r"^(k_proj|key|key_proj|k_lin|k|wk|project_k|k_head)$", re.I)
+_V = re.compile(r"^(v_proj|value|value_proj|v_lin|v|wv|project_v|v_head)$", re.I)
 _FUSED = re.compile(r"^(qkv_proj|query_key_value|c_attn|wqkv|qkv|in_proj|w_pack)$", re.I)
 _MLA = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj")
 
@@ -88,26 +88,28 @@ def check_tower(tower: str) -> str:
 
 def find_attention(block: nn.Module) -> tuple[str, str]:
     """(container, attention): the outermost module whose class says Attention (it holds the
-    output projection), and the innermost one holding the query projections (it returns the map)."""
+    output projection), and the innermost one inside it holding the query projections (it returns
+    the map); a decoder's cross-attention (declared after its self-attention) is never chosen."""
     attn = [(n, m) for n, m in block.named_modules() if n and "Attention" in type(m).__name__]
     if not attn:
         raise ArchitectureError(f"{type(block).__name__}: found no attention module (a submodule whose class "
                                 f"name contains 'Attention'); to support it, {HOW_TO_OVERRIDE}")
     container = attn[0][0]
-    inner = [n for n, m in attn if any(is_projection(c) for c in m.children())]
+    inner = [n for n, m in attn if (n == container or n.startswith(container + "."))
+             and any(is_projection(c) for c in m.children())]
     return container, (inner[-1] if inner else container)
 
 
 def attention_projections(block: nn.Module, container: str, attention: str, hidden: int) -> dict:
     """q/k/v/o paths (relative to the block): separate, fused (one weight) or latent (MLA)."""
     mod = block.get_submodule(container)
-    projs = [(f"{container}.{n}", n.split(".")[-1], m) for n, m in projections(mod)]
+    projs = [(f"{container}.{n}", role_name(n), m) for n, m in projections(mod)]
     leaf = {short: path for path, short, _ in projs}
     fused = [p for p, s, _ in projs if _FUSED.match(s)]
     mla = [leaf[s] for s in _MLA if s in leaf and ("kv_a_proj_with_mqa" in leaf)]
     out_candidates = [p for p, _, m in projs if io_features(m)[1] == hidden and p not in fused + mla
-                      and not _Q.match(p.split(".")[-1]) and not _K.match(p.split(".")[-1])
-                      and not _V.match(p.split(".")[-1])]
+                      and not _Q.match(role_name(p)) and not _K.match(role_name(p))
+                      and not _V.match(role_name(p))]
     if not out_candidates:
         raise ArchitectureError(f"{type(block).__name__}: found no attention output projection (a Linear of "
                                 f"{container} writing {hidden} features); to support it, {HOW_TO_OVERRIDE}")
@@ -127,14 +129,21 @@ def attention_projections(block: nn.Module, container: str, attention: str, hidd
     return dict(query=found["query"][0], key=found["key"][0], value=found["value"][0], output=output)
 
 
+def role_name(path: str) -> str:
+    """The name a projection's role is read from: its own, or its wrapper's where the Linear sits
+    one level down under a generic name (Moshi's ``q_proj.linear``)."""
+    parts = path.split(".")
+    return parts[-2] if parts[-1] == "linear" and len(parts) > 1 else parts[-1]
+
+
 def container_width(block: nn.Module, container: str) -> int:
     """The block's residual width: what the attention's query (or fused q/k/v) projection reads."""
     projs = projections(block.get_submodule(container))
     if not projs:
         raise ArchitectureError(f"{type(block).__name__}: the attention module {container!r} holds no Linear "
                                 f"projection; to support it, {HOW_TO_OVERRIDE}")
-    reads = [m for n, m in projs if _Q.match(n.split(".")[-1]) or _FUSED.match(n.split(".")[-1])
-             or n.split(".")[-1] == "q_a_proj"]
+    reads = [m for n, m in projs if _Q.match(role_name(n)) or _FUSED.match(role_name(n))
+             or role_name(n) == "q_a_proj"]
     return io_features((reads or [projs[0][1]])[0])[0]
 
 
@@ -189,13 +198,13 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
     """The ``ArchSpec`` of ``model`` (a transformers model; ``base`` its ``base_model``)."""
     check_tower(tower)
     blocks_path, blocks, towers = choose_blocks(model, base, tower)
-    found = softmax_attention(blocks)
+    found = softmax_attention(blocks, getattr(model.config, "layer_types", None))
     if found is None:
         return attention_free(model, base, blocks_path, blocks, tower, towers)
     index, container, attention, projections = found
     block = blocks[index]
     hidden = container_width(block, container)
-    ffn = discover_ffn(blocks, container, hidden)
+    ffn = discover_ffn(blocks, container, hidden, model.config)
     streaming, note = entropy_decision(model, block.get_submodule(attention))
     cls = type(block.get_submodule(attention)).__name__
     free = tuple(i for i, b in enumerate(blocks) if not _has_module(b, attention, cls))
@@ -221,12 +230,21 @@ def _has_module(block: nn.Module, path: str, cls: str) -> bool:
         return False
 
 
-def softmax_attention(blocks: nn.ModuleList):
+_SOFTMAX_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention", "attention")
+
+
+def softmax_attention(blocks: nn.ModuleList, layer_types=None):
     """(block index, container, attention, projections) of the first block whose attention has
     q/k/v projections; None when no block has one (state-space and recurrent models). Hybrid
-    models (Jamba, Qwen3-Next, MiniMax) mix such blocks with state-space or linear ones."""
+    models (Jamba, Qwen3-Next, MiniMax) mix such blocks with state-space or linear ones; where the
+    config's ``layer_types`` names them, softmax blocks are tried first, since a linear-attention
+    module (Kimi's delta rule) also has q/k/v projections but no attention map."""
     errors = []
-    for i, block in enumerate(blocks):
+    order = list(range(len(blocks)))
+    if layer_types and len(layer_types) >= len(blocks):
+        order.sort(key=lambda i: layer_types[i] not in _SOFTMAX_LAYER_TYPES)
+    for i in order:
+        block = blocks[i]
         try:
             container, attention = find_attention(block)
             hidden = container_width(block, container)
@@ -245,7 +263,7 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
     if hidden is None:
         raise ArchitectureError(f"{type(model).__name__}: found no attention module and no config.hidden_size to "
                                 f"find the block's projections by; to support it, {HOW_TO_OVERRIDE}")
-    ffn = discover_ffn(blocks, "", hidden)
+    ffn = discover_ffn(blocks, "", hidden, model.config)
     all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
     kind = model.config.model_type
     return ArchSpec(

@@ -2,9 +2,8 @@
 
 Roles come from shapes, not names: outside the attention module, the projections reading the
 block's width are the FFN inputs and the last one writing it back is ``down``; a single input
-twice as wide as ``down``'s input is a fused gate/up. An MoE block is the module with an
-``experts`` child; its router and shared experts are found beside it by the names transformers
-uses (``gate``/``router``, ``shared_expert(s)``).
+twice as wide as ``down``'s input is a fused gate/up. The MoE part (router, experts, shared
+experts) comes from ``discovery_moe.discover_moe``, the one MoE discovery.
 """
 from __future__ import annotations
 
@@ -12,35 +11,11 @@ from torch import nn
 
 from ..errors import ArchitectureError
 from .projections import HOW_TO_OVERRIDE, io_features, projections
-from .spec import MoESpec
-
-_ROUTER = ("gate", "router")
-_SHARED = ("shared_experts", "shared_expert", "shared_mlp")
+from .discovery_moe import discover_moe
 
 
 def _under(path: str, roots) -> bool:
     return any(r and (path == r or path.startswith(r + ".")) for r in roots)
-
-
-def find_moe(block: nn.Module, attention: str) -> tuple[str, nn.Module] | None:
-    """(path, module) of the block's MoE module: the one with an ``experts`` child."""
-    for path, mod in block.named_modules():
-        if path and not _under(path, [attention]) and hasattr(mod, "experts") and isinstance(mod.experts, nn.Module):
-            return path, mod
-    return None
-
-
-def moe_spec(path: str, mod: nn.Module, blocks: tuple[int, ...]) -> MoESpec:
-    router = next((n for n in _ROUTER if isinstance(getattr(mod, n, None), nn.Module)
-                   and getattr(getattr(mod, n), "weight", None) is not None), None)
-    shared = next((n for n in _SHARED if isinstance(getattr(mod, n, None), nn.Module)), None)
-    experts = mod.experts
-    fused = tuple(n for n, p in experts.named_parameters(recurse=False) if p.dim() == 3)
-    n_exp = (len(experts) if isinstance(experts, nn.ModuleList)
-             else next((p.shape[0] for n, p in experts.named_parameters(recurse=False) if p.dim() == 3), 0))
-    return MoESpec(module=path, router=f"{path}.{router}" if router else None, experts=f"{path}.experts",
-                   expert_parameters=fused, shared_experts=f"{path}.{shared}" if shared else None,
-                   num_experts=int(n_exp), blocks=blocks)
 
 
 def dense_ffn(block: nn.Module, hidden: int, exclude: list[str], within: str | None = None) -> dict:
@@ -67,18 +42,14 @@ def dense_ffn(block: nn.Module, hidden: int, exclude: list[str], within: str | N
     return dict(ffn_gate=gate, ffn_up=up, ffn_down=down_path)
 
 
-def discover_ffn(blocks: nn.ModuleList, attention: str, hidden: int) -> dict:
+def discover_ffn(blocks: nn.ModuleList, attention: str, hidden: int, config=None) -> dict:
     """The FFN fields of the spec: from a dense block where one exists, else from the shared
     experts of an MoE block; an MoE without shared experts has no dense FFN (None paths)."""
-    found = [find_moe(b, attention) for b in blocks]
-    moe_blocks = tuple(i for i, f in enumerate(found) if f)
-    out: dict = {}
-    if moe_blocks:
-        out["moe"] = moe_spec(*found[moe_blocks[0]], moe_blocks)
-    dense = [i for i, f in enumerate(found) if not f]
+    moe = discover_moe(blocks, config)
+    out: dict = {"moe": moe} if moe else {}
+    dense = [i for i in range(len(blocks)) if not moe or i not in moe.blocks]
     if dense:
         return {**out, **dense_ffn(blocks[dense[0]], hidden, [attention])}
-    shared = out["moe"].shared_experts
-    if shared:
-        return {**out, **dense_ffn(blocks[moe_blocks[0]], hidden, [attention], within=shared)}
+    if moe.shared_experts:
+        return {**out, **dense_ffn(blocks[moe.blocks[0]], hidden, [attention], within=moe.shared_experts)}
     return {**out, "ffn_up": None, "ffn_down": None}

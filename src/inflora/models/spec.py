@@ -17,7 +17,8 @@ from torch import nn
 class MoESpec:
     """Where a mixture-of-experts FFN keeps its parts, relative to one block (plain paths, so the
     expert metrics and expert LoRA can address them). ``blocks`` are the block indices that are MoE
-    (DeepSeek-V3 keeps its first blocks dense)."""
+    (DeepSeek-V3 keeps its first blocks dense). Found by ``models.moe.discover_moe``, the one MoE
+discovery; ``models.moe.moe_layout`` re-reads it for the probe, LoRA and exports."""
 
     module: str                        # e.g. mlp
     router: str | None                 # e.g. mlp.gate (weight [E, H])
@@ -26,6 +27,8 @@ class MoESpec:
     shared_experts: str | None = None  # e.g. mlp.shared_experts (an ordinary MLP beside the routed ones)
     num_experts: int = 0
     blocks: tuple[int, ...] = ()
+    top_k: int = 0                     # experts each token picks (router.top_k or config.num_experts_per_tok)
+    shared: tuple[str, ...] = ()       # the shared experts' Linear paths (adapted by the ``mlp`` preset)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ VISION_LANGUAGE = ("qwen2_vl",)
 # Overrides of the generic sizes, per family (each a trap of design/discovery.md).
 FAMILY_SIZES = {
     "deepseek_v3": lambda h, heads: dict(first_k_dense_replace=1),
+    # ALBERT shares one block across all its layers by default: one block for per-block metrics of
+    # 4 layers; a group per layer gives the block list one entry per layer (the per-block metrics' unit).
+    "albert": lambda h, heads: dict(num_hidden_groups=4),
 }
 
 
@@ -68,6 +71,9 @@ def _size_fields(layers: int, hidden: int, heads: int) -> dict:
         shared_expert_intermediate_size=hidden, n_group=1, topk_group=1, kv_lora_rank=16, q_lora_rank=None,
         qk_rope_head_dim=d, qk_nope_head_dim=d, v_head_dim=d, sliding_window=16, local_attention=16,
         global_attn_every_n_layers=2, rotary_dim=d // 2, decoder_start_token_id=0,
+        mamba_n_heads=heads, mamba_d_head=2 * hidden // heads,  # Bamba-style mixers (expand 2) derive d_head once
+        decoder_vocab_size=VOCAB,  # Marian's decoder has its own vocabulary size
+        attention_window=16,  # Longformer's local window (512 by default) must fit the probe's 32 tokens
     )
 
 
@@ -92,11 +98,22 @@ def sized_config(model_type: str, layers: int = 4, hidden: int = 32, heads: int 
             except Exception:  # noqa: BLE001 - a derived property (Falcon's head_dim), or a value the class refuses
                 if name == "q_lora_rank":  # some latent-attention configs require a query rank
                     setattr(config, name, 16)
-    types = getattr(config, "layer_types", None)
-    if types and all(t in ("sliding_attention", "full_attention") for t in types):
-        mixed = "sliding_attention" in types  # alternate sliding and global layers where the family mixes them
-        config.layer_types = [("sliding_attention" if mixed and i % 2 == 0 else "full_attention") for i in range(layers)]
+    _size_layer_types(config, layers)
     return config
+
+
+def _size_layer_types(config, layers: int) -> None:
+    """``layer_types`` for ``layers`` blocks: sliding and global alternate where the family mixes
+    them; a hybrid keeps its first kinds with its last block softmax (``full_attention``), so 4
+    blocks of Kimi-Linear or Qwen3-Next still hold one block whose attention can be measured."""
+    types = getattr(config, "layer_types", None)
+    if not types:
+        return
+    if all(t in ("sliding_attention", "full_attention") for t in types):
+        mixed = "sliding_attention" in types
+        config.layer_types = [("sliding_attention" if mixed and i % 2 == 0 else "full_attention") for i in range(layers)]
+    elif "full_attention" in types and len(types) > layers:
+        config.layer_types = [*types[:layers - 1], "full_attention"]
 
 
 def _vision_language(model_type: str, layers: int, hidden: int, heads: int):

@@ -150,9 +150,20 @@ def head_modules(model: nn.Module) -> list[str]:
 
 
 def task_type_of(model: nn.Module) -> str:
-    """What a model already built is for: ``classification`` when it has a classifier/score head, else
+    """What a model already built is for: ``classification`` when it has a classifier/score head or is
+    one of transformers' sequence classifiers (T5's and Flaubert's heads have other names), else
     ``causal-lm`` (data decides it before loading: ``inflora.data.task_type``)."""
-    return CLASSIFICATION if {"classifier", "score"} & set(head_modules(model)) else CAUSAL_LM
+    if {"classifier", "score"} & set(head_modules(model)) or _is_sequence_classifier(model):
+        return CLASSIFICATION
+    return CAUSAL_LM
+
+
+def _is_sequence_classifier(model: nn.Module) -> bool:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as names
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    classes = {c for v in names.values() for c in ((v,) if isinstance(v, str) else v)}
+    return type(inner).__name__ in classes
 
 
 def _layer_of(name: str, pattern: str | None) -> int | None:
