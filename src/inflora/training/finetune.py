@@ -31,6 +31,7 @@ from .checkpoint import is_complete, load_checkpoint, load_trainable_state, save
 from .config import FinetuneConfig
 from .lm_eval import check_instruction_run, completion_metrics, evaluate_split, per_example
 from .loop import Run, TrainState, run_epochs
+from .model_cache import ModelCache
 from .parts import (OPTIMIZERS, adapt_model, build_optimizer, check_labels, cka_start, load_splits, model_factory,
                     resolve_band)
 from .profiles import cka_features, delta_cka_profile
@@ -78,11 +79,13 @@ class Prepared:
         return self.completion_before is not None
 
 
-def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool = True) -> tuple[Run, Prepared]:
+def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool = True,
+                models: ModelCache | None = None) -> tuple[Run, Prepared]:
     """Data, model, strategy, optimizer and schedule on the accelerator, resumed from the last
-    checkpoint when there is one. Returns the run and what the final metrics need besides it."""
+    checkpoint when there is one (``models``: copies of checkpoints loaded before). Returns the run
+    and what the final metrics need besides it."""
     splits = load_splits(cfg)
-    make_model = model_factory(cfg, splits)
+    make_model = model_factory(cfg, splits, models)
     band, band_info = resolve_band(cfg, make_model)
     model, tok = make_model(cfg.attn_implementation)
     causal = check_instruction_run(cfg, splits)
@@ -175,9 +178,10 @@ def final_metrics(run: Run, prep: Prepared) -> dict:
 
 
 def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
-             on_epoch_end: Callable[[int], None] | None = None) -> dict:
+             on_epoch_end: Callable[[int], None] | None = None, models: ModelCache | None = None) -> dict:
     """Train one strategy and write ``out/metrics.json`` (+ checkpoints). Re-running the same
     command resumes from the last completed epoch; a finished run returns its metrics at once.
+    ``models`` lets several runs from one checkpoint (the experiment's target runs) load it once.
     Started by ``torchrun`` / ``accelerate launch``, every process trains its share of each global
     batch (DDP), evaluation counts each example once, and the main process writes the files."""
     out = Path(out)
@@ -188,7 +192,7 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
     accelerator = make_accelerator(choice, cfg.grad_accum)
     claim_run_folder(cfg, out, write=accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    run, prep = prepare_run(cfg, out, accelerator, progress=progress)
+    run, prep = prepare_run(cfg, out, accelerator, progress=progress, models=models)
     run_epochs(run, on_epoch_end)
     metrics = final_metrics(run, prep)
     if accelerator.is_main_process:
