@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, output_dir
@@ -12,7 +12,15 @@ from ..remedies import typed_remedy_options
 from ..validate import load_json
 from .config import FinetuneConfig, config_key
 
-OptionValue = Optional[Union[bool, int, float, str]]  # JSON values of a remedy option's declared type
+
+def _scalar(value: Any) -> Any:
+    """A remedy option's stored value: one JSON scalar (its type is checked against the option's)."""
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ValueError(f"a remedy option is a number, text, true/false or null, not {type(value).__name__}")
+    return value
+
+
+OptionValue = Annotated[Any, AfterValidator(_scalar)]  # a JSON value of the option's declared type
 
 
 class StoredConfig(BaseModel):
