@@ -65,7 +65,8 @@ def test_finetune_with_a_remedy_flag(tiny_dir, tmp_path):
               "--max-length", 24, "--log-every", 1, "--remedy", "spectral-decoupling", "--sd-lambda", "0.05", "--out", tmp_path)
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["config"]["remedy_options"] == {"spectral-decoupling": {"sd_lambda": "0.05"}}
+    # kept as the option's declared type (a float), not the text typed: the API's 0.05 names the same run
+    assert m["config"]["remedy_options"] == {"spectral-decoupling": {"sd_lambda": 0.05}}
     assert m["remedy_metrics"] and "starvation.saturated_frac" in m["remedy_metrics"][0]
     assert (tmp_path / "report.html").exists()
     # the remedy's saturated share and the profile's output section are one measurement of the same forward

@@ -44,6 +44,31 @@ def test_option_parsing():
         build_remedy("grokfast", grokfast_mode="median")
 
 
+def test_typed_options_read_text_and_numbers_as_the_declared_type():
+    redo = REMEDIES.get("redo")
+    typed = redo.typed_options(**{"redo-tau": "0.1", "redo_every": "50", "redo_end": 7.0, "redo_init": "xavier"})
+    assert typed == {"redo_tau": 0.1, "redo_every": 50, "redo_end": 7, "redo_init": "xavier"}
+    assert [type(typed[k]) for k in ("redo_tau", "redo_every", "redo_end")] == [float, int, int]
+    assert redo.typed_options(redo_tau=1) == {"redo_tau": 1.0} and redo.typed_options(redo_end=None) == {"redo_end": None}
+    for bad in ({"redo_every": 2.5}, {"redo_every": True}, {"redo_tau": False}, {"redo_tau": [0.1]}):
+        with pytest.raises(ConfigError, match="cannot read"):
+            redo.typed_options(**bad)  # int(2.5) == 2 and float(True) == 1.0 would pass silently
+    with pytest.raises(ConfigError, match="--redo-every must be at least 1"):
+        redo.typed_options(redo_every="0")
+
+
+def test_typed_remedy_options_use_registered_names():
+    from inflora.remedies import options_by_remedy, typed_remedy_options
+
+    assert typed_remedy_options({"spectral-decoupling": {"sd-lambda": "0.05"}}) == {
+        "spectral-decoupling": {"sd_lambda": 0.05}}
+    assert options_by_remedy(["redo"], {"redo_tau": "0.1", "sd_lambda": None}) == {"redo": {"redo_tau": 0.1}}
+    with pytest.raises(ConfigError, match="unknown remedy"):
+        typed_remedy_options({"magic": {}})
+    with pytest.raises(ConfigError, match="must map a remedy to its options"):
+        typed_remedy_options({"redo": "redo_tau=0.1"})
+
+
 def test_bool_options_parse_text():
     from inflora.remedies.base import _parse_bool
 

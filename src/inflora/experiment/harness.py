@@ -165,7 +165,9 @@ def load_source(path: str, new_labels: int | None, seed: int):
 
 def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: str, source: dict, band: list[int],
                data_dir, *, device: str = "auto", precision: str = "fp32",
-               transfer: Transfer = get_transfer(DEFAULT)) -> dict:
+               transfer: Transfer = get_transfer(DEFAULT), models=None) -> dict:
+    """One target run from the ``regime`` checkpoint of ``source`` (``models``: a ``ModelCache``, so
+    the strategies of one regime load that checkpoint once)."""
     from ..training import FinetuneConfig, finetune
 
     cfg = with_precision(target_config(p, seed, regime, strategy, band, transfer), precision)
@@ -176,7 +178,7 @@ def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: s
                         limit_train=p.target_limit, limit_eval=p.eval_limit, layers=band, cka_examples=p.cka_examples,
                         log_every=p.log_every, decontaminate_against=transfer.decontaminate, retention_task="sst2",
                         data_dir=data_dir, device=device, precision=precision)
-    m = finetune(ft, cache.folder("target", cfg) / "run", progress=False)
+    m = finetune(ft, cache.folder("target", cfg) / "run", progress=False, models=models)
     keep = ("strategy", "layers", "band", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
             "train_seconds", "steps", "steps_per_second", "peak_rss_mb", "grad_profile", "delta_cka")
     return cache.finish("target", cfg, {"regime": regime, "seed": seed, **{k: m[k] for k in keep}})
@@ -184,7 +186,10 @@ def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: s
 
 def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dict:
     """Run (or resume) every unit of ``plan`` and return the raw unit results."""
+    from ..training.model_cache import ModelCache
+
     plan.validate()
+    models = ModelCache()  # the current source checkpoint, loaded once for all its target runs
     p = plan.profile
     cache = UnitCache(Path(out))
     where = {"device": plan.device, "precision": plan.precision, "transfer": plan.target}
@@ -220,7 +225,8 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
                 for strategy in plan.strategies:
                     bar.update(task, description=f"{regime} {strategy} seed {seed}")
                     band = band_for(strategy, d, plan.budget)
-                    raw["targets"].append(run_target(cache, p, seed, regime, strategy, source, band, plan.data_dir, **where))
+                    raw["targets"].append(run_target(cache, p, seed, regime, strategy, source, band, plan.data_dir,
+                                                     **where, models=models))
                     advance(w_target, f"{regime} {strategy} seed {seed} done")
     return raw
 

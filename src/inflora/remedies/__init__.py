@@ -44,10 +44,18 @@ def option_owners() -> dict[str, str]:
     return owners
 
 
+def typed_remedy_options(options: dict) -> dict[str, dict]:
+    """``{remedy: {option: value}}`` with every remedy under its registered name and every value
+    read as its option's declared type (``Remedy.typed_options``): the one form a config stores."""
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ConfigError(f"remedy options must map a remedy to its options, got {options!r}")
+    return {REMEDIES.get(name).name: REMEDIES.get(name).typed_options(**opts) for name, opts in options.items()}
+
+
 def options_by_remedy(selected: list[str], values: dict) -> dict[str, dict]:
     """Sort option values (name -> value; None = not given) by the selected remedy that declares
-    them. A value for a remedy that was not selected is an error; each remedy is built once here,
-    so a bad value fails before any model is loaded."""
+    them, read as their declared types. A value for a remedy that was not selected is an error;
+    each remedy is built once here, so a bad value fails before any model is loaded."""
     owners = option_owners()
     out: dict[str, dict] = {REMEDIES.get(name).name: {} for name in selected}
     for key, value in values.items():
@@ -59,6 +67,7 @@ def options_by_remedy(selected: list[str], values: dict) -> dict[str, dict]:
         if owners[key] not in out:
             raise ConfigError(f"{flag} is an option of remedy {owners[key]!r}, which was not chosen; add --remedy {owners[key]}")
         out[owners[key]][key] = value
+    out = typed_remedy_options(out)
     for name, opts in out.items():
         build_remedy(name, **opts)
     return out
@@ -66,7 +75,7 @@ def options_by_remedy(selected: list[str], values: dict) -> dict[str, dict]:
 
 __all__ = [
     "DAL", "DormantAccumulator", "DriftAdjustedLR", "FlipRateMeter", "GradNormCV", "GrokTracker", "Grokfast",
-    "NMConv2d", "NMLinear", "NMSparsity", "Option", "REMEDIES", "option_owners", "options_by_remedy", "ReDo", "Remedy", "SPAM", "SpectralDecoupling",
+    "NMConv2d", "NMLinear", "NMSparsity", "Option", "REMEDIES", "option_owners", "options_by_remedy", "typed_remedy_options", "ReDo", "Remedy", "SPAM", "SpectralDecoupling",
     "SpikeMonitor", "StarvationMeter", "boundary_margin", "build_remedy", "curvature_along_gradient", "dal_lr", "dormant_fraction",
     "dormant_fractions", "dormant_mask", "dormant_scores", "export_masked", "feature_responses", "find_units",
     "generalization_gap", "grad_cv", "grad_weights", "gradfilter_ema", "gradfilter_ma", "group_gap", "hvp_exact",

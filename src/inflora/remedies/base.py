@@ -37,6 +37,28 @@ def _parse_bool(name: str, value: str) -> bool:
     raise ConfigError(f"--{name.replace('_', '-')}: expected true/false, got {value!r}")
 
 
+def read_option(name: str, opt: Option, value):
+    """``value`` as ``opt.type`` (None: not given), in ``opt.bound``. A number is not read as a bool
+    nor a fraction as a whole number, even where Python's constructor would (``int(2.5) == 2``)."""
+    flag = "--" + name.replace("_", "-")
+    if value is None or opt.type is None:
+        return value
+    if opt.type is bool and isinstance(value, str):
+        value = _parse_bool(name, value)
+    elif not isinstance(value, opt.type) or isinstance(value, bool) is not (opt.type is bool):
+        bad = isinstance(value, bool) or (opt.type is int and isinstance(value, float) and not value.is_integer())
+        try:
+            read = None if bad else opt.type(value)
+        except (TypeError, ValueError):
+            bad = True
+        if bad:
+            raise ConfigError(f"{flag}: cannot read {value!r} as {opt.type.__name__}") from None
+        value = read
+    if opt.bound is not None:
+        opt.bound.check(value, flag)
+    return value
+
+
 class Remedy:
     """Base class: every hook is a no-op, so a subclass overrides only what it needs."""
 
@@ -64,25 +86,24 @@ class Remedy:
         return None
 
     @classmethod
-    def from_options(cls, **kw):
-        """Build from CLI-style options; accepts ``sd_lambda`` or ``sd-lambda``; unknown keys raise."""
-        args = {}
+    def typed_options(cls, **kw) -> dict[str, Any]:
+        """Option name -> its value as the declared type, in range: what a config, a run folder and
+        metrics.json keep (``0.05``, not the text ``"0.05"`` typed at the CLI), so the CLI and the
+        API name a run alike. Accepts ``sd_lambda`` or ``sd-lambda`` and text for any type; unknown
+        keys and unreadable or out-of-range values raise ConfigError."""
+        typed = {}
         for key, value in kw.items():
             name = key.replace("-", "_").lstrip("_")
             if name not in cls.options:
                 known = ", ".join("--" + k.replace("_", "-") for k in cls.options) or "none"
                 raise ConfigError(f"remedy {cls.name!r} has no option {key!r}; options: {known}")
-            opt = cls.options[name]
-            if opt.type is bool and isinstance(value, str):
-                value = _parse_bool(name, value)
-            elif value is not None and opt.type is not None and not isinstance(value, opt.type):
-                try:
-                    value = opt.type(value)
-                except (TypeError, ValueError):
-                    raise ConfigError(f"--{name.replace('_', '-')}: cannot read {value!r} as {opt.type.__name__}") from None
-            if opt.bound is not None:
-                opt.bound.check(value, "--" + name.replace("_", "-"))
-            args[opt.arg] = value
+            typed[name] = read_option(name, cls.options[name], value)
+        return typed
+
+    @classmethod
+    def from_options(cls, **kw):
+        """Build from CLI-style options (see ``typed_options``); an option not given takes its default."""
+        args = {cls.options[name].arg: value for name, value in cls.typed_options(**kw).items()}
         for opt in cls.options.values():
             args.setdefault(opt.arg, opt.default)
         return cls(**args)

@@ -5,6 +5,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..remedies import typed_remedy_options
 from ..validate import LORA_DEFAULTS
 
 
@@ -64,15 +65,25 @@ class FinetuneConfig:
     save_epochs: list[int] = field(default_factory=list)  # also save the model after these epochs (UNDER/OVER)
     keep_predictions: bool = False       # metrics.json keeps per-example test scores (paired bootstraps over examples)
 
+    def __post_init__(self):
+        # remedy options as their declared types: the CLI's text "0.05" and the API's 0.05 are one run
+        self.remedy_options = typed_remedy_options(self.remedy_options)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     def key(self) -> str:
-        """A digest of everything that changes the result: not where data is read from nor which
-        device computes it (a run may resume on another one); precision, accumulation and the
-        retention task only when not the defaults, so folders written before they existed keep their key."""
-        d = {k: v for k, v in self.to_dict().items() if k not in ("data_dir", "device")}
-        for name, default in _KEY_DEFAULTS.items():
-            if d[name] == default:
-                del d[name]
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        """A digest of everything that changes the result (see ``config_key``)."""
+        return config_key(self.to_dict())
+
+
+def config_key(config: dict) -> str:
+    """The digest of a configuration as ``FinetuneConfig.to_dict`` or a run folder gives it: not
+    where data is read from nor which device computes it (a run may resume on another one);
+    precision, accumulation and the retention task only when not the defaults, so folders written
+    before they existed keep their key."""
+    d = {k: v for k, v in config.items() if k not in ("data_dir", "device")}
+    for name, default in _KEY_DEFAULTS.items():
+        if name in d and d[name] == default:
+            del d[name]
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

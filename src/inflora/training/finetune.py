@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import resource
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
-from ..data import encode_split, task_type
+from ..data import EncodedSplit, encode_split, task_type
 from ..devices import make_accelerator, resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json, versions
@@ -30,6 +31,7 @@ from .checkpoint import is_complete, load_checkpoint, load_trainable_state, save
 from .config import FinetuneConfig
 from .lm_eval import check_instruction_run, completion_metrics, evaluate_split, per_example
 from .loop import Run, TrainState, run_epochs
+from .model_cache import ModelCache
 from .parts import (OPTIMIZERS, adapt_model, build_optimizer, check_labels, cka_start, load_splits, model_factory,
                     resolve_band)
 from .profiles import cka_features, delta_cka_profile
@@ -55,11 +57,35 @@ def check_config(cfg: FinetuneConfig) -> None:
         check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task, cfg.lora_dropout)
 
 
-def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool = True) -> tuple[Run, dict]:
+@dataclass
+class Prepared:
+    """What ``final_metrics`` needs besides the ``Run``: decided or measured while preparing, before
+    the first step, and not carried by the loop (so not in a checkpoint: a resume recomputes it)."""
+
+    band: list[int] | None          # the blocks a band strategy trains (None: the strategy has none)
+    band_info: dict[str, Any]       # where the band came from (explicit, a diagnosis file, on the fly)
+    layers: list[int]               # the blocks the adapted model trains, as the strategy reports them
+    lr: float                       # the learning rate used (the strategy's default when none given)
+    trainable: int                  # trainable parameters (LISA: its active share)
+    total: int                      # all parameters of the adapted model
+    splits: dict[str, Any]          # the raw splits, for the sizes metrics.json reports
+    cka_set: EncodedSplit | None    # the ΔCKA examples (None: ΔCKA skipped)
+    start_feats: dict[str, Any]     # per block, the ΔCKA features of the model as loaded
+    completion_before: dict | None  # a causal LM's validation completion metrics as loaded; None: a classifier
+
+    @property
+    def causal(self) -> bool:
+        """A causal LM run (scored by completions) rather than a classifier."""
+        return self.completion_before is not None
+
+
+def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool = True,
+                models: ModelCache | None = None) -> tuple[Run, Prepared]:
     """Data, model, strategy, optimizer and schedule on the accelerator, resumed from the last
-    checkpoint when there is one. Returns the run and what the final metrics need besides it."""
+    checkpoint when there is one (``models``: copies of checkpoints loaded before). Returns the run
+    and what the final metrics need besides it."""
     splits = load_splits(cfg)
-    make_model = model_factory(cfg, splits)
+    make_model = model_factory(cfg, splits, models)
     band, band_info = resolve_band(cfg, make_model)
     model, tok = make_model(cfg.attn_implementation)
     causal = check_instruction_run(cfg, splits)
@@ -89,10 +115,9 @@ def prepare_run(cfg: FinetuneConfig, out: Path, accelerator, *, progress: bool =
         run.state = TrainState.from_dict(load_checkpoint(run.last, run.inner, optimizer, scheduler,
                                                          rank=accelerator.process_index, world=world))
         log.warning("resuming %s from the end of epoch %d", out, run.state.epoch)
-    extra = {"band": band, "band_info": band_info, "layers": adapted.layers, "lr": adapted.lr,
-             "trainable": trainable, "total": total, "splits": splits, "cka_set": cka_set, "start_feats": start_feats,
-             "completion_before": before}
-    return run, extra
+    return run, Prepared(band=band, band_info=band_info, layers=adapted.layers, lr=adapted.lr,
+                         trainable=trainable, total=total, splits=splits, cka_set=cka_set,
+                         start_feats=start_feats, completion_before=before)
 
 
 def split_scores(run: Run, causal: bool, kept: dict | None = None) -> tuple[dict, dict]:
@@ -124,19 +149,19 @@ def kept_predictions(run: Run, causal: bool) -> dict:
     return {n: per_example(run.inner, run.encoded[n], run.cfg.eval_batch_size) for n in names if n in run.encoded}
 
 
-def final_metrics(run: Run, extra: dict) -> dict:
+def final_metrics(run: Run, prep: Prepared) -> dict:
     """Reload the best epoch's weights, score the test splits, and assemble metrics.json."""
     cfg, state, acc = run.cfg, run.state, run.accelerator
     load_trainable_state(run.inner, load_file(str(run.out / "checkpoints" / "best.safetensors")))
-    causal = extra["completion_before"] is not None
+    causal = prep.causal
     kept = kept_predictions(run, causal) if cfg.keep_predictions else None
     scores, completion = split_scores(run, causal=causal, kept=kept)
-    end_feats = cka_features(run.inner, extra["cka_set"], cfg.cka_pooling) if extra["cka_set"] else []
-    start = [extra["start_feats"][str(i)].to(f.device) for i, f in enumerate(end_feats)]
+    end_feats = cka_features(run.inner, prep.cka_set, cfg.cka_pooling) if prep.cka_set else []
+    start = [prep.start_feats[str(i)].to(f.device) for i, f in enumerate(end_feats)]
     return {
-        "strategy": cfg.strategy, "layers": extra["layers"], "band": extra["band"], "band_info": extra["band_info"],
-        "trainable_params": extra["trainable"], "total_params": extra["total"], "lr": extra["lr"],
-        "accuracy": scores, "completion": completion, "completion_before": extra["completion_before"],
+        "strategy": cfg.strategy, "layers": prep.layers, "band": prep.band, "band_info": prep.band_info,
+        "trainable_params": prep.trainable, "total_params": prep.total, "lr": prep.lr,
+        "accuracy": scores, "completion": completion, "completion_before": prep.completion_before,
         "best_epoch": state.best_epoch, "history": state.history,
         "train_seconds": state.train_seconds, "steps": state.steps,
         "steps_per_second": state.steps / state.train_seconds if state.train_seconds else math.nan,
@@ -144,7 +169,7 @@ def final_metrics(run: Run, extra: dict) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "grad_profile": state.grad_profile, "remedy_metrics": state.remedy_metrics,
         "delta_cka": delta_cka_profile(start, end_feats),
-        "sizes": {k: len(v) for k, v in extra["splits"].items()},
+        "sizes": {k: len(v) for k, v in prep.splits.items()},
         "device": str(acc.device), "precision": cfg.precision, "world_size": acc.num_processes,
         "grad_accum": cfg.grad_accum, "global_batch_size": cfg.batch_size * acc.num_processes * cfg.grad_accum,
         "config": cfg.to_dict(), "config_key": cfg.key(), "versions": versions(),
@@ -153,9 +178,10 @@ def final_metrics(run: Run, extra: dict) -> dict:
 
 
 def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
-             on_epoch_end: Callable[[int], None] | None = None) -> dict:
+             on_epoch_end: Callable[[int], None] | None = None, models: ModelCache | None = None) -> dict:
     """Train one strategy and write ``out/metrics.json`` (+ checkpoints). Re-running the same
     command resumes from the last completed epoch; a finished run returns its metrics at once.
+    ``models`` lets several runs from one checkpoint (the experiment's target runs) load it once.
     Started by ``torchrun`` / ``accelerate launch``, every process trains its share of each global
     batch (DDP), evaluation counts each example once, and the main process writes the files."""
     out = Path(out)
@@ -166,9 +192,9 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
     accelerator = make_accelerator(choice, cfg.grad_accum)
     claim_run_folder(cfg, out, write=accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    run, extra = prepare_run(cfg, out, accelerator, progress=progress)
+    run, prep = prepare_run(cfg, out, accelerator, progress=progress, models=models)
     run_epochs(run, on_epoch_end)
-    metrics = final_metrics(run, extra)
+    metrics = final_metrics(run, prep)
     if accelerator.is_main_process:
         if cfg.save_model:
             save_final_model(run.inner, run.tokenizer, out / "model")
@@ -177,4 +203,4 @@ def finetune(cfg: FinetuneConfig, out: str | Path, *, progress: bool = True,
     return metrics
 
 
-__all__ = ["check_config", "final_metrics", "finetune", "prepare_run", "save_final_model"]
+__all__ = ["Prepared", "check_config", "final_metrics", "finetune", "prepare_run", "save_final_model"]

@@ -18,6 +18,7 @@ from ..models import load_model
 from ..strategies import NEEDS_BAND, StrategyOptions, apply_strategy
 from ..strategies.rule_arms import blocks_from_diagnosis, rule_of
 from .config import FinetuneConfig
+from .model_cache import ModelCache
 from .profiles import cka_features
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,13 @@ def load_splits(cfg: FinetuneConfig) -> dict:
     return splits
 
 
-def model_factory(cfg: FinetuneConfig, splits: dict):
-    """``make(attn)`` -> (model, tokenizer), seeded: the classifier's random init is part of the run's identity."""
+def model_factory(cfg: FinetuneConfig, splits: dict, models: ModelCache | None = None):
+    """``make(attn)`` -> (model, tokenizer), seeded: the classifier's random init is part of the run's
+    identity. With ``models``, a checkpoint already loaded the same way (same source, seed, head and
+    attention) is copied instead of read again."""
     source = cfg.init or cfg.model
 
-    def make(attn: str):
+    def load(attn: str):
         seed_everything(cfg.seed)
         if is_instruction_data(splits):  # a causal LM trained on the completions
             return load_model(source, task=CAUSAL_LM, attn_implementation=attn)
@@ -75,6 +78,13 @@ def model_factory(cfg: FinetuneConfig, splits: dict):
         if labels is not None:
             check_checkpoint_labels(source, labels, cfg.task)
         return load_model(source, num_labels=labels, attn_implementation=attn)
+
+    def make(attn: str):
+        if models is None:
+            return load(attn)
+        key = (str(source), cfg.seed, is_instruction_data(splits), cfg.new_head, bool(cfg.init),
+               getattr(splits["train"], "num_labels", None), attn)
+        return models.get(key, lambda: load(attn))
 
     return make
 
