@@ -235,3 +235,13 @@ def test_report_titles_headings_and_cells_stay_on_their_line(tmp_path):
         "## minilm # injected heading | a | b | <script>"]
     row = [line for line in md.splitlines() if line.startswith("| minilm")]
     assert row == ["| minilm # injected heading \\| a \\| b \\| <script> | 1 |"]
+
+
+def test_a_column_option_with_a_built_in_task_works_and_says_it_is_ignored(tmp_path):
+    """Odd but usable: the built-in task keeps its columns, and one line says the option was ignored."""
+    res = runner.invoke(app, ["diagnose", "--model", "tiny-bert", "--task", "rotten_tomatoes", "--text-column", "review",
+                              "--batches", "1", "--batch-size", "4", "--max-length", "16", "--resamples", "0",
+                              "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.stderr.splitlines() if "--text-column review is ignored" in line]
+    assert len(notes) == 1 and notes[0].startswith("warning:"), res.stderr

@@ -11,6 +11,8 @@ messages column, instruction data for a causal LM. A user file gives its splits 
 """
 from __future__ import annotations
 
+import logging
+
 import os
 import random
 from functools import lru_cache
@@ -110,4 +112,18 @@ def load_any(
         raise DataError(f"unknown column option(s) {sorted(unknown)}; choose from {', '.join(COLUMNS)}")
     if is_user_file(task):
         return _load_user_file(str(task), split, columns)
+    _note_ignored_columns(str(task), columns)
     return load_task(str(task), split, data_dir)
+
+
+COLUMN_DEFAULTS = dict(zip(COLUMNS, ("text", "label", "prompt", "completion", "messages")))
+_NOTED: set[tuple[str, str]] = set()
+
+
+def _note_ignored_columns(task: str, columns: dict) -> None:
+    """A column option given with a built-in task is usable but meaningless: say so once, in one line."""
+    for name, value in columns.items():
+        if value is not None and value != COLUMN_DEFAULTS[name] and (task, name) not in _NOTED:
+            _NOTED.add((task, name))
+            flag = "--" + name.replace("_", "-")
+            logging.getLogger("inflora").warning(f"{flag} {value} is ignored: {task} is a built-in task with its own columns")
