@@ -10,15 +10,7 @@ import gc
 import resource
 from pathlib import Path
 
-
-def status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
+from inflora.training.memory_measure import status_kb  # the one /proc/self/status reader
 
 
 def peak_extra_memory(workload) -> dict:

@@ -38,7 +38,7 @@ def test_diagnose_writes_json_reports_and_summary(tmp_path, data_dir):
     (["diagnose", "--rule", "nope"], "unknown selection rule 'nope'"),
     (["diagnose", "--task", "imdb"], "unknown task 'imdb'"),
     (["finetune", "--strategy", "nope"], "unknown strategy 'nope'"),
-    (["finetune", "--layers", "a,b"], "--layers expects comma-separated integers"),
+    (["finetune", "--layers", "a,b"], "--layers expects block indices separated by commas"),
     (["finetune", "--sd-lambda", "0.1"], "--sd-lambda is an option of remedy 'spectral-decoupling', which was not chosen"),
     (["finetune", "--remedy", "spectral-decoupling", "--sd-lambda", "abc"], "cannot read 'abc' as float"),
     (["finetune", "--remedy", "magic"], "unknown remedy 'magic'"),

@@ -141,12 +141,12 @@ def test_from_json_survives_any_json(tmp_path, value):
 def test_cli_value_parsers_survive_junk(text):
     from inflora.cli.diagnose import parse_params
     from inflora.cli.experiment import _split
-    from inflora.cli.finetune import parse_layers
+    from inflora.validate import parse_blocks
     from inflora.select import rule_parameters
     from inflora.strategies.budget import Budget
 
     one_line_or_works(lambda: Budget.parse(text))
-    one_line_or_works(lambda: parse_layers(text))
+    one_line_or_works(lambda: parse_blocks(text))
     one_line_or_works(lambda: _split(text, int))
     params = one_line_or_works(lambda: parse_params([text]))
     if params is not None:

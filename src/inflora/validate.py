@@ -195,3 +195,17 @@ def check_schema(path, data, schema) -> None:
         raise DataError(f"{path}: {_field(first['loc'])}: {printable(first['msg'])}") from None
     except RecursionError:
         raise DataError(f"{path}: (top level): nested too deeply") from None
+
+
+def parse_blocks(text: str | None, flag: str = "--layers") -> list[int] | None:
+    """``"2,3"`` -> [2, 3] (sorted, unique; None when empty): the block lists of ``--layers``,
+    ``--blocks``; a bad item is a one-line error naming ``flag``."""
+    if not text:
+        return None
+    try:
+        blocks = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"{flag} expects block indices separated by commas, like 0,1,4; got {text!r}") from None
+    if blocks and blocks[0] < 0:
+        raise ConfigError(f"{flag} expects block indices of at least 0; got {text!r}")
+    return blocks

@@ -54,7 +54,7 @@ def compare_cmd(
 
     from ..devices import resolve_device
     from ..experiment.compare import split_targets
-    from .finetune import parse_layers
+    from ..validate import parse_blocks
 
     resolve_device(device, precision)
     spend = Budget.parse(budget)
@@ -66,7 +66,7 @@ def compare_cmd(
                        max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
                        device=device, precision=precision, diagnose_batches=batches,
                        diagnose_batch_size=diagnose_batch_size, data_dir=data_dir, columns=columns, oracle=oracle,
-                       blocks=parse_layers(blocks)).validate()
+                       blocks=parse_blocks(blocks, "--blocks")).validate()
     output_dir(out)
     command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 

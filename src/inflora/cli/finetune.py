@@ -12,21 +12,10 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from ..validate import LORA_DEFAULTS
+from ..validate import LORA_DEFAULTS, parse_blocks
 from . import command
 from .output import console as make_console
 from .output import layer_ranges, table
-
-
-def parse_layers(text: str | None) -> list[int] | None:
-    from ..errors import ConfigError
-
-    if not text:
-        return None
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ConfigError(f"--layers expects comma-separated integers like 0,1,4, got {text!r}") from None
 
 
 def remedy_parameters() -> list[inspect.Parameter]:
@@ -120,7 +109,7 @@ def finetune_cmd(
                          prompt_column=prompt_column, completion_column=completion_column,
                          messages_column=messages_column, strategy=strategy,
                          epochs=epochs, seed=seed, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                         max_length=max_length, diagnosis=diagnosis, layers=parse_layers(layers), k=k, lora_r=lora_r,
+                         max_length=max_length, diagnosis=diagnosis, layers=parse_blocks(layers), k=k, lora_r=lora_r,
                          lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                          lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
                          init=init, limit_train=limit_train,

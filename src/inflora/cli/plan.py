@@ -64,11 +64,12 @@ def plan_cmd(
     """Predict each strategy's peak memory (weights, gradients, optimizer, activations, workspace)."""
     from ..strategies.budget import Budget
     from ..training.memory_measure import check_measure_options
-    from ..training.memory_plan import PlanSpec, parse_layers, plan
+    from ..training.memory_plan import PlanSpec, plan
+    from ..validate import parse_blocks
 
     check_measure_options(device, measure_steps, threads)
     spec = PlanSpec(model, batch_size, length, precision, attention,
-                    tuple(s.strip() for s in strategies.split(",") if s.strip()), parse_layers(layers),
+                    tuple(s.strip() for s in strategies.split(",") if s.strip()), parse_blocks(layers),
                     Budget.parse(budget) if budget else None, k, lora_r, lisa_interval,
                     steps if steps is not None or not measure else measure_steps)
     plans = plan(spec)

@@ -225,12 +225,3 @@ def plan(spec: PlanSpec) -> list[StrategyPlan]:
     spec.check()
     return [plan_strategy(spec, s) for s in spec.strategies]
 
-
-def parse_layers(text: str | None) -> list[int] | None:
-    """``2,3`` -> [2, 3]; a bad item is a one-line error."""
-    if not text:
-        return None
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise ConfigError(f"--layers expects block indices like 2,3; got {text!r}") from None
