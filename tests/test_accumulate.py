@@ -1,5 +1,6 @@
 """Accumulator totals from stacked per-batch records (issue 19): the same numbers as summing the
 records one by one, for every subset a bootstrap draws, and never stale after the records change."""
+import pytest
 import torch
 
 from inflora.metrics.accumulate import SumAccumulator
@@ -18,7 +19,7 @@ def filled(n=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     acc = Pair()
     for _ in range(n):
-        acc.add(torch.randn(3, generator=g), float(torch.randint(1, 9, (1,), generator=g)))
+        acc.add(vec=torch.randn(3, generator=g), count=float(torch.randint(1, 9, (1,), generator=g)))
     return acc
 
 
@@ -39,8 +40,27 @@ def test_totals_follow_records_that_change_after_a_first_total():
     before = acc.totals()["count"]
     acc.records.clear()  # what the training recorder does between logged steps
     assert float(acc.totals()["count"].sum()) == 0
-    acc.add(torch.ones(3), 2.0)
+    acc.add(vec=torch.ones(3), count=2.0)
     assert float(acc.totals()["count"]) == 2.0 and float(before) != 2.0
-    acc.add(torch.ones(3), 5.0)
+    acc.add(vec=torch.ones(3), count=5.0)
     assert float(acc.totals([1])["count"]) == 5.0 and float(acc.totals()["count"]) == 7.0
     assert float(acc.totals([])["count"].sum()) == 0
+
+
+def test_an_accumulator_given_the_wrong_fields_raises():
+    """Values go in by name: a missing field, an unknown one or a positional value is refused,
+    never cut off or shifted into the wrong field."""
+    acc = Pair()
+    for bad in ({"vec": torch.ones(3)}, {"vec": torch.ones(3), "count": 1.0, "extra": 2.0}, {"vek": 1, "count": 1}):
+        with pytest.raises(ValueError, match="fields"):
+            acc.add(**bad)
+    with pytest.raises(TypeError):
+        acc.add(torch.ones(3), 1.0)
+    assert acc.records == []
+
+
+def test_the_output_sums_name_every_field_but_nonfinite():
+    from inflora.metrics.output import OutputSaturation, output_saturation, saturation_sums
+
+    rows = output_saturation(torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1]))
+    assert set(saturation_sums(rows)) == set(OutputSaturation.fields) - {"nonfinite"}

@@ -193,7 +193,7 @@ def test_param_grad_accumulator_is_mean_over_batches_and_flags_nonfinite():
 
 def test_sum_accumulator_gather_is_a_noop_without_distributed():
     acc = ParamGradNorm()
-    acc.add(1.0, 1.0, 0.0)
+    acc.add(norm_sum=1.0, batches=1.0, nonfinite=0.0)
     acc.gather()
     assert len(acc) == 1 and isinstance(acc, SumAccumulator)
 

@@ -37,8 +37,14 @@ class SumAccumulator:
         self._stacked: dict[str, torch.Tensor] = {}
         self._stacked_from: list = []  # the record objects the stack was built from
 
-    def add(self, *values) -> None:
-        self.records.append({k: torch.as_tensor(v, dtype=torch.float64).detach().cpu() for k, v in zip(self.fields, values)})
+    def add(self, **values) -> None:
+        """One batch's sums, by field name. Every field and nothing else: a missing or unknown name
+        raises, so a sum can never be cut off or land in the wrong field."""
+        missing, unknown = set(self.fields) - set(values), set(values) - set(self.fields)
+        if missing or unknown:
+            raise ValueError(f"{type(self).__name__}.add: missing fields {sorted(missing)}, unknown fields "
+                             f"{sorted(unknown)}; its fields are {', '.join(self.fields)}")
+        self.records.append({k: torch.as_tensor(values[k], dtype=torch.float64).detach().cpu() for k in self.fields})
 
     def stacked(self) -> dict[str, torch.Tensor]:
         """Each field's records stacked along a new first (batch) dimension."""

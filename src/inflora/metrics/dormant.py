@@ -239,5 +239,5 @@ class DormantProbe(ProbePlugin):
             def add(h, acc=acc):
                 if ctx.active:
                     total, count = masked_abs_sums(h, -1, ctx.attention_mask)
-                    acc.add(total, torch.tensor(count))
+                    acc.add(abs_sum=total, tokens=torch.tensor(count))
             self.handles.append(unit.watch(add))

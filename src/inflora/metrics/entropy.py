@@ -79,10 +79,12 @@ class AttentionEntropy(SumAccumulator):
     def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
                sink: bool = False) -> None:
         raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window, sink)
-        self.add(raw, n, norm, nn_, torch.zeros_like(raw), 0.0, 0.0, 0.0)
+        self.add(raw_sum=raw, raw_count=n, norm_sum=norm, norm_count=nn_, raw_var=torch.zeros_like(raw),
+                 mean_var=0.0, norm_mean_var=0.0, sampled=0.0)
 
     def update_streaming(self, *sums: torch.Tensor) -> None:
-        self.add(*sums)
+        """The sums of ``streaming_entropy_sums``, in ``SUM_FIELDS`` order (a wrong count raises)."""
+        self.add(**dict(zip(SUM_FIELDS, sums, strict=True)))
 
     def compute_from(self, s: dict[str, torch.Tensor]) -> dict:
         head = s["raw_sum"] / s["raw_count"].clamp_min(1)

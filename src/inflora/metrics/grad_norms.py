@@ -82,7 +82,7 @@ class ActivationGradNorm(_FiniteMean):
     def update(self, grad: torch.Tensor, token_mask: torch.Tensor) -> None:
         s, n, sq, b = activation_grad_sums(grad, token_mask)
         (s, n, frob, b), bad = self._clean([s, n, math.sqrt(sq), b])
-        self.add(s, n, frob, b, bad)
+        self.add(token_norm_sum=s, token_count=n, frob_sum=frob, batches=b, nonfinite=bad)
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         n, b = float(t["token_count"]), float(t["batches"])
@@ -101,7 +101,7 @@ class ParamGradNorm(_FiniteMean):
 
     def update_norm(self, norm: float) -> None:
         (v, b), bad = self._clean([norm, 1.0])
-        self.add(v, b, bad)
+        self.add(norm_sum=v, batches=b, nonfinite=bad)
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         b = float(t["batches"])

@@ -71,7 +71,7 @@ class RouterLoad(SumAccumulator):
 
     def update(self, logits: torch.Tensor, picks: torch.Tensor, token_mask: torch.Tensor) -> None:
         s = router_sums(logits, picks, token_mask)
-        self.add(*(s[k] for k in self.fields))
+        self.add(**{k: s[k] for k in self.fields})
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         tokens = float(t["tokens"].sum())
@@ -99,9 +99,9 @@ class ExpertGradNorms(SumAccumulator):
 
     def update(self, expert_norms: torch.Tensor, router_norm: float) -> None:
         if bool(torch.isfinite(expert_norms).all()) and math.isfinite(router_norm):
-            self.add(expert_norms, router_norm, 1.0, 0.0)
+            self.add(expert_norm_sum=expert_norms, router_norm_sum=router_norm, batches=1.0, nonfinite=0.0)
         else:
-            self.add(torch.zeros_like(expert_norms), 0.0, 0.0, 1.0)
+            self.add(expert_norm_sum=torch.zeros_like(expert_norms), router_norm_sum=0.0, batches=0.0, nonfinite=1.0)
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         b = float(t["batches"].sum())

@@ -115,8 +115,8 @@ def output_saturation(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool
             "correct": z.argmax(-1) == y, "example": example}
 
 
-def saturation_sums(rows: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The sums ``OutputSaturation`` keeps for one batch, in its ``fields`` order."""
+def saturation_sums(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The sums ``OutputSaturation`` keeps for one batch, by field (all but ``nonfinite``)."""
     conf, grad = rows["confidence"].double(), rows["grad_norm"].double()
     right = rows["correct"]
     wrong = ~right
@@ -126,10 +126,12 @@ def saturation_sums(rows: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     def per_bin(values: torch.Tensor) -> torch.Tensor:
         return torch.zeros(BINS, dtype=torch.float64).index_add_(0, bins.cpu(), values.double().cpu())
 
-    return [torch.tensor(float(len(conf))), right.sum(), conf.sum(), rows["p_true"].double().sum(), grad.sum(),
-            grad[right].sum(), grad[wrong].sum(), (conf > CONFIDENT).sum(), (conf > SATURATED).sum(),
-            (rows["p_true"] > SATURATED).sum(), confident_wrong.sum(), grad[confident_wrong].sum(),
-            per_bin(torch.ones_like(conf)), per_bin(conf), per_bin(right)]
+    return {"rows": torch.tensor(float(len(conf))), "correct": right.sum(), "conf_sum": conf.sum(),
+            "p_true_sum": rows["p_true"].double().sum(), "grad_sum": grad.sum(), "grad_sum_correct": grad[right].sum(),
+            "grad_sum_wrong": grad[wrong].sum(), "over_confident": (conf > CONFIDENT).sum(),
+            "over_saturated": (conf > SATURATED).sum(), "p_true_saturated": (rows["p_true"] > SATURATED).sum(),
+            "confident_wrong": confident_wrong.sum(), "grad_sum_confident_wrong": grad[confident_wrong].sum(),
+            "bin_count": per_bin(torch.ones_like(conf)), "bin_conf_sum": per_bin(conf), "bin_correct": per_bin(right)}
 
 
 def expected_calibration_error(count, conf_sum, correct_sum) -> float:
@@ -153,9 +155,9 @@ class OutputSaturation(SumAccumulator):
 
     def add_rows(self, rows: dict[str, torch.Tensor]) -> None:
         if bool(torch.isfinite(rows["confidence"]).all() and torch.isfinite(rows["grad_norm"]).all()):
-            self.add(*saturation_sums(rows), 0.0)
+            self.add(**saturation_sums(rows), nonfinite=0.0)
         else:
-            self.add(*[torch.zeros(BINS) if k.startswith("bin_") else 0.0 for k in self.fields[:-1]], 1.0)
+            self.add(**{k: torch.zeros(BINS) if k.startswith("bin_") else 0.0 for k in self.fields[:-1]}, nonfinite=1.0)
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         n, right = float(t["rows"]), float(t["correct"])
@@ -195,7 +197,7 @@ class WrongRightGradSplit(SumAccumulator):
         wrong_mask = mask & wrong.to(mask.device)[:, None]
         w_sum, w_n, _, _ = activation_grad_sums(grad, wrong_mask)
         r_sum, r_n, _, _ = activation_grad_sums(grad, mask & ~wrong_mask)
-        self.add(w_sum, w_n, r_sum, r_n)
+        self.add(wrong_sum=w_sum, wrong_tokens=w_n, right_sum=r_sum, right_tokens=r_n)
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         w_n, r_n = float(t["wrong_tokens"]), float(t["right_tokens"])
