@@ -245,3 +245,14 @@ def test_a_column_option_with_a_built_in_task_works_and_says_it_is_ignored(tmp_p
     assert res.exit_code == 0, res.output
     notes = [line for line in res.stderr.splitlines() if "--text-column review is ignored" in line]
     assert len(notes) == 1 and notes[0].startswith("warning:"), res.stderr
+
+
+def test_a_diagnosis_from_a_newer_inflora_is_refused_and_an_old_one_without_a_version_is_read(llama_diagnosis, tmp_path):
+    data, _ = llama_diagnosis
+    assert data.get("format_version", 1) == 1
+    old = {k: v for k, v in data.items() if k != "format_version"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert Diagnosis.from_json(tmp_path / "old.json").format_version == 1
+    (tmp_path / "new.json").write_text(json.dumps({**data, "format_version": 99}))
+    refused(run("export", tmp_path / "new.json", "--format", "json", "--out", tmp_path / "x.json"),
+            r"new\.json: format_version: .*newer inflora")

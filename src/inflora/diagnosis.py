@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .data import (CAUSAL_LM, TextDataset, instruction_probe_batches, is_user_file, load_any, probe_batches,
                    task_type)
+from .diagnosis_schema import FORMAT_VERSION
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .validate import check_values
@@ -53,6 +54,7 @@ class Diagnosis:
     head_modules: list[str] = field(default_factory=list)  # heads that stay trainable (PEFT modules_to_save)
     output: dict = field(default_factory=dict)  # output saturation (metrics.output); {} in older files
     moe: dict = field(default_factory=dict)  # MoE layout (models.moe.MoeLayout.to_dict); {} for dense models
+    format_version: int = FORMAT_VERSION  # of diagnosis.json; files without it are version 1
 
     def profile(self, key: str) -> list[float]:
         return [row[key] for row in self.layers]

@@ -12,6 +12,8 @@ from .models import ARCHITECTURES
 from .strategies.lora import MODULE_NAME, TASK_TYPES
 
 
+FORMAT_VERSION = 1  # diagnosis.json's layout; a reader refuses a newer one instead of misreading it
+
 def _one_line(text: str) -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 or ch in "\u2028\u2029\x85" for ch in text):
         raise ValueError("holds a line break or control character")
@@ -90,6 +92,15 @@ class DiagnosisFile(BaseModel):
     head_modules: list[Module] = []
     output: dict[str, Any] = {}
     moe: Optional[MoeSection] = None  # {} (a dense model) is read as None
+    format_version: Annotated[int, Field(ge=1)] = 1
+
+    @field_validator("format_version")
+    @classmethod
+    def _not_newer_than_this_reader(cls, version: int):
+        if version > FORMAT_VERSION:
+            raise ValueError(f"format version {version} was written by a newer inflora (this one reads up to "
+                             f"{FORMAT_VERSION}); upgrade inflora")
+        return version
 
     @field_validator("moe", mode="before")
     @classmethod
