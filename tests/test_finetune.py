@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from inflora.data import EncodedSplit, TextDataset, load_task
 from inflora.errors import ConfigError, DataError, TrainingError
-from inflora.io import read_json
+from inflora.validate import load_json
 from inflora.models import get_blocks, load_model, tiny_model
 from inflora.strategies import StrategyOptions, apply_strategy, count_parameters, random_band
 from inflora.training import FinetuneConfig, finetune
@@ -198,7 +198,7 @@ def test_every_strategy_trains_end_to_end_where_it_should(name, tiny_dir, tmp_pa
 # ---------------------------------------------------------------------------------------------- runs
 def test_metrics_json_has_every_required_key(reference, tiny_dir):
     out, m = reference
-    on_disk = read_json(out / "metrics.json")
+    on_disk = load_json(out / "metrics.json")
     assert REQUIRED_KEYS <= set(on_disk)
     assert on_disk["config"] == config(tiny_dir).to_dict()
     assert set(on_disk["accuracy"]) == {"validation", "test", "test_decontaminated"}
@@ -244,7 +244,7 @@ def test_resume_after_interruption_ends_exactly_like_an_uninterrupted_run(refere
     with pytest.raises(KeyboardInterrupt):
         finetune(config(tiny_dir), out, progress=False, on_epoch_end=interrupt)
     assert seen == [1] and not (out / "metrics.json").exists()
-    assert read_json(out / "checkpoints/last/meta.json")["epoch"] == 1
+    assert load_json(out / "checkpoints/last/meta.json")["epoch"] == 1
     with pytest.raises(ConfigError, match="unfinished run with a different configuration"):
         finetune(config(tiny_dir, lr=1e-3), out, progress=False)
 
@@ -265,7 +265,7 @@ def test_finished_run_returns_at_once_and_other_configs_are_refused(reference, t
 
     monkeypatch.setattr(finetune_module, "load_splits", must_not_run)
     again = finetune(config(tiny_dir), out, progress=False, on_epoch_end=must_not_run)
-    assert again == read_json(out / "metrics.json") and again["accuracy"] == ref["accuracy"]
+    assert again == load_json(out / "metrics.json") and again["accuracy"] == ref["accuracy"]
     with pytest.raises(ConfigError, match="finished run with a different configuration") as exc:
         finetune(config(tiny_dir, seed=1), out, progress=False)
     one_line(exc)
@@ -296,7 +296,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoin
         finetune(config(tiny_dir), out, progress=False, on_epoch_end=lambda e: poison.update(on=True))
     msg = one_line(exc)
     assert "step 4 (epoch 2)" in msg and str(out / "checkpoints" / "last") in msg  # 64 / 16 = 4 steps per epoch
-    meta = read_json(out / "checkpoints/last/meta.json")
+    meta = load_json(out / "checkpoints/last/meta.json")
     assert meta["epoch"] == 1 and meta["steps"] == 4
     kept = load_file(out / "checkpoints/last/trainable.safetensors")
     assert kept and all(torch.isfinite(t).all() for t in kept.values())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from inflora.io import read_json
+from inflora.validate import load_json
 from inflora.training import FinetuneConfig, finetune
 
 pytestmark = pytest.mark.real
@@ -42,7 +42,7 @@ def test_grad_accum_2_at_batch_16_follows_batch_32(batch32, minilm_no_dropout, t
 def test_bf16_on_cpu_runs_end_to_end_and_is_recorded(batch32, minilm_no_dropout, tmp_path):
     m = finetune(cfg(minilm_no_dropout, precision="bf16"), tmp_path, progress=False)
     assert (m["device"], m["precision"], m["world_size"]) == ("cpu", "bf16", 1)
-    assert read_json(tmp_path / "metrics.json")["precision"] == "bf16"
+    assert load_json(tmp_path / "metrics.json")["precision"] == "bf16"
     assert all(math.isfinite(v) for v in m["step_losses"]) and 0 <= m["accuracy"]["test"] <= 1
     # autocast really ran in bf16: the losses differ from fp32's, by bf16's ~3 significant digits only
     assert m["step_losses"] != batch32["step_losses"]

@@ -18,7 +18,7 @@ import torch
 from pathlib import Path
 
 from inflora.errors import ConfigError
-from inflora.io import read_json
+from inflora.validate import load_json
 from inflora.training import FinetuneConfig, finetune
 from inflora.training.loop import KILL_AFTER_EPOCH
 
@@ -73,7 +73,7 @@ def two_processes(minilm_no_dropout, tmp_path_factory):
     out = tmp_path_factory.mktemp("two") / "run"
     res = torchrun(*finetune_args(minilm_no_dropout, out))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out, read_json(out / "metrics.json"), res
+    return out, load_json(out / "metrics.json"), res
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(one_process, two_processes):
@@ -103,7 +103,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_numbers(two_processes, min
     killed = torchrun(*finetune_args(minilm_no_dropout, out), env={KILL_AFTER_EPOCH: "1"})
     assert killed.returncode != 0  # SIGKILL right after epoch 1's checkpoint: no clean-up ran
     assert not (out / "metrics.json").exists()
-    meta = read_json(out / "checkpoints/last/meta.json")
+    meta = load_json(out / "checkpoints/last/meta.json")
     assert (meta["epoch"], meta["world_size"]) == (1, 2)
     assert (out / "checkpoints/last/rng-rank1.pt").is_file()  # every rank's RNG state is kept
 
@@ -118,7 +118,7 @@ def test_a_killed_two_process_run_resumes_to_the_same_numbers(two_processes, min
     resumed = torchrun(*finetune_args(minilm_no_dropout, out))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming" in resumed.stderr and "from the end of epoch 1" in resumed.stderr
-    m = read_json(out / "metrics.json")
+    m = load_json(out / "metrics.json")
     for key in SAME:
         assert m[key] == uninterrupted[key], key
 
