@@ -166,7 +166,7 @@ class EntropyProbe(ProbePlugin):
         def hook(module, args, output):
             if not ctx.active:
                 return
-            attn = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+            attn = _map_of(output, ctx.spec.map_index)
             if attn is None or attn.dim() != 4:
                 raise ArchitectureError(
                     f"{type(module).__name__} returned no attention map; the probe needs attn_implementation='eager'"
@@ -175,6 +175,14 @@ class EntropyProbe(ProbePlugin):
                        sink=getattr(module, "sinks", None) is not None)
 
         return hook
+
+
+def _map_of(output, index: int):
+    """The eager map in an attention module's output tuple (``ArchSpec.map_index``: T5 puts its
+    position bias, a 4-D tensor of logits, before the map), or None where there is none."""
+    if not isinstance(output, (tuple, list)) or len(output) < 2 or not -len(output) <= index < len(output):
+        return None
+    return output[index]
 
 
 class _SinkHandle:

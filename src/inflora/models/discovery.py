@@ -182,6 +182,19 @@ def entropy_decision(model: nn.Module, attention: nn.Module) -> tuple[bool, str 
     return True, None
 
 
+def attention_map_index(model: nn.Module, attention: nn.Module) -> int:
+    """Where the eager map sits in the attention module's output tuple, as the model declares it
+    for transformers' own ``output_attentions`` recording (``_can_record_outputs``): 1 unless an
+    ``OutputRecorder`` says otherwise. T5 returns (output, position bias, map) and declares -1; a
+    negative index counts from the end, so it holds for a wrapper passing the inner tuple's tail on."""
+    declared = (getattr(model, "_can_record_outputs", None) or {}).get("attentions")
+    for recorder in declared if isinstance(declared, (list, tuple)) else [declared]:
+        index = getattr(recorder, "index", None)
+        if isinstance(index, int) and (index < 0 or getattr(recorder, "target_class", None) is type(attention)):
+            return index
+    return 1
+
+
 def is_causal(model: nn.Module, attention: nn.Module) -> bool:
     flag = getattr(attention, "is_causal", None)
     if flag is not None:
@@ -220,6 +233,7 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
         tower=tower, towers=tuple(towers), discovered=True,
         fused_conv1d=type(getattr(q := block.get_submodule(projections["query"]), "base_layer", q)).__name__ == "Conv1D",
         attention_class=cls, attention_free_blocks=free,
+        map_index=attention_map_index(model, block.get_submodule(attention)),
     )
 
 
