@@ -121,15 +121,16 @@ class EntropyProbe(ProbePlugin):
 
     def attach(self, ctx) -> None:
         self.layers = [AttentionEntropy() for _ in ctx.attention]
+        self.unmeasured: dict[int, str] = {}  # layer -> why its map cannot give an exact entropy
         streaming = getattr(ctx, "attention_mode", "eager") == "streaming"
         if self.queries is not None and not streaming:
             raise ConfigError("--entropy-queries needs the streaming attention path (attention='streaming')")
         if streaming:
             self._attach_sinks(ctx)
             return
-        for acc, module in zip(self.layers, ctx.attention):
+        for layer, module in enumerate(ctx.attention):
             if module is not None:  # a block without softmax attention (state-space, linear): entropy stays NaN
-                self.handles.append(module.register_forward_hook(self._hook(ctx, acc)))
+                self.handles.append(module.register_forward_hook(self._hook(ctx, layer)))
 
     def _attach_sinks(self, ctx) -> None:
         generator = torch.Generator().manual_seed(self.seed) if self.queries is not None else None
@@ -161,8 +162,14 @@ class EntropyProbe(ProbePlugin):
                 "the probe was attached?); the entropy would be missing"
             )
 
-    @staticmethod
-    def _hook(ctx, acc: AttentionEntropy):
+    def summary(self, batches: list[int] | None = None) -> dict:
+        """The layers whose maps are not over the input's tokens, and why (said in the diagnosis)."""
+        unmeasured = getattr(self, "unmeasured", {})
+        return {"unmeasured_layers": sorted(unmeasured), "why": next(iter(unmeasured.values()))} if unmeasured else {}
+
+    def _hook(self, ctx, layer: int):
+        acc = self.layers[layer]
+
         def hook(module, args, output):
             if not ctx.active:
                 return
@@ -171,10 +178,27 @@ class EntropyProbe(ProbePlugin):
                 raise ArchitectureError(
                     f"{type(module).__name__} returned no attention map; the probe needs attn_implementation='eager'"
                 )
+            why = off_token_map(attn, ctx.attention_mask)
+            if why:  # entropy stays NaN for this layer: never a number over the wrong tokens
+                self.unmeasured[layer] = why
+                return
             acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module),
                        sink=getattr(module, "sinks", None) is not None)
 
         return hook
+
+
+def off_token_map(attn: torch.Tensor, attention_mask: torch.Tensor) -> str | None:
+    """Why an eager map ``[B, H, Tq, Tk]`` is not one row per input token over the input's tokens
+    (pooled queries in Funnel, downsampled characters in CANINE, prompt tokens prepended in CPM-Ant,
+    Longformer's banded local scores), else None: such a map cannot be matched to the padding mask,
+    so its entropy over the real tokens cannot be measured exactly."""
+    b, t = attention_mask.shape
+    if attn.shape[0] == b and tuple(attn.shape[2:]) == (t, t):
+        return None
+    return (f"its attention map has shape {tuple(attn.shape)} for {b} sequences of {t} tokens (pooled, downsampled, "
+            "banded or extended positions): it is not over the input's tokens, so entropy over the real tokens "
+            "cannot be measured exactly and is left out (NaN); the gradient metrics are kept")
 
 
 def _map_of(output, index: int):
