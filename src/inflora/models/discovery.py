@@ -46,8 +46,8 @@ def block_lists(base: nn.Module, declared: set[str]) -> list[tuple[str, nn.Modul
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0 or not path:
             continue
         children = list(mod)
-        if not _same_class(children):
-            continue
+        if not (_same_class(children) or all(type(c).__name__ in declared for c in children)):
+            continue  # hybrids (OLMo-hybrid, Zamba) mix declared block classes in one list
         if type(children[0]).__name__ in declared or _has_attention(children[0]):
             out.append((path, mod))
     return out
@@ -217,7 +217,7 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
     index, container, attention, projections = found
     block = blocks[index]
     hidden = container_width(block, container)
-    ffn = discover_ffn(blocks, container, hidden, model.config)
+    ffn = discover_ffn(blocks, container, hidden, model.config, first=index)
     streaming, note = entropy_decision(model, block.get_submodule(attention))
     cls = type(block.get_submodule(attention)).__name__
     free = tuple(i for i, b in enumerate(blocks) if not _has_module(b, attention, cls))
@@ -277,7 +277,10 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
     if hidden is None:
         raise ArchitectureError(f"{type(model).__name__}: found no attention module and no config.hidden_size to "
                                 f"find the block's projections by; to support it, {HOW_TO_OVERRIDE}")
-    ffn = discover_ffn(blocks, "", hidden, model.config)
+    try:
+        ffn, targets = discover_ffn(blocks, "", hidden, model.config), ()
+    except ArchitectureError:  # a mixer whose input projection also makes gates and states (Mamba-2)
+        ffn, targets = dict(ffn_up=None, ffn_down=None), mixer_projections(blocks[0], hidden)
     all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
     kind = model.config.model_type
     return ArchSpec(
@@ -286,4 +289,16 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
         embeddings=embedding_paths(base, blocks_path, all_lists), **ffn, causal=True, attention_interface=False,
         entropy_note="no block has softmax attention (a state-space or recurrent model): entropy does not apply",
         tower=tower, towers=tuple(towers), discovered=True, attention_free_blocks=tuple(range(len(blocks))),
+        block_targets=targets,
     )
+
+
+def mixer_projections(block: nn.Module, hidden: int) -> tuple[str, ...]:
+    """The projections of a block without a readable FFN that read or write its residual width
+    (a Mamba-2 mixer's ``in_proj`` and ``out_proj``): what LoRA adapts there. Its hidden units are
+    not one projection's output, so the FFN metrics (dormant units, ReDo) skip it and say so."""
+    found = tuple(p for p, m in projections(block) if hidden in io_features(m))
+    if not found:
+        raise ArchitectureError(f"{type(block).__name__}: found no attention, no feed-forward and no projection "
+                                f"reading or writing {hidden} features; to support it, {HOW_TO_OVERRIDE}")
+    return found

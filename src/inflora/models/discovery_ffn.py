@@ -27,11 +27,13 @@ def dense_ffn(block: nn.Module, hidden: int, exclude: list[str], within: str | N
     if not downs:
         raise ArchitectureError(f"{type(block).__name__}: found no feed-forward output projection (a Linear "
                                 f"outside the attention writing {hidden} features); to support it, {HOW_TO_OVERRIDE}")
-    d = downs[-1]
-    down_path, down = projs[d]
-    width = io_features(down)[0]
-    inputs = [(p, m) for p, m in projs[:d] if io_features(m)[0] == hidden and io_features(m)[1] in (width, 2 * width)]
-    if not inputs:
+    for d in reversed(downs):  # the last writer with inputs: Falcon-H1's mamba mixer writes after its FFN
+        down_path, down = projs[d]
+        width = io_features(down)[0]
+        inputs = [(p, m) for p, m in projs[:d] if io_features(m)[0] == hidden and io_features(m)[1] in (width, 2 * width)]
+        if inputs:
+            break
+    else:
         raise ArchitectureError(f"{type(block).__name__}: found no feed-forward input projection (a Linear reading "
                                 f"{hidden} features into {width} units); to support it, {HOW_TO_OVERRIDE}")
     if len(inputs) == 1:
@@ -42,14 +44,33 @@ def dense_ffn(block: nn.Module, hidden: int, exclude: list[str], within: str | N
     return dict(ffn_gate=gate, ffn_up=up, ffn_down=down_path)
 
 
-def discover_ffn(blocks: nn.ModuleList, attention: str, hidden: int, config=None) -> dict:
-    """The FFN fields of the spec: from a dense block where one exists, else from the shared
-    experts of an MoE block; an MoE without shared experts has no dense FFN (None paths)."""
+def _attends(block: nn.Module, path: str) -> bool:
+    """Whether ``path`` in this block is an attention module (Nemotron-H names its attention, its
+    mixer and its FFN ``mixer`` alike, one per block)."""
+    if not path:
+        return False
+    try:
+        return "Attention" in type(block.get_submodule(path)).__name__
+    except AttributeError:
+        return False
+
+
+def discover_ffn(blocks: nn.ModuleList, attention: str, hidden: int, config=None, first: int = 0) -> dict:
+    """The FFN fields of the spec: from a dense block where one exists (block ``first``, the one
+    whose attention was read, before the others: a hybrid's linear-attention block would offer its
+    own projections), else from the shared experts of an MoE block; an MoE without shared experts
+    has no dense FFN (None paths)."""
     moe = discover_moe(blocks, config)
     out: dict = {"moe": moe} if moe else {}
-    dense = [i for i in range(len(blocks)) if not moe or i not in moe.blocks]
-    if dense:
-        return {**out, **dense_ffn(blocks[dense[0]], hidden, [attention])}
+    dense = sorted((i for i in range(len(blocks)) if not moe or i not in moe.blocks), key=lambda i: i != first)
+    errors = []
+    for i in dense:  # Nemotron-H keeps mixer, attention and FFN in blocks of their own
+        try:
+            return {**out, **dense_ffn(blocks[i], hidden, [attention] if _attends(blocks[i], attention) else [])}
+        except ArchitectureError as exc:
+            errors.append(exc)
+    if errors and not (moe and moe.shared_experts):
+        raise errors[0]
     if moe.shared_experts:
         return {**out, **dense_ffn(blocks[moe.blocks[0]], hidden, [attention], within=moe.shared_experts)}
     return {**out, "ffn_up": None, "ffn_down": None}
