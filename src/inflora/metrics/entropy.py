@@ -77,10 +77,12 @@ class AttentionEntropy(SumAccumulator):
     fields = SUM_FIELDS
 
     def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
-               sink: bool = False) -> None:
+               sink: bool = False, step: int | None = None) -> None:
+        """One attention call's sums; calls of the same forward ``step`` (a looped block) share a record."""
         raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window, sink)
-        self.add(raw_sum=raw, raw_count=n, norm_sum=norm, norm_count=nn_, raw_var=torch.zeros_like(raw),
-                 mean_var=0.0, norm_mean_var=0.0, sampled=0.0)
+        values = dict(raw_sum=raw, raw_count=n, norm_sum=norm, norm_count=nn_, raw_var=torch.zeros_like(raw),
+                      mean_var=0.0, norm_mean_var=0.0, sampled=0.0)
+        self.add(**values) if step is None else self.add_to_step(step, **values)
 
     def update_streaming(self, *sums: torch.Tensor) -> None:
         """The sums of ``streaming_entropy_sums``, in ``SUM_FIELDS`` order (a wrong count raises)."""
@@ -128,9 +130,10 @@ class EntropyProbe(ProbePlugin):
         if streaming:
             self._attach_sinks(ctx)
             return
-        for layer, module in enumerate(ctx.attention):
-            if module is not None:  # a block without softmax attention (state-space, linear): entropy stays NaN
-                self.handles.append(module.register_forward_hook(self._hook(ctx, layer)))
+        self.hooked = {i for i, module in enumerate(ctx.attention) if module is not None}
+        self.seen: set[int] = set()  # hooked layers whose module ran in this step
+        for layer in sorted(self.hooked):  # a block without softmax attention (state-space, linear): entropy stays NaN
+            self.handles.append(ctx.attention[layer].register_forward_hook(self._hook(ctx, layer)))
 
     def _attach_sinks(self, ctx) -> None:
         generator = torch.Generator().manual_seed(self.seed) if self.queries is not None else None
@@ -155,6 +158,14 @@ class EntropyProbe(ProbePlugin):
         return sink
 
     def after_backward(self, ctx) -> None:
+        if ctx.active and getattr(self, "hooked", None):
+            for layer in sorted(self.hooked - self.seen):
+                self.layers[layer].records.clear()  # no partial mean over the batches where it did run
+                self.unmeasured[layer] = (
+                    "the attention module found at discovery did not run (the model replaced or bypassed it in its "
+                    "forward, as BigBird swaps block-sparse for full attention on short inputs): entropy is left out "
+                    "(NaN); the gradient metrics are kept")
+            self.seen = set()
         missing = [i for i, f in enumerate(getattr(self, "last_forward", ())) if f is not None and f != ctx.forwards]
         if ctx.active and missing:
             raise ArchitectureError(
@@ -173,19 +184,31 @@ class EntropyProbe(ProbePlugin):
         def hook(module, args, output):
             if not ctx.active:
                 return
+            self.seen.add(layer)
+            if layer in self.unmeasured:
+                return
             attn = _map_of(output, ctx.spec.map_index)
-            if attn is None or attn.dim() != 4:
+            if (attn is None or attn.dim() != 4) and getattr(ctx.inner.config, "_attn_implementation", "eager") != "eager":
                 raise ArchitectureError(
                     f"{type(module).__name__} returned no attention map; the probe needs attn_implementation='eager'"
                 )
-            why = off_token_map(attn, ctx.attention_mask)
+            why = no_map(module) if attn is None or attn.dim() != 4 else off_token_map(attn, ctx.attention_mask)
             if why:  # entropy stays NaN for this layer: never a number over the wrong tokens
+                acc.records.clear()
                 self.unmeasured[layer] = why
                 return
             acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module),
-                       sink=getattr(module, "sinks", None) is not None)
+                       sink=getattr(module, "sinks", None) is not None, step=ctx.forwards)
 
         return hook
+
+
+def no_map(module) -> str:
+    """Why a module under eager attention gives no map: its attention is not a softmax map at all
+    (MRA's multi-resolution approximation, YOSO's hashing), so there is no distribution to measure."""
+    return (f"{type(module).__name__} returns no attention map even under eager attention (an approximate or "
+            "kernelised attention, not a softmax over the tokens): entropy does not apply and is left out (NaN); "
+            "the gradient metrics are kept")
 
 
 def off_token_map(attn: torch.Tensor, attention_mask: torch.Tensor) -> str | None:

@@ -37,6 +37,9 @@ FAMILY_SIZES = {
     # Falcon-H1's 1024-wide mixer) do not match a small hidden size.
     "mamba2": lambda h, heads: dict(num_heads=2 * heads, n_groups=1),
     "falcon_h1": lambda h, heads: dict(mamba_d_ssm=2 * h, mamba_n_groups=1),
+    # BigBird swaps block-sparse for full attention on inputs this short, replacing the module found
+    # at discovery during the forward (the probe then flags the entropy as not measured): build it full.
+    "big_bird": lambda h, heads: dict(attention_type="original_full"),
 }
 
 
