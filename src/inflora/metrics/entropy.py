@@ -226,10 +226,13 @@ def off_token_map(attn: torch.Tensor, attention_mask: torch.Tensor) -> str | Non
 
 def _map_of(output, index: int):
     """The eager map in an attention module's output tuple (``ArchSpec.map_index``: T5 puts its
-    position bias, a 4-D tensor of logits, before the map), or None where there is none."""
+    position bias, a 4-D tensor of logits, before the map), or None where there is none (a
+    quantised model's nested tuple is read at its first element)."""
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], (tuple, list)):
+        output = output[0]  # I-BERT returns ((output, map), scaling factors)
     if not isinstance(output, (tuple, list)) or len(output) < 2 or not -len(output) <= index < len(output):
         return None
-    return output[index]
+    return output[index] if torch.is_tensor(output[index]) else None
 
 
 class _SinkHandle:

@@ -23,10 +23,11 @@ PEFT_LAYER_NAMES = ("layers", "h", "block", "blocks", "layer")
 VISION_CUES = ("vision", "visual", "vit", "image", "patch")
 TOWERS = ("language", "vision")
 
-_Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj|project_q|q_head)$", re.I)
+_Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj|project_q|q_head|q_gate_proj)$", re.I)
 _K = re.compile(r"^(k_proj|key|key_proj|k_lin|k|wk|project_k|k_head)$", re.I)
 _V = re.compile(r"^(v_proj|value|value_proj|v_lin|v|wv|project_v|v_head)$", re.I)
 _FUSED = re.compile(r"^(qkv_proj|query_key_value|c_attn|wqkv|qkv|in_proj|w_pack)$", re.I)
+_RECURRENT = ("receptance",)  # RWKV's time-mixing: an "Attention" class with no softmax over keys
 _MLA = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj")
 
 
@@ -53,6 +54,14 @@ def block_lists(base: nn.Module, declared: set[str]) -> list[tuple[str, nn.Modul
     return out
 
 
+def repeated_lists(base: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Where no block class is declared and no block holds attention (FNet's Fourier mixing): the
+    ``ModuleList``s of two or more same-class modules under one of PEFT's layer-pattern names."""
+    return [(path, mod) for path, mod in base.named_modules()
+            if isinstance(mod, nn.ModuleList) and len(mod) > 1 and path.split(".")[-1] in PEFT_LAYER_NAMES
+            and _same_class(list(mod)) and any(True for _ in mod[0].parameters())]
+
+
 def tower_of(path: str, block: nn.Module) -> str:
     text = (path + " " + type(block).__name__).lower()
     return "vision" if any(c in text for c in VISION_CUES) else "language"
@@ -61,7 +70,7 @@ def tower_of(path: str, block: nn.Module) -> str:
 def choose_blocks(model: nn.Module, base: nn.Module, tower: str) -> tuple[str, nn.ModuleList, list[str]]:
     """The block list of ``tower``; also the towers the model has (for errors and ``info``)."""
     declared = set(getattr(model, "_no_split_modules", None) or ())
-    found = block_lists(base, declared)
+    found = block_lists(base, declared) or repeated_lists(base)
     if not found:
         raise ArchitectureError(
             f"{type(model).__name__}: found no block list (an nn.ModuleList of repeated modules of a class in "
@@ -261,6 +270,9 @@ def softmax_attention(blocks: nn.ModuleList, layer_types=None):
         block = blocks[i]
         try:
             container, attention = find_attention(block)
+            if any(role_name(n) in _RECURRENT for n, _ in projections(block.get_submodule(container))):
+                raise ArchitectureError(f"{type(block).__name__}: found no attention module with a softmax "
+                                        f"({container!r} is recurrent time-mixing)")
             hidden = container_width(block, container)
             return i, container, attention, attention_projections(block, container, attention, hidden)
         except ArchitectureError as exc:
@@ -287,7 +299,7 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
         family=kind if tower == "language" else f"{kind}:{tower}", model_types=(kind,), blocks=blocks_path,
         attention=None, query=None, key=None, value=None, output=None,
         embeddings=embedding_paths(base, blocks_path, all_lists), **ffn, causal=True, attention_interface=False,
-        entropy_note="no block has softmax attention (a state-space or recurrent model): entropy does not apply",
+        entropy_note="no block has softmax attention (a state-space, recurrent or Fourier-mixing model): entropy does not apply",
         tower=tower, towers=tuple(towers), discovered=True, attention_free_blocks=tuple(range(len(blocks))),
         block_targets=targets,
     )
