@@ -18,6 +18,24 @@ def _under(path: str, roots) -> bool:
     return any(r and (path == r or path.startswith(r + ".")) for r in roots)
 
 
+def _parent(path: str) -> str:
+    return path.rpartition(".")[0]
+
+
+def _down_and_inputs(projs, downs, hidden: int, siblings: bool):
+    """The last projection writing ``hidden`` that has inputs (reading ``hidden`` into its width,
+    or twice it for a fused gate/up) before it, with those inputs; ``siblings``: only inputs in
+    the same module (Falcon-H1's mamba mixer writes after its MLP, with the same width)."""
+    for d in reversed(downs):
+        down_path, down = projs[d]
+        width = io_features(down)[0]
+        inputs = [(p, m) for p, m in projs[:d] if io_features(m)[0] == hidden and io_features(m)[1] in (width, 2 * width)
+                  and (not siblings or _parent(p) == _parent(down_path))]
+        if inputs:
+            return (down_path, down), inputs
+    return None
+
+
 def dense_ffn(block: nn.Module, hidden: int, exclude: list[str], within: str | None = None) -> dict:
     """ffn_gate/ffn_up/ffn_down (paths relative to ``block``) from the projections outside
     ``exclude`` (attention, MoE), or only those under ``within`` (shared experts)."""
@@ -27,15 +45,13 @@ def dense_ffn(block: nn.Module, hidden: int, exclude: list[str], within: str | N
     if not downs:
         raise ArchitectureError(f"{type(block).__name__}: found no feed-forward output projection (a Linear "
                                 f"outside the attention writing {hidden} features); to support it, {HOW_TO_OVERRIDE}")
-    for d in reversed(downs):  # the last writer with inputs: Falcon-H1's mamba mixer writes after its FFN
-        down_path, down = projs[d]
-        width = io_features(down)[0]
-        inputs = [(p, m) for p, m in projs[:d] if io_features(m)[0] == hidden and io_features(m)[1] in (width, 2 * width)]
-        if inputs:
-            break
-    else:
+    found = _down_and_inputs(projs, downs, hidden, siblings=True) or _down_and_inputs(projs, downs, hidden, siblings=False)
+    if found is None:
+        width = io_features(projs[downs[-1]][1])[0]
         raise ArchitectureError(f"{type(block).__name__}: found no feed-forward input projection (a Linear reading "
                                 f"{hidden} features into {width} units); to support it, {HOW_TO_OVERRIDE}")
+    (down_path, down), inputs = found
+    width = io_features(down)[0]
     if len(inputs) == 1:
         path, mod = inputs[0]
         return dict(ffn_up=path, ffn_down=down_path, fused_gate_up=io_features(mod)[1] == 2 * width)
