@@ -4,7 +4,6 @@ or printing a number over the wrong tokens."""
 import math
 
 import pytest
-import torch
 import transformers
 
 from inflora.models import arch_for, get_blocks, get_ffn, tiny_model
