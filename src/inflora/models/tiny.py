@@ -40,6 +40,8 @@ FAMILY_SIZES = {
     # BigBird swaps block-sparse for full attention on inputs this short, replacing the module found
     # at discovery during the forward (the probe then flags the entropy as not measured): build it full.
     "big_bird": lambda h, heads: dict(attention_type="original_full"),
+    # LayoutLMv3 adds box embeddings of 4 coordinates and 2 shapes: 4·coordinate + 2·shape = hidden.
+    "layoutlmv3": lambda h, heads: dict(coordinate_size=h // 8, shape_size=h // 4),
 }
 
 
