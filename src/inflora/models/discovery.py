@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ArchitectureError, ConfigError
 from .discovery_ffn import discover_ffn
-from .projections import HOW_TO_OVERRIDE, io_features, is_projection, projections
+from .projections import HOW_TO_OVERRIDE, io_features, is_attention_class, is_projection, projections
 from .spec import ArchSpec
 
 PEFT_LAYER_NAMES = ("layers", "h", "block", "blocks", "layer")
@@ -36,7 +36,8 @@ def _same_class(children: list[nn.Module]) -> bool:
 
 
 def _has_attention(block: nn.Module) -> bool:
-    return any("Attention" in type(m).__name__ for m in block.modules())
+    return any(is_attention_class(m) for m in block.modules())
+
 
 
 def block_lists(base: nn.Module, declared: set[str]) -> list[tuple[str, nn.ModuleList]]:
@@ -99,7 +100,7 @@ def find_attention(block: nn.Module) -> tuple[str, str]:
     """(container, attention): the outermost module whose class says Attention (it holds the
     output projection), and the innermost one inside it holding the query projections (it returns
     the map); a decoder's cross-attention (declared after its self-attention) is never chosen."""
-    attn = [(n, m) for n, m in block.named_modules() if n and "Attention" in type(m).__name__]
+    attn = [(n, m) for n, m in block.named_modules() if n and is_attention_class(m)]
     if not attn:
         raise ArchitectureError(f"{type(block).__name__}: found no attention module (a submodule whose class "
                                 f"name contains 'Attention'); to support it, {HOW_TO_OVERRIDE}")
@@ -291,7 +292,9 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
                                 f"find the block's projections by; to support it, {HOW_TO_OVERRIDE}")
     try:
         ffn, targets = discover_ffn(blocks, "", hidden, model.config), ()
-    except ArchitectureError:  # a mixer whose input projection also makes gates and states (Mamba-2)
+    except ArchitectureError:  # a state-space mixer whose input projection also makes gates and states (Mamba-2)
+        if not any(n.endswith("A_log") for n, _ in blocks[0].named_parameters()):
+            raise
         ffn, targets = dict(ffn_up=None, ffn_down=None), mixer_projections(blocks[0], hidden)
     all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
     kind = model.config.model_type

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import ArchitectureError
-from .projections import HOW_TO_OVERRIDE, io_features, projections
+from .projections import HOW_TO_OVERRIDE, io_features, is_attention_class, projections
 from .discovery_moe import discover_moe
 
 
@@ -66,7 +66,7 @@ def _attends(block: nn.Module, path: str) -> bool:
     if not path:
         return False
     try:
-        return "Attention" in type(block.get_submodule(path)).__name__
+        return is_attention_class(block.get_submodule(path))
     except AttributeError:
         return False
 

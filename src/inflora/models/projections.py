@@ -38,3 +38,9 @@ def io_features(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, nn.Linear) or _linear_like(module):
         return module.in_features, module.out_features
     return module.weight.shape[0], module.weight.shape[1]  # Conv1D: [in, out]
+
+
+def is_attention_class(module: nn.Module) -> bool:
+    """A class named *Attention*, or *MLA (multi-head latent attention, LongCat-Flash)."""
+    name = type(module).__name__
+    return "Attention" in name or name.endswith("MLA")
