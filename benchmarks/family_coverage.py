@@ -172,7 +172,8 @@ def run(kinds: list[str]) -> list[dict]:
 def summary(rows: list[dict]) -> str:
     built = [r for r in rows if r["outcome"] != "no small config"]
     works = [r for r in built if r["outcome"] == "works"]
-    eager = sorted(r["family"] for r in works if r.get("entropy") == "eager" and not r.get("no_attention_blocks"))
+    eager = sorted(r["family"] for r in works if r.get("entropy") == "eager" and not r.get("no_attention_blocks")
+                   and not r.get("entropy_unmeasured_blocks"))
     free = sorted(r["family"] for r in works if r.get("no_attention_blocks"))
     unmeasured = sorted(r["family"] for r in works if r.get("entropy_unmeasured_blocks"))
     lines = ["# Family coverage (benchmarks/family_coverage.py)", "",
@@ -180,10 +181,12 @@ def summary(rows: list[dict]) -> str:
              f"{len(built)} build from a small config; **{len(works)} of {len(built)} "
              f"({len(works) / max(len(built), 1):.0%}) diagnose** with discovered structure.", "",
              f"Entropy from eager maps (said in the report): {', '.join(eager) or '-'}", "",
-             f"Blocks without softmax attention (state-space, linear attention; gradient metrics only, "
+             f"Blocks without softmax attention (state-space, linear attention, RWKV time-mixing, FNet Fourier "
+             f"mixing; gradient metrics only, "
              f"entropy does not apply and the diagnosis says so): {', '.join(free) or '-'}", "",
-             f"Attention maps not over the input's tokens (pooled, downsampled, banded or prompt-extended; gradient "
-             f"metrics only, entropy left out and the diagnosis says why): {', '.join(unmeasured) or '-'}", "",
+             f"Attention whose entropy cannot be measured exactly (no map even under eager, or a map not over the "
+             f"input's tokens; gradient metrics only, entropy left out and the diagnosis says why): "
+             f"{', '.join(unmeasured) or '-'}", "",
              "| family | outcome | why |", "|---|---|---|"]
     for r in rows:
         if r["outcome"] != "works":
