@@ -119,7 +119,7 @@ def finetune_cmd(
     check_config(cfg)
     m = finetune(cfg, out)
     if is_main_process():
-        _print_run(m, out)
+        _report(m, out)
 
 
 def _remedy_options(strategy: str, device: str, precision: str, remedy: list[str], values: dict | None) -> dict:
@@ -148,8 +148,12 @@ def _config(given: dict, remedies: dict):
                              "lora_targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None})
 
 
-def _print_run(m: dict, out: Path) -> None:
-    """The run's accuracy table, the completion loss before and after (causal LM), and the files."""
+def _report(m: dict, out: Path) -> None:
+    """report.html, then the run's accuracy table, the completion loss before and after (causal LM)
+    and the files written."""
+    from ..reports import write_finetune_report
+
+    write_finetune_report(m, out)
     console = make_console()
     print_comparison([m], console)
     if m.get("completion_before") and "validation" in m.get("completion", {}):
