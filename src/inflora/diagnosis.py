@@ -11,7 +11,7 @@ from torch import nn
 
 from .diagnosis_schema import FORMAT_VERSION
 from .diagnosis_steps import (
-    DiagnoseOptions, Measured, as_batches, compare_rules, given_names, language_spec, measure,
+    Band, DiagnoseOptions, Measured, as_batches, compare_rules, given_names, language_spec, measure,
     measurement_flags, open_probe, place, probing, profile_reader, resolve_inputs, scored, select_band,
     shard, warm_head,
 )
@@ -172,54 +172,53 @@ def diagnose(
     spec = language_spec(inner)
     task = task_type_of(inner)
     moe = moe_layout(inner)
-    probe_set = as_batches(data, tokenizer, opts, causal_lm=spec.causal and task == "causal-lm")
-    placement = place(model, device, opts.precision)
+    probe_set = as_batches(data, tokenizer, batches=batches, batch_size=batch_size, max_length=max_length, seed=seed,
+                           causal_lm=spec.causal and task == "causal-lm")
+    placement = place(model, device, precision)
     warmed = warm_head(model, tokenizer, warmup_data, data_name, task, opts) if head_warmup else None
     mine = shard(probe_set, placement)
     with probing(model, dropout), open_probe(model, spec, moe, opts) as probe:
         measured = measure(model, probe, mine, placement, opts)
         flags = measurement_flags(measured, moe, spec)
         band = select_band(profile_reader(probe), measured.num_batches, len(measured.layers), opts, flags)
-    terms, chosen, stability = band
-    if not chosen and all(map(math.isfinite, terms["ski"])):
+    if not band.chosen and all(map(math.isfinite, band.terms["ski"])):
         flags.append(f"rule {rule!r} selected no layer (the SKI profile has no strict peak: is it flat? "
                      "--param plateaus=true counts a flat top as a peak)")
-    for row, value in zip(measured.layers, terms["ski"]):
+    for row, value in zip(measured.layers, band.terms["ski"]):
         row["ski"] = float(value)
-    compared = compare_rules(model, measured.layers, chosen, opts, flags) if rules else {}
-    record = {"split": split, "data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})}
-    return _assemble(name, spec, inner, task, moe, opts, measured, band, record, flags, compared)
+    compared = compare_rules(model, measured.layers, band.chosen, opts, flags) if rules else {}
+    where = {"data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})}
+    return _assemble(name, spec, inner, task, moe, opts, measured, band, _config(opts, measured, split, where),
+                     flags, compared)
 
 
-def _assemble(name: str, spec, inner, task: str, moe, opts: DiagnoseOptions, measured: Measured, band,
-              record: dict, flags: list[str], compared: dict) -> Diagnosis:
+def _assemble(name: str, spec, inner, task: str, moe, opts: DiagnoseOptions, measured: Measured, band: Band,
+              config: dict, flags: list[str], compared: dict) -> Diagnosis:
     """The ``Diagnosis`` of one probe run: the measured profiles, the band with its SKI terms and
-    stability, and the settings the run used (``config``), as diagnosis.json stores them."""
-    terms, chosen, stability = band
-    ski, ski_params = [float(v) for v in terms["ski"]], opts.ski_params
+    stability, the settings the run used (``config``), as diagnosis.json stores them."""
+    ski, ski_params, stability = [float(v) for v in band.terms["ski"]], opts.ski_params, list(band.stability)
     return Diagnosis(
         model=name, family=spec.family, num_layers=len(measured.layers), layers=measured.layers,
-        inflection_layers=chosen, ski=ski, entropy_term=[float(v) for v in terms["entropy_term"]],
-        grad_term=[float(v) for v in terms["grad_term"]],
+        inflection_layers=band.chosen, ski=ski, entropy_term=[float(v) for v in band.terms["entropy_term"]],
+        grad_term=[float(v) for v in band.terms["grad_term"]],
         peaks=local_maxima(ski, ski_params["boundary"], ski_params["plateaus"]) if all(map(math.isfinite, ski)) else [],
-        stability=list(stability), selection={"rule": opts.rule, "parameters": opts.params, "stability": list(stability),
-                                              "resamples": opts.resamples,
-                                              "ski": {k: ski_params[k] for k in ("alpha", "variant")}},
-        groups=measured.groups, lora_targets=list(spec.lora_targets), config=_config(opts, measured, record),
+        stability=stability, selection={"rule": opts.rule, "parameters": opts.params, "stability": list(stability),
+                                        "resamples": opts.resamples,
+                                        "ski": {k: ski_params[k] for k in ("alpha", "variant")}},
+        groups=measured.groups, lora_targets=list(spec.lora_targets), config=config,
         flags=flags, rules=compared, task_type=task, output=measured.output,
         head_modules=head_modules(inner) if task == "classification" else [],
         moe=moe.to_dict() if moe else {},
     )
 
 
-def _config(opts: DiagnoseOptions, measured: Measured, record: dict) -> dict:
-    """diagnosis.json's ``config``: how the probe ran, so a reader can repeat it (``record``: the
-    split, data name, placement and head warm-up worked out on the way)."""
-    return {"split": record["split"], "batches": opts.batches, "batch_size": opts.batch_size,
-            "max_length": opts.max_length, "seed": opts.seed, "dropout": opts.dropout,
-            "probe_batches": measured.num_batches, "attention": measured.attention_mode,
-            "entropy_queries": opts.entropy_queries, "mean_loss": measured.mean_loss,
-            **{k: v for k, v in record.items() if k != "split"}}
+def _config(opts: DiagnoseOptions, measured: Measured, split: str, where: dict) -> dict:
+    """diagnosis.json's ``config``: how the probe ran, so a reader can repeat it (``where``: the data
+    as given, the placement and the head warm-up, worked out on the way)."""
+    return {"split": split, "batches": opts.batches, "batch_size": opts.batch_size, "max_length": opts.max_length,
+            "seed": opts.seed, "dropout": opts.dropout, "probe_batches": measured.num_batches,
+            "attention": measured.attention_mode, "entropy_queries": opts.entropy_queries,
+            "mean_loss": measured.mean_loss, **where}
 
 
 def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: int = 0) -> dict:

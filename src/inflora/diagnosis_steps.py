@@ -120,18 +120,18 @@ def language_spec(inner: nn.Module):
     return spec
 
 
-def as_batches(data, tokenizer, opts: DiagnoseOptions, causal_lm: bool) -> list:
+def as_batches(data, tokenizer, *, batches: int, batch_size: int, max_length: int, seed: int, causal_lm: bool) -> list:
     """The probe's batches: given as a list of batches (the first ``batches`` of them), or encoded
     from a dataset the way the model's loss needs (instruction data only for a causal LM)."""
     if isinstance(data, list) and data and isinstance(data[0], dict):
-        return data[:opts.batches]
+        return data[:batches]
     if isinstance(data, list):
         raise DataError("no probe batches were given (empty list)")
     if not isinstance(data, TextDataset):
         raise DataError(f"cannot diagnose on {type(data).__name__}; pass a task name, a TextDataset or a list of batches")
     if tokenizer is None:
         raise ConfigError("a tokenizer is needed to encode a dataset; pass tokenizer=")
-    sizes = dict(batches=opts.batches, batch_size=opts.batch_size, max_length=opts.max_length, seed=opts.seed)
+    sizes = dict(batches=batches, batch_size=batch_size, max_length=max_length, seed=seed)
     if task_type(data) == CAUSAL_LM:
         if not causal_lm:
             raise ConfigError(f"{data.name} is instruction data: it needs a causal LM (load_model(..., task='causal-lm'))")
@@ -256,7 +256,17 @@ def measurement_flags(measured: Measured, moe, spec) -> list[str]:
     return flags
 
 
-def select_band(profile_for, n_batches: int, n_layers: int, opts: DiagnoseOptions, flags: list[str]):
+@dataclass
+class Band:
+    """The rule's choice: SKI's terms per layer (reported whatever the rule), the chosen layers and
+    how often the bootstrap chose each layer."""
+
+    terms: dict[str, list[float]]
+    chosen: list[int]
+    stability: list[float]
+
+
+def select_band(profile_for, n_batches: int, n_layers: int, opts: DiagnoseOptions, flags: list[str]) -> Band:
     """SKI terms, the rule's band and its bootstrap stability; a profile the rule cannot score (e.g.
     non-finite) becomes a flag and NaN terms rather than an exception, so the diagnosis still reports."""
     entropy, grad = profile_for(None)
@@ -268,8 +278,8 @@ def select_band(profile_for, n_batches: int, n_layers: int, opts: DiagnoseOption
     except DataError as exc:
         flags.append(str(exc))
         nan = [math.nan] * n_layers
-        return {"ski": nan, "entropy_term": nan, "grad_term": nan}, [], nan
-    return terms, chosen, stability
+        return Band({"ski": nan, "entropy_term": nan, "grad_term": nan}, [], nan)
+    return Band(terms, chosen, stability)
 
 
 def compare_rules(model, layers: list[dict], chosen: list[int], opts: DiagnoseOptions, flags: list[str]) -> dict:
