@@ -72,15 +72,13 @@ def moe_table(d):
 
 
 # Options only ``diagnose`` takes (the shared ones are in ``options.py``).
-Split = Annotated[Optional[str], option(DATA, "split to probe on (default: validation of a task, all of a "
-                                                     "user file; train/validation/test of a file are its 80/10/10 "
-                                                     "split)")]
+Split = Annotated[Optional[str], option(DATA, "split to probe on (default: validation of a task, all of a user "
+                                              "file; train/validation/test of a file are its 80/10/10 split)")]
 Rule = Annotated[str, option(SELECTION, "rule that chooses the band: ski, ski-decay, topk, threshold (or a "
-                                               "gradient/entropy rule)")]
+                                        "gradient/entropy rule)")]
 Param = Annotated[list[str], option(SELECTION, "rule parameter key=value (repeatable), e.g. alpha=0.3")]
 Resamples = Annotated[int, option(SELECTION, "bootstrap resamples for the stability estimate")]
-Fsdp = Annotated[bool, option(MODEL, "under torchrun: shard the model with FSDP2 (every rank probes every "
-                                            "batch)")]
+Fsdp = Annotated[bool, option(MODEL, "under torchrun: shard the model with FSDP2 (every rank probes every batch)")]
 Attention = Annotated[Optional[str], option(
     PROBE, "how attention entropy is measured: streaming (beside SDPA, memory linear in context length; default "
     "where the family allows it) or eager (attention maps; the fallback for MPNet)")]
@@ -91,10 +89,9 @@ HeadWarmup = Annotated[int, option(
     PROBE, "first fit the classification head alone for N steps on the task's train split (frozen features), so "
     "gradients are not shaped by a random head")]
 Tower = Annotated[str, option(MODEL, "multimodal models: which block list to diagnose, language or vision "
-                                            "(text-only data serves the language tower)")]
+                                     "(text-only data serves the language tower)")]
 WeightsOnly = Annotated[bool, option(SELECTION, "with --rules: no data, no backward pass; only weight rules "
-                                                       "(spectrum-snr, kappa, alpha-hts) and random/all",
-                                            "--weights-only")]
+                                                "(spectrum-snr, kappa, alpha-hts) and random/all", "--weights-only")]
 
 
 @command("diagnose")
