@@ -8,25 +8,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torch import nn
-from tqdm.auto import tqdm
 
-from .data import (CAUSAL_LM, TextDataset, instruction_probe_batches, is_user_file, load_any, probe_batches,
-                   task_type)
 from .diagnosis_schema import FORMAT_VERSION
+from .diagnosis_steps import (
+    Band, DiagnoseOptions, Measured, as_batches, compare_rules, given_names, language_spec, measure,
+    measurement_flags, open_probe, place, probing, profile_reader, resolve_inputs, scored, select_band,
+    shard, warm_head,
+)
+from .diagnosis_steps import as_batches as _as_batches  # noqa: F401  (the old name; tests build batches with it)
+from .diagnosis_steps import load_model_for  # noqa: F401  (public: experiments load a model for a task with it)
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .validate import check_values
-from .metrics.accumulate import gather_batches
-from .models import arch_for, get_blocks, hf_model, load_model, set_tower
+from .models import get_blocks, hf_model
 from .models.moe import moe_layout
-from .probe import LayerProbe, probe_step
-from .select import (
-    RULES, RuleInputs, bootstrap_stability, local_maxima, rule_needs, rule_parameters, score_rules, select_layers, ski_terms,
-)
+from .select import RuleInputs, local_maxima
 from .strategies.lora import head_modules, task_type_of
-
-# Per-layer probe results that rules may read (``select.RuleInputs.profiles``).
-PROFILE_KEYS = ("attention_entropy", "activation_grad_norm", "param_grad_norm", "io_cka")
 
 
 @dataclass
@@ -115,85 +112,6 @@ def _nan_for_null(obj):
     return obj
 
 
-def _as_batches(data, tokenizer, *, batches, batch_size, max_length, seed, causal_lm):
-    if isinstance(data, list) and data and isinstance(data[0], dict):
-        return data[:batches]
-    if isinstance(data, list):
-        raise DataError("no probe batches were given (empty list)")
-    if not isinstance(data, TextDataset):
-        raise DataError(f"cannot diagnose on {type(data).__name__}; pass a task name, a TextDataset or a list of batches")
-    if tokenizer is None:
-        raise ConfigError("a tokenizer is needed to encode a dataset; pass tokenizer=")
-    if task_type(data) == CAUSAL_LM:
-        if not causal_lm:
-            raise ConfigError(f"{data.name} is instruction data: it needs a causal LM (load_model(..., task='causal-lm'))")
-        return instruction_probe_batches(data, tokenizer, batches=batches, batch_size=batch_size,
-                                         max_length=max_length, seed=seed)
-    return probe_batches(data, tokenizer, batches=batches, batch_size=batch_size, max_length=max_length,
-                         seed=seed, causal_lm=causal_lm)
-
-
-def load_model_for(name: str, data, seed: int | None = None, tower: str = "language"):
-    """``(model, tokenizer)`` for ``data``: a causal LM for instruction data, else a classifier with
-    as many labels as the data has (at least two). With ``seed`` a newly initialised head is the
-    same on every run and on every process (under DDP/FSDP the ranks must hold one model)."""
-    if seed is not None:
-        import torch
-
-        torch.manual_seed(seed)
-    if task_type(data) == CAUSAL_LM:
-        return load_model(name, task=CAUSAL_LM, tower=tower)
-    return load_model(name, num_labels=max(getattr(data, "num_labels", 2), 2), tower=tower)
-
-
-def _resolve_inputs(model, data, tokenizer, *, split, data_dir, columns, fsdp, device, precision, seed, tower=None):
-    """Load what was given by name: the data (``load_any``; a user file whole unless ``split`` says)
-    and a model that fits it; shard the model over the processes when ``fsdp``. Returns
-    (model, tokenizer, data, split, device), device None once FSDP has placed the shards."""
-    if isinstance(data, (str, os.PathLike)):
-        split = split or ("all" if is_user_file(data) else "validation")
-        data = load_any(data, split, data_dir, **(columns or {}))
-    if isinstance(model, str):
-        model, tokenizer = load_model_for(model, data, seed, tower or "language")
-    elif tower is not None:
-        set_tower(model, tower)
-    if fsdp:
-        from .devices import resolve_device
-        from .models.sharding import fsdp_shard
-
-        model, device = fsdp_shard(model, resolve_device(device or "auto", precision).device), None
-    return model, tokenizer, data, split or "validation", device
-
-
-def _shard(batches: list, placement: dict) -> list:
-    """Data-parallel (DDP-style): rank r probes batches r, r + world, …; under FSDP every rank probes
-    every batch (the model is what is split), so each gradient is one batch's full gradient."""
-    import torch.distributed as dist
-
-    world = placement["world_size"]
-    if world == 1 or placement["sharding"] == "fsdp":
-        return batches
-    if world > len(batches):
-        raise ConfigError(f"{world} processes but only {len(batches)} probe batch(es): every process needs at "
-                          f"least one; pass --batches {world} or more, or start fewer processes")
-    return batches[dist.get_rank() :: world]
-
-
-def _place(model: nn.Module, device: str | None, precision: str) -> dict:
-    """Move ``model`` to the chosen device (``None``: leave it where it is) and check the precision
-    there; returns what diagnosis.json records about where the probe ran."""
-    from .devices import check_precision, is_fsdp, launched_world_size, resolve_device
-
-    sharded = is_fsdp(model)
-    if device is not None and not sharded:
-        model.to(resolve_device(device, precision).device)
-    here = next(model.parameters()).device
-    check_precision(precision, here.type)
-    world = launched_world_size()
-    return {"device": str(here), "precision": precision, "world_size": world,
-            "sharding": "fsdp" if sharded else ("ddp" if world > 1 else None)}
-
-
 def diagnose(
     model: nn.Module | str,
     data,
@@ -243,148 +161,64 @@ def diagnose(
     random head; this one change to the model is made in place and recorded in ``config``. ``tower``
     (``language`` or ``vision``) picks the block list of a multimodal model; the band, and every
     config exported from it, name that tower's blocks (text-only data serves the language tower)."""
-    check_values(batches=batches, batch_size=batch_size, max_length=max_length, resamples=resamples, seed=seed,
-                 entropy_queries=entropy_queries, head_warmup=head_warmup)
-    RULES.get(rule)
-    for name in rules or []:
-        RULES.get(name)
-    params = rule_parameters(rule, rule_params)  # recorded in ``selection.parameters``
-    ski_params = {**rule_parameters("ski"), **params}  # SKI is reported with the alpha/variant the rule used
-    name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "name_or_path", type(model).__name__)
-    data_name = str(data) if isinstance(data, (str, os.PathLike)) else getattr(data, "name", "batches")
-    model, tokenizer, data, split, device = _resolve_inputs(model, data, tokenizer, split=split, data_dir=data_dir,
-                                                            columns=columns, fsdp=fsdp, device=device, precision=precision,
-                                                            seed=seed, tower=tower)
+    opts = DiagnoseOptions(split=split, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
+                           rule_params=rule_params, resamples=resamples, seed=seed, dropout=dropout, data_dir=data_dir,
+                           columns=columns, progress=progress, attention=attention, entropy_queries=entropy_queries,
+                           rules=rules, budget=budget, device=device, precision=precision, fsdp=fsdp,
+                           head_warmup=head_warmup, tower=tower)
+    name, data_name = given_names(model, data)
+    model, tokenizer, data, split, device = resolve_inputs(model, data, tokenizer, opts)
     inner = hf_model(model)
-    spec = arch_for(inner)
-    if spec.tower != "language":
-        raise ConfigError(f"diagnosing the {spec.tower} tower of {spec.base_family} needs image inputs, which inflora's "
-                          "data loaders do not feed (text-only data serves the language tower): use --tower language")
-    task_type = task_type_of(inner)
-    causal_lm = spec.causal and task_type == "causal-lm"
+    spec = language_spec(inner)
+    task = task_type_of(inner)
     moe = moe_layout(inner)
-    probe_set = _as_batches(data, tokenizer, batches=batches, batch_size=batch_size,
-                            max_length=max_length, seed=seed, causal_lm=causal_lm)
-    placement = _place(model, device, precision)
-    warmed = _warm_head(model, tokenizer, head_warmup, warmup_data, data_name, task_type,
-                        dict(batch_size=batch_size, max_length=max_length, seed=seed, data_dir=data_dir,
-                             columns=columns)) if head_warmup else None
-    mine = _shard(probe_set, placement)
-    was_training = model.training
-    saved_grads = {p: p.grad for p in model.parameters()}
-    model.train(dropout)
-    losses = []
-    try:
-        entropy_options = {"queries": entropy_queries, "seed": seed}
-        extra = ["block_io"] if any("forward" in rule_needs(n) for n in rules or []) else []
-        ffn = ["moe"] if moe else ["dormant"]  # dormant units read a dense FFN; MoE blocks get the router/expert probe
-        with LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", *ffn, "output", *extra], attention=attention,
-                        attention_entropy=entropy_options, block_io={"pooling": "last" if spec.causal else "mean"},
-                        param_grad={"sparse_embeddings": True}) as probe:
-            attention_mode = probe.attention_mode
-            for batch in tqdm(mine, desc="diagnose", unit="batch", disable=not progress):
-                losses.append(probe_step(model, probe, batch, precision))
-            if placement["sharding"] == "ddp":
-                probe.gather()
-                losses = gather_batches(losses)
-            layers = probe.layer_results()
-            groups = probe.group_results()
-            output = probe.summaries().get("output", {})
-            unmeasured = probe.summaries().get("attention_entropy", {})
-            n_batches = probe.num_batches()
-
-            def profile_for(idx):
-                rows = probe.layer_results(idx, only=("attention_entropy", "activation_grad"))
-                return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
-
-            flags = _flags(layers, losses, output) + _structure_flags(moe)
-            if spec.entropy_note:
-                flags.append(f"attention entropy ({spec.family}): {spec.entropy_note}")
-            if unmeasured:
-                flags.append(f"attention entropy, layers {unmeasured['unmeasured_layers']}: {unmeasured['why']}")
-            terms, chosen, stability = _select_band(profile_for, n_batches, len(layers), rule, params, ski_params,
-                                                    resamples, seed, flags)
-    finally:
-        model.train(was_training)
-        for p, g in saved_grads.items():  # the caller's gradients (usually none) are put back
-            p.grad = g
-    if not chosen and all(map(math.isfinite, terms["ski"])):
+    probe_set = as_batches(data, tokenizer, batches=batches, batch_size=batch_size, max_length=max_length, seed=seed,
+                           causal_lm=spec.causal and task == "causal-lm")
+    placement = place(model, device, precision)
+    warmed = warm_head(model, tokenizer, warmup_data, data_name, task, opts) if head_warmup else None
+    mine = shard(probe_set, placement)
+    with probing(model, dropout), open_probe(model, spec, moe, opts) as probe:
+        measured = measure(model, probe, mine, placement, opts)
+        flags = measurement_flags(measured, moe, spec)
+        band = select_band(profile_reader(probe), measured.num_batches, len(measured.layers), opts, flags)
+    if not band.chosen and all(map(math.isfinite, band.terms["ski"])):
         flags.append(f"rule {rule!r} selected no layer (the SKI profile has no strict peak: is it flat? "
                      "--param plateaus=true counts a flat top as a peak)")
-    ski = [float(v) for v in terms["ski"]]
-    for row, s in zip(layers, ski):
-        row["ski"] = s
-    compared = _compare_rules(model, rules, layers, chosen, budget, seed, {rule: params}, flags) if rules else {}
+    for row, value in zip(measured.layers, band.terms["ski"]):
+        row["ski"] = float(value)
+    compared = compare_rules(model, measured.layers, band.chosen, opts, flags) if rules else {}
+    where = {"data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})}
+    return _assemble(name, spec, inner, task, moe, opts, measured, band, _config(opts, measured, split, where),
+                     flags, compared)
+
+
+def _assemble(name: str, spec, inner, task: str, moe, opts: DiagnoseOptions, measured: Measured, band: Band,
+              config: dict, flags: list[str], compared: dict) -> Diagnosis:
+    """The ``Diagnosis`` of one probe run: the measured profiles, the band with its SKI terms and
+    stability, the settings the run used (``config``), as diagnosis.json stores them."""
+    ski, ski_params, stability = [float(v) for v in band.terms["ski"]], opts.ski_params, list(band.stability)
     return Diagnosis(
-        model=str(name), family=spec.family, num_layers=len(layers), layers=layers, inflection_layers=chosen,
-        ski=ski, entropy_term=[float(v) for v in terms["entropy_term"]], grad_term=[float(v) for v in terms["grad_term"]],
+        model=name, family=spec.family, num_layers=len(measured.layers), layers=measured.layers,
+        inflection_layers=band.chosen, ski=ski, entropy_term=[float(v) for v in band.terms["entropy_term"]],
+        grad_term=[float(v) for v in band.terms["grad_term"]],
         peaks=local_maxima(ski, ski_params["boundary"], ski_params["plateaus"]) if all(map(math.isfinite, ski)) else [],
-        stability=list(stability), selection={"rule": rule, "parameters": params, "stability": list(stability), "resamples": resamples,
-                                              "ski": {k: ski_params[k] for k in ("alpha", "variant")}},
-        groups=groups, lora_targets=list(spec.lora_targets),
-        config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,
-                "dropout": dropout, "probe_batches": n_batches, "attention": attention_mode,
-                "entropy_queries": entropy_queries, "mean_loss": sum(losses) / len(losses) if losses else math.nan,
-                "data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})},
-        flags=flags, rules=compared, task_type=task_type, output=output,
-        head_modules=head_modules(inner) if task_type == "classification" else [],
+        stability=stability, selection={"rule": opts.rule, "parameters": opts.params, "stability": list(stability),
+                                        "resamples": opts.resamples,
+                                        "ski": {k: ski_params[k] for k in ("alpha", "variant")}},
+        groups=measured.groups, lora_targets=list(spec.lora_targets), config=config,
+        flags=flags, rules=compared, task_type=task, output=measured.output,
+        head_modules=head_modules(inner) if task == "classification" else [],
         moe=moe.to_dict() if moe else {},
     )
 
 
-def _select_band(profile_for, n_batches: int, n_layers: int, rule: str, params: dict, ski_params: dict,
-                 resamples: int, seed: int, flags: list[str]):
-    """SKI terms, the rule's band and its bootstrap stability; a profile the rule cannot score (e.g.
-    non-finite) becomes a flag and NaN terms rather than an exception, so the diagnosis still reports."""
-    entropy, grad = profile_for(None)
-    try:
-        terms = ski_terms(entropy, grad, ski_params["alpha"], ski_params["variant"])
-        chosen = select_layers(rule, entropy, grad, **params)
-        stability = bootstrap_stability(profile_for, n_batches, n_layers, rule, params, resamples=resamples, seed=seed)
-    except DataError as exc:
-        flags.append(str(exc))
-        nan = [math.nan] * n_layers
-        return {"ski": nan, "entropy_term": nan, "grad_term": nan}, [], nan
-    return terms, chosen, stability
-
-
-def _compare_rules(model, rules, layers, chosen, budget, seed, params, flags) -> dict:
-    """Every requested rule at K blocks (``budget`` layers=K, else the band's size), on the probe's
-    profiles and the model's weights; with ``params=N``, each rule's rank for N LoRA parameters."""
-    from .strategies.budget import Budget
-
-    budget = budget or Budget()
-    k = budget.layers or len(chosen)
-    if k == 0:
-        flags.append("rules not compared: the band is empty, so give the budget explicitly (--budget layers=K)")
-        return {}
-    profiles = {key: [r[key] for r in layers] for key in PROFILE_KEYS if all(key in r for r in layers)}
-    return _scored(model, rules, RuleInputs(len(layers), blocks=get_blocks(hf_model(model)), profiles=profiles, seed=seed), k, budget, params)
-
-
-def _scored(model, rules, inputs, k, budget, params=None) -> dict:
-    from .strategies.budget import match_budget
-
-    result = score_rules(rules, inputs, k, params)
-    result["budget"] = {**budget.to_dict(), "k": k}
-    selections = {n: r["selected"] for n, r in result["rules"].items()}
-    for name, sizes in match_budget(hf_model(model), selections, budget).items():
-        result["rules"][name].update(sizes)
-    return result
-
-
-def _warm_head(model, tokenizer, steps: int, warmup_data, data_name: str, task_type: str, opts: dict) -> dict:
-    from .strategies.head_warmup import warm_head
-
-    if task_type != "classification":
-        raise ConfigError("--head-warmup fits a classification head; this model has none")
-    if warmup_data is None:
-        if data_name == "batches":
-            raise ConfigError("--head-warmup needs training data: give the task by name or pass warmup_data")
-        warmup_data = load_any(data_name, "train", opts["data_dir"], **(opts["columns"] or {}))
-    batches = probe_batches(warmup_data, tokenizer, batches=min(steps, 64), batch_size=opts["batch_size"],
-                            max_length=opts["max_length"], seed=opts["seed"] + 1)
-    return warm_head(model, batches, steps)
+def _config(opts: DiagnoseOptions, measured: Measured, split: str, where: dict) -> dict:
+    """diagnosis.json's ``config``: how the probe ran, so a reader can repeat it (``where``: the data
+    as given, the placement and the head warm-up, worked out on the way)."""
+    return {"split": split, "batches": opts.batches, "batch_size": opts.batch_size, "max_length": opts.max_length,
+            "seed": opts.seed, "dropout": opts.dropout, "probe_batches": measured.num_batches,
+            "attention": measured.attention_mode, "entropy_queries": opts.entropy_queries,
+            "mean_loss": measured.mean_loss, **where}
 
 
 def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: int = 0) -> dict:
@@ -399,7 +233,7 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
     inner = hf_model(model)
     blocks = get_blocks(inner)
     k = budget_blocks(budget)
-    return _scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
+    return scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
 
 
 def budget_blocks(budget) -> int:
@@ -408,26 +242,3 @@ def budget_blocks(budget) -> int:
         raise ConfigError("without data there is no band to size the budget: give --budget layers=K "
                           "(with a parameter budget: layers=K,params=N)")
     return budget.layers
-
-
-def _structure_flags(moe) -> list[str]:
-    """What this model's structure keeps the probe from measuring, said instead of left out silently
-    (what the attention entropy cannot measure is the spec's ``entropy_note``, flagged beside it)."""
-    if moe:
-        return ["dormant FFN units are measured on dense blocks and on shared experts only, not on routed "
-                "experts (see the MoE columns instead)"]
-    return []
-
-
-def _flags(layers: list[dict], losses: list[float], output: dict) -> list[str]:
-    flags = []
-    if output.get("nonfinite_batches"):
-        flags.append(f"output: {output['nonfinite_batches']} batch(es) with non-finite logits, left out of the output section")
-    bad_loss = sum(1 for v in losses if not math.isfinite(v))
-    if bad_loss:
-        flags.append(f"{bad_loss} probe batch(es) had a non-finite loss")
-    for row in layers:
-        for key in ("activation_grad_nonfinite_batches", "param_grad_nonfinite_batches"):
-            if row.get(key):
-                flags.append(f"layer {row['layer']}: {row[key]} batch(es) with non-finite {key.split('_nonfinite')[0].replace('_', ' ')}s")
-    return flags

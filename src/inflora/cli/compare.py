@@ -4,61 +4,63 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
-
-import typer
+from typing import Annotated, Optional
 
 from ..validate import LORA_DEFAULTS
 from . import command
+from .options import (
+    PROBE, SELECTION, Batches, BatchSize, CompletionColumn, DataDir, Device, Epochs, LimitEval, LimitTrain, LoraAlpha,
+    LoraR, LoraTargets, Lr, MaxLength, MessagesColumn, Model, Out, Precision, PromptColumn, RuleBudget, Rules, Seeds,
+    Task, option,
+)
 from .experiment import _split
 from .output import console as make_console
 from .output import layer_ranges, table
 
 
+# Options only ``compare`` takes (the shared ones are in ``options.py``).
+DiagnoseBatchSize = Annotated[int, option(PROBE, "batch size of the one diagnosis")]
+Oracle = Annotated[bool, option(SELECTION, "also the per-block oracle: LoRA on each block alone and on all but it")]
+OracleBlocks = Annotated[Optional[str], option(SELECTION, "the oracle's blocks, e.g. 0,4,8 (default all; needed "
+                                                          "above 48)")]
+
+
 @command("compare")
 def compare_cmd(
-    model: str = typer.Option("minilm", help="model name or local path"),
-    task: str = typer.Option("rotten_tomatoes", help="built-in task (rotten_tomatoes, sst2, rt-instruct: a causal LM) "
-                             "or a .csv/.jsonl/.parquet file"),
-    rules: str = typer.Option("ski,top-grad,spectrum-snr,kappa,cka-io,random,all", help="rules to compare (see `inflora info`)"),
-    seeds: str = typer.Option("42,43,44"),
-    budget: Optional[str] = typer.Option(None, help="layers=K (default: SKI's band size), params=N, or layers=K,params=N"),
-    epochs: int = typer.Option(1),
-    limit_train: Optional[int] = typer.Option(None, help="stratified training subset"),
-    limit_eval: Optional[int] = typer.Option(None, help="stratified validation/test subsets"),
-    batch_size: int = typer.Option(32),
-    max_length: int = typer.Option(64),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default: LoRA's 5e-4)"),
-    lora_r: int = typer.Option(LORA_DEFAULTS.r, help="LoRA rank (with params=N: chosen per rule instead)"),
-    lora_alpha: int = typer.Option(LORA_DEFAULTS.alpha),
-    lora_targets: Optional[str] = typer.Option(None, help="LoRA targets: qkv (default) | attention | mlp | all | names"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16: GPU only)"),
-    batches: int = typer.Option(8, help="probe batches of the one diagnosis"),
-    diagnose_batch_size: int = typer.Option(32),
-    data_dir: Optional[str] = typer.Option(None),
-    prompt_column: str = typer.Option("prompt", help="instruction file: prompt column (a causal LM is loaded)"),
-    completion_column: str = typer.Option("completion", help="instruction file: completion column"),
-    messages_column: str = typer.Option("messages", help="instruction file: chat messages column"),
-    oracle: bool = typer.Option(False, help="also the per-block oracle: LoRA on each block alone and on all but it"),
-    blocks: Optional[str] = typer.Option(None, help="the oracle's blocks, e.g. 0,4,8 (default all; needed above 48)"),
-    out: Path = typer.Option(Path("runs/compare")),
+    model: Model = "minilm",
+    task: Task = "rotten_tomatoes",
+    rules: Rules = "ski,top-grad,spectrum-snr,kappa,cka-io,random,all",
+    seeds: Seeds = "42,43,44",
+    budget: RuleBudget = None,
+    epochs: Epochs = 1,
+    limit_train: LimitTrain = None,
+    limit_eval: LimitEval = None,
+    batch_size: BatchSize = 32,
+    max_length: MaxLength = 64,
+    lr: Lr = None,
+    lora_r: LoraR = LORA_DEFAULTS.r,
+    lora_alpha: LoraAlpha = LORA_DEFAULTS.alpha,
+    lora_targets: LoraTargets = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    batches: Batches = 8,
+    diagnose_batch_size: DiagnoseBatchSize = 32,
+    data_dir: DataDir = None,
+    prompt_column: PromptColumn = "prompt",
+    completion_column: CompletionColumn = "completion",
+    messages_column: MessagesColumn = "messages",
+    oracle: Oracle = False,
+    blocks: OracleBlocks = None,
+    out: Out = Path("runs/compare"),
 ) -> None:
     """Which blocks to adapt, measured: every rule's choice trained at the same budget, with intervals."""
-    from ..experiment.cache import UnitCache
-    from ..experiment.compare import ComparePlan, count_units, run_compare
-    from ..experiment.compare_report import render_compare
-    from ..experiment.compare_results import aggregate_compare
-    from ..io import output_dir
-    from ..strategies.budget import Budget
-
     from ..devices import resolve_device
-    from ..experiment.compare import split_targets
+    from ..experiment.compare import ComparePlan
+    from ..io import output_dir
     from ..validate import parse_blocks
 
     resolve_device(device, precision)
-    spend = Budget.parse(budget)
-    spend = Budget(spend.layers, spend.params, tuple(split_targets(lora_targets) or ()) or None)
+    spend = _budget(budget, lora_targets)
     given = {"prompt_column": prompt_column, "completion_column": completion_column, "messages_column": messages_column}
     columns = {k: v for k, v in given.items() if v != k.removesuffix("_column")} or None
     plan = ComparePlan(model=model, task=task, rules=_split(rules), seeds=_split(seeds, int), budget=spend,
@@ -68,6 +70,26 @@ def compare_cmd(
                        diagnose_batch_size=diagnose_batch_size, data_dir=data_dir, columns=columns, oracle=oracle,
                        blocks=parse_blocks(blocks, "--blocks")).validate()
     output_dir(out)
+    _run(plan, out)
+
+
+def _budget(budget: str | None, lora_targets: str | None):
+    """``--budget`` with the LoRA targets it is counted on (a parameter budget depends on them)."""
+    from ..experiment.compare import split_targets
+    from ..strategies.budget import Budget
+
+    spend = Budget.parse(budget)
+    return Budget(spend.layers, spend.params, tuple(split_targets(lora_targets) or ()) or None)
+
+
+def _run(plan, out: Path) -> None:
+    """Run (or resume) the plan's units, then write the report and print the table; the oracle's
+    report is written as soon as its arms are done."""
+    from ..experiment.cache import UnitCache
+    from ..experiment.compare import count_units, run_compare
+    from ..experiment.compare_report import render_compare
+    from ..experiment.compare_results import aggregate_compare
+
     command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     def report_oracle(diagnosis: dict, arms: dict) -> None:  # written as soon as the oracle's arms are done

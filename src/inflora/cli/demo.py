@@ -3,16 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import typer
-
 from . import command
+from .options import Device, Out, Precision
 from .output import console as make_console
 
 
 @command("demo")
-def demo(out: Path = typer.Option(Path("runs/demo"), help="output folder"),
-         device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
-         precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16: GPU only)")) -> None:
+def demo(out: Out = Path("runs/demo"), device: Device = "auto", precision: Precision = "fp32") -> None:
     """Diagnose MiniLM on Rotten Tomatoes, fine-tune lora-inflection and lora-all briefly, and compare."""
     from ..devices import resolve_device
     from ..experiment.demo import reading, run_demo

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
-import typer
 from rich.console import Console
 
 from . import command
+from .options import (
+    DATA, MODEL, PROBE, SELECTION, Batches, BatchSize, CompletionColumn, DataDir, Device, LabelColumn, MaxLength,
+    MessagesColumn, Model, Out, Precision, PromptColumn, RuleBudget, Rules, Seed, Task, TextColumn, option,
+)
 from .output import console as make_console
 from .output import layer_ranges, table
 
@@ -68,72 +71,71 @@ def moe_table(d):
     return t
 
 
+# Options only ``diagnose`` takes (the shared ones are in ``options.py``).
+Split = Annotated[Optional[str], option(DATA, "split to probe on (default: validation of a task, all of a user "
+                                              "file; train/validation/test of a file are its 80/10/10 split)")]
+Rule = Annotated[str, option(SELECTION, "rule that chooses the band: ski, ski-decay, topk, threshold (or a "
+                                        "gradient/entropy rule)")]
+Param = Annotated[list[str], option(SELECTION, "rule parameter key=value (repeatable), e.g. alpha=0.3")]
+Resamples = Annotated[int, option(SELECTION, "bootstrap resamples for the stability estimate")]
+Fsdp = Annotated[bool, option(MODEL, "under torchrun: shard the model with FSDP2 (every rank probes every batch)")]
+Attention = Annotated[Optional[str], option(
+    PROBE, "how attention entropy is measured: streaming (beside SDPA, memory linear in context length; default "
+    "where the family allows it) or eager (attention maps; the fallback for MPNet)")]
+EntropyQueries = Annotated[Optional[int], option(
+    PROBE, "estimate attention entropy from N sampled query positions per sequence (streaming only; reports a "
+    "standard error); default: every query, exact")]
+HeadWarmup = Annotated[int, option(
+    PROBE, "first fit the classification head alone for N steps on the task's train split (frozen features), so "
+    "gradients are not shaped by a random head")]
+Tower = Annotated[str, option(MODEL, "multimodal models: which block list to diagnose, language or vision "
+                                     "(text-only data serves the language tower)")]
+WeightsOnly = Annotated[bool, option(SELECTION, "with --rules: no data, no backward pass; only weight rules "
+                                                "(spectrum-snr, kappa, alpha-hts) and random/all", "--weights-only")]
+
+
 @command("diagnose")
 def diagnose_cmd(
-    model: str = typer.Option("minilm", help="model name or path ('minilm' = bundled all-MiniLM-L6-v2)"),
-    task: str = typer.Option("rotten_tomatoes", help="built-in task (rotten_tomatoes, sst2, rt-instruct) or a "
-                             ".csv/.tsv/.jsonl/.parquet file (text/label, or prompt/completion or messages for a causal LM)"),
-    split: Optional[str] = typer.Option(None, help="split to probe on (default: validation of a task, all of a user file; "
-                                        "train/validation/test of a file are its 80/10/10 split)"),
-    batches: int = typer.Option(8, help="number of probe batches"),
-    batch_size: int = typer.Option(32),
-    max_length: int = typer.Option(64),
-    rule: str = typer.Option("ski", help="rule that chooses the band: ski, ski-decay, topk, threshold (or a gradient/entropy rule)"),
-    param: list[str] = typer.Option([], help="rule parameter key=value (repeatable), e.g. alpha=0.3"),
-    resamples: int = typer.Option(200, help="bootstrap resamples for the stability estimate"),
-    seed: int = typer.Option(0),
-    text_column: str = typer.Option("text", help="text column of a user data file"),
-    label_column: str = typer.Option("label", help="label column of a user data file"),
-    prompt_column: str = typer.Option("prompt", help="instruction file: prompt column (a causal LM is loaded)"),
-    completion_column: str = typer.Option("completion", help="instruction file: completion column (the loss covers it only)"),
-    messages_column: str = typer.Option("messages", help="instruction file: chat column (a list of role/content messages)"),
-    data_dir: Optional[str] = typer.Option(None, help="data folder (default: $INFLORA_DATA_DIR, else the HF hub)"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)"),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast of the probe's forward; fp16 GPU only)"),
-    fsdp: bool = typer.Option(False, help="under torchrun: shard the model with FSDP2 (every rank probes every batch)"),
-    out: Path = typer.Option(Path("runs/diagnose"), help="output folder"),
-    attention: Optional[str] = typer.Option(
-        None, help="how attention entropy is measured: streaming (beside SDPA, memory linear in context length; "
-        "default where the family allows it) or eager (attention maps; the fallback for MPNet)"),
-    entropy_queries: Optional[int] = typer.Option(
-        None, help="estimate attention entropy from N sampled query positions per sequence (streaming only; "
-        "reports a standard error); default: every query, exact"),
-    rules: Optional[str] = typer.Option(None, help="also score these rules side by side, e.g. ski,top-grad,spectrum-snr,kappa,cka-io "
-                                        "(see `inflora info`)"),
-    budget: Optional[str] = typer.Option(None, help="for --rules: layers=K (every rule picks K blocks; default: the band's size) "
-                                         "or params=N (LoRA rank per rule for N trainable parameters)"),
-    head_warmup: int = typer.Option(0, help="first fit the classification head alone for N steps on the task's train "
-                                    "split (frozen features), so gradients are not shaped by a random head"),
-    tower: str = typer.Option("language", help="multimodal models: which block list to diagnose, language or "
-                              "vision (text-only data serves the language tower)"),
-    weights_only: bool = typer.Option(False, "--weights-only", help="with --rules: no data, no backward pass; only "
-                                      "weight rules (spectrum-snr, kappa, alpha-hts) and random/all"),
+    model: Model = "minilm",
+    task: Task = "rotten_tomatoes",
+    split: Split = None,
+    batches: Batches = 8,
+    batch_size: BatchSize = 32,
+    max_length: MaxLength = 64,
+    rule: Rule = "ski",
+    param: Param = [],  # noqa: B006 (typer copies the default)
+    resamples: Resamples = 200,
+    seed: Seed = 0,
+    text_column: TextColumn = "text",
+    label_column: LabelColumn = "label",
+    prompt_column: PromptColumn = "prompt",
+    completion_column: CompletionColumn = "completion",
+    messages_column: MessagesColumn = "messages",
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    fsdp: Fsdp = False,
+    out: Out = Path("runs/diagnose"),
+    attention: Attention = None,
+    entropy_queries: EntropyQueries = None,
+    rules: Rules = None,
+    budget: RuleBudget = None,
+    head_warmup: HeadWarmup = 0,
+    tower: Tower = "language",
+    weights_only: WeightsOnly = False,
 ) -> None:
     """Measure per-layer attention entropy and gradient flow, and choose the inflection band."""
+    from ..devices import init_processes, is_main_process
     from ..diagnosis import diagnose
-    from ..devices import init_processes, is_main_process, resolve_device
-    from ..errors import ConfigError
     from ..io import output_dir
-    from ..models.attention import check_attention_mode
-    from ..models.discovery import check_tower
-    from ..reports import write_diagnosis_report
-    from ..select import RULES
     from ..strategies.budget import Budget
-
     from ..validate import check_values
 
     check_values(batches=batches, batch_size=batch_size, max_length=max_length, resamples=resamples, seed=seed,
                  entropy_queries=entropy_queries, head_warmup=head_warmup)  # before the output folder is made
-    if attention is not None:
-        check_attention_mode(attention)
-    check_tower(tower)
-    rule_names = [r.strip() for r in (rules or "").split(",") if r.strip()]
-    for name in rule_names:
-        RULES.get(name)
-    spend = Budget.parse(budget)
-    choice = resolve_device(device, precision)
-    if fsdp and choice.world_size < 2:
-        raise ConfigError("--fsdp needs several processes: torchrun --nproc-per-node N -m inflora diagnose --fsdp …")
+    _check_probe(attention, tower)
+    rule_names, spend = _rule_names(rules), Budget.parse(budget)
+    choice = _placement(device, precision, fsdp)
     output_dir(out)
     if weights_only:
         return _weights_only(model, rule_names, spend, seed, out)
@@ -148,8 +150,45 @@ def diagnose_cmd(
                  attention=attention, entropy_queries=entropy_queries, rules=rule_names or None, budget=spend,
                  device=choice.device, precision=precision, fsdp=fsdp, progress=main, head_warmup=head_warmup,
                  tower=tower)
-    if not main:  # every rank holds the same result; one writes it
-        return
+    if main:  # every rank holds the same result; one writes it
+        _write(d, out)
+
+
+def _rule_names(rules: str | None) -> list[str]:
+    """``--rules a,b`` as names, each known (an unknown one fails before the output folder is made)."""
+    from ..select import RULES
+
+    names = [r.strip() for r in (rules or "").split(",") if r.strip()]
+    for name in names:
+        RULES.get(name)
+    return names
+
+
+def _check_probe(attention: str | None, tower: str) -> None:
+    """The attention mode and tower are names the model layer knows; checked before anything loads."""
+    from ..models.attention import check_attention_mode
+    from ..models.discovery import check_tower
+
+    if attention is not None:
+        check_attention_mode(attention)
+    check_tower(tower)
+
+
+def _placement(device: str, precision: str, fsdp: bool):
+    """Where the probe runs; FSDP needs the processes that torchrun starts."""
+    from ..devices import resolve_device
+    from ..errors import ConfigError
+
+    choice = resolve_device(device, precision)
+    if fsdp and choice.world_size < 2:
+        raise ConfigError("--fsdp needs several processes: torchrun --nproc-per-node N -m inflora diagnose --fsdp …")
+    return choice
+
+
+def _write(d, out: Path) -> None:
+    """diagnosis.json and the reports, then the summary (and the rules side by side) on the terminal."""
+    from ..reports import write_diagnosis_report
+
     d.to_json(out / "diagnosis.json")
     write_diagnosis_report(d, out)
     print_summary(d, out)

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from . import command
+from .options import DataDir, Device, Out, Precision, Seeds
 from .output import console as make_console
 from .output import table
 
@@ -26,16 +27,16 @@ def _split(text: str, cast=str) -> list:
 def experiment_cmd(
     name: str = typer.Argument("sst2-to-rt", help="sst2-to-rt | sst2-to-trec"),
     profile: str = typer.Option("cpu", help="smoke | cpu | cpu-small | cpu-large | paper"),
-    seeds: str = typer.Option("42,43,44"),
+    seeds: Seeds = "42,43,44",
     regimes: str = typer.Option("under,over"),
     strategies: str = typer.Option("full,shallow,lora-all,lora-inflection,lora-random,head"),
     model: Optional[str] = typer.Option(None, help="override the profile's model (name or local path)"),
     budget: Optional[str] = typer.Option(None, help="layers=K: every band strategy (lora-inflection, lora-random, "
                                          "lora-<rule>) trains K blocks; default: SKI's band and its size"),
-    data_dir: Optional[str] = typer.Option(None),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps"),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (fp16: GPU only)"),
-    out: Path = typer.Option(Path("runs/experiment")),
+    data_dir: DataDir = None,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    out: Out = Path("runs/experiment"),
 ) -> None:
     """Source training (UNDER/OVER) on SST-2, diagnosis on the target's validation split, target runs on
     RT or TREC (a new 6-class head; forgetting scored with the source head); cached and resumable."""

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from ..validate import LORA_DEFAULTS
 from . import command
+from .options import LoraAlpha, LoraDropout, LoraR, LoraTargets
 
 
 @command("export")
@@ -18,11 +19,10 @@ def export_cmd(
     model: Optional[str] = typer.Option(None, help="dry-run the config against this model's modules (built on the "
                                         "meta device from its config; a tiny-<family> name, a folder or a hub name)"),
     out: Optional[Path] = typer.Option(None, help="output path (default: next to the diagnosis, named after the format)"),
-    lora_targets: Optional[str] = typer.Option(None, help="qkv (default) | attention | mlp | all | experts (MoE; "
-                                        "with --lora-dropout 0) | comma list of modules"),
-    lora_r: int = typer.Option(LORA_DEFAULTS.r),
-    lora_alpha: int = typer.Option(LORA_DEFAULTS.alpha),
-    lora_dropout: float = typer.Option(LORA_DEFAULTS.dropout),
+    lora_targets: LoraTargets = None,
+    lora_r: LoraR = LORA_DEFAULTS.r,
+    lora_alpha: LoraAlpha = LORA_DEFAULTS.alpha,
+    lora_dropout: LoraDropout = LORA_DEFAULTS.dropout,
 ) -> None:
     """Write the inflection band's LoRA config for PEFT, TRL or Axolotl; with --model, check that every
     target and band layer matches modules of that model first."""

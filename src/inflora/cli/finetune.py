@@ -7,13 +7,18 @@ from __future__ import annotations
 import functools
 import inspect
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from ..validate import LORA_DEFAULTS, parse_blocks
 from . import command
+from .options import (
+    MODEL, OUTPUT, TRAINING, BatchSize, CompletionColumn, DataDir, Device, Epochs, K, LabelColumn, LimitEval,
+    LimitTrain, LisaInterval, LoraAlpha, LoraDropout, LoraR, LoraTargets, Lr, MaxLength, MessagesColumn, Model, Out,
+    Precision, PromptColumn, Seed, Task, TextColumn, option,
+)
 from .output import console as make_console
 from .output import layer_ranges, table
 
@@ -42,84 +47,112 @@ def with_remedy_options(fn):
     def wrapper(**kwargs):
         return fn(remedy_values={p.name: kwargs.pop(p.name, None) for p in extra}, **kwargs)
 
-    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "remedy_values"]
+    own = [p for p in inspect.signature(fn, eval_str=True).parameters.values() if p.name != "remedy_values"]
     wrapper.__signature__ = inspect.Signature(own + extra)
     return wrapper
+
+
+# Options only ``finetune`` takes (the shared ones are in ``options.py``).
+Strategy = Annotated[str, option(TRAINING, "full, head, shallow, lora-all, lora-inflection, lora-random")]
+Optimizer = Annotated[str, option(TRAINING, "adamw | sgd (plain SGD, no momentum: what --remedy dal assumes)")]
+DiagnosisFile = Annotated[Optional[str], option(TRAINING, "diagnosis.json giving the band")]
+Layers = Annotated[Optional[str], option(TRAINING, "explicit band, e.g. 0,1,4")]
+Init = Annotated[Optional[str], option(MODEL, "start from a saved fine-tuned model folder")]
+LogEvery = Annotated[int, option(OUTPUT, "log the gradient profile every N steps")]
+Remedy = Annotated[list[str], option(TRAINING, "training remedy (repeatable): spectral-decoupling, redo, "
+                                               "nm-sparsity, dal, grokfast, spam; its options are listed below")]
+SaveModel = Annotated[bool, option(OUTPUT, "save the final model (usable with --init)")]
+GradAccum = Annotated[int, option(TRAINING, "micro-batches of --batch-size per optimizer step (per process)")]
 
 
 @command("finetune")
 @with_remedy_options
 def finetune_cmd(
-    model: str = typer.Option("minilm", help="model name or path"),
-    task: str = typer.Option("rotten_tomatoes", help="built-in task (rt-instruct: for a causal LM) or a "
-                             ".csv/.tsv/.jsonl/.parquet file (split 80/10/10, or one file per split: data/{split}.csv)"),
-    text_column: str = typer.Option("text", help="text column of a user data file"),
-    label_column: str = typer.Option("label", help="label column of a user data file"),
-    prompt_column: str = typer.Option("prompt", help="instruction file: prompt column (a causal LM is trained)"),
-    completion_column: str = typer.Option("completion", help="instruction file: completion column (the loss covers it only)"),
-    messages_column: str = typer.Option("messages", help="instruction file: chat column (a list of role/content messages)"),
-    strategy: str = typer.Option("lora-inflection", help="full, head, shallow, lora-all, lora-inflection, lora-random"),
-    epochs: int = typer.Option(1),
-    seed: int = typer.Option(42),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default: per strategy)"),
-    optimizer: str = typer.Option("adamw", help="adamw | sgd (plain SGD, no momentum: what --remedy dal assumes)"),
-    batch_size: int = typer.Option(32),
-    max_length: int = typer.Option(64),
-    diagnosis: Optional[str] = typer.Option(None, help="diagnosis.json giving the band"),
-    layers: Optional[str] = typer.Option(None, help="explicit band, e.g. 0,1,4"),
-    k: int = typer.Option(2, help="shallow: number of top blocks to unfreeze; lisa: number of active blocks"),
-    lisa_interval: int = typer.Option(20, help="lisa: resample the active blocks every N optimizer steps"),
-    lora_r: int = typer.Option(LORA_DEFAULTS.r),
-    lora_alpha: int = typer.Option(LORA_DEFAULTS.alpha),
-    lora_dropout: float = typer.Option(LORA_DEFAULTS.dropout),
-    lora_targets: Optional[str] = typer.Option(None, help="LoRA targets: qkv (default) | attention (+ output projection) "
-                                               "| mlp | all | experts (MoE: fused expert weights; needs --lora-dropout 0) "
-                                               "| comma list of module names"),
-    init: Optional[str] = typer.Option(None, help="start from a saved fine-tuned model folder"),
-    limit_train: Optional[int] = typer.Option(None, help="stratified subset of the training split"),
-    limit_eval: Optional[int] = typer.Option(None, help="stratified subset of validation/test"),
-    log_every: int = typer.Option(10, help="log the gradient profile every N steps"),
-    remedy: list[str] = typer.Option([], help="training remedy (repeatable): spectral-decoupling, redo, nm-sparsity, "
-                                     "dal, grokfast, spam; its options are listed below"),
-    save_model: bool = typer.Option(False, help="save the final model (usable with --init)"),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)"),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, GPU only)"),
-    grad_accum: int = typer.Option(1, help="micro-batches of --batch-size per optimizer step (per process)"),
-    data_dir: Optional[str] = typer.Option(None),
-    out: Path = typer.Option(Path("runs/finetune")),
+    model: Model = "minilm",
+    task: Task = "rotten_tomatoes",
+    text_column: TextColumn = "text",
+    label_column: LabelColumn = "label",
+    prompt_column: PromptColumn = "prompt",
+    completion_column: CompletionColumn = "completion",
+    messages_column: MessagesColumn = "messages",
+    strategy: Strategy = "lora-inflection",
+    epochs: Epochs = 1,
+    seed: Seed = 42,
+    lr: Lr = None,
+    optimizer: Optimizer = "adamw",
+    batch_size: BatchSize = 32,
+    max_length: MaxLength = 64,
+    diagnosis: DiagnosisFile = None,
+    layers: Layers = None,
+    k: K = 2,
+    lisa_interval: LisaInterval = 20,
+    lora_r: LoraR = LORA_DEFAULTS.r,
+    lora_alpha: LoraAlpha = LORA_DEFAULTS.alpha,
+    lora_dropout: LoraDropout = LORA_DEFAULTS.dropout,
+    lora_targets: LoraTargets = None,
+    init: Init = None,
+    limit_train: LimitTrain = None,
+    limit_eval: LimitEval = None,
+    log_every: LogEvery = 10,
+    remedy: Remedy = [],  # noqa: B006 (typer copies the default)
+    save_model: SaveModel = False,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    grad_accum: GradAccum = 1,
+    data_dir: DataDir = None,
+    out: Out = Path("runs/finetune"),
     remedy_values: dict | None = None,
 ) -> None:
     """Fine-tune with one strategy; resumable (re-run the same command after an interruption).
 
     Several processes: torchrun --nproc-per-node N -m inflora finetune ... (or accelerate launch); the global
     batch is --batch-size x processes x --grad-accum."""
-    from ..devices import is_main_process, resolve_device
+    given = dict(locals())  # the options by name: FinetuneConfig's field names
+    from ..devices import is_main_process
     from ..io import output_dir
-    from ..remedies import options_by_remedy
-    from ..reports import write_finetune_report
-    from ..strategies import STRATEGIES
-    from ..training import FinetuneConfig, finetune
+    from ..training import finetune
     from ..training.finetune import check_config
+
+    remedies = _remedy_options(strategy, device, precision, remedy, remedy_values)
+    output_dir(out)
+    cfg = _config(given, remedies)
+    check_config(cfg)
+    m = finetune(cfg, out)
+    if is_main_process():
+        _report(m, out)
+
+
+def _remedy_options(strategy: str, device: str, precision: str, remedy: list[str], values: dict | None) -> dict:
+    """The strategy and device checked, and the remedies' options read from their flags' text,
+    before the output folder is made."""
+    from ..devices import resolve_device
+    from ..remedies import options_by_remedy
+    from ..strategies import STRATEGIES
 
     STRATEGIES.get(strategy)
     resolve_device(device, precision)
-    options = options_by_remedy(list(remedy), remedy_values or {})
-    output_dir(out)
-    cfg = FinetuneConfig(model=model, task=task, text_column=text_column, label_column=label_column,
-                         prompt_column=prompt_column, completion_column=completion_column,
-                         messages_column=messages_column, strategy=strategy,
-                         epochs=epochs, seed=seed, lr=lr, optimizer=optimizer, batch_size=batch_size,
-                         max_length=max_length, diagnosis=diagnosis, layers=parse_blocks(layers), k=k, lora_r=lora_r,
-                         lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                         lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
-                         init=init, limit_train=limit_train,
-                         limit_eval=limit_eval, log_every=log_every, remedies=list(options), remedy_options=options,
-                         save_model=save_model, data_dir=data_dir, device=device, precision=precision,
-                         grad_accum=grad_accum, lisa_interval=lisa_interval)
-    check_config(cfg)
-    m = finetune(cfg, out)
-    if not is_main_process():
-        return
+    return options_by_remedy(list(remedy), values or {})
+
+
+def _config(given: dict, remedies: dict):
+    """The ``FinetuneConfig`` of the command: an option is the config field of its name; the
+    options given as text (the band, the LoRA targets) are parsed, the remedies come typed."""
+    from dataclasses import fields
+
+    from ..training import FinetuneConfig
+
+    same = {f.name: given[f.name] for f in fields(FinetuneConfig) if f.name in given}
+    targets = given["lora_targets"]
+    return FinetuneConfig(**{**same, "layers": parse_blocks(given["layers"]), "remedies": list(remedies),
+                             "remedy_options": remedies,
+                             "lora_targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None})
+
+
+def _report(m: dict, out: Path) -> None:
+    """report.html, then the run's accuracy table, the completion loss before and after (causal LM)
+    and the files written."""
+    from ..reports import write_finetune_report
+
     write_finetune_report(m, out)
     console = make_console()
     print_comparison([m], console)

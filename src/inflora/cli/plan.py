@@ -7,6 +7,7 @@ import typer
 
 from ..validate import LORA_DEFAULTS
 from . import command
+from .options import K, BatchSize, LisaInterval, LoraR, Precision
 from .output import console as make_console
 from .output import table
 
@@ -42,17 +43,17 @@ def _progress(row: dict) -> None:
 @command("plan")
 def plan_cmd(
     model: str = typer.Option("minilm", help="model name, folder (a config.json is enough) or tiny-<family>"),
-    batch_size: int = typer.Option(8),
+    batch_size: BatchSize = 8,
     length: int = typer.Option(128, help="tokens per sequence"),
-    precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast)"),
+    precision: Precision = "fp32",
     attention: str = typer.Option("sdpa", help="sdpa | eager"),
     strategies: str = typer.Option("full,head,shallow,lora-all,lora-inflection,lisa,diagnose"),
     layers: str | None = typer.Option(None, help="lora-inflection's band, e.g. 2,3 (default: the K blocks "
                                                  "nearest the input, the most memory a band of K takes)"),
     budget: str | None = typer.Option(None, help="lora-inflection without a band: layers=K and/or params=N"),
-    k: int = typer.Option(2, help="shallow: top-k blocks; lisa: active blocks"),
-    lora_r: int = typer.Option(LORA_DEFAULTS.r),
-    lisa_interval: int = typer.Option(20),
+    k: K = 2,
+    lora_r: LoraR = LORA_DEFAULTS.r,
+    lisa_interval: LisaInterval = 20,
     steps: int | None = typer.Option(None, help="optimizer steps taken (LISA's state grows); default: a long run"),
     measure: bool = typer.Option(False, help="run a few steps of each strategy (fresh process each) and compare"),
     measure_steps: int = typer.Option(3, help="steps per measured strategy"),

@@ -34,7 +34,7 @@ def _option_row(param) -> str:
     names = ", ".join(f"`{n}`" for n in [*param.opts, *param.secondary_opts])
     flag = getattr(param, "is_flag", False)
     default = None if flag or callable(param.default) else param.default
-    shown = "" if default in (None, False, "", ()) else f"`{default}`"
+    shown = "" if default is None or default is False or default in ("", ()) else f"`{default}`"  # 0 is shown
     return f"| {names} | {'flag' if flag else _type_name(param)} | {shown} | {_help(param)} |"
 
 
@@ -50,9 +50,20 @@ def command_markdown(name: str, cmd) -> str:
     options = [p for p in cmd.params if p.param_type_name == "option" and not getattr(p, "hidden", False)]
     if arguments:
         lines += ["Arguments:", "", *map(_argument_line, arguments), ""]
-    if options:
-        lines += ["| option | type | default | what it does |", "|---|---|---|---|", *map(_option_row, options), ""]
+    panels = _panels(options)
+    for panel, group in panels.items():
+        title = [f"**{panel or 'Options'}**", ""] if len(panels) > 1 else []
+        lines += [*title, "| option | type | default | what it does |", "|---|---|---|---|", *map(_option_row, group), ""]
     return "\n".join(lines)
+
+
+def _panels(options: list) -> dict[str, list]:
+    """The options grouped as ``--help`` shows them (``cli/options.py`` panels, first seen first);
+    options without a panel come first, as "Options"."""
+    groups: dict[str, list] = {"": []}
+    for param in options:
+        groups.setdefault(getattr(param, "rich_help_panel", None) or "", []).append(param)
+    return {panel: group for panel, group in groups.items() if group}
 
 
 def cli_reference_markdown() -> str:
