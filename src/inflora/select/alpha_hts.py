@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .blocks import matrix_rule
+from .score_rule import matrix_rule
 from .rules import RULES
 
 

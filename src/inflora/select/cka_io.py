@@ -7,7 +7,7 @@ plus position 0, the same vector for every example, so its CKA is undefined (0/0
 """
 from __future__ import annotations
 
-from .blocks import profile_rule
+from .score_rule import profile_rule
 from .rules import RULES
 
 RULES.register("cka-io")(profile_rule(

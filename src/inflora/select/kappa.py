@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import matrix_rule
+from .score_rule import matrix_rule
 from .rules import RULES
 
 

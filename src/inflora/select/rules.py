@@ -1,22 +1,44 @@
-"""Selection rules: profile -> chosen layers. A new rule is one function + one registry line.
+"""Selection rules: profile -> chosen layers. A new rule is one function (or one object that
+satisfies ``protocol.SelectionRule``) in its own file plus one registry line.
 
-A rule's parameters and their defaults are written once, in its signature; ``rule_parameters``
-reads them from there for everything that records or reports them."""
+A rule's parameters and their defaults are written once: a function rule's in its signature (read
+once by ``FunctionRule.of``), any other rule's in its ``parameters``; ``rule_parameters`` reads them
+from there for everything that records or reports them."""
 from __future__ import annotations
 
 import functools
-import inspect
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..validate import check_like
 from ..registry import Registry
+from ..validate import check_like
+from .blocks import NEEDS_TEXT, RuleInputs
+from .function_rule import FunctionRule
+from .protocol import SelectionRule, check_rule
 from .ski import band_from_peaks, local_maxima, ski_terms
 
-Rule = Callable[..., list[int]]
-RULES: Registry[Rule] = Registry("selection rule")
+
+class RuleRegistry(Registry[SelectionRule]):
+    """``RULES``: registers a ``SelectionRule`` as it is, and a plain function
+    ``fn(entropy, grad, **params) -> blocks`` as a ``FunctionRule``; either way the registered
+    object satisfies the protocol (checked here, once), and the decorator returns what it was given."""
+
+    def register(self, name: str) -> Callable[[Any], Any]:
+        store = super().register(name)
+
+        def deco(obj):
+            plain_function = callable(obj) and not isinstance(obj, SelectionRule)
+            rule = FunctionRule.of(name, obj) if plain_function else obj
+            check_rule(name, rule)
+            store(rule)
+            return obj
+
+        return deco
+
+
+RULES = RuleRegistry("selection rule")
 
 
 @RULES.register("ski")
@@ -49,26 +71,25 @@ def threshold_rule(entropy, grad, *, tau: float = 0.6, alpha: float = 0.5, varia
 
 
 def rule_parameters(rule: str, given: dict | None = None) -> dict:
-    """Every keyword parameter of ``rule`` with its value: the defaults of the rule's signature,
-    overridden by ``given``. Rules that are not plain functions (block-score rules) take ``given`` as is."""
-    fn = RULES.get(rule)
+    """Every keyword parameter of ``rule`` with its value: the rule's defaults (its ``parameters``),
+    overridden by ``given``; an unknown name, or a value unlike its default, is a one-line error."""
+    defaults = dict(RULES.get(rule).parameters)
     given = dict(given or {})
-    if not (inspect.isfunction(fn) or isinstance(fn, functools.partial)):
-        return given
-    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ConfigError(f"rule {rule!r} has no parameter {', '.join(map(repr, unknown))}; "
-                          f"its parameters: {', '.join(f'{k}={v}' for k, v in defaults.items())}")
+                          f"its parameters: {', '.join(f'{k}={v}' for k, v in defaults.items()) or 'none'}")
     for key, value in given.items():
         check_like(key, value, defaults[key], f"--param {key}")
     return {**defaults, **given}
 
 
 def select_layers(rule: str, entropy, grad, **params) -> list[int]:
-    fn = RULES.get(rule)
-    try:
-        return [int(i) for i in fn(entropy, grad, **params)]
-    except TypeError as exc:
-        raise ConfigError(f"bad parameters for rule {rule!r}: {exc}") from None
+    """The blocks ``rule`` chooses on its own from the probe's two profiles (the diagnosis band, and
+    each bootstrap resample's): only rules that read nothing else can run here."""
+    chosen = RULES.get(rule)
+    if not set(chosen.needs) <= {"backward"}:
+        raise ConfigError(f"rule {rule!r} needs {NEEDS_TEXT[min(chosen.needs)]}, not only probe profiles; "
+                          "use it through --rules (score_rules)")
+    inputs = RuleInputs(len(entropy), profiles={"attention_entropy": list(entropy), "activation_grad_norm": list(grad)})
+    return [int(i) for i in chosen.choose(inputs, **params)]
