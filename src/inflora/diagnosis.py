@@ -31,7 +31,11 @@ PROFILE_KEYS = ("attention_entropy", "activation_grad_norm", "param_grad_norm", 
 
 @dataclass
 class Diagnosis:
-    """Everything one probe run measured, in plain attributes (see ``to_json`` for the file format)."""
+    """Everything one probe run measured, in plain attributes (see ``to_json`` for the file format).
+
+    Each fact is held once: ``layers`` holds what the probe measured per layer; ``ski`` (with its two
+    terms) and ``stability`` are the selection's per-layer lists, and ``selection`` says how it was
+    made (rule, parameters, resamples)."""
 
     model: str
     family: str
@@ -74,7 +78,7 @@ class Diagnosis:
     def from_json(cls, path: str | os.PathLike) -> "Diagnosis":
         """Read a diagnosis file, checked against ``diagnosis_schema.DiagnosisFile`` first: the file
         may come from someone else, and its strings end up in exported configs and reports."""
-        from .diagnosis_schema import DiagnosisFile
+        from .diagnosis_schema import DiagnosisFile, from_version_1
         from .validate import check_schema, load_json
 
         path = Path(path)
@@ -84,6 +88,8 @@ class Diagnosis:
         if not isinstance(data, dict) or "num_layers" not in data:
             raise DataError(f"{path}: (top level): not a diagnosis file (no num_layers)")
         check_schema(path, data, DiagnosisFile)
+        if data.get("format_version", 1) == 1:
+            data = from_version_1(data)
         data["layers"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in data["layers"]]
         data["output"] = _nan_for_null(data.get("output", {}))
         return cls(**data)
@@ -309,14 +315,12 @@ def diagnose(
         flags.append(f"rule {rule!r} selected no layer (the SKI profile has no strict peak: is it flat? "
                      "--param plateaus=true counts a flat top as a peak)")
     ski = [float(v) for v in terms["ski"]]
-    for row, s in zip(layers, ski):
-        row["ski"] = s
     compared = _compare_rules(model, rules, layers, chosen, budget, seed, {rule: params}, flags) if rules else {}
     return Diagnosis(
         model=str(name), family=spec.family, num_layers=len(layers), layers=layers, inflection_layers=chosen,
         ski=ski, entropy_term=[float(v) for v in terms["entropy_term"]], grad_term=[float(v) for v in terms["grad_term"]],
         peaks=local_maxima(ski, ski_params["boundary"], ski_params["plateaus"]) if all(map(math.isfinite, ski)) else [],
-        stability=list(stability), selection={"rule": rule, "parameters": params, "stability": list(stability), "resamples": resamples,
+        stability=list(stability), selection={"rule": rule, "parameters": params, "resamples": resamples,
                                               "ski": {k: ski_params[k] for k in ("alpha", "variant")}},
         groups=groups, lora_targets=list(spec.lora_targets),
         config={"split": split, "batches": batches, "batch_size": batch_size, "max_length": max_length, "seed": seed,

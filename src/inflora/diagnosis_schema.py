@@ -6,13 +6,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .models import ARCHITECTURES
 from .strategies.lora import MODULE_NAME, TASK_TYPES
 
 
-FORMAT_VERSION = 1  # diagnosis.json's layout; a reader refuses a newer one instead of misreading it
+# diagnosis.json's layout; a reader refuses a newer one instead of misreading it. 2: SKI only in the
+# top-level ``ski`` (not in each layer row), stability only in the top-level ``stability`` (not in
+# ``selection``); version 1 files are read through ``from_version_1``.
+FORMAT_VERSION = 2
+
+
+def from_version_1(data: dict) -> dict:
+    """A version-1 file (checked) in today's layout: each fact once. Version 1 wrote SKI into every
+    layer row beside the top-level ``ski`` and the stability into ``selection`` beside the top-level
+    ``stability``, the same numbers twice; the top-level lists are kept."""
+    layers = [{k: v for k, v in row.items() if k != "ski"} for row in data["layers"]]
+    selection = {k: v for k, v in data["selection"].items() if k != "stability"}
+    return {**data, "layers": layers, "selection": selection, "format_version": FORMAT_VERSION}
+
 
 def _one_line(text: str) -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 or ch in "\u2028\u2029\x85" for ch in text):
@@ -101,6 +114,15 @@ class DiagnosisFile(BaseModel):
             raise ValueError(f"format version {version} was written by a newer inflora (this one reads up to "
                              f"{FORMAT_VERSION}); upgrade inflora")
         return version
+
+    @model_validator(mode="after")
+    def _each_fact_once(self):
+        """From version 2 on, SKI and the stability are written once (see ``from_version_1``)."""
+        if self.format_version >= 2 and any("ski" in row for row in self.layers):
+            raise ValueError("layer rows hold 'ski', which a version-2 file keeps only in the top-level ski")
+        if self.format_version >= 2 and "stability" in self.selection:
+            raise ValueError("selection holds 'stability', which a version-2 file keeps only in the top-level stability")
+        return self
 
     @field_validator("moe", mode="before")
     @classmethod

@@ -1,0 +1,80 @@
+"""diagnosis.json keeps each fact once (format version 2) and still reads version 1 files, in which
+SKI was also written into every layer row and the stability also into ``selection``."""
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from inflora.cli import app
+from inflora.data import load_task, probe_batches
+from inflora.diagnosis import Diagnosis, diagnose
+from inflora.diagnosis_schema import FORMAT_VERSION
+from inflora.export import export_config
+from inflora.models import tiny_model
+
+PUBLISHED_V1 = Path(__file__).parents[1] / "docs/results/compare-minilm-rt/diagnosis.json"  # written before version 2
+
+
+@pytest.fixture(scope="module")
+def saved(tokenizer, data_dir, tmp_path_factory):
+    batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=2, batch_size=8,
+                            max_length=24)
+    d = diagnose(tiny_model("bert", layers=4), batches, progress=False, resamples=4)
+    d.inflection_layers = d.inflection_layers or [1, 2]
+    path = tmp_path_factory.mktemp("v2") / "diagnosis.json"
+    d.to_json(path)
+    return d, json.loads(path.read_text())
+
+
+def as_version_1(data: dict, with_version: bool) -> dict:
+    """The same diagnosis as version 1 wrote it: SKI in each row too, the stability in selection too."""
+    layers = [{**row, "ski": s} for row, s in zip(data["layers"], data["ski"])]
+    old = {**data, "layers": layers, "selection": {**data["selection"], "stability": data["stability"]}}
+    return {**old, "format_version": 1} if with_version else {k: v for k, v in old.items() if k != "format_version"}
+
+
+def test_version_2_holds_ski_and_stability_once(saved):
+    d, data = saved
+    assert data["format_version"] == FORMAT_VERSION == 2
+    assert not any("ski" in row for row in data["layers"]) and "stability" not in data["selection"]
+    assert len(data["ski"]) == len(data["stability"]) == d.num_layers
+    assert not any("ski" in row for row in d.layers) and "stability" not in d.selection
+
+
+@pytest.mark.parametrize("with_version", [True, False])
+def test_a_version_1_file_reads_as_the_same_diagnosis(saved, tmp_path, with_version):
+    d, data = saved
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(as_version_1(data, with_version)))
+    back = Diagnosis.from_json(path)
+    assert back.to_dict() == d.to_dict() and back.format_version == FORMAT_VERSION
+    back.to_json(tmp_path / "again.json")  # written again: version 2, each fact once
+    assert json.loads((tmp_path / "again.json").read_text()) == data
+
+
+def test_a_published_version_1_file_reads_and_exports(tmp_path):
+    data = json.loads(PUBLISHED_V1.read_text())
+    assert "format_version" not in data and all("ski" in row for row in data["layers"])
+    d = Diagnosis.from_json(PUBLISHED_V1)
+    assert d.ski == [row["ski"] for row in data["layers"]] == data["ski"]
+    assert d.stability == data["selection"]["stability"] == data["stability"]
+    assert not any("ski" in row for row in d.layers) and "stability" not in d.selection
+    exported = export_config(d, "json", tmp_path / "lora.json")
+    assert json.loads(exported.path.read_text())["lora_config"]["layers_to_transform"] == data["inflection_layers"]
+
+
+@pytest.mark.parametrize("where", ["row", "selection"])
+def test_a_version_2_file_that_repeats_a_fact_is_refused(saved, tmp_path, where):
+    _, data = saved
+    twice = as_version_1(data, with_version=False)
+    if where == "row":
+        twice["selection"] = data["selection"]
+    else:
+        twice["layers"] = data["layers"]
+    path = tmp_path / "diagnosis.json"
+    path.write_text(json.dumps({**twice, "format_version": 2}))
+    res = CliRunner().invoke(app, ["export", str(path), "--format", "json", "--out", str(tmp_path / "x.json")])
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "a version-2 file keeps only in the top-level" in errors[0] and str(path.name) in errors[0]
