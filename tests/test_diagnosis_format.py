@@ -78,3 +78,43 @@ def test_a_version_2_file_that_repeats_a_fact_is_refused(saved, tmp_path, where)
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
     assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
     assert "a version-2 file keeps only in the top-level" in errors[0] and str(path.name) in errors[0]
+
+
+# ---------------------------------------------------------------- the layout the probe used
+
+def test_every_layout_field_is_checked_when_read():
+    """``structure`` holds ``ArchSpec.to_dict``: the schema names every field (a new field fails here)."""
+    from dataclasses import fields
+
+    from inflora.diagnosis_schema import MoESpecSection, StructureSection
+    from inflora.models import ARCHITECTURES, ArchSpec
+    from inflora.models.spec import MoESpec
+
+    assert set(StructureSection.model_fields) == {f.name for f in fields(ArchSpec)} - {"family"}
+    assert set(MoESpecSection.model_fields) == {f.name for f in fields(MoESpec)}
+    for spec in ARCHITECTURES:
+        written = json.loads(json.dumps(spec.to_dict()))
+        StructureSection.model_validate(written)
+        assert ArchSpec.from_dict(spec.family, written) == spec
+
+
+def test_a_saved_diagnosis_exports_the_layout_it_was_made_on(tokenizer, data_dir, tmp_path):
+    """A Qwen2-MoE whose config makes every block dense: looked up by its family (a tiny default
+    Qwen2-MoE, MoE blocks) its ``mlp`` targets would be the shared experts it does not have; the
+    recorded layout gives the model's own dense projections, and PEFT finds each of them."""
+    from inflora.models import arch_for
+    from inflora.strategies.lora import match_lora_targets
+
+    model = tiny_model("qwen2_moe", task="causal-lm", mlp_only_layers=[0, 1, 2, 3])
+    own, by_family = arch_for(model), arch_for("qwen2_moe")
+    assert set(own.mlp_targets) != set(by_family.mlp_targets)  # the lookup the file used to need disagrees
+    val = load_task("rt-instruct", "validation", data_dir)
+    d = diagnose(model, val, tokenizer, batches=2, batch_size=8, max_length=48, progress=False, resamples=2)
+    d.inflection_layers = d.inflection_layers or [1, 2]
+    d.to_json(tmp_path / "diagnosis.json")
+    back = Diagnosis.from_json(tmp_path / "diagnosis.json")
+    assert back.spec() == own and back.structure == own.to_dict()
+    config = back.lora_config(targets="mlp")
+    assert sorted(config.target_modules) == sorted(own.mlp_targets)
+    matched = match_lora_targets(model, config)
+    assert set(matched) == set(own.mlp_targets) and all(n == len(d.inflection_layers) for n in matched.values())

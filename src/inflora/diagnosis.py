@@ -58,6 +58,7 @@ class Diagnosis:
     head_modules: list[str] = field(default_factory=list)  # heads that stay trainable (PEFT modules_to_save)
     output: dict = field(default_factory=dict)  # output saturation (metrics.output); {} in older files
     moe: dict = field(default_factory=dict)  # MoE layout (models.moe.MoeLayout.to_dict); {} for dense models
+    structure: dict = field(default_factory=dict)  # the layout the probe used (ArchSpec.to_dict); {} in older files
     format_version: int = FORMAT_VERSION  # of diagnosis.json; files without it are version 1
 
     def profile(self, key: str) -> list[float]:
@@ -107,7 +108,15 @@ class Diagnosis:
             from .models.moe import MoeLayout
 
             kw.setdefault("moe", MoeLayout.from_dict(self.moe))
-        return lora_config(self.family, self.inflection_layers, **kw)
+        return lora_config(self.spec(), self.inflection_layers, **kw)
+
+    def spec(self):
+        """The layout (``ArchSpec``) the probe used, as recorded; a file written before version 2
+        records none, and then the family's is looked up (a table row, or discovered on a tiny model
+        of that type, which may differ from the diagnosed model's own configuration)."""
+        from .models import ArchSpec
+
+        return ArchSpec.from_dict(self.family, self.structure) if self.structure else arch_for(self.family)
 
 
 def _nan_for_null(obj):
@@ -329,7 +338,7 @@ def diagnose(
                 "data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})},
         flags=flags, rules=compared, task_type=task_type, output=output,
         head_modules=head_modules(inner) if task_type == "classification" else [],
-        moe=moe.to_dict() if moe else {},
+        moe=moe.to_dict() if moe else {}, structure=spec.to_dict(),
     )
 
 

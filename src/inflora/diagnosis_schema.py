@@ -4,7 +4,7 @@ JSON types as ``Diagnosis.to_json`` writes them, names without line breaks or co
 module names that are module names, and a band inside the model."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -14,7 +14,8 @@ from .strategies.lora import MODULE_NAME, TASK_TYPES
 
 # diagnosis.json's layout; a reader refuses a newer one instead of misreading it. 2: SKI only in the
 # top-level ``ski`` (not in each layer row), stability only in the top-level ``stability`` (not in
-# ``selection``); version 1 files are read through ``from_version_1``.
+# ``selection``), and the model's layout in ``structure``; version 1 files are read through
+# ``from_version_1`` (without a structure, exports look the family up as version 1 did).
 FORMAT_VERSION = 2
 
 
@@ -81,6 +82,57 @@ class MoeSection(BaseModel):
     blocks: list[Annotated[int, Field(ge=0)]]
 
 
+Index = Annotated[int, Field(ge=0)]
+Tower = Literal["language", "vision"]
+
+
+class MoESpecSection(BaseModel):
+    """``models.spec.MoESpec`` as ``ArchSpec.to_dict`` writes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    module: Module
+    router: Optional[Module]
+    experts: Module
+    expert_parameters: list[Module]
+    shared_experts: Optional[Module]
+    num_experts: Index
+    blocks: list[Index]
+    top_k: Index
+    shared: list[Module]
+
+
+class StructureSection(BaseModel):
+    """``models.spec.ArchSpec.to_dict``: the layout the probe used. Its paths become LoRA targets
+    and PEFT's ``layers_pattern`` in exports, so each must be a module name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model_types: list[OneLine]
+    blocks: Module
+    attention: Optional[Module]
+    query: Optional[Module]
+    key: Optional[Module]
+    value: Optional[Module]
+    output: Optional[Module]
+    embeddings: list[Module]
+    ffn_up: Optional[Module]
+    ffn_down: Optional[Module]
+    ffn_gate: Optional[Module]
+    causal: bool
+    fused_qkv: bool
+    maps_need_output_attentions: bool
+    attention_interface: bool
+    entropy_note: Optional[OneLine]
+    qkv_targets: Optional[list[Module]]
+    fused_gate_up: bool
+    moe: Optional[MoESpecSection]
+    tower: Tower
+    towers: list[Tower]
+    discovered: bool
+    fused_conv1d: bool
+    attention_class: Optional[OneLine]
+    attention_free_blocks: list[Index]
+
+
 class DiagnosisFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -105,6 +157,7 @@ class DiagnosisFile(BaseModel):
     head_modules: list[Module] = []
     output: dict[str, Any] = {}
     moe: Optional[MoeSection] = None  # {} (a dense model) is read as None
+    structure: Optional[StructureSection] = None  # absent before version 2: the family is looked up
     format_version: Annotated[int, Field(ge=1)] = 1
 
     @field_validator("format_version")
@@ -124,9 +177,9 @@ class DiagnosisFile(BaseModel):
             raise ValueError("selection holds 'stability', which a version-2 file keeps only in the top-level stability")
         return self
 
-    @field_validator("moe", mode="before")
+    @field_validator("moe", "structure", mode="before")
     @classmethod
-    def _dense_has_no_moe_section(cls, value):
+    def _empty_section_is_none(cls, value):
         return None if value == {} else value
 
     @field_validator("layers")
