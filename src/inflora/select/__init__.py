@@ -1,6 +1,9 @@
-"""Locating the blocks to adapt: SKI scores, the peer rules (one file each, one registry), bootstrap
+"""Locating the blocks to adapt: SKI scores, every rule (one file each, one registry, one protocol), bootstrap
 stability, and several rules side by side at one budget."""
-from . import all_rule, alpha_hts, cka_io, kappa, low_entropy, low_grad, random_rule, spectrum_snr, top_grad, top_pgrad  # noqa: F401,E501  (register)
+from . import (  # noqa: F401  (register: one file per rule)
+    all_rule, alpha_hts, cka_io, kappa, low_entropy, low_grad, random_rule, ski_rule, spectrum_snr, threshold_rule,
+    top_grad, top_pgrad, topk_rule,
+)
 from .blocks import BlockScores, RuleInputs, block_matrices, check_k, within_type_percentile
 from .compare import COST_ORDER, check_rules, cheapest, jaccard, overlap, rule_needs, score_rules, weight_only_rules
 from .function_rule import FunctionRule, fit_band

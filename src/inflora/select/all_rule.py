@@ -3,7 +3,7 @@ parameter budget its rank is lowered instead (``selectors.md`` §10)."""
 from __future__ import annotations
 
 from .score_rule import ScoreRule
-from .rules import RULES
+from .rule_registry import RULES
 
 RULES.register("all")(ScoreRule(
     "all", frozenset(), "none", lambda inp: ([1.0] * inp.num_layers, {}, {}), "every block (needs nothing)",

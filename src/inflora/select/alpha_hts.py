@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .score_rule import matrix_rule
-from .rules import RULES
+from .rule_registry import RULES
 
 
 def hill_alpha(lam_tail) -> float:

@@ -11,7 +11,7 @@ import itertools
 from ..errors import ConfigError
 from .blocks import NEEDS_TEXT, RuleInputs, check_k
 from .function_rule import fit_band  # noqa: F401  (re-exported: where callers found it)
-from .rules import RULES
+from .rule_registry import RULES
 
 COST_ORDER = {"": 0, "weights": 1, "forward": 2, "backward": 3}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .score_rule import matrix_rule
-from .rules import RULES
+from .rule_registry import RULES
 
 
 def condition_number(singular_values, shape=None) -> float:

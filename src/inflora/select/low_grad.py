@@ -2,6 +2,6 @@
 from __future__ import annotations
 
 from .score_rule import profile_rule
-from .rules import RULES
+from .rule_registry import RULES
 
 RULES.register("low-grad")(profile_rule("low-grad", "activation_grad_norm", "low", "SKI with α = 0, no band: the weakest gradient ‖∂L/∂h‖ (needs data)"))

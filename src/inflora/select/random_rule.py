@@ -8,7 +8,7 @@ import math
 import random
 
 from .score_rule import ScoreRule
-from .rules import RULES
+from .rule_registry import RULES
 
 
 def random_blocks(n_layers: int, k: int, seed: int) -> list[int]:

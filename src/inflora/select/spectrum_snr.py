@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .score_rule import matrix_rule
-from .rules import RULES
+from .rule_registry import RULES
 
 
 def spectrum_snr(singular_values, shape: tuple[int, int]) -> float:
