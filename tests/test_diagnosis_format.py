@@ -10,6 +10,7 @@ from inflora.cli import app
 from inflora.data import load_task, probe_batches
 from inflora.diagnosis import Diagnosis, diagnose
 from inflora.diagnosis_schema import FORMAT_VERSION
+from inflora.errors import DataError
 from inflora.export import export_config
 from inflora.models import tiny_model
 
@@ -118,3 +119,14 @@ def test_a_saved_diagnosis_exports_the_layout_it_was_made_on(tokenizer, data_dir
     assert sorted(config.target_modules) == sorted(own.mlp_targets)
     matched = match_lora_targets(model, config)
     assert set(matched) == set(own.mlp_targets) and all(n == len(d.inflection_layers) for n in matched.values())
+
+
+def test_a_layout_of_another_tower_than_the_family_names_is_refused(saved, tmp_path):
+    _, data = saved
+    path = tmp_path / "diagnosis.json"
+    path.write_text(json.dumps({**data, "structure": {**data["structure"], "tower": "vision"}}))
+    with pytest.raises(DataError, match="structure is the vision tower's layout but family 'bert' names the language"):
+        Diagnosis.from_json(path)
+    path.write_text(json.dumps({**data, "structure": {**data["structure"], "blocks": "encoder.layer\nx"}}))
+    with pytest.raises(DataError, match="structure.blocks: .*is not a module name"):
+        Diagnosis.from_json(path)

@@ -177,6 +177,15 @@ class DiagnosisFile(BaseModel):
             raise ValueError("selection holds 'stability', which a version-2 file keeps only in the top-level stability")
         return self
 
+    @model_validator(mode="after")
+    def _layout_of_the_named_tower(self):
+        """The recorded layout is that of the tower the family names (``qwen2_vl:vision``)."""
+        tower = self.family.partition(":")[2] or "language"
+        if self.structure is not None and self.structure.tower != tower:
+            raise ValueError(f"structure is the {self.structure.tower} tower's layout but family {self.family!r} "
+                             f"names the {tower} tower")
+        return self
+
     @field_validator("moe", "structure", mode="before")
     @classmethod
     def _empty_section_is_none(cls, value):
