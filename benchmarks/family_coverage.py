@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import signal
 import sys
 import time
@@ -95,14 +96,22 @@ def try_family(kind: str, data: dict, tokenizer) -> dict:
     try:
         d = diagnose(model, data[task], tokenizer, batches=2, batch_size=4, max_length=32, progress=False, resamples=2)
         free = set(spec.attention_free_blocks)  # no softmax attention there: NaN entropy, said in the flags
-        finite = all(math.isfinite(r["activation_grad_norm"]) and (i in free or math.isfinite(r["attention_entropy"]))
+        unmeasured = said_unmeasured(d.flags)  # maps not over the input's tokens: NaN entropy, said in the flags
+        finite = all(math.isfinite(r["activation_grad_norm"])
+                     and (i in free | unmeasured or math.isfinite(r["attention_entropy"]))
                      for i, r in enumerate(d.layers))
         return {"family": kind, "task": task, "outcome": "works" if finite else "diagnose",
                 "why": None if finite else "non-finite per-block numbers", "entropy": d.config["attention"],
-                "no_attention_blocks": len(free),
+                "no_attention_blocks": len(free), "entropy_unmeasured_blocks": len(unmeasured),
                 "moe": bool(spec.moe), "blocks": spec.blocks, "seconds": round(time.perf_counter() - t0, 2)}
     except Exception as exc:  # noqa: BLE001
         return {"family": kind, "task": task, "outcome": "diagnose", "why": _first_line(exc)}
+
+
+def said_unmeasured(flags: list[str]) -> set[int]:
+    """The blocks whose entropy the diagnosis says it could not measure exactly (and left NaN)."""
+    found = (re.match(r"attention entropy, layers \[([\d, ]*)\]:", f) for f in flags)
+    return {int(i) for m in found if m for i in m.group(1).split(",") if i.strip()}
 
 
 def as_encoder_or_decoder(model):
@@ -163,15 +172,21 @@ def run(kinds: list[str]) -> list[dict]:
 def summary(rows: list[dict]) -> str:
     built = [r for r in rows if r["outcome"] != "no small config"]
     works = [r for r in built if r["outcome"] == "works"]
-    eager = sorted(r["family"] for r in works if r.get("entropy") == "eager" and not r.get("no_attention_blocks"))
+    eager = sorted(r["family"] for r in works if r.get("entropy") == "eager" and not r.get("no_attention_blocks")
+                   and not r.get("entropy_unmeasured_blocks"))
     free = sorted(r["family"] for r in works if r.get("no_attention_blocks"))
+    unmeasured = sorted(r["family"] for r in works if r.get("entropy_unmeasured_blocks"))
     lines = ["# Family coverage (benchmarks/family_coverage.py)", "",
              f"{len(rows)} model types in transformers' causal-LM and sequence-classification mappings; "
              f"{len(built)} build from a small config; **{len(works)} of {len(built)} "
              f"({len(works) / max(len(built), 1):.0%}) diagnose** with discovered structure.", "",
              f"Entropy from eager maps (said in the report): {', '.join(eager) or '-'}", "",
-             f"Blocks without softmax attention (state-space, linear attention; gradient metrics only, "
+             f"Blocks without softmax attention (state-space, linear attention, RWKV time-mixing, FNet Fourier "
+             f"mixing; gradient metrics only, "
              f"entropy does not apply and the diagnosis says so): {', '.join(free) or '-'}", "",
+             f"Attention whose entropy cannot be measured exactly (no map even under eager, or a map not over the "
+             f"input's tokens; gradient metrics only, entropy left out and the diagnosis says why): "
+             f"{', '.join(unmeasured) or '-'}", "",
              "| family | outcome | why |", "|---|---|---|"]
     for r in rows:
         if r["outcome"] != "works":

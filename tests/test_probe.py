@@ -13,7 +13,7 @@ import transformers
 from _reference import activation_grad_reference, entropy_reference, param_grad_reference
 from inflora.diagnosis import diagnose
 from inflora.errors import ArchitectureError, DataError
-from inflora.metrics import AttentionEntropy, EntropyProbe
+from inflora.metrics import EntropyProbe
 from inflora.models import arch_for, get_attention, get_blocks, parameter_groups, tiny_model
 from inflora.models.tiny import TINY_FAMILIES
 from inflora.probe import LayerProbe, probe_step
@@ -166,8 +166,9 @@ def test_entropy_hook_returns_nothing():
     model = tiny_model("bert", layers=2)
     with LayerProbe(model, ["attention_entropy"], attention="eager") as probe:
         probe.ctx.attention_mask = torch.ones(1, 4, dtype=torch.long)
-        acc = AttentionEntropy()
-        hook = EntropyProbe._hook(probe.ctx, acc)
+        plugin = next(p for p in probe.plugins if isinstance(p, EntropyProbe))
+        acc = plugin.layers[0]
+        hook = plugin._hook(probe.ctx, 0)
         attn = torch.full((1, 2, 4, 4), 0.25)
         assert hook(None, (), (torch.zeros(1, 4, 8), attn)) is None
         assert acc.compute()["attention_entropy"] == pytest.approx(math.log(4))

@@ -11,7 +11,7 @@ import transformers
 
 from _reference import entropy_reference
 from inflora.errors import ArchitectureError, ConfigError
-from inflora.metrics.entropy import attention_entropy_sums
+from inflora.metrics.entropy import AttentionEntropy, attention_entropy_sums
 from inflora.metrics.streaming_entropy import streaming_entropy_sums
 from inflora.models import arch_for, get_blocks, tiny_model
 from inflora.models.attention import SINKS, STREAMING
@@ -195,8 +195,31 @@ def test_sampled_probe_reports_estimate_and_standard_error():
     assert "attention_entropy_se" not in exact[0]
 
 
+@pytest.mark.parametrize("queries", [None, 5])
+def test_an_additive_bias_mask_gives_the_entropy_of_the_biased_softmax(queries):
+    """Doge's dynamic mask adds values other than 0 / -inf to the scores: the entropy is that of
+    softmax(scale·qkᵀ + bias) over the kept keys (the chunked path; the fused identity needs no bias)."""
+    q, k = random_qk(b=3, t=12)
+    g = torch.Generator().manual_seed(3)
+    bias = torch.randn(3, 1, 12, 12, generator=g) * 3
+    bias[1, ..., 9:] = float("-inf")  # removed keys beside the biased ones
+    pad = torch.ones(3, 12, dtype=torch.long)
+    k_rep = k.repeat_interleave(2, dim=1)
+    attn = torch.softmax((q @ k_rep.transpose(-1, -2)) * 8 ** -0.5 + bias, -1)
+    raw, n, norm, nn_ = attention_entropy_sums(attn, pad)
+    got = streaming_entropy_sums(q, k, bias, pad, queries=queries, generator=torch.Generator().manual_seed(0))
+    if queries is None:
+        assert (got[0] / got[1]).tolist() == pytest.approx((raw / n).tolist(), rel=1e-5)
+    else:  # sampled rows of the bias: an unbiased estimate within a few standard errors
+        acc = AttentionEntropy()
+        acc.update_streaming(*got)
+        est = acc.compute()
+        assert abs(est["attention_entropy"] - float((raw / n).mean())) < 5 * est["attention_entropy_se"]
+    plain = streaming_entropy_sums(q, k, None, pad)
+    assert abs(float(plain[0].sum() - got[0].sum())) > 0.1  # the bias really changes the rows
+
+
 @pytest.mark.parametrize("mask,match", [
-    (torch.zeros(3, 1, 12, 12).normal_(), "values other than 0 and -inf"),
     (torch.ones(3, 12, 12, dtype=torch.bool), "shape"),
     (torch.ones(3, 1, 12, 12, dtype=torch.long), "dtype"),
 ])

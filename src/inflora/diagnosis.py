@@ -305,6 +305,7 @@ def diagnose(
             layers = probe.layer_results()
             groups = probe.group_results()
             output = probe.summaries().get("output", {})
+            unmeasured = probe.summaries().get("attention_entropy", {})
             n_batches = probe.num_batches()
 
             def profile_for(idx):
@@ -314,6 +315,8 @@ def diagnose(
             flags = _flags(layers, losses, output) + _structure_flags(moe)
             if spec.entropy_note:
                 flags.append(f"attention entropy ({spec.family}): {spec.entropy_note}")
+            if unmeasured:
+                flags.append(f"attention entropy, layers {unmeasured['unmeasured_layers']}: {unmeasured['why']}")
             terms, chosen, stability = _select_band(profile_for, n_batches, len(layers), rule, params, ski_params,
                                                     resamples, seed, flags)
     finally:

@@ -46,6 +46,18 @@ class SumAccumulator:
                              f"{sorted(unknown)}; its fields are {', '.join(self.fields)}")
         self.records.append({k: torch.as_tensor(values[k], dtype=torch.float64).detach().cpu() for k in self.fields})
 
+    def add_to_step(self, step: int, **values) -> None:
+        """``add``, except that a second call for the same model forward ``step`` sums into that
+        step's record: a block run several times per forward (looped or recurrent-depth models such
+        as HRM, Dory) still gives one record per batch, so bootstrap resamples index batches."""
+        if self.records and getattr(self, "_last_step", None) == step:
+            self.add(**values)
+            extra = self.records.pop()
+            self.records[-1] = {k: self.records[-1][k] + extra[k] for k in self.fields}
+            return
+        self._last_step = step
+        self.add(**values)
+
     def stacked(self) -> dict[str, torch.Tensor]:
         """Each field's records stacked along a new first (batch) dimension."""
         same = len(self._stacked_from) == len(self.records) and all(

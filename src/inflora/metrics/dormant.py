@@ -235,9 +235,9 @@ class DormantProbe(ProbePlugin):
 
     def attach(self, ctx) -> None:
         self.layers = [DormantUnits() for _ in ctx.blocks]
-        for acc, unit in zip(self.layers, transformer_units(ctx.inner)):
-            def add(h, acc=acc):
-                if ctx.active:
+        for unit in transformer_units(ctx.inner):  # blocks without a dense FFN have no unit: matched by name
+            def add(h, acc=self.layers[int(unit.name.split(".")[1])]):
+                if ctx.active:  # a block run twice per forward (Dory, HRM) sums into one batch record
                     total, count = masked_abs_sums(h, -1, ctx.attention_mask)
-                    acc.add(abs_sum=total, tokens=torch.tensor(count))
+                    acc.add_to_step(ctx.forwards, abs_sum=total, tokens=torch.tensor(count))
             self.handles.append(unit.watch(add))

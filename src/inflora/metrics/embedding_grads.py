@@ -119,8 +119,9 @@ class SparseEmbeddingGrads:
         self._restore: list = []
         self.handles: list = []
         for m in model.modules():
-            if isinstance(m, nn.Embedding) and m.weight.requires_grad and type(m.weight.data) is torch.Tensor:
-                self._take_embedding(model, m)
+            if isinstance(m, nn.Embedding) and m.weight.requires_grad and type(m.weight.data) is torch.Tensor \
+                    and type(m).forward is nn.Embedding.forward:  # a subclass (BART's learned positions, called
+                self._take_embedding(model, m)                      # with a shape, not ids) stays dense
         head = _output_head(model)
         if isinstance(head, nn.Linear) and head.bias is None and head.weight.requires_grad \
                 and type(head.weight.data) is torch.Tensor and len(_owners(model, head.weight)) == 1 + (id(head.weight) in self.tied):

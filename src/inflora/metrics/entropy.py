@@ -77,10 +77,12 @@ class AttentionEntropy(SumAccumulator):
     fields = SUM_FIELDS
 
     def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
-               sink: bool = False) -> None:
+               sink: bool = False, step: int | None = None) -> None:
+        """One attention call's sums; calls of the same forward ``step`` (a looped block) share a record."""
         raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window, sink)
-        self.add(raw_sum=raw, raw_count=n, norm_sum=norm, norm_count=nn_, raw_var=torch.zeros_like(raw),
-                 mean_var=0.0, norm_mean_var=0.0, sampled=0.0)
+        values = dict(raw_sum=raw, raw_count=n, norm_sum=norm, norm_count=nn_, raw_var=torch.zeros_like(raw),
+                      mean_var=0.0, norm_mean_var=0.0, sampled=0.0)
+        self.add(**values) if step is None else self.add_to_step(step, **values)
 
     def update_streaming(self, *sums: torch.Tensor) -> None:
         """The sums of ``streaming_entropy_sums``, in ``SUM_FIELDS`` order (a wrong count raises)."""
@@ -121,15 +123,17 @@ class EntropyProbe(ProbePlugin):
 
     def attach(self, ctx) -> None:
         self.layers = [AttentionEntropy() for _ in ctx.attention]
+        self.unmeasured: dict[int, str] = {}  # layer -> why its map cannot give an exact entropy
         streaming = getattr(ctx, "attention_mode", "eager") == "streaming"
         if self.queries is not None and not streaming:
             raise ConfigError("--entropy-queries needs the streaming attention path (attention='streaming')")
         if streaming:
             self._attach_sinks(ctx)
             return
-        for acc, module in zip(self.layers, ctx.attention):
-            if module is not None:  # a block without softmax attention (state-space, linear): entropy stays NaN
-                self.handles.append(module.register_forward_hook(self._hook(ctx, acc)))
+        self.hooked = {i for i, module in enumerate(ctx.attention) if module is not None}
+        self.seen: set[int] = set()  # hooked layers whose module ran in this step
+        for layer in sorted(self.hooked):  # a block without softmax attention (state-space, linear): entropy stays NaN
+            self.handles.append(ctx.attention[layer].register_forward_hook(self._hook(ctx, layer)))
 
     def _attach_sinks(self, ctx) -> None:
         generator = torch.Generator().manual_seed(self.seed) if self.queries is not None else None
@@ -154,6 +158,14 @@ class EntropyProbe(ProbePlugin):
         return sink
 
     def after_backward(self, ctx) -> None:
+        if ctx.active and getattr(self, "hooked", None):
+            for layer in sorted(self.hooked - self.seen):
+                self.layers[layer].records.clear()  # no partial mean over the batches where it did run
+                self.unmeasured[layer] = (
+                    "the attention module found at discovery did not run (the model replaced or bypassed it in its "
+                    "forward, as BigBird swaps block-sparse for full attention on short inputs): entropy is left out "
+                    "(NaN); the gradient metrics are kept")
+            self.seen = set()
         missing = [i for i, f in enumerate(getattr(self, "last_forward", ())) if f is not None and f != ctx.forwards]
         if ctx.active and missing:
             raise ArchitectureError(
@@ -161,20 +173,66 @@ class EntropyProbe(ProbePlugin):
                 "the probe was attached?); the entropy would be missing"
             )
 
-    @staticmethod
-    def _hook(ctx, acc: AttentionEntropy):
+    def summary(self, batches: list[int] | None = None) -> dict:
+        """The layers whose maps are not over the input's tokens, and why (said in the diagnosis)."""
+        unmeasured = getattr(self, "unmeasured", {})
+        return {"unmeasured_layers": sorted(unmeasured), "why": next(iter(unmeasured.values()))} if unmeasured else {}
+
+    def _hook(self, ctx, layer: int):
+        acc = self.layers[layer]
+
         def hook(module, args, output):
             if not ctx.active:
                 return
-            attn = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
-            if attn is None or attn.dim() != 4:
+            self.seen.add(layer)
+            if layer in self.unmeasured:
+                return
+            attn = _map_of(output, ctx.spec.map_index)
+            if (attn is None or attn.dim() != 4) and getattr(ctx.inner.config, "_attn_implementation", "eager") != "eager":
                 raise ArchitectureError(
                     f"{type(module).__name__} returned no attention map; the probe needs attn_implementation='eager'"
                 )
+            why = no_map(module) if attn is None or attn.dim() != 4 else off_token_map(attn, ctx.attention_mask)
+            if why:  # entropy stays NaN for this layer: never a number over the wrong tokens
+                acc.records.clear()
+                self.unmeasured[layer] = why
+                return
             acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module),
-                       sink=getattr(module, "sinks", None) is not None)
+                       sink=getattr(module, "sinks", None) is not None, step=ctx.forwards)
 
         return hook
+
+
+def no_map(module) -> str:
+    """Why a module under eager attention gives no map: its attention is not a softmax map at all
+    (MRA's multi-resolution approximation, YOSO's hashing), so there is no distribution to measure."""
+    return (f"{type(module).__name__} returns no attention map even under eager attention (an approximate or "
+            "kernelised attention, not a softmax over the tokens): entropy does not apply and is left out (NaN); "
+            "the gradient metrics are kept")
+
+
+def off_token_map(attn: torch.Tensor, attention_mask: torch.Tensor) -> str | None:
+    """Why an eager map ``[B, H, Tq, Tk]`` is not one row per input token over the input's tokens
+    (pooled queries in Funnel, downsampled characters in CANINE, prompt tokens prepended in CPM-Ant,
+    Longformer's banded local scores), else None: such a map cannot be matched to the padding mask,
+    so its entropy over the real tokens cannot be measured exactly."""
+    b, t = attention_mask.shape
+    if attn.shape[0] == b and tuple(attn.shape[2:]) == (t, t):
+        return None
+    return (f"its attention map has shape {tuple(attn.shape)} for {b} sequences of {t} tokens (pooled, downsampled, "
+            "banded or extended positions): it is not over the input's tokens, so entropy over the real tokens "
+            "cannot be measured exactly and is left out (NaN); the gradient metrics are kept")
+
+
+def _map_of(output, index: int):
+    """The eager map in an attention module's output tuple (``ArchSpec.map_index``: T5 puts its
+    position bias, a 4-D tensor of logits, before the map), or None where there is none (a
+    quantised model's nested tuple is read at its first element)."""
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], (tuple, list)):
+        output = output[0]  # I-BERT returns ((output, map), scaling factors)
+    if not isinstance(output, (tuple, list)) or len(output) < 2 or not -len(output) <= index < len(output):
+        return None
+    return output[index] if torch.is_tensor(output[index]) else None
 
 
 class _SinkHandle:

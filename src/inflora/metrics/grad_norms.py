@@ -79,10 +79,12 @@ class _FiniteMean(SumAccumulator):
 class ActivationGradNorm(_FiniteMean):
     fields = ("token_norm_sum", "token_count", "frob_sum", "batches", "nonfinite")
 
-    def update(self, grad: torch.Tensor, token_mask: torch.Tensor) -> None:
+    def update(self, grad: torch.Tensor, token_mask: torch.Tensor, step: int | None = None) -> None:
+        """One block call's sums; calls of the same forward ``step`` share one batch record."""
         s, n, sq, b = activation_grad_sums(grad, token_mask)
         (s, n, frob, b), bad = self._clean([s, n, math.sqrt(sq), b])
-        self.add(token_norm_sum=s, token_count=n, frob_sum=frob, batches=b, nonfinite=bad)
+        values = dict(token_norm_sum=s, token_count=n, frob_sum=frob, batches=b, nonfinite=bad)
+        self.add(**values) if step is None else self.add_to_step(step, **values)
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         n, b = float(t["token_count"]), float(t["batches"])
@@ -120,8 +122,8 @@ class ActivationGradProbe(ProbePlugin):
             def hook(module, args, output, acc=acc):
                 h = first_tensor(output)
                 if ctx.active and torch.is_grad_enabled() and h.requires_grad:
-                    mask = ctx.attention_mask
-                    h.register_hook(lambda g: acc.update(g, mask))
+                    mask, step = ctx.attention_mask, ctx.forwards
+                    h.register_hook(lambda g: acc.update(g, mask, step))
             self.handles.append(block.register_forward_hook(hook))
 
 

@@ -31,9 +31,9 @@ SUM_FIELDS = ("raw_sum", "raw_count", "norm_sum", "norm_count", "raw_var", "mean
 def key_validity(mask: torch.Tensor | None, batch: int, heads: int, q_len: int, k_len: int) -> torch.Tensor | None:
     """The mask SDPA receives as booleans ``[B|1, H|1, Tq, Tk]`` (True: the key takes part).
 
-    Boolean masks are SDPA's own convention. A float mask is additive: it is accepted only when it
-    holds 0 for kept keys and -inf (or the dtype's minimum) for removed ones; any other value is a
-    bias whose effect on the key count cannot be read, so it raises instead of giving wrong numbers."""
+    Boolean masks are SDPA's own convention. A float mask is additive: -inf (or the dtype's minimum)
+    removes a key; any other value keeps it, and a value other than 0 is a bias on its score
+    (``additive_bias``), taken into the entropy by the chunked path."""
     if mask is None:
         return None
     if not torch.is_tensor(mask):
@@ -50,13 +50,20 @@ def key_validity(mask: torch.Tensor | None, batch: int, heads: int, q_len: int, 
         return mask
     if not mask.is_floating_point():
         raise ArchitectureError(f"streaming entropy cannot interpret an attention mask of dtype {mask.dtype}; use attention='eager'")
+    return ~(mask <= torch.finfo(mask.dtype).min / 2)
+
+
+def additive_bias(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The scores' additive bias where the mask carries one (Doge's dynamic mask: values other than
+    0 and -inf that SDPA adds to the scores), float32 with -inf at removed keys; None for a boolean
+    or a plain 0 / -inf mask. The entropy is then that of softmax(scale·qkᵀ + bias), the
+    distribution the model uses."""
+    if mask is None or not torch.is_tensor(mask) or not mask.is_floating_point():
+        return None
     removed = mask <= torch.finfo(mask.dtype).min / 2
-    if not bool(((mask == 0) | removed).all()):
-        raise ArchitectureError(
-            "streaming entropy cannot interpret an additive attention mask holding values other than 0 and -inf "
-            "(a position bias); use attention='eager'"
-        )
-    return ~removed
+    if bool(((mask == 0) | removed).all()):
+        return None
+    return mask.float().masked_fill(removed, float("-inf"))
 
 
 def sample_positions(query_mask: torch.Tensor, queries: int | None, generator: torch.Generator | None):
@@ -106,7 +113,7 @@ def _key_range(rows: torch.Tensor | None, pos: torch.Tensor, causal: bool, k_len
     return 0, k_len
 
 
-def chunk_entropy(query, key, rows, pos, *, scaling: float, causal: bool) -> torch.Tensor:
+def chunk_entropy(query, key, rows, pos, *, scaling: float, causal: bool, bias=None) -> torch.Tensor:
     """Entropy (nats) of the softmax rows of one query chunk, ``[B, H, c]``, in float32.
 
     ``query`` [B, H, c, D] are the chunk's queries, ``key`` [B, Hkv, S, D] all keys, ``rows`` the
@@ -119,6 +126,9 @@ def chunk_entropy(query, key, rows, pos, *, scaling: float, causal: bool) -> tor
     q = query.float().reshape(b, hkv, h // hkv, c, d)
     k = key[:, :, lo:hi].float()
     s = torch.matmul(q, k[:, :, None].transpose(-1, -2)).mul_(scaling)  # [B, Hkv, g, c, S']
+    if bias is not None:  # the chunk's rows of the additive bias [B|1, H|1, c, S]
+        part = bias[..., lo:hi].expand(b, h, c, hi - lo).reshape(b, hkv, h // hkv, c, hi - lo)
+        s = s + part.nan_to_num(neginf=_FILL)
     if rows is not None:
         blocked = ~rows[..., lo:hi]
         s.masked_fill_(blocked.reshape(b, -1, h // hkv if blocked.shape[1] > 1 else 1, c, hi - lo), _FILL)
@@ -158,6 +168,7 @@ def streaming_entropy_sums(
     with torch.no_grad():
         scaling = d ** -0.5 if scaling is None else float(scaling)
         valid = key_validity(attention_mask, b, h, t, s_len)
+        bias = additive_bias(attention_mask)
         query_mask = query_mask.bool().to(query.device)
         n_keys = valid_key_counts(valid, causal, b, t, s_len).to(query.device)  # [B, H|1, T]
         normable = query_mask[:, None] & (n_keys > 1)
@@ -165,10 +176,11 @@ def streaming_entropy_sums(
         pos, taken = sample_positions(query_mask, queries if sampling else None, generator)
         take = (lambda x: _rows(x, pos)) if sampling else (lambda x: x)  # noqa: E731
         ent = None
-        if fused:
+        if fused and bias is None:  # H = L − scale·⟨q, O'⟩ holds without a bias only
             ent = _fused(query, key, valid, pos, take, sampling=sampling, causal=causal, scaling=scaling)
         if ent is None:
-            ent = _chunked(query, key, valid, pos, taken, sampling=sampling, causal=causal, scaling=scaling, chunk=chunk)
+            ent = _chunked(query, key, valid, pos, taken, sampling=sampling, causal=causal, scaling=scaling,
+                           chunk=chunk, bias=bias)
         ent = ent.double()
         norm_ok = take(normable[..., None])[..., 0].expand(b, h, -1)
         log_n = take(n_keys.clamp_min(2).double().log()[..., None])[..., 0]
@@ -190,7 +202,7 @@ def _fused(query, key, valid, pos, take, *, sampling: bool, causal: bool, scalin
     return fused_row_entropy(take(query), key, rows, scaling=scaling, causal=False)
 
 
-def _chunked(query, key, valid, pos, taken, *, sampling: bool, causal: bool, scaling: float, chunk: int):
+def _chunked(query, key, valid, pos, taken, *, sampling: bool, causal: bool, scaling: float, chunk: int, bias=None):
     """Row entropies ``[B, H, n]`` of the measured queries, ``chunk`` queries at a time (0 for
     chunks holding no measured query: they are not computed)."""
     b, h = query.shape[:2]
@@ -204,7 +216,8 @@ def _chunked(query, key, valid, pos, taken, *, sampling: bool, causal: bool, sca
         take = ((lambda x, i0=i0: x[:, :, i0 : i0 + chunk]) if not sampling  # noqa: E731
                 else (lambda x, p=p: _rows(x, p)))
         rows = None if valid is None else take(valid)
-        parts.append(chunk_entropy(take(query), key, rows, p, scaling=scaling, causal=causal))
+        parts.append(chunk_entropy(take(query), key, rows, p, scaling=scaling, causal=causal,
+                                   bias=None if bias is None else take(bias)))
     return torch.cat(parts, dim=-1)
 
 

@@ -170,14 +170,14 @@ def get_attention(block: nn.Module, spec: ArchSpec) -> nn.Module | None:
 
 def get_ffn(block: nn.Module, spec: ArchSpec) -> FFN | None:
     """The block's dense FFN; in an MoE block its shared experts; None for an MoE block without
-    shared experts (the dense FFN metrics skip it and say so)."""
+    shared experts or a block without the FFN (the dense FFN metrics skip it and say so)."""
     paths = (spec.ffn_gate, spec.ffn_up, spec.ffn_down)
     if spec.moe and _has(block, spec.moe.experts):
         paths = tuple(spec.shared_ffn_paths()) if spec.moe.shared_experts else ()
         if len(paths) == 2:
             paths = (None, *paths)
-    if not paths or not paths[-1]:
-        return None
+    if not paths or not paths[-1] or not all(_has(block, p) for p in paths if p):
+        return None  # no dense FFN here (Nemotron-H: a mixer or attention block of its own)
     inputs = tuple(get_submodule(block, p) for p in paths[:-1] if p)
     return FFN(inputs, get_submodule(block, paths[-1]))
 

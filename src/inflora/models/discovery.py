@@ -16,17 +16,18 @@ from torch import nn
 
 from ..errors import ArchitectureError, ConfigError
 from .discovery_ffn import discover_ffn
-from .projections import HOW_TO_OVERRIDE, io_features, is_projection, projections
+from .projections import HOW_TO_OVERRIDE, io_features, is_attention_class, is_projection, projections
 from .spec import ArchSpec
 
 PEFT_LAYER_NAMES = ("layers", "h", "block", "blocks", "layer")
 VISION_CUES = ("vision", "visual", "vit", "image", "patch")
 TOWERS = ("language", "vision")
 
-_Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj|project_q|q_head)$", re.I)
+_Q = re.compile(r"^(q_proj|query|query_proj|q_lin|q|wq|q_b_proj|project_q|q_head|q_gate_proj)$", re.I)
 _K = re.compile(r"^(k_proj|key|key_proj|k_lin|k|wk|project_k|k_head)$", re.I)
 _V = re.compile(r"^(v_proj|value|value_proj|v_lin|v|wv|project_v|v_head)$", re.I)
 _FUSED = re.compile(r"^(qkv_proj|query_key_value|c_attn|wqkv|qkv|in_proj|w_pack)$", re.I)
+_RECURRENT = ("receptance",)  # RWKV's time-mixing: an "Attention" class with no softmax over keys
 _MLA = ("q_a_proj", "q_b_proj", "q_proj", "kv_a_proj_with_mqa", "kv_b_proj")
 
 
@@ -35,7 +36,8 @@ def _same_class(children: list[nn.Module]) -> bool:
 
 
 def _has_attention(block: nn.Module) -> bool:
-    return any("Attention" in type(m).__name__ for m in block.modules())
+    return any(is_attention_class(m) for m in block.modules())
+
 
 
 def block_lists(base: nn.Module, declared: set[str]) -> list[tuple[str, nn.ModuleList]]:
@@ -46,11 +48,19 @@ def block_lists(base: nn.Module, declared: set[str]) -> list[tuple[str, nn.Modul
         if not isinstance(mod, nn.ModuleList) or len(mod) == 0 or not path:
             continue
         children = list(mod)
-        if not _same_class(children):
-            continue
+        if not (_same_class(children) or all(type(c).__name__ in declared for c in children)):
+            continue  # hybrids (OLMo-hybrid, Zamba) mix declared block classes in one list
         if type(children[0]).__name__ in declared or _has_attention(children[0]):
             out.append((path, mod))
     return out
+
+
+def repeated_lists(base: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """Where no block class is declared and no block holds attention (FNet's Fourier mixing): the
+    ``ModuleList``s of two or more same-class modules under one of PEFT's layer-pattern names."""
+    return [(path, mod) for path, mod in base.named_modules()
+            if isinstance(mod, nn.ModuleList) and len(mod) > 1 and path.split(".")[-1] in PEFT_LAYER_NAMES
+            and _same_class(list(mod)) and any(True for _ in mod[0].parameters())]
 
 
 def tower_of(path: str, block: nn.Module) -> str:
@@ -61,7 +71,7 @@ def tower_of(path: str, block: nn.Module) -> str:
 def choose_blocks(model: nn.Module, base: nn.Module, tower: str) -> tuple[str, nn.ModuleList, list[str]]:
     """The block list of ``tower``; also the towers the model has (for errors and ``info``)."""
     declared = set(getattr(model, "_no_split_modules", None) or ())
-    found = block_lists(base, declared)
+    found = block_lists(base, declared) or repeated_lists(base)
     if not found:
         raise ArchitectureError(
             f"{type(model).__name__}: found no block list (an nn.ModuleList of repeated modules of a class in "
@@ -90,7 +100,7 @@ def find_attention(block: nn.Module) -> tuple[str, str]:
     """(container, attention): the outermost module whose class says Attention (it holds the
     output projection), and the innermost one inside it holding the query projections (it returns
     the map); a decoder's cross-attention (declared after its self-attention) is never chosen."""
-    attn = [(n, m) for n, m in block.named_modules() if n and "Attention" in type(m).__name__]
+    attn = [(n, m) for n, m in block.named_modules() if n and is_attention_class(m)]
     if not attn:
         raise ArchitectureError(f"{type(block).__name__}: found no attention module (a submodule whose class "
                                 f"name contains 'Attention'); to support it, {HOW_TO_OVERRIDE}")
@@ -182,6 +192,19 @@ def entropy_decision(model: nn.Module, attention: nn.Module) -> tuple[bool, str 
     return True, None
 
 
+def attention_map_index(model: nn.Module, attention: nn.Module) -> int:
+    """Where the eager map sits in the attention module's output tuple, as the model declares it
+    for transformers' own ``output_attentions`` recording (``_can_record_outputs``): 1 unless an
+    ``OutputRecorder`` says otherwise. T5 returns (output, position bias, map) and declares -1; a
+    negative index counts from the end, so it holds for a wrapper passing the inner tuple's tail on."""
+    declared = (getattr(model, "_can_record_outputs", None) or {}).get("attentions")
+    for recorder in declared if isinstance(declared, (list, tuple)) else [declared]:
+        index = getattr(recorder, "index", None)
+        if isinstance(index, int) and (index < 0 or getattr(recorder, "target_class", None) is type(attention)):
+            return index
+    return 1
+
+
 def is_causal(model: nn.Module, attention: nn.Module) -> bool:
     flag = getattr(attention, "is_causal", None)
     if flag is not None:
@@ -204,7 +227,7 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
     index, container, attention, projections = found
     block = blocks[index]
     hidden = container_width(block, container)
-    ffn = discover_ffn(blocks, container, hidden, model.config)
+    ffn = discover_ffn(blocks, container, hidden, model.config, first=index)
     streaming, note = entropy_decision(model, block.get_submodule(attention))
     cls = type(block.get_submodule(attention)).__name__
     free = tuple(i for i, b in enumerate(blocks) if not _has_module(b, attention, cls))
@@ -220,6 +243,7 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
         tower=tower, towers=tuple(towers), discovered=True,
         fused_conv1d=type(getattr(q := block.get_submodule(projections["query"]), "base_layer", q)).__name__ == "Conv1D",
         attention_class=cls, attention_free_blocks=free,
+        map_index=attention_map_index(model, block.get_submodule(attention)),
     )
 
 
@@ -247,6 +271,9 @@ def softmax_attention(blocks: nn.ModuleList, layer_types=None):
         block = blocks[i]
         try:
             container, attention = find_attention(block)
+            if any(role_name(n) in _RECURRENT for n, _ in projections(block.get_submodule(container))):
+                raise ArchitectureError(f"{type(block).__name__}: found no attention module with a softmax "
+                                        f"({container!r} is recurrent time-mixing)")
             hidden = container_width(block, container)
             return i, container, attention, attention_projections(block, container, attention, hidden)
         except ArchitectureError as exc:
@@ -263,13 +290,30 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
     if hidden is None:
         raise ArchitectureError(f"{type(model).__name__}: found no attention module and no config.hidden_size to "
                                 f"find the block's projections by; to support it, {HOW_TO_OVERRIDE}")
-    ffn = discover_ffn(blocks, "", hidden, model.config)
+    try:
+        ffn, targets = discover_ffn(blocks, "", hidden, model.config), ()
+    except ArchitectureError:  # a state-space mixer whose input projection also makes gates and states (Mamba-2)
+        if not any(n.endswith("A_log") for n, _ in blocks[0].named_parameters()):
+            raise
+        ffn, targets = dict(ffn_up=None, ffn_down=None), mixer_projections(blocks[0], hidden)
     all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
     kind = model.config.model_type
     return ArchSpec(
         family=kind if tower == "language" else f"{kind}:{tower}", model_types=(kind,), blocks=blocks_path,
         attention=None, query=None, key=None, value=None, output=None,
         embeddings=embedding_paths(base, blocks_path, all_lists), **ffn, causal=True, attention_interface=False,
-        entropy_note="no block has softmax attention (a state-space or recurrent model): entropy does not apply",
+        entropy_note="no block has softmax attention (a state-space, recurrent or Fourier-mixing model): entropy does not apply",
         tower=tower, towers=tuple(towers), discovered=True, attention_free_blocks=tuple(range(len(blocks))),
+        block_targets=targets,
     )
+
+
+def mixer_projections(block: nn.Module, hidden: int) -> tuple[str, ...]:
+    """The projections of a block without a readable FFN that read or write its residual width
+    (a Mamba-2 mixer's ``in_proj`` and ``out_proj``): what LoRA adapts there. Its hidden units are
+    not one projection's output, so the FFN metrics (dormant units, ReDo) skip it and say so."""
+    found = tuple(p for p, m in projections(block) if hidden in io_features(m))
+    if not found:
+        raise ArchitectureError(f"{type(block).__name__}: found no attention, no feed-forward and no projection "
+                                f"reading or writing {hidden} features; to support it, {HOW_TO_OVERRIDE}")
+    return found

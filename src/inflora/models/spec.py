@@ -36,7 +36,7 @@ class ArchSpec:
     family: str
     model_types: tuple[str, ...]
     blocks: str                      # ModuleList of transformer blocks (relative to base_model)
-    attention: str | None            # module whose output[1] is the attention map [B, H, Tq, Tk]
+    attention: str | None            # module whose output[map_index] is the attention map [B, H, Tq, Tk]
     query: str | None                # None (with attention, key, value, output): no softmax attention at all
     key: str | None
     value: str | None
@@ -59,6 +59,8 @@ class ArchSpec:
     fused_conv1d: bool = field(default=False, compare=False)  # projections are Conv1D ([in, out] weights)
     attention_class: str | None = None  # discovered: the attention class (blocks holding another have none)
     attention_free_blocks: tuple[int, ...] = ()  # blocks without softmax attention (hybrids, state-space)
+    block_targets: tuple[str, ...] = ()  # attention-free blocks without a readable FFN (Mamba-2 mixers): their in/out projections
+    map_index: int = 1               # where the eager map sits in the attention's output tuple (T5: -1, after its position bias)
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
@@ -66,7 +68,7 @@ class ArchSpec:
         if self.qkv_targets:
             return self.qkv_targets
         if self.query is None:  # no attention: the block's own projections
-            return self.mlp_targets
+            return self.mlp_targets or self.block_targets
         return (self.query,) if self.fused_qkv else (self.query, self.key, self.value)
 
     @property

@@ -33,6 +33,15 @@ FAMILY_SIZES = {
     # ALBERT shares one block across all its layers by default: one block for per-block metrics of
     # 4 layers; a group per layer gives the block list one entry per layer (the per-block metrics' unit).
     "albert": lambda h, heads: dict(num_hidden_groups=4),
+    # Mamba-2 mixers split expand × hidden (expand 2) into heads of head_dim: the defaults (128 heads,
+    # Falcon-H1's 1024-wide mixer) do not match a small hidden size.
+    "mamba2": lambda h, heads: dict(num_heads=2 * heads, n_groups=1),
+    "falcon_h1": lambda h, heads: dict(mamba_d_ssm=2 * h, mamba_n_groups=1),
+    # BigBird swaps block-sparse for full attention on inputs this short, replacing the module found
+    # at discovery during the forward (the probe then flags the entropy as not measured): build it full.
+    "big_bird": lambda h, heads: dict(attention_type="original_full"),
+    # LayoutLMv3 adds box embeddings of 4 coordinates and 2 shapes: 4·coordinate + 2·shape = hidden.
+    "layoutlmv3": lambda h, heads: dict(coordinate_size=h // 8, shape_size=h // 4),
 }
 
 
