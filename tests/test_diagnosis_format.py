@@ -85,7 +85,7 @@ def test_a_version_2_file_that_repeats_a_fact_is_refused(saved, tmp_path, where)
 
 def test_every_layout_field_is_checked_when_read():
     """``structure`` holds ``ArchSpec.to_dict``: the schema names every field (a new field fails here)."""
-    from dataclasses import fields
+    from dataclasses import MISSING, fields
 
     from inflora.diagnosis_schema import MoESpecSection, StructureSection
     from inflora.models import ARCHITECTURES, ArchSpec
@@ -93,6 +93,12 @@ def test_every_layout_field_is_checked_when_read():
 
     assert set(StructureSection.model_fields) == {f.name for f in fields(ArchSpec)} - {"family"}
     assert set(MoESpecSection.model_fields) == {f.name for f in fields(MoESpec)}
+    for section, spec_class in ((StructureSection, ArchSpec), (MoESpecSection, MoESpec)):
+        for f in fields(spec_class):  # a field added later has a default, so an older file still reads
+            default = f.default if f.default is not MISSING else MISSING
+            if default is not MISSING:
+                written = list(default) if isinstance(default, tuple) else default
+                assert section.model_fields[f.name].default == written, f.name
     for spec in ARCHITECTURES:
         written = json.loads(json.dumps(spec.to_dict()))
         StructureSection.model_validate(written)

@@ -93,17 +93,18 @@ class MoESpecSection(BaseModel):
     module: Module
     router: Optional[Module]
     experts: Module
-    expert_parameters: list[Module]
-    shared_experts: Optional[Module]
-    num_experts: Index
-    blocks: list[Index]
-    top_k: Index
-    shared: list[Module]
+    expert_parameters: list[Module] = []
+    shared_experts: Optional[Module] = None
+    num_experts: Index = 0
+    blocks: list[Index] = []
+    top_k: Index = 0
+    shared: list[Module] = []
 
 
 class StructureSection(BaseModel):
     """``models.spec.ArchSpec.to_dict``: the layout the probe used. Its paths become LoRA targets
-    and PEFT's ``layers_pattern`` in exports, so each must be a module name."""
+    and PEFT's ``layers_pattern`` in exports, so each must be a module name. Defaults are
+    ``ArchSpec``'s, so a file written before a field was added still reads."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
     model_types: list[OneLine]
@@ -116,21 +117,23 @@ class StructureSection(BaseModel):
     embeddings: list[Module]
     ffn_up: Optional[Module]
     ffn_down: Optional[Module]
-    ffn_gate: Optional[Module]
-    causal: bool
-    fused_qkv: bool
-    maps_need_output_attentions: bool
-    attention_interface: bool
-    entropy_note: Optional[OneLine]
-    qkv_targets: Optional[list[Module]]
-    fused_gate_up: bool
-    moe: Optional[MoESpecSection]
-    tower: Tower
-    towers: list[Tower]
-    discovered: bool
-    fused_conv1d: bool
-    attention_class: Optional[OneLine]
-    attention_free_blocks: list[Index]
+    ffn_gate: Optional[Module] = None
+    causal: bool = False
+    fused_qkv: bool = False
+    maps_need_output_attentions: bool = False
+    attention_interface: bool = True
+    entropy_note: Optional[OneLine] = None
+    qkv_targets: Optional[list[Module]] = None
+    fused_gate_up: bool = False
+    moe: Optional[MoESpecSection] = None
+    tower: Tower = "language"
+    towers: list[Tower] = ["language"]
+    discovered: bool = False
+    fused_conv1d: bool = False
+    attention_class: Optional[OneLine] = None
+    attention_free_blocks: list[Index] = []
+    block_targets: list[Module] = []
+    map_index: int = 1
 
 
 class DiagnosisFile(BaseModel):
