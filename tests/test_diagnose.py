@@ -21,7 +21,7 @@ transformers.logging.set_verbosity_error()
 
 SMALL = dict(batches=3, batch_size=16, max_length=32, progress=False)
 LAYER_KEYS = {"layer", "attention_entropy", "attention_entropy_norm", "activation_grad_norm", "param_grad_norm",
-              "ski", "head_entropy"}
+              "head_entropy"}
 TOP_KEYS = {"model", "num_layers", "layers", "inflection_layers", "selection", "config", "versions"}
 
 
@@ -113,8 +113,8 @@ def test_json_round_trip_and_required_keys(rt_diagnosis, tmp_path):
     assert TOP_KEYS <= set(data)
     assert data["model"] == "minilm" and data["num_layers"] == 6
     assert all(LAYER_KEYS <= set(row) for row in data["layers"])
-    assert {"rule", "parameters", "stability"} <= set(data["selection"])
-    assert len(data["selection"]["stability"]) == 6
+    assert {"rule", "parameters", "resamples"} <= set(data["selection"]) and "stability" not in data["selection"]
+    assert len(data["stability"]) == len(data["ski"]) == 6 and not any("ski" in row for row in data["layers"])
     assert {"torch", "transformers", "peft", "inflora"} <= set(data["versions"])
     back = Diagnosis.from_json(path)
     assert back.to_dict() == d.to_dict()
@@ -165,7 +165,7 @@ def test_single_batch_gives_nan_stability_and_valid_json(tmp_path):
     d = diagnose(tiny_model("bert", layers=3), tiny_batches(1), progress=False)
     assert all(math.isnan(s) for s in d.stability)
     d.to_json(tmp_path / "d.json")
-    assert json.loads((tmp_path / "d.json").read_text())["selection"]["stability"] == [None] * 3
+    assert json.loads((tmp_path / "d.json").read_text())["stability"] == [None] * 3
 
 
 # ---------------------------------------------------------------- bad input

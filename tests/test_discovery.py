@@ -132,6 +132,7 @@ def test_vision_tower_export_names_the_vision_blocks_and_diagnosis_needs_images(
     d = diagnose(tiny_model("qwen2_vl", task="causal-lm"), val, tokenizer, batches=1, batch_size=4, max_length=32,
                  progress=False, resamples=2)
     d.model, d.family, d.inflection_layers = "tiny-qwen2_vl", "qwen2_vl:vision", [1]  # a band of vision blocks
+    d.structure = arch_for("qwen2_vl:vision").to_dict()  # ... and the layout of that tower
     done = export_config(d, "peft", tmp_path / "peft", model="tiny-qwen2_vl", r=2)
     loaded = LoraConfig.from_pretrained(str(done.path))
     assert loaded.layers_pattern == "visual.blocks" and sum(done.matched.values()) == 1

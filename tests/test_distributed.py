@@ -86,6 +86,6 @@ def test_two_gloo_ranks_match_a_single_process(tmp_path):
     # the output section too: 5 batches x 4 examples, merged from both ranks' sums
     assert d["output"]["predictions"] == 20 and sum(d["output"]["histogram"]["count"]) == 20
     assert all(r["wrong_token_share"] is not None for r in d["layers"])
-    stab = d["selection"]["stability"]
+    stab = d["stability"]
     assert all(s is not None and 0 <= s <= 1 for s in stab)
     assert any(0 < s < 1 for s in stab)  # fractional: the comparison above checks the batch order too

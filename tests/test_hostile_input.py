@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from inflora.cli import app
 from inflora.data import load_file, load_task
 from inflora.diagnosis import Diagnosis, diagnose
+from inflora.diagnosis_schema import FORMAT_VERSION
 from inflora.errors import DataError
 from inflora.export import export_config
 from inflora.models import tiny_model
@@ -247,12 +248,10 @@ def test_a_column_option_with_a_built_in_task_works_and_says_it_is_ignored(tmp_p
     assert len(notes) == 1 and notes[0].startswith("warning:"), res.stderr
 
 
-def test_a_diagnosis_from_a_newer_inflora_is_refused_and_an_old_one_without_a_version_is_read(llama_diagnosis, tmp_path):
+def test_a_diagnosis_from_a_newer_inflora_is_refused(llama_diagnosis, tmp_path):
+    """(Reading version 1 files: tests/test_diagnosis_format.py.)"""
     data, _ = llama_diagnosis
-    assert data.get("format_version", 1) == 1
-    old = {k: v for k, v in data.items() if k != "format_version"}
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    assert Diagnosis.from_json(tmp_path / "old.json").format_version == 1
-    (tmp_path / "new.json").write_text(json.dumps({**data, "format_version": 99}))
+    assert data["format_version"] == FORMAT_VERSION
+    (tmp_path / "new.json").write_text(json.dumps({**data, "format_version": FORMAT_VERSION + 1}))
     refused(run("export", tmp_path / "new.json", "--format", "json", "--out", tmp_path / "x.json"),
             r"new\.json: format_version: .*newer inflora")

@@ -17,10 +17,11 @@ from .diagnosis_steps import (
 )
 from .diagnosis_steps import as_batches as _as_batches  # noqa: F401  (the old name; tests build batches with it)
 from .diagnosis_steps import load_model_for  # noqa: F401  (public: experiments load a model for a task with it)
+from .diagnosis_steps import PROFILE_KEYS  # noqa: F401  (public: the profile keys a rule may read)
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .validate import check_values
-from .models import get_blocks, hf_model
+from .models import arch_for, get_blocks, hf_model
 from .models.moe import moe_layout
 from .select import RuleInputs, local_maxima
 from .strategies.lora import head_modules, task_type_of
@@ -28,7 +29,11 @@ from .strategies.lora import head_modules, task_type_of
 
 @dataclass
 class Diagnosis:
-    """Everything one probe run measured, in plain attributes (see ``to_json`` for the file format)."""
+    """Everything one probe run measured, in plain attributes (see ``to_json`` for the file format).
+
+    Each fact is held once: ``layers`` holds what the probe measured per layer; ``ski`` (with its two
+    terms) and ``stability`` are the selection's per-layer lists, and ``selection`` says how it was
+    made (rule, parameters, resamples)."""
 
     model: str
     family: str
@@ -51,6 +56,7 @@ class Diagnosis:
     head_modules: list[str] = field(default_factory=list)  # heads that stay trainable (PEFT modules_to_save)
     output: dict = field(default_factory=dict)  # output saturation (metrics.output); {} in older files
     moe: dict = field(default_factory=dict)  # MoE layout (models.moe.MoeLayout.to_dict); {} for dense models
+    structure: dict = field(default_factory=dict)  # the layout the probe used (ArchSpec.to_dict); {} in older files
     format_version: int = FORMAT_VERSION  # of diagnosis.json; files without it are version 1
 
     def profile(self, key: str) -> list[float]:
@@ -71,7 +77,7 @@ class Diagnosis:
     def from_json(cls, path: str | os.PathLike) -> "Diagnosis":
         """Read a diagnosis file, checked against ``diagnosis_schema.DiagnosisFile`` first: the file
         may come from someone else, and its strings end up in exported configs and reports."""
-        from .diagnosis_schema import DiagnosisFile
+        from .diagnosis_schema import DiagnosisFile, from_version_1
         from .validate import check_schema, load_json
 
         path = Path(path)
@@ -81,6 +87,8 @@ class Diagnosis:
         if not isinstance(data, dict) or "num_layers" not in data:
             raise DataError(f"{path}: (top level): not a diagnosis file (no num_layers)")
         check_schema(path, data, DiagnosisFile)
+        if data.get("format_version", 1) == 1:
+            data = from_version_1(data)
         data["layers"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in data["layers"]]
         data["output"] = _nan_for_null(data.get("output", {}))
         return cls(**data)
@@ -98,7 +106,15 @@ class Diagnosis:
             from .models.moe import MoeLayout
 
             kw.setdefault("moe", MoeLayout.from_dict(self.moe))
-        return lora_config(self.family, self.inflection_layers, **kw)
+        return lora_config(self.spec(), self.inflection_layers, **kw)
+
+    def spec(self):
+        """The layout (``ArchSpec``) the probe used, as recorded; a file written before version 2
+        records none, and then the family's is looked up (a table row, or discovered on a tiny model
+        of that type, which may differ from the diagnosed model's own configuration)."""
+        from .models import ArchSpec
+
+        return ArchSpec.from_dict(self.family, self.structure) if self.structure else arch_for(self.family)
 
 
 def _nan_for_null(obj):
@@ -184,8 +200,6 @@ def diagnose(
     if not band.chosen and all(map(math.isfinite, band.terms["ski"])):
         flags.append(f"rule {rule!r} selected no layer (the SKI profile has no strict peak: is it flat? "
                      "--param plateaus=true counts a flat top as a peak)")
-    for row, value in zip(measured.layers, band.terms["ski"]):
-        row["ski"] = float(value)
     compared = compare_rules(model, measured.layers, band.chosen, opts, flags) if rules else {}
     where = {"data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})}
     return _assemble(name, spec, inner, task, moe, opts, measured, band, _config(opts, measured, split, where),
@@ -202,13 +216,12 @@ def _assemble(name: str, spec, inner, task: str, moe, opts: DiagnoseOptions, mea
         inflection_layers=band.chosen, ski=ski, entropy_term=[float(v) for v in band.terms["entropy_term"]],
         grad_term=[float(v) for v in band.terms["grad_term"]],
         peaks=local_maxima(ski, ski_params["boundary"], ski_params["plateaus"]) if all(map(math.isfinite, ski)) else [],
-        stability=stability, selection={"rule": opts.rule, "parameters": opts.params, "stability": list(stability),
-                                        "resamples": opts.resamples,
+        stability=stability, selection={"rule": opts.rule, "parameters": opts.params, "resamples": opts.resamples,
                                         "ski": {k: ski_params[k] for k in ("alpha", "variant")}},
         groups=measured.groups, lora_targets=list(spec.lora_targets), config=config,
         flags=flags, rules=compared, task_type=task, output=measured.output,
         head_modules=head_modules(inner) if task == "classification" else [],
-        moe=moe.to_dict() if moe else {},
+        moe=moe.to_dict() if moe else {}, structure=spec.to_dict(),
     )
 
 

@@ -4,15 +4,29 @@ JSON types as ``Diagnosis.to_json`` writes them, names without line breaks or co
 module names that are module names, and a band inside the model."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .models import ARCHITECTURES
 from .strategies.lora import MODULE_NAME, TASK_TYPES
 
 
-FORMAT_VERSION = 1  # diagnosis.json's layout; a reader refuses a newer one instead of misreading it
+# diagnosis.json's layout; a reader refuses a newer one instead of misreading it. 2: SKI only in the
+# top-level ``ski`` (not in each layer row), stability only in the top-level ``stability`` (not in
+# ``selection``), and the model's layout in ``structure``; version 1 files are read through
+# ``from_version_1`` (without a structure, exports look the family up as version 1 did).
+FORMAT_VERSION = 2
+
+
+def from_version_1(data: dict) -> dict:
+    """A version-1 file (checked) in today's layout: each fact once. Version 1 wrote SKI into every
+    layer row beside the top-level ``ski`` and the stability into ``selection`` beside the top-level
+    ``stability``, the same numbers twice; the top-level lists are kept."""
+    layers = [{k: v for k, v in row.items() if k != "ski"} for row in data["layers"]]
+    selection = {k: v for k, v in data["selection"].items() if k != "stability"}
+    return {**data, "layers": layers, "selection": selection, "format_version": FORMAT_VERSION}
+
 
 def _one_line(text: str) -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 or ch in "\u2028\u2029\x85" for ch in text):
@@ -68,6 +82,60 @@ class MoeSection(BaseModel):
     blocks: list[Annotated[int, Field(ge=0)]]
 
 
+Index = Annotated[int, Field(ge=0)]
+Tower = Literal["language", "vision"]
+
+
+class MoESpecSection(BaseModel):
+    """``models.spec.MoESpec`` as ``ArchSpec.to_dict`` writes it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    module: Module
+    router: Optional[Module]
+    experts: Module
+    expert_parameters: list[Module] = []
+    shared_experts: Optional[Module] = None
+    num_experts: Index = 0
+    blocks: list[Index] = []
+    top_k: Index = 0
+    shared: list[Module] = []
+
+
+class StructureSection(BaseModel):
+    """``models.spec.ArchSpec.to_dict``: the layout the probe used. Its paths become LoRA targets
+    and PEFT's ``layers_pattern`` in exports, so each must be a module name. Defaults are
+    ``ArchSpec``'s, so a file written before a field was added still reads."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model_types: list[OneLine]
+    blocks: Module
+    attention: Optional[Module]
+    query: Optional[Module]
+    key: Optional[Module]
+    value: Optional[Module]
+    output: Optional[Module]
+    embeddings: list[Module]
+    ffn_up: Optional[Module]
+    ffn_down: Optional[Module]
+    ffn_gate: Optional[Module] = None
+    causal: bool = False
+    fused_qkv: bool = False
+    maps_need_output_attentions: bool = False
+    attention_interface: bool = True
+    entropy_note: Optional[OneLine] = None
+    qkv_targets: Optional[list[Module]] = None
+    fused_gate_up: bool = False
+    moe: Optional[MoESpecSection] = None
+    tower: Tower = "language"
+    towers: list[Tower] = ["language"]
+    discovered: bool = False
+    fused_conv1d: bool = False
+    attention_class: Optional[OneLine] = None
+    attention_free_blocks: list[Index] = []
+    block_targets: list[Module] = []
+    map_index: int = 1
+
+
 class DiagnosisFile(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -92,6 +160,7 @@ class DiagnosisFile(BaseModel):
     head_modules: list[Module] = []
     output: dict[str, Any] = {}
     moe: Optional[MoeSection] = None  # {} (a dense model) is read as None
+    structure: Optional[StructureSection] = None  # absent before version 2: the family is looked up
     format_version: Annotated[int, Field(ge=1)] = 1
 
     @field_validator("format_version")
@@ -102,9 +171,27 @@ class DiagnosisFile(BaseModel):
                              f"{FORMAT_VERSION}); upgrade inflora")
         return version
 
-    @field_validator("moe", mode="before")
+    @model_validator(mode="after")
+    def _each_fact_once(self):
+        """From version 2 on, SKI and the stability are written once (see ``from_version_1``)."""
+        if self.format_version >= 2 and any("ski" in row for row in self.layers):
+            raise ValueError("layer rows hold 'ski', which a version-2 file keeps only in the top-level ski")
+        if self.format_version >= 2 and "stability" in self.selection:
+            raise ValueError("selection holds 'stability', which a version-2 file keeps only in the top-level stability")
+        return self
+
+    @model_validator(mode="after")
+    def _layout_of_the_named_tower(self):
+        """The recorded layout is that of the tower the family names (``qwen2_vl:vision``)."""
+        tower = self.family.partition(":")[2] or "language"
+        if self.structure is not None and self.structure.tower != tower:
+            raise ValueError(f"structure is the {self.structure.tower} tower's layout but family {self.family!r} "
+                             f"names the {tower} tower")
+        return self
+
+    @field_validator("moe", "structure", mode="before")
     @classmethod
-    def _dense_has_no_moe_section(cls, value):
+    def _empty_section_is_none(cls, value):
         return None if value == {} else value
 
     @field_validator("layers")

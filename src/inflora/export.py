@@ -48,12 +48,12 @@ def lora_kwargs(config) -> dict:
 def dry_run(d: Diagnosis, config, model_name: str) -> dict[str, int]:
     """Match ``config`` against ``model_name``'s modules; refuse a model of another architecture."""
     kind = model_config(model_name).model_type
-    family = arch_for(kind).family
-    if family != arch_for(d.family).base_family:
+    family, spec = arch_for(kind).family, d.spec()
+    if family != spec.base_family:
         raise ConfigError(f"the diagnosis was made on a {d.family} model ({d.model}) but --model {model_name} is "
                           f"{kind}; its layers and module names differ: diagnose that model first")
     meta = meta_model(model_name, d.task_type)
-    set_tower(meta, arch_for(d.family).tower)
+    set_tower(meta, spec.tower)
     return match_lora_targets(meta, config)
 
 

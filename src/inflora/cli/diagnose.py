@@ -39,9 +39,9 @@ def print_summary(d, out: Path, console: Console | None = None) -> None:
     console = console or make_console()
     t = table(f"{d.model}: inflection band {layer_ranges(d.inflection_layers)}",
               ["layer", "entropy", "H/log n", "‖∂L/∂h‖", "‖∇θL‖", "SKI", "stab.", "band"])
-    for r, s in zip(d.layers, d.stability):
+    for r, ski, s in zip(d.layers, d.ski, d.stability):
         t.add_row(str(r["layer"]), f"{r['attention_entropy']:.3f}", f"{r['attention_entropy_norm']:.3f}",
-                  f"{r['activation_grad_norm']:.2e}", f"{r['param_grad_norm']:.2e}", f"{r['ski']:.3f}", f"{s:.2f}",
+                  f"{r['activation_grad_norm']:.2e}", f"{r['param_grad_norm']:.2e}", f"{ski:.3f}", f"{s:.2f}",
                   "◀ band" if r["layer"] in d.inflection_layers else "")
     console.print(t)
     if d.moe:

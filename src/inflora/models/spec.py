@@ -8,7 +8,7 @@ activations can be read the same way (ReDo, the dormant diagnostic).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from torch import nn
 
@@ -97,6 +97,33 @@ class ArchSpec:
     @property
     def base_family(self) -> str:
         return self.family.split(":")[0]
+
+    def to_dict(self) -> dict:
+        """Plain JSON values, without ``family`` (diagnosis.json records it beside): the layout a
+        diagnosis used, so what is built from it later needs no lookup of the family."""
+        return _plain({k: v for k, v in asdict(self).items() if k != "family"})
+
+    @classmethod
+    def from_dict(cls, family: str, data: dict) -> "ArchSpec":
+        """``to_dict`` read back (checked first: ``diagnosis_schema.StructureSection``)."""
+        values = {**_tuples(cls, data), "family": family}
+        if values.get("moe") is not None:
+            values["moe"] = MoESpec(**_tuples(MoESpec, values["moe"]))
+        return cls(**values)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _tuples(cls, data: dict) -> dict:
+    """JSON lists back into the tuples a frozen spec holds (``cls``'s tuple fields)."""
+    tuple_fields = {f.name for f in fields(cls) if "tuple" in str(f.type)}
+    return {k: tuple(v) if k in tuple_fields and v is not None else v for k, v in data.items()}
 
 
 @dataclass(frozen=True)

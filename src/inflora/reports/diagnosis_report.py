@@ -117,9 +117,9 @@ def write_diagnosis_report(d, out_dir: str | Path) -> dict[str, Path]:
     rep.heading("Profiles").figure(profile_figure(d), "profile",
                                    "Per-layer curves; the shaded layers are the chosen band; stars mark SKI peaks.")
     rows = [{"layer": r["layer"], "entropy": r["attention_entropy"], "entropy / log n": r["attention_entropy_norm"],
-             "‖∂L/∂h‖": r["activation_grad_norm"], "‖∇θL‖": r["param_grad_norm"], "H̃": h, "G̃": g, "SKI": r["ski"],
+             "‖∂L/∂h‖": r["activation_grad_norm"], "‖∇θL‖": r["param_grad_norm"], "H̃": h, "G̃": g, "SKI": ski,
              "stability": s, "band": "●" if r["layer"] in d.inflection_layers else ""}
-            for r, h, g, s in zip(d.layers, d.entropy_term, d.grad_term, d.stability)]
+            for r, h, g, ski, s in zip(d.layers, d.entropy_term, d.grad_term, d.ski, d.stability)]
     for row, r in zip(rows, d.layers):
         if "attention_entropy_se" in r:
             row["entropy SE"] = r["attention_entropy_se"]

@@ -12,8 +12,8 @@ import math
 
 import numpy as np
 
-from .blocks import matrix_rule
-from .rules import RULES
+from .score_rule import matrix_rule
+from .rule_registry import RULES
 
 
 def hill_alpha(lam_tail) -> float:

@@ -1,4 +1,5 @@
-"""Per-block scores for the peer selection rules (``selectors.md`` §0, §9).
+"""What every selection rule reads and returns (``selectors.md`` §0, §9): ``RuleInputs`` and
+``BlockScores``, plus the block matrices the weight rules score.
 
 A rule returns the *raw* metric per block and the end that is selected (``direction``); only
 ``BlockScores.select`` applies the direction, so no rule flips a sign by itself. Rules read what
@@ -7,7 +8,6 @@ probe's backward profiles (``backward``); a missing input is a one-line ``Config
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -90,43 +90,6 @@ class RuleInputs:
         return values
 
 
-@dataclass(frozen=True)
-class ScoreRule:
-    """A registered rule: ``score(inputs) -> (raw, per_module, meta)`` plus its direction and inputs.
-
-    Calling it like the SKI-family rules, ``rule(entropy, grad, k=3)``, works for rules that read only
-    the entropy and activation-gradient profiles, so they fit ``select_layers`` and bootstrap stability."""
-
-    name: str
-    needs: frozenset
-    direction: str
-    score_fn: Callable[[RuleInputs], tuple]
-    doc: str = ""
-    picker_fn: Callable[[RuleInputs], Callable[[int], list[int]]] | None = None  # rules without an order
-    spectrum_dtype: str | None = None  # weight rules: the dtype of the singular values they read
-
-    def score(self, inputs: RuleInputs) -> BlockScores:
-        t0 = time.perf_counter()
-        raw, per_module, meta = self.score_fn(inputs)
-        meta = {**meta, "seconds": time.perf_counter() - t0, "needs": sorted(self.needs)}
-        picker = self.picker_fn(inputs) if self.picker_fn else None
-        return BlockScores(self.name, [float(v) for v in raw], self.direction, per_module, meta, picker)
-
-    def __call__(self, entropy, grad, *, k: int = 3, seed: int = 0) -> list[int]:
-        if not self.needs <= {"backward"}:
-            raise ConfigError(f"rule {self.name!r} needs {NEEDS_TEXT[min(self.needs)]}, not only probe profiles; "
-                              "use it through --rules (score_rules)")
-        inputs = RuleInputs(len(entropy), profiles={"attention_entropy": list(entropy), "activation_grad_norm": list(grad)},
-                            seed=seed)
-        return self.score(inputs).select(k)
-
-
-def profile_rule(name: str, key: str, direction: str, doc: str) -> ScoreRule:
-    """A rule that ranks blocks by one probe profile (the single-signal SKI ablations, §7)."""
-    needs = frozenset({"forward" if key == "io_cka" else "backward"})
-    return ScoreRule(name, needs, direction, lambda inp: (inp.profile(key, name), {}, {"profile": key}), doc)
-
-
 # --------------------------------------------------------------------------- weight matrices
 
 def block_matrices(blocks) -> list[dict[str, nn.Parameter]]:
@@ -176,22 +139,3 @@ def within_type_percentile(values: list[dict[str, float]]) -> list[float]:
         counts[idx] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).tolist()
-
-
-def matrix_rule(name: str, direction: str, metric: Callable[[np.ndarray, tuple[int, int]], float],
-                dtype: str, doc: str) -> ScoreRule:
-    """A weight-only rule: ``metric(singular_values, shape)`` per block matrix, with the singular values
-    computed in ``dtype`` (``spectra.singular_values``), then within-type percentiles."""
-
-    def score(inp: RuleInputs):
-        spectra = inp.weight_spectra(name)
-        per_block, per_module = [], {}
-        for i in range(spectra.num_blocks):
-            row = {}
-            for t in spectra.types(i):
-                row[t] = float(metric(spectra.values(i, t, dtype), spectra.shapes[i][t]))
-                per_module[f"{i}.{t}"] = row[t]
-            per_block.append(row)
-        return within_type_percentile(per_block), per_module, {"n_svd": len(per_module), "aggregate": "within-type percentile"}
-
-    return ScoreRule(name, frozenset({"weights"}), direction, score, doc, spectrum_dtype=dtype)

@@ -7,8 +7,8 @@ plus position 0, the same vector for every example, so its CKA is undefined (0/0
 """
 from __future__ import annotations
 
-from .blocks import profile_rule
-from .rules import RULES
+from .score_rule import profile_rule
+from .rule_registry import RULES
 
 RULES.register("cka-io")(profile_rule(
     "cka-io", "io_cka", "low", "layer-wise LoRA with CKA: the lowest CKA between a block's input and output (needs data)"))

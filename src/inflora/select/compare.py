@@ -1,26 +1,23 @@
 """Several rules side by side at one budget of K blocks: scores, selections and their overlap.
 
-The SKI-family rules (``ski``, ``ski-decay``, ``topk``, ``threshold``) choose a band of their own
-size; at a budget of K blocks their band is trimmed (lowest SKI first) or extended (highest SKI
-outside the band first) to K [ours], so every rule adapts the same number of blocks.
+Every rule is asked the same way (``protocol.SelectionRule``): ``score(inputs).select(K)``. A
+function rule's band is fitted to K by SKI (``function_rule.fit_band``), so every rule adapts the
+same number of blocks.
 """
 from __future__ import annotations
 
 import itertools
 
-import numpy as np
-
 from ..errors import ConfigError
-from .blocks import BlockScores, RuleInputs, ScoreRule, check_k
-from .rules import RULES, rule_parameters, select_layers
-from .ski import ski_terms
+from .blocks import NEEDS_TEXT, RuleInputs, check_k
+from .function_rule import fit_band  # noqa: F401  (re-exported: where callers found it)
+from .rule_registry import RULES
 
 COST_ORDER = {"": 0, "weights": 1, "forward": 2, "backward": 3}
 
 
 def rule_needs(name: str) -> set[str]:
-    rule = RULES.get(name)
-    return set(rule.needs) if isinstance(rule, ScoreRule) else {"backward"}
+    return set(RULES.get(name).needs)
 
 
 def check_rules(names: list[str], available: set[str]) -> None:
@@ -30,33 +27,12 @@ def check_rules(names: list[str], available: set[str]) -> None:
     for name in names:
         missing = rule_needs(name) - available
         if missing:
-            from .blocks import NEEDS_TEXT
-
             raise ConfigError(f"rule {name!r} needs {NEEDS_TEXT[min(missing)]}; "
                               f"without data only these rules run: {', '.join(weight_only_rules())}")
 
 
 def weight_only_rules() -> list[str]:
     return [n for n in RULES.names() if rule_needs(n) <= {"weights"}]
-
-
-def fit_band(band: list[int], score, k: int) -> list[int]:
-    """The band's blocks by descending score, then the others by descending score; the first k."""
-    n = len(score)
-    check_k(k, n)
-    s = np.nan_to_num(np.asarray(score, dtype=float), nan=-np.inf)
-    inside = sorted(band, key=lambda i: (-s[i], i))
-    outside = sorted((i for i in range(n) if i not in band), key=lambda i: (-s[i], i))
-    return sorted((inside + outside)[:k])
-
-
-def band_rule_scores(name: str, inputs: RuleInputs, params: dict) -> tuple[BlockScores, list[int]]:
-    entropy = inputs.profile("attention_entropy", name)
-    grad = inputs.profile("activation_grad_norm", name)
-    params = rule_parameters(name, params)
-    ski = ski_terms(entropy, grad, params["alpha"], params["variant"])["ski"]
-    band = select_layers(name, entropy, grad, **params)
-    return BlockScores(name, ski.tolist(), "high", {}, {"band": band, "needs": ["backward"]}), band
 
 
 def score_rules(names: list[str], inputs: RuleInputs, k: int, params: dict[str, dict] | None = None) -> dict:
@@ -66,14 +42,8 @@ def score_rules(names: list[str], inputs: RuleInputs, k: int, params: dict[str, 
     check_k(k, inputs.num_layers)
     rules = {}
     for name in names:
-        rule = RULES.get(name)
-        if isinstance(rule, ScoreRule):
-            scores = rule.score(inputs)
-            selected = scores.select(k)
-        else:
-            scores, band = band_rule_scores(name, inputs, params.get(name, {}))
-            selected = fit_band(band, scores.raw, k)
-        rules[name] = {**scores.to_dict(), "selected": selected, "needs": sorted(rule_needs(name))}
+        scores = RULES.get(name).score(inputs, **params.get(name, {}))
+        rules[name] = {**scores.to_dict(), "selected": scores.select(k), "needs": sorted(rule_needs(name))}
     return {"k": k, "rules": rules, "overlap": overlap({n: r["selected"] for n, r in rules.items()})}
 
 

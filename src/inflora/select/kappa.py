@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import matrix_rule
-from .rules import RULES
+from .score_rule import matrix_rule
+from .rule_registry import RULES
 
 
 def condition_number(singular_values, shape=None) -> float:

@@ -1,7 +1,7 @@
 """``low-grad``: SKI with α = 0, no band: the weakest gradient ‖∂L/∂h‖ (needs data). See ``selectors.md``."""
 from __future__ import annotations
 
-from .blocks import profile_rule
-from .rules import RULES
+from .score_rule import profile_rule
+from .rule_registry import RULES
 
 RULES.register("low-grad")(profile_rule("low-grad", "activation_grad_norm", "low", "SKI with α = 0, no band: the weakest gradient ‖∂L/∂h‖ (needs data)"))

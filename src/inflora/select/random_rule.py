@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 import random
 
-from .blocks import ScoreRule
-from .rules import RULES
+from .score_rule import ScoreRule
+from .rule_registry import RULES
 
 
 def random_blocks(n_layers: int, k: int, seed: int) -> list[int]:
@@ -19,4 +19,5 @@ def random_blocks(n_layers: int, k: int, seed: int) -> list[int]:
 RULES.register("random")(ScoreRule(
     "random", frozenset(), "none", lambda inp: ([math.nan] * inp.num_layers, {}, {"seed": inp.seed}),
     "uniformly random blocks, seeded (needs nothing)",
-    picker_fn=lambda inp: lambda k: random_blocks(inp.num_layers, k, inp.seed)))
+    picker_fn=lambda inp: lambda k: random_blocks(inp.num_layers, k, inp.seed),
+    parameters={"k": 3, "seed": 0}, arm="own"))

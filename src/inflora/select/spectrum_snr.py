@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from .blocks import matrix_rule
-from .rules import RULES
+from .score_rule import matrix_rule
+from .rule_registry import RULES
 
 
 def spectrum_snr(singular_values, shape: tuple[int, int]) -> float:

@@ -3,27 +3,23 @@
 One strategy per ordered rule (``lora-kappa``, ``lora-spectrum-snr``, ``lora-top-grad`` ...): like
 ``lora-inflection``, but the blocks come from that rule's selection in a diagnosis run with
 ``--rules`` (``Diagnosis.rules``), so every arm of a comparison adapts the same number of blocks.
-``lora-all`` and ``lora-random`` already exist, and ``lora-inflection`` is SKI's arm.
+``lora-all`` and ``lora-random`` already exist, and ``lora-inflection`` is SKI's arm; a rule's
+``arm`` (``select.ARMS``) says which of these trains it.
 """
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ..select import RULES, ScoreRule
-
-ARMLESS = {"all", "random"}   # lora-all / lora-random exist; their arms are those strategies
+from ..select import RULES
 
 
 def arm_rules() -> list[str]:
-    """Rules with a ``lora-<rule>`` strategy: the ordered peer rules (not SKI's own band rules)."""
-    return [n for n in RULES.names() if isinstance(RULES.get(n), ScoreRule) and n not in ARMLESS]
+    """Rules that need a ``lora-<rule>`` strategy made for them (``arm == "peer"``, ``select.ARMS``)."""
+    return [n for n in RULES.names() if RULES.get(n).arm == "peer"]
 
 
 def strategy_for_rule(rule: str) -> str:
-    """The strategy that trains a rule's selection: lora-inflection for SKI-family rules."""
-    RULES.get(rule)
-    if rule in ARMLESS:
-        return f"lora-{rule}"
-    return f"lora-{rule}" if rule in arm_rules() else "lora-inflection"
+    """The strategy that trains a rule's selection: lora-inflection for a band rule, else lora-<rule>."""
+    return "lora-inflection" if RULES.get(rule).arm == "inflection" else f"lora-{rule}"
 
 
 def rule_of(strategy: str) -> str | None:
@@ -37,7 +33,7 @@ def rule_behind(strategy: str) -> str | None:
     if strategy == "lora-inflection":
         return "ski"
     rule = strategy.removeprefix("lora-")
-    return rule if strategy.startswith("lora-") and rule in ARMLESS else rule_of(strategy)
+    return rule if rule in RULES and strategy_for_rule(rule) == strategy else None
 
 
 def blocks_from_diagnosis(strategy: str, diagnosis) -> list[int]:
