@@ -15,17 +15,20 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from ..devices import return_freed_memory
 from .spectra_cache import BlockCache
 
 
 def singular_values(w: torch.Tensor, dtype: str) -> np.ndarray:
     """σ of one weight matrix in ``dtype``, descending. The SVD runs on the matrix's tall orientation
     (σ(W) = σ(Wᵀ)): LAPACK reduces a tall matrix by QR first, and torch's SVD of a row-major wide
-    matrix measured 3-5× slower than of its transpose (benchmarks/weights_scan.py)."""
+    matrix measured 3-5× slower than of its transpose (benchmarks/weights_scan.py). The values are
+    copied into an array of numpy's own, so no block of torch's allocator stays alive between the
+    large buffers each SVD frees (such blocks keep glibc's heap from shrinking)."""
     x = w.detach().to("cpu", getattr(torch, dtype))
     if x.shape[0] < x.shape[1]:
         x = x.T
-    return torch.linalg.svdvals(x).numpy()
+    return torch.linalg.svdvals(x).numpy().copy()
 
 
 class Spectra:
@@ -89,8 +92,10 @@ def scan_spectra(items: Iterable[tuple[int, str, object]], num_blocks: int, dtyp
                  read=lambda x: x, total: int | None = None, progress: bool = False,
                  cache: BlockCache | None = None) -> Spectra:
     """Singular values of every streamed matrix in each of ``dtypes``; ``read(item)`` turns an item's
-    handle into its tensor (reading it from disk), and the tensor is dropped before the next one is
-    read. A block's seconds count its reads and its SVDs. Items must come block by block; with a
+    handle into its tensor (reading it from disk), and the tensor is dropped, its pages given back
+    (``return_freed_memory``), before the next one is read: without that, glibc kept the freed
+    17 MB buffers of a 2 GB scan in its heap, up to 600 MiB in some runs (none in others). A
+    block's seconds count its reads and its SVDs. Items must come block by block; with a
     ``cache``, each finished block is saved and blocks finished by an earlier run are not read."""
     from tqdm.auto import tqdm
 
@@ -108,6 +113,7 @@ def scan_spectra(items: Iterable[tuple[int, str, object]], num_blocks: int, dtyp
         w = read(handle)
         spectra.add(block, type_, w, dtypes)
         del w
+        return_freed_memory()
         spectra.block_seconds[block] += time.perf_counter() - t0
     if cache and current is not None:
         spectra.save_block(cache, current)
