@@ -93,6 +93,23 @@ def test_moe_expert_indices_are_never_block_indices(tmp_path):
     assert len(result["rules"]["spectrum-snr"]["raw"]) == 3 and "notes" in result  # no config: no LoRA sizes
 
 
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "gpt_oss"])
+def test_fused_experts_are_scored_per_expert_in_memory_and_scanned_alike(family, tmp_path):
+    """transformers 5 holds these experts as 3-D parameters; Qwen3-MoE and Mixtral are saved split
+    per expert (gate/up/down, w1/w2/w3) and gpt-oss fused [E, a, b]. Both paths score each expert's
+    matrices, the checkpoint's, and agree within 1e-6."""
+    model = tiny_model(family, task="causal-lm")
+    model.save_pretrained(tmp_path / family)
+    budget = Budget(layers=2)
+    scanned = scan_weights(str(tmp_path / family), WEIGHT_RULES, budget)
+    assert_same_scores(scanned, score_without_data(model, WEIGHT_RULES, budget))
+    experts = model.config.num_local_experts if hasattr(model.config, "num_local_experts") else model.config.num_experts
+    per_expert = [k for k in scanned["rules"]["kappa"]["per_module"] if k.startswith("0.") and "experts" in k]
+    assert len(per_expert) == 3 * experts if family != "gpt_oss" else 2 * experts
+    fused = {n for n, p in model.named_parameters() if p.ndim == 3}
+    assert fused  # the model in memory does hold fused 3-D experts
+
+
 def test_the_block_list_holding_most_weight_is_scanned_and_the_others_named(tmp_path):
     tensors = {f"visual.blocks.{b}.attn.qkv.weight": torch.randn(12, 4) for b in range(6)}
     tensors.update({f"model.layers.{b}.self_attn.q_proj.weight": torch.randn(32, 32) for b in range(2)})

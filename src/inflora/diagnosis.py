@@ -356,7 +356,7 @@ def _compare_rules(model, rules, layers, chosen, budget, seed, params, flags) ->
         flags.append("rules not compared: the band is empty, so give the budget explicitly (--budget layers=K)")
         return {}
     profiles = {key: [r[key] for r in layers] for key in PROFILE_KEYS if all(key in r for r in layers)}
-    return _scored(model, rules, RuleInputs(len(layers), blocks=get_blocks(hf_model(model)), profiles=profiles, seed=seed), k, budget, params)
+    return _scored(model, rules, weight_inputs(model, profiles=profiles, seed=seed), k, budget, params)
 
 
 def _scored(model, rules, inputs, k, budget, params=None) -> dict:
@@ -393,10 +393,19 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
     budget = budget or Budget()
     check_values(seed=seed)
     check_rules(rules, {"weights"})
-    inner = hf_model(model)
-    blocks = get_blocks(inner)
     k = budget_blocks(budget)
-    return _scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
+    return _scored(hf_model(model), rules, weight_inputs(model, seed=seed), k, budget)
+
+
+def weight_inputs(model: nn.Module, **inputs) -> RuleInputs:
+    """The rules' inputs with the block matrices as a checkpoint of the model stores them (fused
+    experts as their experts), read lazily, so in-memory and scanned scores agree."""
+    from .models.stored_matrices import stored_block_matrices
+    from .select.spectra import Spectra
+
+    blocks = get_blocks(hf_model(model))
+    spectra = Spectra.of_blocks(*stored_block_matrices(model))
+    return RuleInputs(len(blocks), blocks=blocks, spectra=spectra, **inputs)
 
 
 def budget_blocks(budget) -> int:
