@@ -18,6 +18,7 @@ from .io import atomic_write_text, versions
 from .validate import check_values
 from .metrics.accumulate import gather_batches
 from .models import arch_for, get_blocks, hf_model, load_model, set_tower
+from .models.loading import require_text_tower
 from .models.moe import moe_layout
 from .probe import LayerProbe, probe_step
 from .select import (
@@ -257,9 +258,7 @@ def diagnose(
                                                             seed=seed, tower=tower)
     inner = hf_model(model)
     spec = arch_for(inner)
-    if spec.tower != "language":
-        raise ConfigError(f"diagnosing the {spec.tower} tower of {spec.base_family} needs image inputs, which inflora's "
-                          "data loaders do not feed (text-only data serves the language tower): use --tower language")
+    require_text_tower(spec)
     task_type = task_type_of(inner)
     causal_lm = spec.causal and task_type == "causal-lm"
     moe = moe_layout(inner)

@@ -42,6 +42,8 @@ def compare_cmd(
     messages_column: str = typer.Option("messages", help="instruction file: chat messages column"),
     oracle: bool = typer.Option(False, help="also the per-block oracle: LoRA on each block alone and on all but it"),
     blocks: Optional[str] = typer.Option(None, help="the oracle's blocks, e.g. 0,4,8 (default all; needed above 48)"),
+    tower: str = typer.Option("language", help="multimodal models: the block list to diagnose and train, language "
+                              "or vision (text-only data serves the language tower)"),
     out: Path = typer.Option(Path("runs/compare")),
 ) -> None:
     """Which blocks to adapt, measured: every rule's choice trained at the same budget, with intervals."""
@@ -66,7 +68,7 @@ def compare_cmd(
                        max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
                        device=device, precision=precision, diagnose_batches=batches,
                        diagnose_batch_size=diagnose_batch_size, data_dir=data_dir, columns=columns, oracle=oracle,
-                       blocks=parse_blocks(blocks, "--blocks")).validate()
+                       blocks=parse_blocks(blocks, "--blocks"), tower=tower).validate()
     output_dir(out)
     command_line = "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 

@@ -86,6 +86,8 @@ def finetune_cmd(
     precision: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (autocast; fp16 with a gradient scaler, GPU only)"),
     grad_accum: int = typer.Option(1, help="micro-batches of --batch-size per optimizer step (per process)"),
     data_dir: Optional[str] = typer.Option(None),
+    tower: str = typer.Option("language", help="multimodal models: the block list to train, language or vision "
+                              "(text-only data serves the language tower)"),
     out: Path = typer.Option(Path("runs/finetune")),
     remedy_values: dict | None = None,
 ) -> None:
@@ -115,7 +117,7 @@ def finetune_cmd(
                          init=init, limit_train=limit_train,
                          limit_eval=limit_eval, log_every=log_every, remedies=list(options), remedy_options=options,
                          save_model=save_model, data_dir=data_dir, device=device, precision=precision,
-                         grad_accum=grad_accum, lisa_interval=lisa_interval)
+                         grad_accum=grad_accum, lisa_interval=lisa_interval, tower=tower)
     check_config(cfg)
     m = finetune(cfg, out)
     if not is_main_process():
