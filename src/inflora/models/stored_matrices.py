@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .architectures import get_blocks, hf_model
-from .weight_blocks import block_matrix_types
+from .weight_blocks import block_matrix_types, split_block_name
 
 SKIPPED = ("lora_", "original_module", "modules_to_save")  # PEFT's own tensors, not the model's
 
@@ -37,7 +37,7 @@ def stored_block_matrices(model: nn.Module) -> tuple[int, Callable[[int], dict[s
         if meta:
             raise ConfigError(f"the weight rules read weights, but the model's weights are on the meta "
                               f"device (e.g. {meta[0]}); load the real weights first")
-        return _matrices(_as_stored(inner, own), f"{prefix}.{i}.")
+        return _matrices(_as_stored(inner, own))
 
     return len(blocks), fetch
 
@@ -49,12 +49,15 @@ def _as_stored(model: nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, 
         return revert_weight_conversion(model, tensors)
 
 
-def _matrices(tensors: dict[str, torch.Tensor], block_prefix: str) -> dict[str, torch.Tensor]:
+def _matrices(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The block's matrices by type: the path after the block index, read as the scan reads names
+    (the checkpoint may name the block list differently: Qwen2-VL's ``model.language_model.layers``
+    is stored as ``model.layers``)."""
     out = {}
     for name, w in tensors.items():
-        rest = name.removeprefix(block_prefix)
-        if rest == name:
-            continue  # renamed out of the block (not expected; such a tensor is not the block's)
-        for type_, expert in block_matrix_types(rest, tuple(w.shape)):
+        split = split_block_name(name)
+        if split is None:
+            continue
+        for type_, expert in block_matrix_types(split[2], tuple(w.shape)):
             out[type_] = w if expert is None else w[expert]
     return out
