@@ -10,13 +10,13 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from typer.testing import CliRunner
 
 from inflora.cli import app
-from inflora.models import arch_for, get_blocks, tiny_model
+from inflora.models import arch_for, get_blocks, set_tower, tiny_model
 from inflora.models.spec import QKVLayout
 
 CAPTURED: list[dict] = []
 
 
-def _capture(module, query, key, value, attention_mask, **kwargs):
+def _capture(module, query, key, value, attention_mask=None, **kwargs):
     CAPTURED.append({"q": query, "k": key, "v": value})
     return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
 
@@ -78,6 +78,26 @@ def test_bloom_per_head_layout_matches_its_own_split():
     q, k, v = split(fused)
     for role, ours in zip("qkv", (q, k, v)):
         torch.testing.assert_close(fused[:, 0, layout.indices(role)], _heads_flat(ours), rtol=0, atol=0)
+
+
+def test_the_qwen2_vl_vision_tower_layout_matches_its_attention():
+    """The vision blocks' attention called directly (its inputs need no image processor): one
+    sequence of 3 patches with identity rotary (cos 1, sin 0)."""
+    model = tiny_model("qwen2_vl", task="causal-lm").eval()
+    spec = set_tower(model, "vision")
+    layout = spec.qkv_layout
+    assert layout.source == "qwen2_vl: [q|k|v] blocks"
+    attention = get_blocks(model)[0].get_submodule(spec.query.rpartition(".")[0])
+    attention.config._attn_implementation = "inflora_capture"
+    x = torch.randn(3, attention.qkv.in_features, generator=torch.Generator().manual_seed(0))
+    identity = (torch.ones(3, layout.head_dim), torch.zeros(3, layout.head_dim))
+    CAPTURED.clear()
+    with torch.no_grad():
+        attention(x, cu_seqlens=torch.tensor([0, 3]), position_embeddings=identity)
+        fused = attention.qkv(x)
+    for role in ("q", "k", "v"):
+        theirs = CAPTURED[0][role][0].transpose(0, 1).reshape(3, -1)  # [1, heads, 3, d] -> [3, heads * d]
+        torch.testing.assert_close(fused[:, layout.indices(role)], theirs, rtol=0, atol=0)
 
 
 def test_slices_merge_contiguous_heads_and_cover_the_width_once():

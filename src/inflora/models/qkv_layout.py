@@ -5,7 +5,8 @@ pattern of roles. Three layouts occur (each checked against the query, key and v
 computes, tests/test_qkv_layout.py):
 
 - ``[q|k|v]`` blocks, one group: Phi-3 ``qkv_proj``, GPT-2 ``c_attn`` (Conv1D: columns, not rows),
-  Falcon multi-query (``[q × H | k | v]``), and the default for any other fused projection;
+  Falcon multi-query (``[q × H | k | v]``), Qwen2-VL's vision ``qkv``, and the default for any other
+  fused projection;
 - per head ``[q_h, k_h, v_h]``: GPT-NeoX and Bloom ``query_key_value``, Falcon without multi-query;
 - per key/value group ``[q × H/G, k, v]``: Falcon's new decoder architecture (Falcon-40B/180B).
 
@@ -39,7 +40,7 @@ def _pattern(model_type: str, config, heads: int, kv_heads: int) -> tuple[str, i
     if model_type in PER_HEAD or (model_type == "falcon" and not getattr(config, "multi_query", False)):
         return f"{model_type}: interleaved per head", heads, ("q", "k", "v")
     name = "falcon (multi-query)" if model_type == "falcon" else model_type
-    known = model_type in ("phi3", "gpt2", "falcon")
+    known = model_type in ("phi3", "gpt2", "falcon", "qwen2_vl")
     source = f"{name}: [q|k|v] blocks" + ("" if known else " (assumed: the common order, not verified)")
     return source, 1, ("q",) * heads + ("k",) * kv_heads + ("v",) * kv_heads
 
