@@ -93,6 +93,45 @@ def test_moe_expert_indices_are_never_block_indices(tmp_path):
     assert len(result["rules"]["spectrum-snr"]["raw"]) == 3 and "notes" in result  # no config: no LoRA sizes
 
 
+def test_singular_values_are_held_in_numpy_memory_of_their_own():
+    """A kept torch result would be a small block of torch's allocator between the large buffers each
+    SVD frees, the heap fragmentation that held up to 600 MiB in a 2 GB scan (docs/performance.md)."""
+    from inflora.select.spectra import singular_values
+
+    w = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    sv = singular_values(w, "float32")
+    assert sv.flags.owndata and sv.base is None
+    np.testing.assert_allclose(sv, torch.linalg.svdvals(w).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "gpt_oss"])
+def test_fused_experts_are_scored_per_expert_in_memory_and_scanned_alike(family, tmp_path):
+    """transformers 5 holds these experts as 3-D parameters; Qwen3-MoE and Mixtral are saved split
+    per expert (gate/up/down, w1/w2/w3) and gpt-oss fused [E, a, b]. Both paths score each expert's
+    matrices, the checkpoint's, and agree within 1e-6."""
+    model = tiny_model(family, task="causal-lm")
+    model.save_pretrained(tmp_path / family)
+    budget = Budget(layers=2)
+    scanned = scan_weights(str(tmp_path / family), WEIGHT_RULES, budget)
+    assert_same_scores(scanned, score_without_data(model, WEIGHT_RULES, budget))
+    experts = model.config.num_local_experts if hasattr(model.config, "num_local_experts") else model.config.num_experts
+    per_expert = [k for k in scanned["rules"]["kappa"]["per_module"] if k.startswith("0.") and "experts" in k]
+    assert len(per_expert) == 3 * experts if family != "gpt_oss" else 2 * experts
+    fused = {n for n, p in model.named_parameters() if p.ndim == 3}
+    assert fused  # the model in memory does hold fused 3-D experts
+
+
+def test_a_block_list_the_checkpoint_names_differently_scores_the_same_in_memory(tmp_path):
+    """Qwen2-VL holds its language blocks at model.language_model.layers and saves them as
+    model.layers; in memory the matrices are read by their saved names, as the scan reads them."""
+    model = tiny_model("qwen2_vl", task="causal-lm")
+    model.save_pretrained(tmp_path / "vl")
+    budget = Budget(layers=2)
+    scanned = scan_weights(str(tmp_path / "vl"), WEIGHT_RULES, budget)
+    assert scanned["scan"]["block_list"] == "model.layers"
+    assert_same_scores(scanned, score_without_data(model, WEIGHT_RULES, budget))
+
+
 def test_the_block_list_holding_most_weight_is_scanned_and_the_others_named(tmp_path):
     tensors = {f"visual.blocks.{b}.attn.qkv.weight": torch.randn(12, 4) for b in range(6)}
     tensors.update({f"model.layers.{b}.self_attn.q_proj.weight": torch.randn(32, 32) for b in range(2)})

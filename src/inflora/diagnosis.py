@@ -17,13 +17,14 @@ from .diagnosis_steps import (
 )
 from .diagnosis_steps import as_batches as _as_batches  # noqa: F401  (the old name; tests build batches with it)
 from .diagnosis_steps import load_model_for  # noqa: F401  (public: experiments load a model for a task with it)
+from .diagnosis_steps import weight_inputs  # noqa: F401  (public: the rules' inputs read from a model's weights)
 from .diagnosis_steps import PROFILE_KEYS  # noqa: F401  (public: the profile keys a rule may read)
 from .errors import ConfigError, DataError
 from .io import atomic_write_text, versions
 from .validate import check_values
-from .models import arch_for, get_blocks, hf_model
+from .models import arch_for, hf_model
 from .models.moe import moe_layout
-from .select import RuleInputs, local_maxima
+from .select import local_maxima
 from .strategies.lora import head_modules, task_type_of
 
 
@@ -243,10 +244,8 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
     budget = budget or Budget()
     check_values(seed=seed)
     check_rules(rules, {"weights"})
-    inner = hf_model(model)
-    blocks = get_blocks(inner)
     k = budget_blocks(budget)
-    return scored(inner, rules, RuleInputs(len(blocks), blocks=blocks, seed=seed), k, budget)
+    return scored(hf_model(model), rules, weight_inputs(model, seed=seed), k, budget)
 
 
 def budget_blocks(budget) -> int:

@@ -101,6 +101,17 @@ class MoESpecSection(BaseModel):
     shared: list[Module] = []
 
 
+class QKVLayoutSection(BaseModel):
+    """``models.spec.QKVLayout``: which features of a fused q/k/v weight are q, k and v."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    axis: Literal["rows", "columns"]
+    head_dim: Annotated[int, Field(ge=1, le=1_000_000)]
+    groups: Annotated[int, Field(ge=1, le=1_000_000)]
+    pattern: Annotated[list[Literal["q", "k", "v"]], Field(min_length=1, max_length=100_000)]
+    source: OneLine
+
+
 class StructureSection(BaseModel):
     """``models.spec.ArchSpec.to_dict``: the layout the probe used. Its paths become LoRA targets
     and PEFT's ``layers_pattern`` in exports, so each must be a module name. Defaults are
@@ -134,6 +145,7 @@ class StructureSection(BaseModel):
     attention_free_blocks: list[Index] = []
     block_targets: list[Module] = []
     map_index: int = 1
+    qkv_layout: Optional[QKVLayoutSection] = None
 
 
 class DiagnosisFile(BaseModel):

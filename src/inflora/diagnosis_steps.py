@@ -19,6 +19,7 @@ from .data import CAUSAL_LM, TextDataset, instruction_probe_batches, is_user_fil
 from .errors import ConfigError, DataError
 from .metrics.accumulate import gather_batches
 from .models import arch_for, get_blocks, hf_model, load_model, set_tower
+from .models.loading import require_text_tower
 from .probe import LayerProbe, probe_step
 from .select import RULES, RuleInputs, bootstrap_stability, rule_needs, rule_parameters, score_rules, select_layers, ski_terms
 from .validate import check_values
@@ -113,11 +114,7 @@ def resolve_inputs(model, data, tokenizer, opts: DiagnoseOptions):
 
 def language_spec(inner: nn.Module):
     """The model's architecture spec, refused for a vision tower: the data loaders feed text only."""
-    spec = arch_for(inner)
-    if spec.tower != "language":
-        raise ConfigError(f"diagnosing the {spec.tower} tower of {spec.base_family} needs image inputs, which inflora's "
-                          "data loaders do not feed (text-only data serves the language tower): use --tower language")
-    return spec
+    return require_text_tower(arch_for(inner))
 
 
 def as_batches(data, tokenizer, *, batches: int, batch_size: int, max_length: int, seed: int, causal_lm: bool) -> list:
@@ -298,8 +295,19 @@ def compare_rules(model, layers: list[dict], chosen: list[int], opts: DiagnoseOp
         flags.append("rules not compared: the band is empty, so give the budget explicitly (--budget layers=K)")
         return {}
     profiles = {key: [r[key] for r in layers] for key in PROFILE_KEYS if all(key in r for r in layers)}
-    inputs = RuleInputs(len(layers), blocks=get_blocks(hf_model(model)), profiles=profiles, seed=opts.seed)
-    return scored(model, opts.rules, inputs, k, budget, {opts.rule: opts.params})
+    return scored(model, opts.rules, weight_inputs(model, profiles=profiles, seed=opts.seed), k, budget,
+                  {opts.rule: opts.params})
+
+
+def weight_inputs(model: nn.Module, **inputs) -> RuleInputs:
+    """The rules' inputs with the block matrices as a checkpoint of the model stores them (fused
+    experts as their experts), read lazily, so in-memory and scanned scores agree."""
+    from .models.stored_matrices import stored_block_matrices
+    from .select.spectra import Spectra
+
+    blocks = get_blocks(hf_model(model))
+    spectra = Spectra.of_blocks(*stored_block_matrices(model))
+    return RuleInputs(len(blocks), blocks=blocks, spectra=spectra, **inputs)
 
 
 def scored(model, rules, inputs, k, budget, params=None) -> dict:

@@ -11,7 +11,7 @@ from . import command
 from .options import (
     PROBE, SELECTION, Batches, BatchSize, CompletionColumn, DataDir, Device, Epochs, LimitEval, LimitTrain, LoraAlpha,
     LoraR, LoraTargets, Lr, MaxLength, MessagesColumn, Model, Out, Precision, PromptColumn, RuleBudget, Rules, Seeds,
-    Task, option,
+    Task, Tower, option,
 )
 from .experiment import _split
 from .output import console as make_console
@@ -51,6 +51,7 @@ def compare_cmd(
     messages_column: MessagesColumn = "messages",
     oracle: Oracle = False,
     blocks: OracleBlocks = None,
+    tower: Tower = "language",
     out: Out = Path("runs/compare"),
 ) -> None:
     """Which blocks to adapt, measured: every rule's choice trained at the same budget, with intervals."""
@@ -68,7 +69,7 @@ def compare_cmd(
                        max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
                        device=device, precision=precision, diagnose_batches=batches,
                        diagnose_batch_size=diagnose_batch_size, data_dir=data_dir, columns=columns, oracle=oracle,
-                       blocks=parse_blocks(blocks, "--blocks")).validate()
+                       blocks=parse_blocks(blocks, "--blocks"), tower=tower).validate()
     output_dir(out)
     _run(plan, out)
 

@@ -9,7 +9,8 @@ from rich.console import Console
 from . import command
 from .options import (
     DATA, MODEL, PROBE, SELECTION, Batches, BatchSize, CompletionColumn, DataDir, Device, LabelColumn, MaxLength,
-    MessagesColumn, Model, Out, Precision, PromptColumn, RuleBudget, Rules, Seed, Task, TextColumn, option,
+    MessagesColumn, Model, Out, Precision, PromptColumn, RuleBudget, Rules, Seed, Task, TextColumn, Tower,
+    option,
 )
 from .output import console as make_console
 from .output import layer_ranges, table
@@ -88,8 +89,6 @@ EntropyQueries = Annotated[Optional[int], option(
 HeadWarmup = Annotated[int, option(
     PROBE, "first fit the classification head alone for N steps on the task's train split (frozen features), so "
     "gradients are not shaped by a random head")]
-Tower = Annotated[str, option(MODEL, "multimodal models: which block list to diagnose, language or vision "
-                                     "(text-only data serves the language tower)")]
 WeightsOnly = Annotated[bool, option(SELECTION, "with --rules: no data, no backward pass; only weight rules "
                                                 "(spectrum-snr, kappa, alpha-hts) and random/all", "--weights-only")]
 

@@ -17,7 +17,7 @@ from . import command
 from .options import (
     MODEL, OUTPUT, TRAINING, BatchSize, CompletionColumn, DataDir, Device, Epochs, K, LabelColumn, LimitEval,
     LimitTrain, LisaInterval, LoraAlpha, LoraDropout, LoraR, LoraTargets, Lr, MaxLength, MessagesColumn, Model, Out,
-    Precision, PromptColumn, Seed, Task, TextColumn, option,
+    Precision, PromptColumn, Seed, Task, TextColumn, Tower, option,
 )
 from .output import console as make_console
 from .output import layer_ranges, table
@@ -99,6 +99,7 @@ def finetune_cmd(
     device: Device = "auto",
     precision: Precision = "fp32",
     grad_accum: GradAccum = 1,
+    tower: Tower = "language",
     data_dir: DataDir = None,
     out: Out = Path("runs/finetune"),
     remedy_values: dict | None = None,

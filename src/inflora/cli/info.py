@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from . import command
 from .output import console as make_console
@@ -18,6 +19,8 @@ def family_details(spec) -> str:
         f"config.model_type: {', '.join(spec.model_types)}{' (causal)' if spec.causal else ''}",
         f"blocks: {spec.blocks}; attention: {spec.attention}",
         f"LoRA targets (q/k/v): {', '.join(spec.lora_targets)}{' (fused)' if spec.fused_qkv else ''}",
+        *([f"fused q/k/v {spec.qkv_layout.describe()}"] if spec.qkv_layout else
+          ["fused q/k/v: layout not derived (head counts do not fit the fused width)"] if spec.fused_qkv else []),
         f"attention output: {spec.output}",
         f"FFN: {ffn}{' (fused gate/up)' if spec.fused_gate_up else ''}",
         f"embeddings: {', '.join(spec.embeddings) or '-'}",
@@ -47,7 +50,7 @@ def _model_structure(model: str, tower: str) -> None:
     source = "discovered from the model" if spec.discovered else "row of the override table (verified)"
     t = table(f"{model}: {spec.family} ({source})", ["family", "layout"])
     t.columns[1].no_wrap, t.columns[1].justify = False, "left"
-    t.add_row(spec.family, family_details(spec))
+    t.add_row(spec.family, escape(family_details(spec)))  # the layouts' [q|k|v] are text, not markup
     make_console().print(t)
 
 

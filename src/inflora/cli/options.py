@@ -34,6 +34,8 @@ Model = Annotated[str, option(MODEL, "model name or path ('minilm' = bundled all
 Device = Annotated[str, option(MODEL, "auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)")]
 Precision = Annotated[str, option(MODEL, "fp32 | bf16 | fp16 (autocast; fp16: GPU only, with a gradient scaler "
                                        "when training)")]
+Tower = Annotated[str, option(MODEL, "multimodal models: which block list to diagnose and train, language or vision "
+                                     "(text-only data serves the language tower)")]
 
 # ---------------------------------------------------------------- data
 Task = Annotated[str, option(DATA, "built-in task (rotten_tomatoes, sst2, trec; rt-instruct: a causal LM) or a "

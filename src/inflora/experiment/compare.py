@@ -13,6 +13,8 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import ConfigError
+from ..models.discovery import check_tower
+from ..models.loading import text_tower
 from ..validate import LORA_DEFAULTS, check_seeds, check_values
 from ..select import RULES
 from ..strategies.budget import Budget
@@ -49,6 +51,7 @@ class ComparePlan:
     columns: dict | None = None            # a user file's columns (prompt_column=..., as finetune); None: defaults
     oracle: bool = False                   # also the per-block oracle (experiment/oracle.py)
     blocks: list[int] | None = None        # the oracle's blocks (default: all; required above 48)
+    tower: str = "language"                # multimodal models: the block list diagnosed and trained
 
     def validate(self) -> "ComparePlan":
         if not self.rules:
@@ -64,6 +67,9 @@ class ComparePlan:
                      batch_size=self.batch_size, max_length=self.max_length, lr=self.lr, lora_r=self.lora_r,
                      lora_alpha=self.lora_alpha, batches=self.diagnose_batches,
                      diagnose_batch_size=self.diagnose_batch_size)
+        check_tower(self.tower)
+        if self.tower != "language":  # a tower the model lacks, or one text cannot feed: as finetune refuses it
+            text_tower(self.model, self._task(), self.tower)
         if self.lora_targets:  # a target the model lacks: refused before the diagnosis, as finetune does
             self._check_targets()
         if self.blocks and not self.oracle:
@@ -72,13 +78,16 @@ class ComparePlan:
             self.oracle_blocks()
         return self
 
-    def _check_targets(self) -> None:
+    def _task(self) -> str:
         from ..data import task_type
-        from ..strategies.lora import check_lora_targets
 
         columns = self.columns or {}
-        task = task_type(self.task, columns.get("prompt_column", "prompt"), columns.get("messages_column", "messages"))
-        check_lora_targets(self.model, split_targets(self.lora_targets), task)
+        return task_type(self.task, columns.get("prompt_column", "prompt"), columns.get("messages_column", "messages"))
+
+    def _check_targets(self) -> None:
+        from ..strategies.lora import check_lora_targets
+
+        check_lora_targets(self.model, split_targets(self.lora_targets), self._task())
 
     def oracle_blocks(self) -> tuple[list[int], int]:
         """The oracle's blocks and the model's depth (refused above 48 blocks without --blocks)."""
@@ -96,8 +105,10 @@ class ComparePlan:
         return {**{k: getattr(self, k) for k in keys}, "budget": self.budget.to_dict(), **self._columns()}
 
     def _columns(self) -> dict:
-        """Cache keys name a user file's columns only when given (keys of earlier runs stay as they were)."""
-        return {"columns": self.columns} if self.columns else {}
+        """Cache keys name a user file's columns, and a tower, only when given (keys of earlier runs stay
+        as they were)."""
+        return {**({"columns": self.columns} if self.columns else {}),
+                **({"tower": self.tower} if self.tower != "language" else {})}
 
     def arm_config(self, rule: str, seed: int, layers: list[int], r: int) -> dict:
         keys = ("model", "task", "epochs", "limit_train", "limit_eval", "batch_size", "max_length", "lr", "lora_alpha",
@@ -117,7 +128,7 @@ def run_diagnosis(cache: UnitCache, plan: ComparePlan) -> dict:
         return done
     data = load_any(plan.task, plan.diagnose_split, plan.data_dir, **(plan.columns or {}))
     seed_everything(plan.diagnose_seed)
-    model, tok = load_model_for(plan.model, data)  # a causal LM for instruction data, else a classifier
+    model, tok = load_model_for(plan.model, data, tower=plan.tower)  # a causal LM for instruction data, else a classifier
     d = diagnose(model, data, tok, batches=plan.diagnose_batches, batch_size=plan.diagnose_batch_size,
                  max_length=plan.max_length, seed=plan.diagnose_seed, progress=False, rules=plan.rules,
                  budget=plan.budget, split=plan.diagnose_split, device=plan.device, precision=plan.precision)
@@ -144,7 +155,7 @@ def run_arm(cache: UnitCache, plan: ComparePlan, rule: str, seed: int, chosen: d
                         limit_train=plan.limit_train, limit_eval=plan.limit_eval, layers=layers, lora_r=r,
                         lora_alpha=plan.lora_alpha, lora_targets=split_targets(plan.lora_targets), cka_examples=0,
                         decontaminate_against=None, data_dir=plan.data_dir, device=plan.device,
-                        precision=plan.precision, keep_predictions=True, **(plan.columns or {}))
+                        precision=plan.precision, keep_predictions=True, tower=plan.tower, **(plan.columns or {}))
     m = finetune(ft, cache.folder("arm", cfg) / "run", progress=False)
     return cache.finish("arm", cfg, {"rule": rule, "seed": seed, "r": r, "lora_params": chosen.get("lora_params"),
                                      **{k: m[k] for k in ARM_KEEP if k in m}})

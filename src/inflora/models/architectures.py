@@ -10,6 +10,7 @@ others relative to one block (see ``spec.py``).
 from __future__ import annotations
 
 import weakref
+from dataclasses import replace
 
 from torch import nn
 
@@ -88,8 +89,18 @@ def _spec_of(model: nn.Module, tower: str) -> ArchSpec:
         raise ArchitectureError(f"unsupported architecture {type(model).__name__!r}: not a transformers model "
                                 "(no config.model_type), so its blocks cannot be discovered")
     if tower == "language" and model_type in _BY_TYPE:
-        return _BY_TYPE[model_type]
+        return _with_qkv_layout(model, _BY_TYPE[model_type])
     return discover(model, base_model(model), tower)
+
+
+def _with_qkv_layout(model: nn.Module, row: ArchSpec) -> ArchSpec:
+    """A table row that fuses q/k/v, with the fused weight's layout read from this model."""
+    if not row.fused_qkv:
+        return row
+    from .qkv_layout import qkv_layout_of
+
+    block = get_submodule(base_model(model), row.blocks)[0]
+    return replace(row, qkv_layout=qkv_layout_of(model, block, row.query, "language"))
 
 
 def set_tower(model: nn.Module, tower: str) -> ArchSpec:

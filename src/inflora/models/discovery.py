@@ -17,6 +17,8 @@ from torch import nn
 from ..errors import ArchitectureError, ConfigError
 from .discovery_ffn import discover_ffn
 from .projections import HOW_TO_OVERRIDE, io_features, is_attention_class, is_projection, projections
+
+from .qkv_layout import qkv_layout_of
 from .spec import ArchSpec
 
 PEFT_LAYER_NAMES = ("layers", "h", "block", "blocks", "layer")
@@ -244,6 +246,7 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
         fused_conv1d=type(getattr(q := block.get_submodule(projections["query"]), "base_layer", q)).__name__ == "Conv1D",
         attention_class=cls, attention_free_blocks=free,
         map_index=attention_map_index(model, block.get_submodule(attention)),
+        qkv_layout=qkv_layout_of(model, block, projections["query"], tower) if projections.get("fused_qkv") else None,
     )
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ArchitectureError, ConfigError
 from .architectures import set_tower
+from .spec import ArchSpec
 from .mpnet import NAME as MPNET, mpnet_path
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,22 @@ def meta_model(name_or_path: str, task: str = "classification") -> nn.Module:
     config = model_config(name_or_path)
     with torch.device("meta"):
         return auto_class(config, task).from_config(config)
+
+
+def text_tower(name_or_path: str, task: str, tower: str) -> ArchSpec:
+    """The spec of ``tower`` of a model, from its config alone (no weights), refused unless text can
+    feed it: ``diagnose``, ``finetune`` and ``compare`` check ``--tower`` here, before loading."""
+    from .discovery import check_tower
+
+    return require_text_tower(set_tower(meta_model(name_or_path, task), check_tower(tower)))
+
+
+def require_text_tower(spec: ArchSpec) -> ArchSpec:
+    """inflora's data loaders feed text only, which reaches the language tower alone."""
+    if spec.tower != "language":
+        raise ConfigError(f"the {spec.tower} tower of {spec.base_family} needs image inputs, which inflora's data "
+                          "loaders do not feed (text-only data serves the language tower): use --tower language")
+    return spec
 
 
 def ensure_pad_token(tokenizer):

@@ -32,6 +32,52 @@ discovery; ``models.moe.moe_layout`` re-reads it for the probe, LoRA and exports
 
 
 @dataclass(frozen=True)
+class QKVLayout:
+    """Which output features of a fused q/k/v weight are q, k and v (``models.qkv_layout``): rows of
+    a Linear weight [out, in], columns of a Conv1D weight [in, out]. The output is ``groups`` groups
+    of ``len(pattern)`` head-sized slots, slot i of each group holding role ``pattern[i]``."""
+
+    axis: str                      # "rows" | "columns"
+    head_dim: int
+    groups: int
+    pattern: tuple[str, ...]       # e.g. ("q", "k", "v") per head, or ("q",) * H + ("k",) * G + ("v",) * G
+    source: str                    # how the layout is known (the family's rule, or assumed)
+
+    @property
+    def width(self) -> int:
+        return self.groups * len(self.pattern) * self.head_dim
+
+    def slices(self, role: str) -> list[slice]:
+        """The features of ``role`` (q, k or v), as few contiguous slices as the layout allows, in
+        the order the model reads its heads."""
+        out: list[slice] = []
+        size = len(self.pattern) * self.head_dim
+        for g in range(self.groups):
+            for i, r in enumerate(self.pattern):
+                if r != role:
+                    continue
+                start = g * size + i * self.head_dim
+                if out and out[-1].stop == start:
+                    out[-1] = slice(out[-1].start, start + self.head_dim)
+                else:
+                    out.append(slice(start, start + self.head_dim))
+        return out
+
+    def indices(self, role: str) -> list[int]:
+        return [i for s in self.slices(role) for i in range(s.start, s.stop)]
+
+    def describe(self) -> str:
+        """One line for ``inflora info``: the slices when few, else the repeating group."""
+        parts = {r: self.slices(r) for r in ("q", "k", "v")}
+        if all(len(v) == 1 for v in parts.values()):
+            body = " | ".join(f"{r} {v[0].start}:{v[0].stop}" for r, v in parts.items())
+        else:
+            slots = ",".join(self.pattern) if len(self.pattern) <= 6 else f"{self.pattern.count('q')} q,k,v"
+            body = f"{self.groups} groups of [{slots}] x {self.head_dim}"
+        return f"{self.axis} {body} ({self.source})"
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     family: str
     model_types: tuple[str, ...]
@@ -61,6 +107,7 @@ class ArchSpec:
     attention_free_blocks: tuple[int, ...] = ()  # blocks without softmax attention (hybrids, state-space)
     block_targets: tuple[str, ...] = ()  # attention-free blocks without a readable FFN (Mamba-2 mixers): their in/out projections
     map_index: int = 1               # where the eager map sits in the attention's output tuple (T5: -1, after its position bias)
+    qkv_layout: QKVLayout | None = field(default=None, compare=False)  # fused q/k/v: which features are q, k, v
 
     @property
     def lora_targets(self) -> tuple[str, ...]:
@@ -109,6 +156,8 @@ class ArchSpec:
         values = {**_tuples(cls, data), "family": family}
         if values.get("moe") is not None:
             values["moe"] = MoESpec(**_tuples(MoESpec, values["moe"]))
+        if values.get("qkv_layout") is not None:
+            values["qkv_layout"] = QKVLayout(**_tuples(QKVLayout, values["qkv_layout"]))
         return cls(**values)
 
 

@@ -6,13 +6,14 @@ reads them: the block index is the *first* numbered part of the name, so in
 of that block (an expert index is never taken for a block index). A checkpoint may hold several
 numbered lists (a vision tower beside the language model): the one holding the most weight is
 scanned and the others are named in the result. A block's matrices are its 2-D ``.weight``
-tensors except embeddings, the same ones the in-memory rules read (``select.block_matrices``), keyed
-by the same path, so both give the same scores.
+tensors except embeddings, and each expert of a fused 3-D expert tensor (``block_matrix_types``),
+keyed by their path, as the in-memory rules read them (``models.stored_matrices``), so both give the
+same scores.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import ArchitectureError, DataError
@@ -53,8 +54,19 @@ def split_block_name(name: str) -> tuple[str, int, str] | None:
     return None
 
 
-def is_block_matrix(rest: str, ref: TensorRef) -> bool:
-    return rest.endswith(".weight") and len(ref.shape) == 2 and "embed" not in rest
+def block_matrix_types(rest: str, shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
+    """The matrix types a tensor of a block holds, by its path in the block and its shape: a 2-D
+    ``.weight`` (not an embedding) is one matrix, typed by its path; a 3-D parameter that is not a
+    module's ``.weight`` (fused MoE experts, ``mlp.experts.gate_up_proj`` [E, a, b]) is E matrices,
+    ``mlp.experts.gate_up_proj[e]``, one per expert. Anything else (norms, biases, convolutions)
+    none. The in-memory rules read the same (``models.stored_matrices``)."""
+    if "embed" in rest:
+        return []
+    if len(shape) == 2 and rest.endswith(".weight"):
+        return [(rest.removesuffix(".weight"), None)]
+    if len(shape) == 3 and not rest.endswith((".weight", ".bias")):
+        return [(f"{rest}[{e}]", e) for e in range(shape[0])]
+    return []
 
 
 def numbered_lists(refs: list[TensorRef]) -> dict[str, dict[int, dict[str, TensorRef]]]:
@@ -62,9 +74,11 @@ def numbered_lists(refs: list[TensorRef]) -> dict[str, dict[int, dict[str, Tenso
     lists: dict[str, dict[int, dict[str, TensorRef]]] = defaultdict(lambda: defaultdict(dict))
     for ref in refs:
         split = split_block_name(ref.name)
-        if split and is_block_matrix(split[2], ref):
-            prefix, index, rest = split
-            lists[prefix][index][rest.removesuffix(".weight")] = ref
+        if not split:
+            continue
+        prefix, index, rest = split
+        for type_, expert in block_matrix_types(rest, ref.shape):
+            lists[prefix][index][type_] = ref if expert is None else replace(ref, shape=ref.shape[1:], index=expert)
     return lists
 
 

@@ -23,12 +23,15 @@ HUB_PATTERNS = ["*.safetensors", INDEX_FILE, "config.json"]
 
 @dataclass(frozen=True)
 class TensorRef:
-    """Where one tensor lives, and its shape and stored dtype (safetensors' names: F32, BF16, …)."""
+    """Where one tensor lives, and its shape and stored dtype (safetensors' names: F32, BF16, …).
+    With ``index``, the one matrix ``tensor[index]`` of a stacked 3-D tensor (fused MoE experts
+    [E, a, b]), and ``shape`` is that matrix's."""
 
     shard: Path
     name: str
     shape: tuple[int, ...]
     dtype: str
+    index: int | None = None
 
     @property
     def numel(self) -> int:
@@ -132,4 +135,6 @@ def read_tensor(ref: TensorRef):
     from safetensors import safe_open
 
     with safe_open(str(ref.shard), framework="pt") as f:
+        if ref.index is not None:  # one expert's matrix: only its bytes are read
+            return f.get_slice(ref.name)[ref.index]
         return f.get_tensor(ref.name)

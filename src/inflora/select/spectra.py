@@ -10,22 +10,25 @@ checkpoint and the same model in memory give identical scores.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
 
+from ..devices import return_freed_memory
 from .spectra_cache import BlockCache
 
 
 def singular_values(w: torch.Tensor, dtype: str) -> np.ndarray:
     """σ of one weight matrix in ``dtype``, descending. The SVD runs on the matrix's tall orientation
     (σ(W) = σ(Wᵀ)): LAPACK reduces a tall matrix by QR first, and torch's SVD of a row-major wide
-    matrix measured 3-5× slower than of its transpose (benchmarks/weights_scan.py)."""
+    matrix measured 3-5× slower than of its transpose (benchmarks/weights_scan.py). The values are
+    copied into an array of numpy's own, so no block of torch's allocator stays alive between the
+    large buffers each SVD frees (such blocks keep glibc's heap from shrinking)."""
     x = w.detach().to("cpu", getattr(torch, dtype))
     if x.shape[0] < x.shape[1]:
         x = x.T
-    return torch.linalg.svdvals(x).numpy()
+    return torch.linalg.svdvals(x).numpy().copy()
 
 
 class Spectra:
@@ -38,28 +41,46 @@ class Spectra:
         self.block_seconds = [0.0] * num_blocks
         self.resumed: list[int] = []              # blocks taken from an earlier run's cache
         self._values: dict[tuple[int, str, str], np.ndarray] = {}
-        self._tensors: dict[tuple[int, str], torch.Tensor] = {}
+        self._fetch: Callable[[int], dict[str, torch.Tensor]] | None = None
+        self._held: tuple[int, dict[str, torch.Tensor]] | None = None  # the one block fetched last
 
     @classmethod
     def of_matrices(cls, matrices: list[dict[str, torch.Tensor]]) -> Spectra:
         """Lazily, from matrices in memory (``block_matrices``): nothing is computed until asked."""
-        spectra = cls(len(matrices))
-        for i, mats in enumerate(matrices):
-            for t, w in mats.items():
-                spectra.shapes[i][t] = tuple(w.shape)
-                spectra._tensors[(i, t)] = w
+        return cls.of_blocks(len(matrices), matrices.__getitem__)
+
+    @classmethod
+    def of_blocks(cls, num_blocks: int, fetch: Callable[[int], dict[str, torch.Tensor]]) -> Spectra:
+        """Lazily, from ``fetch(block)`` -> that block's matrices, asked for when a rule first reads
+        the block and held until it reads another (a fetch may build copies, e.g. fused experts
+        split as a checkpoint stores them, so only one block's copies live at a time)."""
+        spectra = cls(num_blocks)
+        spectra._fetch = fetch
         return spectra
 
+    def _matrices(self, block: int) -> dict[str, torch.Tensor]:
+        if self._fetch is None:
+            return {}
+        if self._held is None or self._held[0] != block:
+            self._held = None
+            mats = self._fetch(block)
+            self.shapes[block] = {t: tuple(w.shape) for t, w in mats.items()}
+            self._held = (block, mats)
+        return self._held[1]
+
     def types(self, block: int) -> list[str]:
+        if not self.shapes[block]:
+            self._matrices(block)
         return list(self.shapes[block])
 
     def values(self, block: int, type_: str, dtype: str) -> np.ndarray:
         key = (block, type_, dtype)
         if key not in self._values:
-            if (block, type_) not in self._tensors:
+            w = self._matrices(block).get(type_)
+            if w is None:
                 raise KeyError(f"block {block} {type_}: no {dtype} spectrum was scanned")
             t0 = time.perf_counter()
-            self._values[key] = singular_values(self._tensors[(block, type_)], dtype)
+            self._values[key] = singular_values(w, dtype)
             self.block_seconds[block] += time.perf_counter() - t0
         return self._values[key]
 
@@ -89,8 +110,10 @@ def scan_spectra(items: Iterable[tuple[int, str, object]], num_blocks: int, dtyp
                  read=lambda x: x, total: int | None = None, progress: bool = False,
                  cache: BlockCache | None = None) -> Spectra:
     """Singular values of every streamed matrix in each of ``dtypes``; ``read(item)`` turns an item's
-    handle into its tensor (reading it from disk), and the tensor is dropped before the next one is
-    read. A block's seconds count its reads and its SVDs. Items must come block by block; with a
+    handle into its tensor (reading it from disk), and the tensor is dropped, its pages given back
+    (``return_freed_memory``), before the next one is read: without that, glibc kept the freed
+    17 MB buffers of a 2 GB scan in its heap, up to 600 MiB in some runs (none in others). A
+    block's seconds count its reads and its SVDs. Items must come block by block; with a
     ``cache``, each finished block is saved and blocks finished by an earlier run are not read."""
     from tqdm.auto import tqdm
 
@@ -108,6 +131,7 @@ def scan_spectra(items: Iterable[tuple[int, str, object]], num_blocks: int, dtyp
         w = read(handle)
         spectra.add(block, type_, w, dtypes)
         del w
+        return_freed_memory()
         spectra.block_seconds[block] += time.perf_counter() - t0
     if cache and current is not None:
         spectra.save_block(cache, current)

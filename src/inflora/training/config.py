@@ -12,7 +12,7 @@ from ..validate import LORA_DEFAULTS
 _KEY_DEFAULTS = {"precision": "fp32", "grad_accum": 1, "text_column": "text", "label_column": "label",
                  "retention_task": None, "lisa_interval": 20, "new_head": False,
                  "prompt_column": "prompt", "completion_column": "completion", "messages_column": "messages",
-                 "keep_predictions": False}
+                 "keep_predictions": False, "tower": "language"}
 
 
 @dataclass
@@ -64,6 +64,7 @@ class FinetuneConfig:
     save_model: bool = False             # save the final model (needed as a source for --init)
     save_epochs: list[int] = field(default_factory=list)  # also save the model after these epochs (UNDER/OVER)
     keep_predictions: bool = False       # metrics.json keeps per-example test scores (paired bootstraps over examples)
+    tower: str = "language"              # multimodal models: the block list trained (text data: the language tower)
 
     def __post_init__(self):
         # remedy options as their declared types: the CLI's text "0.05" and the API's 0.05 are one run

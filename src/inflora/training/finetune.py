@@ -25,6 +25,8 @@ from ..devices import make_accelerator, resolve_device
 from ..errors import ConfigError
 from ..io import atomic_write_json, versions
 from ..strategies import STRATEGIES, count_parameters
+from ..models.discovery import check_tower
+from ..models.loading import text_tower
 from ..strategies.lora import check_lora_targets, check_target_names
 from ..validate import check_values
 from .checkpoint import is_complete, load_checkpoint, load_trainable_state, save_final_model
@@ -52,6 +54,9 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"--diagnosis {cfg.diagnosis} does not exist")
     if cfg.new_head and not cfg.init:
         raise ConfigError("a new head replaces the head of --init; give the checkpoint to start from")
+    check_tower(cfg.tower)
+    if cfg.tower != "language":  # refused from the config alone: a tower the model lacks, or one text cannot feed
+        text_tower(cfg.init or cfg.model, task_type(cfg.task, cfg.prompt_column, cfg.messages_column), cfg.tower)
     if cfg.lora_targets and cfg.strategy.startswith("lora"):  # a target the model lacks: fail before loading
         task = task_type(cfg.task, cfg.prompt_column, cfg.messages_column)
         check_lora_targets(cfg.init or cfg.model, cfg.lora_targets, task, cfg.lora_dropout)

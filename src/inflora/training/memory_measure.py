@@ -17,7 +17,6 @@ After a warm-up forward without gradients (one-time kernel set-up), the baseline
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -26,6 +25,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from ..devices import return_freed_memory
 from ..errors import ConfigError, TrainingError
 from ..strategies.budget import Budget
 from ..validate import check_values
@@ -134,10 +134,7 @@ def _baseline(device_type: str) -> int:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    return_freed_memory()
     before = status_kb("VmRSS") * 1024
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     return before

@@ -71,28 +71,29 @@ def model_factory(cfg: FinetuneConfig, splits: dict, models: ModelCache | None =
     def load(attn: str):
         seed_everything(cfg.seed)
         if is_instruction_data(splits):  # a causal LM trained on the completions
-            return load_model(source, task=CAUSAL_LM, attn_implementation=attn)
+            return load_model(source, task=CAUSAL_LM, attn_implementation=attn, tower=cfg.tower)
         if cfg.new_head:
-            return load_under_new_head(source, splits["train"].num_labels, attn)
+            return load_under_new_head(source, splits["train"].num_labels, attn, cfg.tower)
         labels = None if cfg.init else splits["train"].num_labels  # a checkpoint keeps its own head
         if labels is not None:
             check_checkpoint_labels(source, labels, cfg.task)
-        return load_model(source, num_labels=labels, attn_implementation=attn)
+        return load_model(source, num_labels=labels, attn_implementation=attn, tower=cfg.tower)
 
     def make(attn: str):
         if models is None:
             return load(attn)
         key = (str(source), cfg.seed, is_instruction_data(splits), cfg.new_head, bool(cfg.init),
-               getattr(splits["train"], "num_labels", None), attn)
+               getattr(splits["train"], "num_labels", None), attn, cfg.tower)
         return models.get(key, lambda: load(attn))
 
     return make
 
 
-def load_under_new_head(source: str, num_labels: int, attn: str = "eager"):
+def load_under_new_head(source: str, num_labels: int, attn: str = "eager", tower: str = "language"):
     """A saved classifier's backbone under a fresh head for ``num_labels`` classes (SST-2 -> TREC): the
     head weights whose shapes differ are drawn anew from the current torch seed."""
-    return load_model(source, num_labels=num_labels, attn_implementation=attn, ignore_mismatched_sizes=True)
+    return load_model(source, num_labels=num_labels, attn_implementation=attn, ignore_mismatched_sizes=True,
+                      tower=tower)
 
 
 def resolve_band(cfg: FinetuneConfig, make_model) -> tuple[list[int] | None, dict]:
