@@ -296,11 +296,14 @@ def diagnose(
                 rows = probe.layer_results(idx, only=("attention_entropy", "activation_grad"))
                 return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
+            def profiles_for(draws):
+                return probe.resampled_profiles(draws, ("attention_entropy", "activation_grad"))
+
             flags = _flags(layers, losses, output) + _structure_flags(moe)
             if spec.entropy_note:
                 flags.append(f"attention entropy ({spec.family}): {spec.entropy_note}")
-            terms, chosen, stability = _select_band(profile_for, n_batches, len(layers), rule, params, ski_params,
-                                                    resamples, seed, flags)
+            terms, chosen, stability = _select_band((profile_for, profiles_for), n_batches, len(layers), rule, params,
+                                                    ski_params, resamples, seed, flags)
     finally:
         model.train(was_training)
         for p, g in saved_grads.items():  # the caller's gradients (usually none) are put back
@@ -329,15 +332,18 @@ def diagnose(
     )
 
 
-def _select_band(profile_for, n_batches: int, n_layers: int, rule: str, params: dict, ski_params: dict,
+def _select_band(profile_fns, n_batches: int, n_layers: int, rule: str, params: dict, ski_params: dict,
                  resamples: int, seed: int, flags: list[str]):
     """SKI terms, the rule's band and its bootstrap stability; a profile the rule cannot score (e.g.
-    non-finite) becomes a flag and NaN terms rather than an exception, so the diagnosis still reports."""
+    non-finite) becomes a flag and NaN terms rather than an exception, so the diagnosis still reports.
+    ``profile_fns``: (profile of a batch list, profiles of many resamples at once)."""
+    profile_for, profiles_for = profile_fns
     entropy, grad = profile_for(None)
     try:
         terms = ski_terms(entropy, grad, ski_params["alpha"], ski_params["variant"])
         chosen = select_layers(rule, entropy, grad, **params)
-        stability = bootstrap_stability(profile_for, n_batches, n_layers, rule, params, resamples=resamples, seed=seed)
+        stability = bootstrap_stability(profile_for, n_batches, n_layers, rule, params, resamples=resamples, seed=seed,
+                                        profiles_for=profiles_for)
     except DataError as exc:
         flags.append(str(exc))
         nan = [math.nan] * n_layers
