@@ -64,3 +64,28 @@ def test_the_output_sums_name_every_field_but_nonfinite():
 
     rows = output_saturation(torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1]))
     assert set(saturation_sums(rows)) == set(OutputSaturation.fields) - {"nonfinite"}
+
+
+def test_every_bootstrap_resample_at_once_equals_each_resample_alone(minilm, data_dir):
+    """``diagnose``'s bootstrap computes all resamples' profiles in one indexed sum per field
+    (``LayerProbe.resampled_profiles``): on the real MiniLM and RT data each resample's entropy and
+    gradient profile must be exactly those of ``layer_results`` on that resample's batches."""
+    import numpy as np
+
+    from inflora.data import load_task, probe_batches
+    from inflora.probe import LayerProbe, probe_step
+
+    model, tok = minilm
+    batches = probe_batches(load_task("rotten_tomatoes", "validation", str(data_dir)), tok, batches=5,
+                            batch_size=4, max_length=32, seed=3)
+    names = ("attention_entropy", "activation_grad")
+    with LayerProbe(model, list(names)) as probe:
+        for b in batches:
+            probe_step(model, probe, b)
+        draws = np.random.default_rng(0).integers(0, 5, (40, 5))
+        many = probe.resampled_profiles(draws, names)
+        for row, (entropy, grad) in zip(draws.tolist(), many):
+            rows = probe.layer_results(row, only=names)
+            assert entropy == [r["attention_entropy"] for r in rows]
+            assert grad == [r["activation_grad_norm"] for r in rows]
+    assert len({tuple(e) for e, _ in many}) > 1  # the resamples differ, so the check is not vacuous

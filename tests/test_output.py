@@ -12,6 +12,7 @@ import transformers
 from inflora.diagnosis import diagnose
 from inflora.errors import DataError
 from inflora.metrics import DIAGNOSTICS, OutputSaturation, expected_calibration_error, output_saturation
+from inflora.metrics.output import output_rows
 from inflora.models import tiny_model
 
 transformers.logging.set_verbosity_error()
@@ -69,6 +70,25 @@ def test_causal_lm_rows_are_the_shifted_valid_positions():
     ref = slow_reference(z[:, :-1].reshape(-1, 11).numpy(), y[:, 1:].reshape(-1).numpy())
     np.testing.assert_allclose(rows["grad_norm"].numpy(), [r["grad_norm"] for r in ref], rtol=1e-10)
     assert rows["example"].tolist() == [0, 0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_read_in_chunks_equal_the_rows_read_at_once(dtype):
+    """The probe reads a causal LM's logits a few rows at a time (no fp32 copy of [B·T, V]): every
+    value must be bit-for-bit that of the whole-tensor computation (the copy ``output_rows`` makes)."""
+    g = torch.Generator().manual_seed(11)
+    z = (torch.randn(3, 9, 37, generator=g) * 4).to(dtype)
+    y = torch.randint(0, 37, (3, 9), generator=g)
+    y[0, :4], y[2, 7:] = -100, -100  # a prompt and padding
+    whole, labels, _ = output_rows(z, y, shift=True)
+    p = whole.softmax(-1)
+    for step in (1, 4, 1000):
+        rows = output_saturation(z, y, shift=True, chunk_rows=step)
+        assert torch.equal(rows["confidence"], p.max(-1).values)
+        assert torch.equal(rows["p_true"], p.gather(1, labels[:, None])[:, 0])
+        assert torch.equal(rows["correct"], whole.argmax(-1) == labels)
+        assert torch.equal(rows["grad_norm"], output_saturation(z, y, shift=True, chunk_rows=len(labels))["grad_norm"])
+        assert rows["example"].tolist() == [0] * 5 + [1] * 8 + [2] * 6  # labels 1 … 8 of each row
 
 
 def test_grad_norm_is_the_norm_of_each_examples_cross_entropy_gradient():

@@ -238,13 +238,17 @@ def measure(model: nn.Module, probe: LayerProbe, batches: list, placement: dict,
 
 
 def profile_reader(probe: LayerProbe):
-    """``idx -> (entropy, gradient)`` profiles over a subset of batches (None: all), for the
-    bootstrap: it resamples batches, so it reads the probe's per-batch records again."""
+    """``(profile_for, profiles_for)``: ``idx -> (entropy, gradient)`` profiles over a subset of
+    batches (None: all), and the same for many resamples at once (``draws``), for the bootstrap: it
+    resamples batches, so it reads the probe's per-batch records again, all draws in one pass."""
     def profile_for(idx):
         rows = probe.layer_results(idx, only=("attention_entropy", "activation_grad"))
         return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
 
-    return profile_for
+    def profiles_for(draws):
+        return probe.resampled_profiles(draws, ("attention_entropy", "activation_grad"))
+
+    return profile_for, profiles_for
 
 
 def measurement_flags(measured: Measured, moe, spec) -> list[str]:
@@ -268,15 +272,17 @@ class Band:
     stability: list[float]
 
 
-def select_band(profile_for, n_batches: int, n_layers: int, opts: DiagnoseOptions, flags: list[str]) -> Band:
+def select_band(profile_fns, n_batches: int, n_layers: int, opts: DiagnoseOptions, flags: list[str]) -> Band:
     """SKI terms, the rule's band and its bootstrap stability; a profile the rule cannot score (e.g.
-    non-finite) becomes a flag and NaN terms rather than an exception, so the diagnosis still reports."""
+    non-finite) becomes a flag and NaN terms rather than an exception, so the diagnosis still reports.
+    ``profile_fns``: ``profile_reader``'s pair."""
+    profile_for, profiles_for = profile_fns
     entropy, grad = profile_for(None)
     try:
         terms = ski_terms(entropy, grad, opts.ski_params["alpha"], opts.ski_params["variant"])
         chosen = select_layers(opts.rule, entropy, grad, **opts.params)
         stability = bootstrap_stability(profile_for, n_batches, n_layers, opts.rule, opts.params,
-                                        resamples=opts.resamples, seed=opts.seed)
+                                        resamples=opts.resamples, seed=opts.seed, profiles_for=profiles_for)
     except DataError as exc:
         flags.append(str(exc))
         nan = [math.nan] * n_layers

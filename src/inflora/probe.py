@@ -136,6 +136,15 @@ class LayerProbe(contextlib.AbstractContextManager):
                 row.update(res)
         return rows
 
+    def resampled_profiles(self, draws, names: tuple[str, ...]) -> list[list[list[float]]]:
+        """Per bootstrap resample (a row of ``draws``, ``[R, n]`` batch indices), the per-layer
+        profile of each plugin in ``names``: ``out[r][i]`` is ``layer_results(draws[r])``'s column
+        for ``names[i]``, computed for every resample at once."""
+        by_name = {p.name: p for p in self.plugins}
+        idx = torch.as_tensor(draws, dtype=torch.long)
+        columns = [by_name[n].resampled_profile(idx) for n in names]
+        return [list(row) for row in zip(*(c.tolist() for c in columns))]
+
     def group_results(self, batches: list[int] | None = None) -> dict:
         out: dict = {}
         for p in self.plugins:

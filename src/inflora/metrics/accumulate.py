@@ -76,6 +76,13 @@ class SumAccumulator:
         idx = torch.as_tensor(batches, dtype=torch.long)
         return {k: v.index_select(0, idx).sum(0) for k, v in stacked.items()}
 
+    def resampled_totals(self, draws: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Totals of every row of ``draws`` (``[R, n]`` batch indices, a bootstrap's resamples) in
+        one indexed sum per field: ``[R, ...]``, row r the totals ``totals(draws[r])`` gives."""
+        if not self.records:
+            return {k: torch.zeros(len(draws), 1, dtype=torch.float64) for k in self.fields}
+        return {k: v[draws].sum(1) for k, v in self.stacked().items()}
+
     def compute(self, batches: list[int] | None = None) -> dict:
         return self.compute_from(self.totals(batches))
 

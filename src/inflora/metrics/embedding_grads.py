@@ -23,7 +23,8 @@ from torch import nn
 
 from ..errors import ArchitectureError
 
-HEAD_CHUNK = 8192  # vocabulary rows of the head's weight gradient alive at once
+HEAD_CHUNK = 2048  # vocabulary rows of the head's weight gradient alive at once (8192 held ~140 MiB more at
+# a 152k vocabulary and T = 512: the chunk, its fp64 copy for the norm and a copy of dz's columns)
 
 
 def _owners(model: nn.Module, weight: torch.Tensor) -> list[tuple[nn.Module, str]]:

@@ -88,12 +88,19 @@ class AttentionEntropy(SumAccumulator):
         """The sums of ``streaming_entropy_sums``, in ``SUM_FIELDS`` order (a wrong count raises)."""
         self.add(**dict(zip(SUM_FIELDS, sums, strict=True)))
 
+    @staticmethod
+    def layer_mean(s: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The layer's mean entropy (the mean over heads of each head's mean) from totals ``[..., H]``:
+        ``[...]``, NaN where no query was counted. One formula for a result and for a whole bootstrap."""
+        head = s["raw_sum"] / s["raw_count"].clamp_min(1)
+        return torch.where(s["raw_count"].sum(-1) == 0, math.nan, head.mean(-1))
+
     def compute_from(self, s: dict[str, torch.Tensor]) -> dict:
         head = s["raw_sum"] / s["raw_count"].clamp_min(1)
         head_norm = s["norm_sum"] / s["norm_count"].clamp_min(1)
         empty = float(s["raw_count"].sum()) == 0
         out = {
-            "attention_entropy": math.nan if empty else float(head.mean()),
+            "attention_entropy": float(self.layer_mean(s)),
             "attention_entropy_norm": math.nan if empty else float(head_norm.mean()),
             "head_entropy": [math.nan if empty else float(v) for v in head],
         }
@@ -156,6 +163,10 @@ class EntropyProbe(ProbePlugin):
                     query, key, mask, ctx.attention_mask, scaling=scaling, causal=causal, **options))
 
         return sink
+
+    def resampled_profile(self, draws: torch.Tensor) -> torch.Tensor:
+        """Each layer's mean entropy on every bootstrap resample at once: ``[R, layers]``."""
+        return torch.stack([acc.layer_mean(acc.resampled_totals(draws)) for acc in self.layers], 1)
 
     def after_backward(self, ctx) -> None:
         if ctx.active and getattr(self, "hooked", None):

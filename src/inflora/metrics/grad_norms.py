@@ -17,7 +17,9 @@ def activation_grad_sums(grad: torch.Tensor, token_mask: torch.Tensor) -> tuple[
     g = grad.detach().float()
     m = token_mask.bool()
     per_token = g.norm(dim=-1)[m]
-    return float(per_token.sum()), float(m.sum()), float(per_token.pow(2).sum()), 1.0
+    sums = torch.stack([per_token.sum().double(), m.sum().double(), per_token.pow(2).sum().double()])
+    s, n, sq = sums.tolist()  # one host sync for the three
+    return s, n, sq, 1.0
 
 
 def activation_grad_norm(grad: torch.Tensor, token_mask: torch.Tensor) -> dict[str, float]:
@@ -86,10 +88,17 @@ class ActivationGradNorm(_FiniteMean):
         values = dict(token_norm_sum=s, token_count=n, frob_sum=frob, batches=b, nonfinite=bad)
         self.add(**values) if step is None else self.add_to_step(step, **values)
 
+    @staticmethod
+    def token_mean(t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean per-token ‖∂L/∂h‖ from totals (``[...]``, NaN without tokens): for a result and for a
+        whole bootstrap at once."""
+        n = t["token_count"]
+        return torch.where(n > 0, t["token_norm_sum"] / n, math.nan)
+
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
-        n, b = float(t["token_count"]), float(t["batches"])
+        b = float(t["batches"])
         return {
-            "activation_grad_norm": float(t["token_norm_sum"]) / n if n else math.nan,
+            "activation_grad_norm": float(self.token_mean(t)),
             "activation_grad_frobenius": float(t["frob_sum"]) / b if b else math.nan,
             "activation_grad_nonfinite_batches": int(t["nonfinite"]),
         }
@@ -125,6 +134,11 @@ class ActivationGradProbe(ProbePlugin):
                     mask, step = ctx.attention_mask, ctx.forwards
                     h.register_hook(lambda g: acc.update(g, mask, step))
             self.handles.append(block.register_forward_hook(hook))
+
+
+    def resampled_profile(self, draws: torch.Tensor) -> torch.Tensor:
+        """Each layer's mean per-token norm on every bootstrap resample at once: ``[R, layers]``."""
+        return torch.stack([acc.token_mean(acc.resampled_totals(draws)) for acc in self.layers], 1)
 
 
 class ParamGradProbe(ProbePlugin):

@@ -38,22 +38,32 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+def selected_rows(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False,
+                  ignore_index: int = IGNORE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits as rows ``[M, C]``, a view where the logits are contiguous; ``[N]`` indices of the
+    rows whose label is not ignored; their ``[N]`` labels; ``[N]`` example index). The rows
+    ``output_rows`` copies, named instead of copied, so they can be read a chunk at a time."""
+    z = logits.unsqueeze(-1) if logits.dim() == 1 else logits
+    index = torch.arange(z[..., 0].numel(), device=z.device).reshape(z.shape[:-1])
+    y = labels
+    if shift:
+        index, y = index[:, :-1], y[:, 1:]
+    example = torch.arange(y.shape[0], device=y.device).reshape(-1, *[1] * (y.dim() - 1)).expand(y.shape)
+    index, y, example = index.reshape(-1), y.reshape(-1), example.reshape(-1)
+    if y.numel() != index.numel():
+        raise DataError(f"{index.numel()} logit rows but {y.numel()} labels")
+    keep = y != ignore_index
+    return z.reshape(-1, z.shape[-1]), index[keep.to(index.device)], y[keep].long(), example[keep]
+
+
 def output_rows(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False,
                 ignore_index: int = IGNORE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """([N, C] fp32 logits, [N] labels, [N] example index) of the rows whose label is not ignored
     (the logits keep their graph: a loss may be built on them). ``shift``: causal-LM logits [B, T, V]
     and labels [B, T]; position t predicts label t + 1. Rows are selected before the cast, so a
     bf16 LM's full [B, T, V] is never copied to fp32."""
-    z, y = logits, labels
-    if shift:
-        z, y = z[:, :-1], y[:, 1:]
-    z = z.unsqueeze(-1) if z.dim() == 1 else z
-    example = torch.arange(y.shape[0], device=y.device).reshape(-1, *[1] * (y.dim() - 1)).expand(y.shape)
-    z, y, example = z.reshape(-1, z.shape[-1]), y.reshape(-1), example.reshape(-1)
-    if y.numel() != z.shape[0]:
-        raise DataError(f"{z.shape[0]} logit rows but {y.numel()} labels")
-    keep = y != ignore_index
-    return at_least_fp32(z[keep]), y[keep].long(), example[keep]
+    flat, index, y, example = selected_rows(logits, labels, shift=shift, ignore_index=ignore_index)
+    return at_least_fp32(flat.index_select(0, index)), y, example
 
 
 def signed(y: torch.Tensor) -> torch.Tensor:
@@ -93,26 +103,43 @@ def check_labels(labels: torch.Tensor, classes: int, ignore_index: int = IGNORE)
                         f"(0 … {max(classes, 2) - 1}; {ignore_index} marks an ignored position)")
 
 
+ROW_CHUNK_ELEMENTS = 1 << 22  # logits (rows × classes) copied to fp32 and soft-maxed at once: 16 MB
+
+
 @torch.no_grad()
 def output_saturation(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False,
-                      ignore_index: int = IGNORE) -> dict[str, torch.Tensor]:
+                      ignore_index: int = IGNORE, chunk_rows: int | None = None) -> dict[str, torch.Tensor]:
     """Per non-ignored row: ``confidence`` (max p), ``p_true``, ``grad_norm`` = ‖p − y‖₂ (the gradient
     of the row's cross-entropy at its logits; |σ − y| for a single binary logit), ``correct`` and
-    ``example`` (the batch index the row belongs to)."""
-    z, y, example = output_rows(logits, labels, shift=shift, ignore_index=ignore_index)
-    check_labels(y, z.shape[1], ignore_index)
-    if z.shape[1] == 1:
-        s = torch.sigmoid(z[:, 0])
+    ``example`` (the batch index the row belongs to).
+
+    Rows are read ``chunk_rows`` at a time (default: ``ROW_CHUNK_ELEMENTS`` logits): every number is
+    a function of its own row, so chunking changes no value, but a causal LM's fp32 copy and softmax
+    of ``[B·T, vocabulary]`` (311 MB each at T = 512 with 152k tokens) never exist beside the logits."""
+    flat, index, y, example = selected_rows(logits, labels, shift=shift, ignore_index=ignore_index)
+    classes = flat.shape[1]
+    check_labels(y, classes, ignore_index)
+    if classes == 1:
+        z = at_least_fp32(flat.index_select(0, index))[:, 0]
+        s = torch.sigmoid(z)
         target = (y > 0).to(s.dtype)
         p_true = torch.where(target > 0, s, 1 - s)
         return {"confidence": torch.maximum(s, 1 - s), "p_true": p_true, "grad_norm": (s - target).abs(),
-                "correct": (z[:, 0] > 0) == (target > 0), "example": example}
+                "correct": (z > 0) == (target > 0), "example": example}
+    step = chunk_rows or max(1, ROW_CHUNK_ELEMENTS // classes)
+    parts = [_softmax_rows(at_least_fp32(flat.index_select(0, index[i:i + step])), y[i:i + step])
+             for i in range(0, len(y), step)] or [_softmax_rows(at_least_fp32(flat[:0]), y)]
+    rows = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
+    return {**rows, "example": example}
+
+
+def _softmax_rows(z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """max p, p(y), ‖p − y‖₂ and argmax == y of ``[n, C]`` logits (C ≥ 2)."""
     p = z.softmax(-1)
     confidence = p.max(-1).values
     p_true = p.gather(1, y[:, None])[:, 0]
-    p.scatter_add_(1, y[:, None], -torch.ones_like(p_true)[:, None])  # p − y in place: no second [N, C]
-    return {"confidence": confidence, "p_true": p_true, "grad_norm": p.norm(dim=-1),
-            "correct": z.argmax(-1) == y, "example": example}
+    p.scatter_add_(1, y[:, None], -torch.ones_like(p_true)[:, None])  # p − y in place: no second [n, C]
+    return {"confidence": confidence, "p_true": p_true, "grad_norm": p.norm(dim=-1), "correct": z.argmax(-1) == y}
 
 
 def saturation_sums(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
