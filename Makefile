@@ -41,6 +41,7 @@ docs: install
 lint: install
 	$(PY) -m pip install -q -e ".[lint]"
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install
 	$(PY) benchmarks/diagnose_overhead.py

@@ -4,6 +4,7 @@ Resets the kernel's peak-RSS counter (``/proc/self/clear_refs`` = 5) after set-u
 ``VmHWM`` when the workload is done: the figure is that peak minus the resident size before. It
 counts everything the allocator holds, not only live tensors. Without ``clear_refs``, ``ru_maxrss``.
 """
+
 from __future__ import annotations
 
 import gc
@@ -24,8 +25,12 @@ def peak_extra_memory(workload) -> dict:
         method = "ru_maxrss (peak of the whole process, incl. loading), minus VmRSS before the workload"
     workload()
     peak = status_kb("VmHWM") if method.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"rss_before_mib": before / 1024 if before else None, "peak_rss_mib": peak / 1024,
-            "peak_extra_mib": (peak - before) / 1024 if before else None, "method": method}
+    return {
+        "rss_before_mib": before / 1024 if before else None,
+        "peak_rss_mib": peak / 1024,
+        "peak_extra_mib": (peak - before) / 1024 if before else None,
+        "method": method,
+    }
 
 
 def run_memory_child(cmd: list[str], name: str) -> dict:
@@ -37,6 +42,6 @@ def run_memory_child(cmd: list[str], name: str) -> dict:
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("MEMORY ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"memory child {name} failed:\n{proc.stderr[-2000:]}")
-    result = json.loads(line[len("MEMORY "):])
+    result = json.loads(line[len("MEMORY ") :])
     print(f"memory {name}: +{result['peak_extra_mib']:.0f} MiB at peak", flush=True)
     return result

@@ -12,6 +12,7 @@ a freshly shuffled order. Reported: median pass time per way, the median over ro
 
     python benchmarks/completion_eval.py --model tiny-qwen2 --rounds 3 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def mean_loss(model, split, batch_size: int, fn) -> float:
     rows = split.row_order(by_length=True)
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            s, c = fn(model, split.collate_rows(rows[start:start + batch_size]))
+            s, c = fn(model, split.collate_rows(rows[start : start + batch_size]))
             total, count = total + float(s.sum()), count + float(c.sum())
     return total / count
 
@@ -86,20 +87,32 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {times[n][-1]:.2f}s" for n in ways), flush=True)
     ratios = [p / f for p, f in zip(times["positions"], times["full"])]
     result = {
-        "config": vars(args), "rows": len(split), "vocab_size": model.config.vocab_size,
+        "config": vars(args),
+        "rows": len(split),
+        "vocab_size": model.config.vocab_size,
         "completion_tokens": sum(len(x) - n for x, n in zip(split.ids, split.prompt_lens)),
         "all_tokens": sum(len(x) for x in split.ids),
-        "median_seconds": {n: statistics.median(t) for n, t in times.items()}, "seconds": times,
-        "positions_over_full": statistics.median(ratios), "positions_over_full_per_round": ratios,
-        "mean_completion_loss": losses, "loss_difference": abs(losses["full"] - losses["positions"]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "load_before": load_before, "load_after": os.getloadavg(),
-                    "note": "shared 2-core machine: other jobs ran alongside; the ratio is what to read"},
+        "median_seconds": {n: statistics.median(t) for n, t in times.items()},
+        "seconds": times,
+        "positions_over_full": statistics.median(ratios),
+        "positions_over_full_per_round": ratios,
+        "mean_completion_loss": losses,
+        "loss_difference": abs(losses["full"] - losses["positions"]),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+            "note": "shared 2-core machine: other jobs ran alongside; the ratio is what to read",
+        },
         "versions": versions(),
     }
     atomic_write_json(args.out, result)
-    print(f"positions/full time {result['positions_over_full']:.3f}x (median over {args.rounds} rounds); "
-          f"loss {losses['positions']:.6f} vs {losses['full']:.6f}; wrote {args.out}")
+    print(
+        f"positions/full time {result['positions_over_full']:.3f}x (median over {args.rounds} rounds); "
+        f"loss {losses['positions']:.6f} vs {losses['full']:.6f}; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Targets (issue 19): diagnose memory ≤ 1.25 × floor, time ≤ 1.15 × plain.
     python benchmarks/diagnose_memory.py --T 512 --rounds 3 --out benchmarks/results/diagnose_memory_512.json
     python benchmarks/diagnose_memory.py --T 2048 --layers 8 --out benchmarks/results/diagnose_memory_2048.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,15 @@ def build(args):
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     config = transformers.Qwen2Config(
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=args.layers,
-        num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=max(args.T, 64))
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=args.layers,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        max_position_embeddings=max(args.T, 64),
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     g = torch.Generator().manual_seed(1)
@@ -91,13 +99,25 @@ def child(args) -> None:
 
 
 def run_child(args, figure: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", figure, "--T", str(args.T), "--layers", str(args.layers),
-           "--threads", str(args.threads), "--resamples", str(args.resamples)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        figure,
+        "--T",
+        str(args.T),
+        "--layers",
+        str(args.layers),
+        "--threads",
+        str(args.threads),
+        "--resamples",
+        str(args.resamples),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         return {"failed": (proc.stderr or proc.stdout)[-600:]}
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     print(f"{figure:9s} {res['seconds']:7.2f}s  +{res['peak_extra_mib']:7.0f} MiB", flush=True)
     return res
 
@@ -122,11 +142,15 @@ def summarise(rounds: list[dict]) -> dict:
     done = [r for r in rounds if all("seconds" in r.get(f, {}) for f in FIGURES)]
     if not done:
         return {}
+
     def med(xs):
         return statistics.median(list(xs))
 
-    table = {f: {"seconds": med(r[f]["seconds"] for r in done), "peak_extra_mib": med(r[f]["peak_extra_mib"] for r in done)}
-             for f in FIGURES}
+    table = {
+        f: {"seconds": med(r[f]["seconds"] for r in done), "peak_extra_mib": med(r[f]["peak_extra_mib"] for r in done)}
+        for f in FIGURES
+    }
+
     def ratio(f, base, k):
         return [r[f][k] / r[base][k] for r in done]
 
@@ -164,12 +188,20 @@ def main() -> None:
         order = FIGURES if r % 2 == 0 else FIGURES[::-1]
         rounds.append({f: cached(args, r, f) for f in order})
     table = summarise(rounds)
-    result = {"benchmark": "diagnose_memory", "command": "python " + " ".join(sys.argv),
-              "model": f"Qwen2-0.5B-shaped, random init, {args.layers} blocks, fp32", "T": args.T, "batch_size": 1,
-              "threads": args.threads, "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "method": "each figure in a fresh process; 64-token warm-up; VmHWM reset after set-up minus RSS before; "
-                        "ratios within a round, medians over rounds",
-              "rounds": rounds, "table": table, "targets": verdicts(table)}
+    result = {
+        "benchmark": "diagnose_memory",
+        "command": "python " + " ".join(sys.argv),
+        "model": f"Qwen2-0.5B-shaped, random init, {args.layers} blocks, fp32",
+        "T": args.T,
+        "batch_size": 1,
+        "threads": args.threads,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "method": "each figure in a fresh process; 64-token warm-up; VmHWM reset after set-up minus RSS before; "
+        "ratios within a round, medians over rounds",
+        "rounds": rounds,
+        "table": table,
+        "targets": verdicts(table),
+    }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for k, v in result["targets"].items():
         print(f"{k}: {v['value']} (target ≤ {v['target']}) {'met' if v['met'] else 'MISSED'}")

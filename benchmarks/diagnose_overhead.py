@@ -23,6 +23,7 @@ holds, not only live tensors. Where ``clear_refs`` is unavailable, ``ru_maxrss``
     python benchmarks/diagnose_overhead.py --batches 8 --batch-size 32 --max-length 64 --repeats 3 \\
         --out benchmarks/results/diagnose_overhead.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,9 @@ def setup(args):
     torch.manual_seed(0)
     model, tok = load_model("minilm", num_labels=2)  # eager attention
     ds = load_task("rotten_tomatoes", "validation", args.data_dir)
-    batches = probe_batches(ds, tok, batches=args.batches, batch_size=args.batch_size,
-                            max_length=args.max_length, seed=0)
+    batches = probe_batches(
+        ds, tok, batches=args.batches, batch_size=args.batch_size, max_length=args.max_length, seed=0
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5)
     return model, batches, optimizer
 
@@ -106,8 +108,10 @@ def measure_time(args) -> dict:
         t = {name: timed(work[name], batches) for name in order}
         walls.append({k: v[0] for k, v in t.items()})
         cpus.append({k: v[1] for k, v in t.items()})
-        print(f"round {r + 1}/{args.repeats}: " + "  ".join(f"{k} {w:.2f}s (cpu {c:.2f}s)" for k, (w, c) in t.items()),
-              flush=True)
+        print(
+            f"round {r + 1}/{args.repeats}: " + "  ".join(f"{k} {w:.2f}s (cpu {c:.2f}s)" for k, (w, c) in t.items()),
+            flush=True,
+        )
 
     def summary(rounds):
         per = {name: [t[name] for t in rounds] for name in names}
@@ -138,9 +142,22 @@ def memory_child(args) -> None:
 def measure_memory(args) -> dict:
     result = {}
     for name in ("train", "probe", "diagnose"):
-        cmd = [sys.executable, __file__, "--memory-child", name, "--batches", str(args.batches),
-               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
-               "--resamples", str(args.resamples), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            name,
+            "--batches",
+            str(args.batches),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+            "--resamples",
+            str(args.resamples),
+            "--threads",
+            str(args.threads),
+        ]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         result[name] = run_memory_child(cmd, name)
@@ -183,8 +200,13 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/diagnose_overhead.py", *sys.argv[1:]]),
         "model": "minilm (all-MiniLM-L6-v2, 6 layers); train and fwd_bwd with eager attention as loaded, the probe with its default (streaming entropy beside SDPA since issue 11)",
         "data": "rotten_tomatoes/validation",
-        "config": {"batches": args.batches, "batch_size": args.batch_size, "max_length": args.max_length,
-                   "repeats": args.repeats, "resamples": args.resamples},
+        "config": {
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "repeats": args.repeats,
+            "resamples": args.resamples,
+        },
         "definitions": {
             "train": "train mode (dropout on), forward + backward + AdamW step + zero_grad, per batch",
             "probe": "LayerProbe + probe_step per batch (eval mode = diagnose's dropout=False): forward + backward with the diagnostic hooks",
@@ -192,17 +214,23 @@ def main() -> None:
             "fwd_bwd": "eval mode, forward + backward + zero_grad without hooks (probe minus its diagnostics)",
             "ratio": "median over rounds of (workload time / train time) within the same round",
             "clocks": "wall = time.perf_counter; cpu = time.process_time (this process, all threads), "
-                      "less sensitive to other processes on a shared machine; the verdict uses the larger ratio",
+            "less sensitive to other processes on a shared machine; the verdict uses the larger ratio",
         },
         "timing": timing,
         "memory": memory,
-        "target": TARGET, "limit": LIMIT,
+        "target": TARGET,
+        "limit": LIMIT,
         "headline_ratio_probe_vs_train": ratio,
         "verdict": "within target" if ratio <= TARGET else ("within limit" if ratio <= LIMIT else "over limit"),
         "environment": {
-            "python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": "cpu", "platform": platform.platform(),
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": "cpu",
+            "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
             "wall_seconds": round(time.time() - started, 1),
         },
     }
@@ -212,15 +240,21 @@ def main() -> None:
     for clock in ("wall", "cpu"):
         t = timing[clock]
         m = t["median_seconds"]
-        print(f"[{clock}] train {m['train']:.2f}s  probe {m['probe']:.2f}s  diagnose {m['diagnose']:.2f}s  "
-              f"fwd_bwd {m['fwd_bwd']:.2f}s  | probe/train {t['ratio_probe_vs_train']['median']:.2f}  "
-              f"diagnose/train {t['ratio_diagnose_vs_train']['median']:.2f}  "
-              f"probe/fwd_bwd {t['ratio_probe_vs_plain_fwd_bwd']['median']:.2f}")
+        print(
+            f"[{clock}] train {m['train']:.2f}s  probe {m['probe']:.2f}s  diagnose {m['diagnose']:.2f}s  "
+            f"fwd_bwd {m['fwd_bwd']:.2f}s  | probe/train {t['ratio_probe_vs_train']['median']:.2f}  "
+            f"diagnose/train {t['ratio_diagnose_vs_train']['median']:.2f}  "
+            f"probe/fwd_bwd {t['ratio_probe_vs_plain_fwd_bwd']['median']:.2f}"
+        )
     if memory:
-        print(f"peak extra RSS: train {memory['train']['peak_extra_mib']:.0f} MiB, probe {memory['probe']['peak_extra_mib']:.0f} MiB, "
-              f"diagnose {memory['diagnose']['peak_extra_mib']:.0f} MiB")
-    print(f"N={args.batches} batches of {args.batch_size} x <= {args.max_length} tokens: probe/train {ratio:.2f} "
-          f"-> {result['verdict']} (target {TARGET}, limit {LIMIT}); written to {out}")
+        print(
+            f"peak extra RSS: train {memory['train']['peak_extra_mib']:.0f} MiB, probe {memory['probe']['peak_extra_mib']:.0f} MiB, "
+            f"diagnose {memory['diagnose']['peak_extra_mib']:.0f} MiB"
+        )
+    print(
+        f"N={args.batches} batches of {args.batch_size} x <= {args.max_length} tokens: probe/train {ratio:.2f} "
+        f"-> {result['verdict']} (target {TARGET}, limit {LIMIT}); written to {out}"
+    )
 
 
 if __name__ == "__main__":

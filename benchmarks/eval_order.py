@@ -11,6 +11,7 @@ rounds of (sorted / plain), the padded-token count of each order, and whether ev
 
     python benchmarks/eval_order.py --rounds 5 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,20 +82,30 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {times[n][-1]:.2f}s" for n in orders), flush=True)
     ratios = [s / p for s, p in zip(times["sorted"], times["plain"])]
     result = {
-        "config": vars(args), "rows": len(split),
-        "median_seconds": {n: statistics.median(t) for n, t in times.items()}, "seconds": times,
-        "sorted_over_plain": statistics.median(ratios), "sorted_over_plain_per_round": ratios,
+        "config": vars(args),
+        "rows": len(split),
+        "median_seconds": {n: statistics.median(t) for n, t in times.items()},
+        "seconds": times,
+        "sorted_over_plain": statistics.median(ratios),
+        "sorted_over_plain_per_round": ratios,
         "padded_tokens": {n: padded_tokens(split, args.batch_size, f) for n, f in orders.items()},
         "real_tokens": sum(len(x) for x in split.ids),
         "same_predictions": reference["plain"] == reference["sorted"],
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-                    "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
         "versions": versions(),
     }
     atomic_write_json(args.out, result)
-    print(f"sorted/plain time {result['sorted_over_plain']:.2f}x (median over {args.rounds} rounds); padded tokens "
-          f"{result['padded_tokens']['sorted']:,} vs {result['padded_tokens']['plain']:,} (real {result['real_tokens']:,}); "
-          f"same predictions: {result['same_predictions']}; wrote {args.out}")
+    print(
+        f"sorted/plain time {result['sorted_over_plain']:.2f}x (median over {args.rounds} rounds); padded tokens "
+        f"{result['padded_tokens']['sorted']:,} vs {result['padded_tokens']['plain']:,} (real {result['real_tokens']:,}); "
+        f"same predictions: {result['same_predictions']}; wrote {args.out}"
+    )
     if not result["same_predictions"]:
         sys.exit(1)
 

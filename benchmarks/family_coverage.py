@@ -13,6 +13,7 @@ appended per family to ``results/family_coverage.jsonl`` (a rerun resumes) and s
 
     PYTHONPATH=src INFLORA_DATA_DIR=/work/shared/data HF_HUB_OFFLINE=1 python benchmarks/family_coverage.py
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,8 @@ TIMEOUT_S = 90
 
 def model_types() -> list[str]:
     from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
     return sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES))
@@ -60,7 +62,11 @@ def build(kind: str):
         if size > MAX_PARAMS:
             raise MemoryError(f"{size / 1e6:.0f} M parameters from the small config")
         torch.manual_seed(0)
-        model = auto.from_config(config, attn_implementation="eager") if _eager_ok(auto, config) else auto.from_config(config)
+        model = (
+            auto.from_config(config, attn_implementation="eager")
+            if _eager_ok(auto, config)
+            else auto.from_config(config)
+        )
         model.config.name_or_path = f"tiny-{kind}"
         return model.eval(), task
     raise ValueError("no causal-LM or classification class")
@@ -88,7 +94,9 @@ def try_family(kind: str, data: dict, tokenizer) -> dict:
     try:
         spec = arch_for(model)
     except Exception as exc:  # noqa: BLE001 - ArchitectureError, or a discovery bug: both are listed
-        outcome = "no attention" if isinstance(exc, ArchitectureError) and "no attention module" in str(exc) else "discovery"
+        outcome = (
+            "no attention" if isinstance(exc, ArchitectureError) and "no attention module" in str(exc) else "discovery"
+        )
         return {"family": kind, "task": task, "outcome": outcome, "why": _first_line(exc)}
     if task == "causal-lm" and not spec.causal:
         model, task, spec = as_encoder_or_decoder(model)
@@ -97,13 +105,23 @@ def try_family(kind: str, data: dict, tokenizer) -> dict:
         d = diagnose(model, data[task], tokenizer, batches=2, batch_size=4, max_length=32, progress=False, resamples=2)
         free = set(spec.attention_free_blocks)  # no softmax attention there: NaN entropy, said in the flags
         unmeasured = said_unmeasured(d.flags)  # maps not over the input's tokens: NaN entropy, said in the flags
-        finite = all(math.isfinite(r["activation_grad_norm"])
-                     and (i in free | unmeasured or math.isfinite(r["attention_entropy"]))
-                     for i, r in enumerate(d.layers))
-        return {"family": kind, "task": task, "outcome": "works" if finite else "diagnose",
-                "why": None if finite else "non-finite per-block numbers", "entropy": d.config["attention"],
-                "no_attention_blocks": len(free), "entropy_unmeasured_blocks": len(unmeasured),
-                "moe": bool(spec.moe), "blocks": spec.blocks, "seconds": round(time.perf_counter() - t0, 2)}
+        finite = all(
+            math.isfinite(r["activation_grad_norm"])
+            and (i in free | unmeasured or math.isfinite(r["attention_entropy"]))
+            for i, r in enumerate(d.layers)
+        )
+        return {
+            "family": kind,
+            "task": task,
+            "outcome": "works" if finite else "diagnose",
+            "why": None if finite else "non-finite per-block numbers",
+            "entropy": d.config["attention"],
+            "no_attention_blocks": len(free),
+            "entropy_unmeasured_blocks": len(unmeasured),
+            "moe": bool(spec.moe),
+            "blocks": spec.blocks,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
     except Exception as exc:  # noqa: BLE001
         return {"family": kind, "task": task, "outcome": "diagnose", "why": _first_line(exc)}
 
@@ -148,9 +166,16 @@ def run(kinds: list[str]) -> list[dict]:
     from inflora.data import load_task
     from inflora.models import load_model
 
-    done = {json.loads(line)["family"]: json.loads(line) for line in JSONL.read_text().splitlines()} if JSONL.exists() else {}
+    done = (
+        {json.loads(line)["family"]: json.loads(line) for line in JSONL.read_text().splitlines()}
+        if JSONL.exists()
+        else {}
+    )
     tokenizer = load_model("minilm")[1]
-    data = {"causal-lm": load_task("rt-instruct", "validation"), "classification": load_task("rotten_tomatoes", "validation")}
+    data = {
+        "causal-lm": load_task("rt-instruct", "validation"),
+        "classification": load_task("rotten_tomatoes", "validation"),
+    }
     signal.signal(signal.SIGALRM, _alarm)
     for kind in kinds:
         if kind in done:
@@ -172,22 +197,33 @@ def run(kinds: list[str]) -> list[dict]:
 def summary(rows: list[dict]) -> str:
     built = [r for r in rows if r["outcome"] != "no small config"]
     works = [r for r in built if r["outcome"] == "works"]
-    eager = sorted(r["family"] for r in works if r.get("entropy") == "eager" and not r.get("no_attention_blocks")
-                   and not r.get("entropy_unmeasured_blocks"))
+    eager = sorted(
+        r["family"]
+        for r in works
+        if r.get("entropy") == "eager" and not r.get("no_attention_blocks") and not r.get("entropy_unmeasured_blocks")
+    )
     free = sorted(r["family"] for r in works if r.get("no_attention_blocks"))
     unmeasured = sorted(r["family"] for r in works if r.get("entropy_unmeasured_blocks"))
-    lines = ["# Family coverage (benchmarks/family_coverage.py)", "",
-             f"{len(rows)} model types in transformers' causal-LM and sequence-classification mappings; "
-             f"{len(built)} build from a small config; **{len(works)} of {len(built)} "
-             f"({len(works) / max(len(built), 1):.0%}) diagnose** with discovered structure.", "",
-             f"Entropy from eager maps (said in the report): {', '.join(eager) or '-'}", "",
-             f"Blocks without softmax attention (state-space, linear attention, RWKV time-mixing, FNet Fourier "
-             f"mixing; gradient metrics only, "
-             f"entropy does not apply and the diagnosis says so): {', '.join(free) or '-'}", "",
-             f"Attention whose entropy cannot be measured exactly (no map even under eager, or a map not over the "
-             f"input's tokens; gradient metrics only, entropy left out and the diagnosis says why): "
-             f"{', '.join(unmeasured) or '-'}", "",
-             "| family | outcome | why |", "|---|---|---|"]
+    lines = [
+        "# Family coverage (benchmarks/family_coverage.py)",
+        "",
+        f"{len(rows)} model types in transformers' causal-LM and sequence-classification mappings; "
+        f"{len(built)} build from a small config; **{len(works)} of {len(built)} "
+        f"({len(works) / max(len(built), 1):.0%}) diagnose** with discovered structure.",
+        "",
+        f"Entropy from eager maps (said in the report): {', '.join(eager) or '-'}",
+        "",
+        f"Blocks without softmax attention (state-space, linear attention, RWKV time-mixing, FNet Fourier "
+        f"mixing; gradient metrics only, "
+        f"entropy does not apply and the diagnosis says so): {', '.join(free) or '-'}",
+        "",
+        f"Attention whose entropy cannot be measured exactly (no map even under eager, or a map not over the "
+        f"input's tokens; gradient metrics only, entropy left out and the diagnosis says why): "
+        f"{', '.join(unmeasured) or '-'}",
+        "",
+        "| family | outcome | why |",
+        "|---|---|---|",
+    ]
     for r in rows:
         if r["outcome"] != "works":
             lines.append(f"| {r['family']} | {r['outcome']} | {(r.get('why') or '').replace('|', '/')[:36]} |")

@@ -15,6 +15,7 @@ sampled estimate's error is its layer entropy against the exact streaming one (s
 
     python benchmarks/long_context.py --rounds 3 --threads 1 --out benchmarks/results/long_context.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,19 @@ from pathlib import Path
 from _memory import peak_extra_memory  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 VARIANTS = ("plain", "streaming", "sampled", "eager")
-METHOD = ("each figure in a fresh process (model + batches built, 64-token warm-up, then one timed run); ratios to "
-          "plain within a round, medians over rounds; time on two clocks: wall (perf_counter) and cpu (process_time of "
-          "the child, 1 thread: the work done, less sensitive to other jobs on a shared machine); memory = VmHWM reset "
-          "after set-up minus RSS before")
-TARGETS = {"time_streaming_2048": 1.25, "memory_streaming_2048": 1.2, "time_sampled_2048": 1.15,
-           "sampled_error_2048": 0.01, "memory_growth_1024_4096": 4.5}
+METHOD = (
+    "each figure in a fresh process (model + batches built, 64-token warm-up, then one timed run); ratios to "
+    "plain within a round, medians over rounds; time on two clocks: wall (perf_counter) and cpu (process_time of "
+    "the child, 1 thread: the work done, less sensitive to other jobs on a shared machine); memory = VmHWM reset "
+    "after set-up minus RSS before"
+)
+TARGETS = {
+    "time_streaming_2048": 1.25,
+    "memory_streaming_2048": 1.2,
+    "time_sampled_2048": 1.15,
+    "sampled_error_2048": 0.01,
+    "memory_growth_1024_4096": 4.5,
+}
 
 
 def build(args):
@@ -44,8 +52,15 @@ def build(args):
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
-    config = transformers.LlamaConfig(vocab_size=args.vocab, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                                      num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=args.T)
+    config = transformers.LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=args.T,
+    )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     g = torch.Generator().manual_seed(1)
@@ -107,13 +122,27 @@ def cached_child(args, r: int, variant: str, t: int) -> dict:
 
 
 def run_child(args, variant: str, t: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--T", str(t), "--threads", str(args.threads),
-           "--batch-size", str(args.batch_size), "--vocab", str(args.vocab), "--resamples", str(args.resamples)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--T",
+        str(t),
+        "--threads",
+        str(args.threads),
+        "--batch-size",
+        str(args.batch_size),
+        "--vocab",
+        str(args.vocab),
+        "--resamples",
+        str(args.resamples),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         return {"failed": (proc.stderr or proc.stdout)[-600:]}
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     print(f"T={t:5d} {variant:9s} {res['seconds']:7.2f}s  +{res['peak_extra_mib']:7.0f} MiB", flush=True)
     return res
 
@@ -123,8 +152,13 @@ def summarise(rounds: list[dict], lengths: list[int]) -> dict:
     for t in lengths:
         row = {}
         for v in VARIANTS:
-            done = [r[str(t)] for r in rounds if isinstance(r.get(str(t), {}).get(v), dict) and "seconds" in r[str(t)][v]
-                    and "seconds" in r[str(t)].get("plain", {})]  # rounds with this figure and its plain baseline
+            done = [
+                r[str(t)]
+                for r in rounds
+                if isinstance(r.get(str(t), {}).get(v), dict)
+                and "seconds" in r[str(t)][v]
+                and "seconds" in r[str(t)].get("plain", {})
+            ]  # rounds with this figure and its plain baseline
             if not done:
                 row[v] = {"skipped": next((r[str(t)][v] for r in rounds if v in r.get(str(t), {})), "not run")}
                 continue
@@ -133,13 +167,24 @@ def summarise(rounds: list[dict], lengths: list[int]) -> dict:
                 "seconds": statistics.median(f["seconds"] for f in figs),
                 "peak_extra_mib": statistics.median(f["peak_extra_mib"] for f in figs),
                 "time_ratio": statistics.median(f["seconds"] / p["seconds"] for f, p in zip(figs, plains)),
-                "memory_ratio": statistics.median(f["peak_extra_mib"] / p["peak_extra_mib"] for f, p in zip(figs, plains)),
+                "memory_ratio": statistics.median(
+                    f["peak_extra_mib"] / p["peak_extra_mib"] for f, p in zip(figs, plains)
+                ),
                 "time_ratio_per_round": [f["seconds"] / p["seconds"] for f, p in zip(figs, plains)],
                 "cpu_seconds": statistics.median(f["cpu_seconds"] for f in figs),
                 "cpu_time_ratio": statistics.median(f["cpu_seconds"] / p["cpu_seconds"] for f, p in zip(figs, plains)),
             }
-        exact = next((r[str(t)]["streaming"]["entropy"][0] for r in rounds if "entropy" in r.get(str(t), {}).get("streaming", {})), None)
-        est = next((r[str(t)]["sampled"]["entropy"] for r in rounds if "entropy" in r.get(str(t), {}).get("sampled", {})), None)
+        exact = next(
+            (
+                r[str(t)]["streaming"]["entropy"][0]
+                for r in rounds
+                if "entropy" in r.get(str(t), {}).get("streaming", {})
+            ),
+            None,
+        )
+        est = next(
+            (r[str(t)]["sampled"]["entropy"] for r in rounds if "entropy" in r.get(str(t), {}).get("sampled", {})), None
+        )
         if exact and est:
             row["sampled"]["max_relative_error"] = max(abs(e - x) / x for e, x in zip(est[0], exact))
             row["sampled"]["max_error_in_se"] = max(abs(e - x) / s for e, x, s in zip(est[0], exact, est[1]))
@@ -161,7 +206,11 @@ def verdicts(table: dict) -> dict:
     checks["memory_growth_1024_4096"] = (m4 / m1 if m1 and m4 else None,)
     out = {}
     for k, values in checks.items():  # times: (wall, cpu) clocks; met only if every clock meets it
-        out[k] = {"value": values[0], "target": TARGETS[k], "met": all(v is not None and v <= TARGETS[k] for v in values)}
+        out[k] = {
+            "value": values[0],
+            "target": TARGETS[k],
+            "met": all(v is not None and v <= TARGETS[k] for v in values),
+        }
         if len(values) > 1:
             out[k]["cpu_value"] = values[1]
     return out
@@ -175,8 +224,10 @@ def plot(table: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     lengths = [int(t) for t in table]
-    for ax, key, title in ((axes[0], "time_ratio", "time / plain SDPA fwd+bwd"),
-                           (axes[1], "memory_ratio", "peak extra memory / plain")):
+    for ax, key, title in (
+        (axes[0], "time_ratio", "time / plain SDPA fwd+bwd"),
+        (axes[1], "memory_ratio", "peak extra memory / plain"),
+    ):
         for v in VARIANTS[1:]:
             pts = [(t, table[str(t)][v][key]) for t in lengths if key in table[str(t)][v]]
             if pts:
@@ -216,10 +267,16 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help="which figures to measure (plain is the baseline)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=2048, help="vocabulary size (small, so the logits do not dominate memory)")
+    ap.add_argument(
+        "--vocab", type=int, default=2048, help="vocabulary size (small, so the logits do not dominate memory)"
+    )
     ap.add_argument("--resamples", type=int, default=200, help="bootstrap resamples inside diagnose()")
-    ap.add_argument("--eager-max", type=int, default=2048,
-                    help="above this T the eager variant (O(T²) maps: minutes, GBs) runs in the first round only")
+    ap.add_argument(
+        "--eager-max",
+        type=int,
+        default=2048,
+        help="above this T the eager variant (O(T²) maps: minutes, GBs) runs in the first round only",
+    )
     ap.add_argument("--out", default="benchmarks/results/long_context.json")
     ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--T", type=int, help=argparse.SUPPRESS)
@@ -237,8 +294,14 @@ def main() -> None:
         for t in lengths:
             chosen = [v for v in VARIANTS if v in args.variants.split(",")]
             order = chosen if r % 2 == 0 else chosen[::-1]
-            rnd[str(t)] = {v: ("skipped: eager above --eager-max runs in the first round only" if v == "eager"
-                               and t > args.eager_max and r > 0 else cached_child(args, r, v, t)) for v in order}
+            rnd[str(t)] = {
+                v: (
+                    "skipped: eager above --eager-max runs in the first round only"
+                    if v == "eager" and t > args.eager_max and r > 0
+                    else cached_child(args, r, v, t)
+                )
+                for v in order
+            }
         rounds.append(rnd)
     table = summarise(rounds, lengths)
     import torch
@@ -255,11 +318,19 @@ def main() -> None:
             "eager": "inflora.diagnose(attention='eager'): eager attention maps",
         },
         "method": METHOD,
-        "rounds": rounds, "table": table, "targets": verdicts(table),
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                        "torch_threads": args.threads, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
-                        "wall_seconds": round(time.time() - started, 1),
-                        "machine": "shared 2-core machine (other sessions' jobs ran at the same time; see loadavg)"},
+        "rounds": rounds,
+        "table": table,
+        "targets": verdicts(table),
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": args.threads,
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+            "wall_seconds": round(time.time() - started, 1),
+            "machine": "shared 2-core machine (other sessions' jobs ran at the same time; see loadavg)",
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ time of each and the median over rounds of (copy / load); the copy's weights are
 
     python benchmarks/model_cache.py --rounds 5 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,17 +66,25 @@ def main() -> None:
             for kind, t in got.items():
                 times[kind].append(t)
             ratios.append(got["copy"] / got["load"])
-    result = {"rounds": args.rounds, "threads": args.threads, "loads_by_cache": cache.loads,
-              "median_seconds": {k: statistics.median(v) for k, v in times.items()},
-              "median_ratio_copy_over_load": statistics.median(ratios), "weights_equal": True,
-              "machine": platform.machine(), "versions": versions(),
-              "command": f"python benchmarks/model_cache.py --rounds {args.rounds} --threads {args.threads}"}
+    result = {
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "loads_by_cache": cache.loads,
+        "median_seconds": {k: statistics.median(v) for k, v in times.items()},
+        "median_ratio_copy_over_load": statistics.median(ratios),
+        "weights_equal": True,
+        "machine": platform.machine(),
+        "versions": versions(),
+        "command": f"python benchmarks/model_cache.py --rounds {args.rounds} --threads {args.threads}",
+    }
     atomic_write_json(args.out, result)
     print(f"{'':14}{'median s':>10}")
     for kind, v in result["median_seconds"].items():
         print(f"{kind:14}{v:>10.3f}")
-    print(f"copy / load (median of rounds): {result['median_ratio_copy_over_load']:.3f}; "
-          f"loads by the cache: {cache.loads}")
+    print(
+        f"copy / load (median of rounds): {result['median_ratio_copy_over_load']:.3f}; "
+        f"loads by the cache: {cache.loads}"
+    )
 
 
 if __name__ == "__main__":

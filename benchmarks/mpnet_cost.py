@@ -12,6 +12,7 @@ then (steps per epoch × epochs × step time) + (evaluated examples / 128 × eva
 
     python benchmarks/mpnet_cost.py --rounds 2 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,11 @@ MODELS = ("minilm", "mpnet-base")
 
 def arms(n_blocks: int) -> dict[str, tuple[str, list[int] | None]]:
     """Arm name -> (strategy, blocks): the kinds of arm an oracle and a K-block comparison train."""
-    return {"head": ("head", None), "lora-1-block": ("lora-inflection", [0]),
-            "lora-leave-one-out": ("lora-inflection", list(range(1, n_blocks)))}
+    return {
+        "head": ("head", None),
+        "lora-1-block": ("lora-inflection", [0]),
+        "lora-leave-one-out": ("lora-inflection", list(range(1, n_blocks))),
+    }
 
 
 def build(args):
@@ -58,8 +62,11 @@ def build(args):
             torch.manual_seed(0)
             applied = apply_strategy(strategy, copy.deepcopy(base), StrategyOptions(layers=layers, seed=0))
             model = applied.model.train()
-            runs[(name, arm)] = {"model": model, "optimizer": build_optimizer(model, applied.lr, 0.01),
-                                 "trainable_params": count_parameters(model)[0]}
+            runs[(name, arm)] = {
+                "model": model,
+                "optimizer": build_optimizer(model, applied.lr, 0.01),
+                "trainable_params": count_parameters(model)[0],
+            }
         runs[(name, "eval")] = {"model": base.eval()}
     return runs, batches, evals, info
 
@@ -85,13 +92,18 @@ def measure(args) -> dict:
             t0 = time.perf_counter()
             _one(runs[key], key, batches[key[0]][r + 1], evals[key[0]])
             times[key].append(time.perf_counter() - t0)
-        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{k[0]}/{k[1]} {times[k][-1]:.2f}s" for k in keys), flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: " + "  ".join(f"{k[0]}/{k[1]} {times[k][-1]:.2f}s" for k in keys), flush=True
+        )
     out = {}
     for arm in {k[1] for k in keys}:
         a, b = times[("minilm", arm)], times[("mpnet-base", arm)]
-        out[arm] = {"minilm_s": statistics.median(a), "mpnet-base_s": statistics.median(b),
-                    "mpnet_over_minilm": statistics.median(y / x for x, y in zip(a, b)),
-                    "trainable_params": {m: runs[(m, arm)].get("trainable_params") for m in MODELS}}
+        out[arm] = {
+            "minilm_s": statistics.median(a),
+            "mpnet-base_s": statistics.median(b),
+            "mpnet_over_minilm": statistics.median(y / x for x, y in zip(a, b)),
+            "trainable_params": {m: runs[(m, arm)].get("trainable_params") for m in MODELS},
+        }
     return {"per_arm": out, "models": info}
 
 
@@ -102,8 +114,9 @@ def _one(run, key, batch, eval_b) -> None:
         step(run, batch)
 
 
-def arm_cost(per_arm: dict, arm: str, model: str, train_examples: int, epochs: int, eval_examples: int,
-             batch_size: int) -> float:
+def arm_cost(
+    per_arm: dict, arm: str, model: str, train_examples: int, epochs: int, eval_examples: int, batch_size: int
+) -> float:
     """Seconds for one oracle arm: its training steps plus scoring validation and test once per epoch / at the end."""
     steps = -(-train_examples // batch_size) * epochs
     return steps * per_arm[arm][f"{model}_s"] + eval_examples / 128 * per_arm["eval"][f"{model}_s"]
@@ -129,10 +142,23 @@ def main() -> None:
     load_before, started = os.getloadavg(), time.time()
     result = measure(args)
     # One oracle arm at the issue's reduced budget: N RT examples, 1 epoch, RT validation + test (2,132) once.
-    result["arm_seconds"] = {m: {arm: arm_cost(result["per_arm"], arm, m, args.train_examples, 1, 2132, args.batch_size)
-                                 for arm in ("lora-1-block", "lora-leave-one-out")} for m in MODELS}
-    result.update({"config": vars(args), "wall_seconds": time.time() - started, "load_before": load_before,
-                   "load_after": os.getloadavg(), "cpu_count": os.cpu_count(), "platform": platform.platform()})
+    result["arm_seconds"] = {
+        m: {
+            arm: arm_cost(result["per_arm"], arm, m, args.train_examples, 1, 2132, args.batch_size)
+            for arm in ("lora-1-block", "lora-leave-one-out")
+        }
+        for m in MODELS
+    }
+    result.update(
+        {
+            "config": vars(args),
+            "wall_seconds": time.time() - started,
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        }
+    )
     print(table(result))
     print(json.dumps(result["arm_seconds"], indent=1))
     with open(args.out, "w") as f:

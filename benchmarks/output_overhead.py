@@ -10,6 +10,7 @@ so each ratio compares timings taken seconds apart on a possibly busy machine.
     python benchmarks/output_overhead.py --batches 8 --batch-size 32 --max-length 64 --repeats 5 \\
         --out benchmarks/results/output_overhead.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tok = load_model("minilm", num_labels=2)
     model.eval()
-    batches = probe_batches(load_task("rotten_tomatoes", "validation", args.data_dir), tok, batches=args.batches,
-                            batch_size=args.batch_size, max_length=args.max_length, seed=0)
+    batches = probe_batches(
+        load_task("rotten_tomatoes", "validation", args.data_dir),
+        tok,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=0,
+    )
 
     def probe(names):
         start = time.perf_counter()
@@ -66,15 +73,21 @@ def main() -> None:
     ratios = [t["with"] / t["without"] for t in rounds]
     result = {
         "what": "probe time with the output diagnostic / without it (same batches, interleaved rounds)",
-        "ratio_median": statistics.median(ratios), "ratios": ratios, "seconds": rounds,
+        "ratio_median": statistics.median(ratios),
+        "ratios": ratios,
+        "seconds": rounds,
         "config": vars(args) | {"out": str(args.out)},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "note": "shared 2-core CPU box, other jobs running; ratios only"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "note": "shared 2-core CPU box, other jobs running; ratios only",
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"with / without output diagnostic: median {result['ratio_median']:.3f} over {len(ratios)} rounds "
-          f"-> {args.out}")
+    print(
+        f"with / without output diagnostic: median {result['ratio_median']:.3f} over {len(ratios)} rounds -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

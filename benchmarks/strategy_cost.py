@@ -20,6 +20,7 @@ gradients, optimizer state). It is process RSS (what torch's CPU allocator holds
 
     python benchmarks/strategy_cost.py --layers 0,1,2,4,5 --rounds 5 --steps 4 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,13 @@ def build(args, names):
         applied = apply_strategy(name, copy.deepcopy(base), StrategyOptions(layers=layers, k=args.k, seed=args.seed))
         model = applied.model.train()
         trainable, total = count_parameters(model)
-        runs[name] = {"model": model, "optimizer": _optimizer(model, applied.lr, 0.01), "layers": applied.layers,
-                      "trainable_params": trainable, "total_params": total}
+        runs[name] = {
+            "model": model,
+            "optimizer": _optimizer(model, applied.lr, 0.01),
+            "layers": applied.layers,
+            "trainable_params": trainable,
+            "total_params": total,
+        }
     del base
     return runs, batches
 
@@ -86,7 +92,7 @@ def measure_time(args, names) -> tuple[dict, dict]:
     for name in names:  # warm-up: optimizer state, allocator, kernels
         for b in batches[:2]:
             step(runs[name], b)
-    per_step = {n: [] for n in names}   # [round * steps + i] -> seconds, same batch for every strategy
+    per_step = {n: [] for n in names}  # [round * steps + i] -> seconds, same batch for every strategy
     per_round = []
     for r in range(args.rounds):
         chosen = [batches[(r * args.steps + i) % len(batches)] for i in range(args.steps)]
@@ -101,8 +107,10 @@ def measure_time(args, names) -> tuple[dict, dict]:
                 per_step[name].append(dt)
                 totals[name] += dt
         per_round.append(totals)
-        print(f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {totals[n] / args.steps * 1000:.0f}ms" for n in names),
-              flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: " + "  ".join(f"{n} {totals[n] / args.steps * 1000:.0f}ms" for n in names),
+            flush=True,
+        )
     info = {n: {k: runs[n][k] for k in ("layers", "trainable_params", "total_params")} for n in names}
     timing = {}
     for n in names:
@@ -116,9 +124,13 @@ def measure_time(args, names) -> tuple[dict, dict]:
     if {"lora-inflection", "lora-all"} <= set(names):
         pair = [t["lora-inflection"] / t["lora-all"] for t in per_round]
         steps = [a / b for a, b in zip(per_step["lora-inflection"], per_step["lora-all"])]
-        timing["lora-inflection_vs_lora-all"] = {"median": statistics.median(pair), "per_round": pair,
-                                                 "median_per_step": statistics.median(steps),
-                                                 "steps_faster_or_equal": sum(x <= 1 for x in steps), "steps": len(steps)}
+        timing["lora-inflection_vs_lora-all"] = {
+            "median": statistics.median(pair),
+            "per_round": pair,
+            "median_per_step": statistics.median(steps),
+            "steps_faster_or_equal": sum(x <= 1 for x in steps),
+            "steps": len(steps),
+        }
     return timing, info
 
 
@@ -136,9 +148,28 @@ def memory_child(args) -> None:
 def measure_memory(args, names) -> dict:
     result = {}
     for name in names:
-        cmd = [sys.executable, __file__, "--memory-child", name, "--layers", args.layers, "--k", str(args.k),
-               "--seed", str(args.seed), "--steps", str(args.steps), "--batches", str(args.batches),
-               "--batch-size", str(args.batch_size), "--max-length", str(args.max_length), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            name,
+            "--layers",
+            args.layers,
+            "--k",
+            str(args.k),
+            "--seed",
+            str(args.seed),
+            "--steps",
+            str(args.steps),
+            "--batches",
+            str(args.batches),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+            "--threads",
+            str(args.threads),
+        ]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         result[name] = run_memory_child(cmd, name)
@@ -149,20 +180,26 @@ def measure_memory(args, names) -> dict:
 
 def table(result) -> str:
     t, info, mem = result["timing"], result["strategies"], result["memory"] or {}
-    lines = ["| strategy | adapted blocks | trainable params | step time (median) | vs `full` | peak extra RSS |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| strategy | adapted blocks | trainable params | step time (median) | vs `full` | peak extra RSS |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for n in result["config"]["strategies"]:
         ratio = t[n]["ratio_vs_full"]
         m = mem.get(n, {}).get("peak_extra_mib")
-        lines.append(f"| `{n}` | {','.join(map(str, info[n]['layers'])) or '-'} | {info[n]['trainable_params']:,} | "
-                     f"{t[n]['median_step_ms']:.0f} ms | {'' if ratio is None else f'{ratio:.2f}×'} | "
-                     f"{'' if m is None else f'{m:.0f} MiB'} |")
+        lines.append(
+            f"| `{n}` | {','.join(map(str, info[n]['layers'])) or '-'} | {info[n]['trainable_params']:,} | "
+            f"{t[n]['median_step_ms']:.0f} ms | {'' if ratio is None else f'{ratio:.2f}×'} | "
+            f"{'' if m is None else f'{m:.0f} MiB'} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", default=DEFAULT_BAND, help="the inflection band (lora-inflection; size for lora-random)")
+    ap.add_argument(
+        "--layers", default=DEFAULT_BAND, help="the inflection band (lora-inflection; size for lora-random)"
+    )
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--k", type=int, default=2, help="shallow: top-k blocks")
     ap.add_argument("--seed", type=int, default=42, help="lora-random's band seed")
@@ -197,33 +234,54 @@ def main() -> None:
     if "lora-inflection_vs_lora-all" in timing:
         pair = timing["lora-inflection_vs_lora-all"]
         checks["lora_inflection_no_slower_than_lora_all"] = {
-            "median_ratio": pair["median"], "rounds_faster_or_equal": sum(x <= 1 for x in pair["per_round"]),
-            "rounds": len(pair["per_round"]), "median_ratio_per_step": pair["median_per_step"],
-            "steps_faster_or_equal": pair["steps_faster_or_equal"], "steps": pair["steps"],
-            "holds": pair["median"] <= 1.0}
+            "median_ratio": pair["median"],
+            "rounds_faster_or_equal": sum(x <= 1 for x in pair["per_round"]),
+            "rounds": len(pair["per_round"]),
+            "median_ratio_per_step": pair["median_per_step"],
+            "steps_faster_or_equal": pair["steps_faster_or_equal"],
+            "steps": pair["steps"],
+            "holds": pair["median"] <= 1.0,
+        }
     if memory and "full" in memory:
-        checks["lora_less_memory_than_full"] = {n: memory[n]["peak_extra_mib"] < memory["full"]["peak_extra_mib"]
-                                                for n in names if n.startswith("lora")}
+        checks["lora_less_memory_than_full"] = {
+            n: memory[n]["peak_extra_mib"] < memory["full"]["peak_extra_mib"] for n in names if n.startswith("lora")
+        }
     result = {
         "benchmark": "strategy_cost",
         "command": " ".join(["python", "benchmarks/strategy_cost.py", *sys.argv[1:]]),
         "model": "minilm (all-MiniLM-L6-v2, 6 layers, SDPA attention)",
         "data": "rotten_tomatoes/train, length-grouped batches (seed 0), dynamic padding",
-        "config": {"strategies": names, "layers": [int(x) for x in args.layers.split(",")], "k": args.k,
-                   "seed": args.seed, "rounds": args.rounds, "steps": args.steps, "batches": args.batches,
-                   "batch_size": args.batch_size, "max_length": args.max_length},
+        "config": {
+            "strategies": names,
+            "layers": [int(x) for x in args.layers.split(",")],
+            "k": args.k,
+            "seed": args.seed,
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+        },
         "definitions": {
             "step": "train mode, forward + backward + clip_grad_norm(1.0) + AdamW step (finetune's groups and lr)"
-                    " + zero_grad",
+            " + zero_grad",
             "ratio_vs_full": "median over rounds of (strategy's time / full's time on the same batches, same round)",
             "interleaving": "per batch, one step of every strategy in a shuffled order",
             "peak_extra_rss": "fresh process per strategy: VmHWM (reset before the steps) minus VmRSS before the steps",
         },
-        "strategies": info, "timing": timing, "memory": memory, "checks": checks,
+        "strategies": info,
+        "timing": timing,
+        "memory": memory,
+        "checks": checks,
         "environment": {
-            "python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": "cpu", "platform": platform.platform(),
-            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "device": "cpu",
+            "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
             "wall_seconds": round(time.time() - started, 1),
         },
     }

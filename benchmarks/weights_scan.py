@@ -25,6 +25,7 @@ on one machine. The checkpoint is deleted at the end unless ``--keep``.
     flock /work/notes/heavy.lock python benchmarks/weights_scan.py --blocks 16 \\
         --spectrum /tmp/spectrum/spectrum.py --out benchmarks/results/weights_scan.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,29 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-QWEN2_05B = dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
-                 vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=False)
-BLOCK_TYPES = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+QWEN2_05B = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    tie_word_embeddings=False,
+)
+BLOCK_TYPES = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
 WEIGHT_RULES = ["spectrum-snr", "kappa", "alpha-hts"]
 
 
 # --------------------------------------------------------------------------- the checkpoint
+
 
 def write_checkpoint(folder: Path, blocks: int, shard_mb: int, vocab: int, seed: int = 0) -> dict:
     """Shards of at most ``shard_mb`` MB (a larger tensor gets its own), written one shard at a time,
@@ -82,11 +98,17 @@ def write_checkpoint(folder: Path, blocks: int, shard_mb: int, vocab: int, seed:
         weight_map.update({n: file for n in names})
     total = sum(4 * _numel(s) for s in shapes.values())
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     largest = max(shapes, key=lambda n: _numel(shapes[n]))
-    return {"blocks": blocks, "files": len(groups), "bytes": total, "params": total // 4,
-            "largest_tensor": {"name": largest, "shape": list(shapes[largest]), "bytes": 4 * _numel(shapes[largest])},
-            "largest_block_matrix_bytes": 4 * QWEN2_05B["hidden_size"] * QWEN2_05B["intermediate_size"]}
+    return {
+        "blocks": blocks,
+        "files": len(groups),
+        "bytes": total,
+        "params": total // 4,
+        "largest_tensor": {"name": largest, "shape": list(shapes[largest]), "bytes": 4 * _numel(shapes[largest])},
+        "largest_block_matrix_bytes": 4 * QWEN2_05B["hidden_size"] * QWEN2_05B["intermediate_size"],
+    }
 
 
 def _numel(shape) -> int:
@@ -139,16 +161,28 @@ def timed_child(how: str, target: str, args: list[str], env: dict, baseline: boo
     with tempfile.TemporaryDirectory() as tmp:
         peak_file = Path(tmp) / "peak.json"
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak_file), how, target, *args],
-                              env=env, cwd=REPO, capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-c", PEAK_WRAPPER, str(peak_file), how, target, *args],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"{how} {target[:60]} … failed:\n{proc.stderr[-3000:]}")
         peak = json.loads(peak_file.read_text())
         run = {"seconds": wall, "peak_rss_mib": peak["vmhwm_kib"] / 1024, "stdout": proc.stdout}
         if baseline:
-            imports = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak_file), "imports", str(peak_file)],
-                                     env=env, cwd=REPO, capture_output=True, text=True, check=True)
+            imports = subprocess.run(
+                [sys.executable, "-c", PEAK_WRAPPER, str(peak_file), "imports", str(peak_file)],
+                env=env,
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             del imports
             run["imports_peak_rss_mib"] = json.loads(peak_file.read_text())["vmhwm_kib"] / 1024
             run["working_set_mib"] = run["peak_rss_mib"] - run["imports_peak_rss_mib"]
@@ -156,17 +190,38 @@ def timed_child(how: str, target: str, args: list[str], env: dict, baseline: boo
 
 
 def child_env(threads: int) -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+    }
 
 
 def inflora_cli(folder: Path, env: dict, out: Path) -> dict:
-    args = ["diagnose", "--model", str(folder), "--weights-only", "--rules", "spectrum-snr", "--budget", "layers=2",
-            "--out", str(out)]
+    args = [
+        "diagnose",
+        "--model",
+        str(folder),
+        "--weights-only",
+        "--rules",
+        "spectrum-snr",
+        "--budget",
+        "layers=2",
+        "--out",
+        str(out),
+    ]
     run = timed_child("-m", "inflora", args, env)
     scan = json.loads((out / "rules.json").read_text())
-    return {**_peaks(run), "seconds": run["seconds"], "scan_seconds": scan["scan"]["seconds"],
-            "block_seconds": scan["scan"]["block_seconds"], "snr": scan["rules"]["spectrum-snr"]["per_module"]}
+    return {
+        **_peaks(run),
+        "seconds": run["seconds"],
+        "scan_seconds": scan["scan"]["seconds"],
+        "block_seconds": scan["scan"]["block_seconds"],
+        "snr": scan["rules"]["spectrum-snr"]["per_module"],
+    }
 
 
 def _peaks(run: dict) -> dict:
@@ -214,8 +269,11 @@ def child_mode(argv: list[str]) -> None:
         import scipy.stats  # noqa: F401
 
         from inflora.models import meta_model
+
         meta_model(folder, "causal-lm")
-        print("RESULT " + json.dumps(peak_extra_memory(lambda: scan_weights(folder, ["spectrum-snr"], Budget(layers=2)))))
+        print(
+            "RESULT " + json.dumps(peak_extra_memory(lambda: scan_weights(folder, ["spectrum-snr"], Budget(layers=2))))
+        )
         return
     print("RESULT " + json.dumps(in_memory_check(folder, Budget(layers=2))))
 
@@ -235,14 +293,20 @@ def in_memory_check(folder: str, budget) -> dict:
     memory = score_without_data(model, WEIGHT_RULES, budget)
     scanned = scan_weights(folder, WEIGHT_RULES, budget)
     diffs = {r: _max_diff(scanned["rules"][r], memory["rules"][r]) for r in WEIGHT_RULES}
-    return {"load_seconds": t1 - t0, "svd_seconds": t2 - t1, "max_abs_diff": diffs,
-            "same_selection": all(scanned["rules"][r]["selected"] == memory["rules"][r]["selected"] for r in WEIGHT_RULES),
-            "orientation": orientation_times(model)}
+    return {
+        "load_seconds": t1 - t0,
+        "svd_seconds": t2 - t1,
+        "max_abs_diff": diffs,
+        "same_selection": all(scanned["rules"][r]["selected"] == memory["rules"][r]["selected"] for r in WEIGHT_RULES),
+        "orientation": orientation_times(model),
+    }
 
 
 def _max_diff(a: dict, b: dict) -> dict:
     raw = max(abs(x - y) for x, y in zip(a["raw"], b["raw"]))
-    rel = max(abs(a["per_module"][k] - b["per_module"][k]) / max(abs(b["per_module"][k]), 1e-30) for k in b["per_module"])
+    rel = max(
+        abs(a["per_module"][k] - b["per_module"][k]) / max(abs(b["per_module"][k]), 1e-30) for k in b["per_module"]
+    )
     return {"block_score": raw, "per_module_relative": rel, "modules": len(b["per_module"])}
 
 
@@ -257,8 +321,11 @@ def orientation_times(model) -> dict:
     for name, w in block_matrices(get_blocks(hf_model(model)))[0].items():
         w = w.detach()
         tall = w if w.shape[0] >= w.shape[1] else w.T
-        out[name] = {"shape": list(w.shape), "as_stored": _best(lambda m=w: torch.linalg.svdvals(m)),
-                     "tall": _best(lambda m=tall: torch.linalg.svdvals(m))}
+        out[name] = {
+            "shape": list(w.shape),
+            "as_stored": _best(lambda m=w: torch.linalg.svdvals(m)),
+            "tall": _best(lambda m=tall: torch.linalg.svdvals(m)),
+        }
     return out
 
 
@@ -274,7 +341,11 @@ def _best(fn, repeats: int = 3) -> float:
 
 def result_of(run: dict) -> dict:
     line = next(ln for ln in run["stdout"].splitlines() if ln.startswith("RESULT "))
-    return {**json.loads(line[len("RESULT "):]), "seconds": run["seconds"], "process_peak_rss_mib": run["peak_rss_mib"]}
+    return {
+        **json.loads(line[len("RESULT ") :]),
+        "seconds": run["seconds"],
+        "process_peak_rss_mib": run["peak_rss_mib"],
+    }
 
 
 def own_child(mode: str, folder: Path, env: dict) -> dict:
@@ -283,6 +354,7 @@ def own_child(mode: str, folder: Path, env: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the run
+
 
 def arms(args, folder: Path, env: dict, tmp: Path) -> dict:
     out = {"inflora": lambda: inflora_cli(folder, env, tmp / "inflora")}
@@ -317,23 +389,30 @@ def summarize(info: dict, check: dict, memory: dict, rounds: list[dict]) -> dict
     cli_peak = max(r["inflora"]["peak_rss_mib"] for r in rounds)
     cli_working_set = max(r["inflora"]["working_set_mib"] for r in rounds)
     bound = (1.5 * info["largest_tensor"]["bytes"] + 400e6) / 2**20
-    scores_equal = all(d["block_score"] <= 1e-6 and d["per_module_relative"] <= 1e-6
-                       for d in check["max_abs_diff"].values())
+    scores_equal = all(
+        d["block_score"] <= 1e-6 and d["per_module_relative"] <= 1e-6 for d in check["max_abs_diff"].values()
+    )
     out = {
         "median_seconds": med,
-        "speedup_vs_spectrum": {a: statistics.median(r[a]["seconds"] / r["inflora"]["seconds"] for r in rounds)
-                                for a in med if a != "inflora"},
+        "speedup_vs_spectrum": {
+            a: statistics.median(r[a]["seconds"] / r["inflora"]["seconds"] for r in rounds)
+            for a in med
+            if a != "inflora"
+        },
         "inflora_scan_seconds_per_gb": statistics.median(r["inflora"]["scan_seconds"] for r in rounds) / gb,
         "inflora_whole_seconds_per_gb": med["inflora"] / gb,
         "inflora_block_seconds": last["inflora"]["block_seconds"],
         "peak_rss_mib": {a: max(r[a]["peak_rss_mib"] for r in rounds) for a in med},
         "imports_peak_rss_mib": {a: max(r[a]["imports_peak_rss_mib"] for r in rounds) for a in med},
         "working_set_mib": {a: max(r[a]["working_set_mib"] for r in rounds) for a in med},
-        "rss_bound_mib": bound, "within_rss_bound": cli_working_set <= bound,
+        "rss_bound_mib": bound,
+        "within_rss_bound": cli_working_set <= bound,
         "within_rss_bound_counting_imports": cli_peak <= bound,
         "scores_equal_within_1e-6": scores_equal and check["same_selection"],
         "scan_working_set_mib": memory["peak_extra_mib"],
-        "scan_working_set_over_largest_block_matrix": memory["peak_extra_mib"] * 2**20 / info["largest_block_matrix_bytes"],
+        "scan_working_set_over_largest_block_matrix": memory["peak_extra_mib"]
+        * 2**20
+        / info["largest_block_matrix_bytes"],
         "in_memory": check,
     }
     if "spectrum" in last:
@@ -343,31 +422,47 @@ def summarize(info: dict, check: dict, memory: dict, rounds: list[dict]) -> dict
 
 
 def print_table(info: dict, s: dict) -> None:
-    print(f"\ncheckpoint: {info['blocks']} blocks, {info['params'] / 1e6:.0f} M parameters, "
-          f"{info['bytes'] / 1e9:.2f} GB fp32 in {info['files']} shards")
+    print(
+        f"\ncheckpoint: {info['blocks']} blocks, {info['params'] / 1e6:.0f} M parameters, "
+        f"{info['bytes'] / 1e9:.2f} GB fp32 in {info['files']} shards"
+    )
     print(f"{'arm':<18}{'seconds':>9}{'vs inflora':>12}{'peak RSS':>10}{'imports':>9}{'working set':>13}")
     for arm, sec in s["median_seconds"].items():
         ratio = s["speedup_vs_spectrum"].get(arm)
-        print(f"{arm:<18}{sec:>9.1f}{(f'{ratio:.2f}x' if ratio else '1'):>12}{s['peak_rss_mib'][arm]:>10.0f}"
-              f"{s['imports_peak_rss_mib'][arm]:>9.0f}{s['working_set_mib'][arm]:>13.0f}")
+        print(
+            f"{arm:<18}{sec:>9.1f}{(f'{ratio:.2f}x' if ratio else '1'):>12}{s['peak_rss_mib'][arm]:>10.0f}"
+            f"{s['imports_peak_rss_mib'][arm]:>9.0f}{s['working_set_mib'][arm]:>13.0f}"
+        )
     print("(MiB: the process's own VmHWM; imports: a process importing the same modules only)")
     m = s["in_memory"]
-    print(f"old path in process: load {m['load_seconds']:.1f} s + SVDs {m['svd_seconds']:.1f} s "
-          f"(peak RSS {m['process_peak_rss_mib']:.0f} MiB)")
+    print(
+        f"old path in process: load {m['load_seconds']:.1f} s + SVDs {m['svd_seconds']:.1f} s "
+        f"(peak RSS {m['process_peak_rss_mib']:.0f} MiB)"
+    )
     slow = {k.split(".")[-1]: f"{v['as_stored'] / v['tall']:.1f}x" for k, v in m["orientation"].items()}
     print(f"SVD as stored / tall orientation, block 0: {slow}")
-    print(f"scan: {s['inflora_scan_seconds_per_gb']:.2f} s/GB (whole command {s['inflora_whole_seconds_per_gb']:.2f} s/GB)")
-    print(f"bound 1.5 x largest tensor + 400 MB = {s['rss_bound_mib']:.0f} MiB: working set "
-          f"{'within' if s['within_rss_bound'] else 'OVER'}, whole peak with imports "
-          f"{'within' if s['within_rss_bound_counting_imports'] else 'OVER'}")
-    print(f"scan_weights alone, in process: {s['scan_working_set_mib']:.0f} MiB = "
-          f"{s['scan_working_set_over_largest_block_matrix']:.2f} x the largest block matrix")
+    print(
+        f"scan: {s['inflora_scan_seconds_per_gb']:.2f} s/GB (whole command {s['inflora_whole_seconds_per_gb']:.2f} s/GB)"
+    )
+    print(
+        f"bound 1.5 x largest tensor + 400 MB = {s['rss_bound_mib']:.0f} MiB: working set "
+        f"{'within' if s['within_rss_bound'] else 'OVER'}, whole peak with imports "
+        f"{'within' if s['within_rss_bound_counting_imports'] else 'OVER'}"
+    )
+    print(
+        f"scan_weights alone, in process: {s['scan_working_set_mib']:.0f} MiB = "
+        f"{s['scan_working_set_over_largest_block_matrix']:.2f} x the largest block matrix"
+    )
     diffs = {r: f"{d['block_score']:.1e}/{d['per_module_relative']:.1e}" for r, d in m["max_abs_diff"].items()}
-    print(f"scan vs in memory (score / per-module rel.): {diffs}; "
-          f"{'equal' if s['scores_equal_within_1e-6'] else 'NOT equal'} within 1e-6")
+    print(
+        f"scan vs in memory (score / per-module rel.): {diffs}; "
+        f"{'equal' if s['scores_equal_within_1e-6'] else 'NOT equal'} within 1e-6"
+    )
     if "snr_vs_spectrum" in s:
-        print(f"per-module SNR vs Spectrum: max rel. diff {s['snr_vs_spectrum']['max_relative_diff']:.1e} "
-              f"over {s['snr_vs_spectrum']['modules']} matrices")
+        print(
+            f"per-module SNR vs Spectrum: max rel. diff {s['snr_vs_spectrum']['max_relative_diff']:.1e} "
+            f"over {s['snr_vs_spectrum']['modules']} matrices"
+        )
 
 
 def main() -> None:
@@ -400,10 +495,18 @@ def main() -> None:
     for r in rounds:
         for arm in r.values():
             arm.pop("snr", None)
-    result = {"what": __doc__.split("\n")[0], "checkpoint": info, **summary, "rounds": rounds,
-              "config": {k: str(v) for k, v in vars(args).items()},
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "note": "shared 2-core CPU box, other jobs running; ratios side by side"}}
+    result = {
+        "what": __doc__.split("\n")[0],
+        "checkpoint": info,
+        **summary,
+        "rounds": rounds,
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "note": "shared 2-core CPU box, other jobs running; ratios side by side",
+        },
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"-> {args.out}")

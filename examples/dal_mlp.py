@@ -6,6 +6,7 @@ loss where a static lr of 0.3 diverges, at the price of being slower than the be
 
     python examples/dal_mlp.py --out runs/examples/dal_mlp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,14 @@ def dal(seed: int, steps: int, p: float = 1.0, delta: float = -0.1, hvp: str = "
             losses.append(float(_loss(model, x, y)))
     lrs = [h["lr"] for h in opt.history]
     inc = max(b - a for a, b in zip(losses, losses[1:]))
-    return {"losses": losses[1:], "final_loss": losses[-1], "lrs": lrs, "lr_median": float(np.median(lrs)),
-            "max_loss_increase": inc, "overhead": opt.metrics()["drift.overhead"]}
+    return {
+        "losses": losses[1:],
+        "final_loss": losses[-1],
+        "lrs": lrs,
+        "lr_median": float(np.median(lrs)),
+        "max_loss_increase": inc,
+        "overhead": opt.metrics()["drift.overhead"],
+    }
 
 
 def run(seeds=(0, 1), steps: int = 1000, lrs=(0.1, 0.3)) -> dict:
@@ -78,6 +85,7 @@ def run(seeds=(0, 1), steps: int = 1000, lrs=(0.1, 0.3)) -> dict:
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -105,8 +113,10 @@ def main(argv=None) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(res, out / "dal_mlp.png")
-    summary = {k: {kk: v[kk] for kk in ("final_loss", "diverged", "lr_median", "max_loss_increase", "overhead") if kk in v}
-               for k, v in res.items()}
+    summary = {
+        k: {kk: v[kk] for kk in ("final_loss", "diverged", "lr_median", "max_loss_increase", "overhead") if kk in v}
+        for k, v in res.items()
+    }
     atomic_write_json(out / "dal_mlp.json", {"summary": summary, "runs": res, "seconds": time.time() - t0})
     for k, v in summary.items():
         print(k, {kk: (round(vv, 5) if isinstance(vv, float) else vv) for kk, vv in v.items()})

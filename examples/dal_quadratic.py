@@ -5,6 +5,7 @@ the edge (lr = 1, the top mode flips sign, loss plateaus at ~0.12); p = 0.5 dive
 
     python examples/dal_quadratic.py --out runs/examples/dal_quadratic
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ THETA0 = (-0.35, -0.2)
 
 
 def loss_of(theta: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    return scale * (DIAG * theta ** 2).sum()
+    return scale * (DIAG * theta**2).sum()
 
 
 def gd(lr: float, steps: int = 200) -> dict:
@@ -46,8 +47,13 @@ def dal(p: float, steps: int = 200, lr_max: float = 5.0, hvp: str = "exact", sca
         if first_div is None and not losses[-1] < 1e20:
             first_div = t  # 0-based step index
     lrs = [h["lr"] for h in opt.history]
-    return {"final_loss": losses[-1], "losses": losses, "lrs": lrs, "first_step_over_1e20": first_div,
-            "theta": theta.detach().tolist()}
+    return {
+        "final_loss": losses[-1],
+        "losses": losses,
+        "lrs": lrs,
+        "first_step_over_1e20": first_div,
+        "theta": theta.detach().tolist(),
+    }
 
 
 def run(steps: int = 200) -> dict:
@@ -56,12 +62,15 @@ def run(steps: int = 200) -> dict:
         res[f"dal_p{p:g}"] = dal(p, steps)
     for r in res.values():
         lrs = np.array(r["lrs"], dtype=float)
-        r.update(lr_median=float(np.median(lrs)), lr_min=float(lrs.min()), lr_max=float(lrs.max()), lr_first=float(lrs[0]))
+        r.update(
+            lr_median=float(np.median(lrs)), lr_min=float(lrs.min()), lr_max=float(lrs.max()), lr_first=float(lrs[0])
+        )
     return res
 
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -91,8 +100,10 @@ def main(argv=None) -> dict:
     atomic_write_json(out / "dal_quadratic.json", {"table": table, "runs": res, "seconds": time.time() - t0})
     for k, v in table.items():
         fl = v["final_loss"]
-        print(f"{k:10s} final loss {fl if math.isfinite(fl) else float('inf'):.4g}  lr median {v['lr_median']:.4f} "
-              f"first {v['lr_first']:.4f} max {v['lr_max']:.4f}  >1e20 at {v.get('first_step_over_1e20')}")
+        print(
+            f"{k:10s} final loss {fl if math.isfinite(fl) else float('inf'):.4g}  lr median {v['lr_median']:.4f} "
+            f"first {v['lr_first']:.4f} max {v['lr_max']:.4f}  >1e20 at {v.get('first_step_over_1e20')}"
+        )
     return res
 
 

@@ -7,6 +7,7 @@ of steps) should separate the recipes: SR-STE freezes the mask, STE is noisy.
 
     python examples/nm_digits.py --out runs/examples/nm_digits
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,10 +64,15 @@ def run_one(recipe: str, pattern: str, seed: int, steps: int = 4000, data=None) 
         acc = float((model(xte).argmax(1) == yte).float().mean())
     tail = max(1, steps // 5)
     arr = np.array(norms[-tail:])
-    return {"recipe": recipe, "pattern": pattern, "seed": seed, "acc": acc,
-            "sad": float(np.mean(sads[-tail:])) if sads else 0.0,
-            "grad_cv": float(np.mean([grad_cv(arr[:, i]) for i in range(arr.shape[1])])),
-            "sad_curve": sads[:: max(1, steps // 200)]}
+    return {
+        "recipe": recipe,
+        "pattern": pattern,
+        "seed": seed,
+        "acc": acc,
+        "sad": float(np.mean(sads[-tail:])) if sads else 0.0,
+        "grad_cv": float(np.mean([grad_cv(arr[:, i]) for i in range(arr.shape[1])])),
+        "sad_curve": sads[:: max(1, steps // 200)],
+    }
 
 
 def run(patterns=("1:8", "1:16", "1:32"), recipes=RECIPES, seeds=(0, 1, 2), steps: int = 4000) -> dict:
@@ -79,12 +85,16 @@ def run(patterns=("1:8", "1:16", "1:32"), recipes=RECIPES, seeds=(0, 1, 2), step
             sel = [x for x in rows if x["pattern"] == p and x["recipe"] == r]
             summary[f"{p}/{r}"] = {k: float(np.mean([x[k] for x in sel])) for k in ("acc", "sad", "grad_cv")}
             summary[f"{p}/{r}"]["acc_sd"] = float(np.std([x["acc"] for x in sel]))
-    return {"config": {"patterns": list(patterns), "recipes": list(recipes), "seeds": list(seeds), "steps": steps},
-            "rows": rows, "summary": summary}
+    return {
+        "config": {"patterns": list(patterns), "recipes": list(recipes), "seeds": list(seeds), "steps": steps},
+        "rows": rows,
+        "summary": summary,
+    }
 
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

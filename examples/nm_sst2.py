@@ -7,6 +7,7 @@ diagnostics (mask flip rate SAD and gradient-norm CV over the last 20 % of steps
 
     python examples/nm_sst2.py --out runs/examples/nm_sst2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ def build(model_name: str, seed: int):
         from transformers import AutoTokenizer
 
         from inflora.models import resolve_model_path
+
         tok = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
         return tiny_model("bert", layers=2, hidden=64, heads=4, seed=seed).train(), tok
     model, tok = load_model(model_name, num_labels=2)
@@ -55,14 +57,23 @@ def accuracy(model, tok, data, max_len: int, batch: int = 128) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(data), batch):
-        enc = encode(tok, data.texts[i:i + batch], max_len)
-        correct += int((model(**enc).logits.argmax(-1) == torch.tensor(data.labels[i:i + batch])).sum())
+        enc = encode(tok, data.texts[i : i + batch], max_len)
+        correct += int((model(**enc).logits.argmax(-1) == torch.tensor(data.labels[i : i + batch])).sum())
     model.train()
     return correct / len(data)
 
 
-def run_one(recipe: str, pattern: str, data, model_name: str = "minilm", seed: int = 0, epochs: int = 2,
-            batch: int = 32, lr: float = 1e-4, max_len: int = 40) -> dict:
+def run_one(
+    recipe: str,
+    pattern: str,
+    data,
+    model_name: str = "minilm",
+    seed: int = 0,
+    epochs: int = 2,
+    batch: int = 32,
+    lr: float = 1e-4,
+    max_len: int = 40,
+) -> dict:
     tr, va = data
     model, tok = build(model_name, seed)
     steps = epochs * math.ceil(len(tr) / batch)
@@ -71,6 +82,7 @@ def run_one(recipe: str, pattern: str, data, model_name: str = "minilm", seed: i
         rem = NMSparsity(pattern, recipe, alpha=math.log(100) / (0.6 * steps), total_steps=steps)
         rem.wrap_model(model)
     from inflora.models import get_blocks
+
     watched = [b.intermediate.dense for b in get_blocks(model)] + [b.output.dense for b in get_blocks(model)]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
@@ -79,7 +91,7 @@ def run_one(recipe: str, pattern: str, data, model_name: str = "minilm", seed: i
     for _ in range(epochs):
         order = torch.randperm(len(tr), generator=gen).tolist()
         for i in range(0, len(order), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             enc = encode(tok, [tr.texts[j] for j in idx], max_len)
             labels = torch.tensor([tr.labels[j] for j in idx])
             opt.zero_grad(set_to_none=True)
@@ -98,24 +110,52 @@ def run_one(recipe: str, pattern: str, data, model_name: str = "minilm", seed: i
     tail = max(1, step // 5)
     arr = np.array(norms[-tail:])
     sparse = sparse_layers(model)
-    return {"recipe": recipe, "pattern": pattern, "seed": seed, "steps": step, "val_acc": accuracy(model, tok, va, max_len),
-            "sad": float(np.mean(sads[-tail:])) if sads else 0.0,
-            "grad_cv": float(np.mean([grad_cv(arr[:, k]) for k in range(arr.shape[1])])),
-            "final_train_loss": float(np.mean(losses[-tail:])), "n_sparse_layers": len(sparse),
-            "train_seconds": train_s}
+    return {
+        "recipe": recipe,
+        "pattern": pattern,
+        "seed": seed,
+        "steps": step,
+        "val_acc": accuracy(model, tok, va, max_len),
+        "sad": float(np.mean(sads[-tail:])) if sads else 0.0,
+        "grad_cv": float(np.mean([grad_cv(arr[:, k]) for k in range(arr.shape[1])])),
+        "final_train_loss": float(np.mean(losses[-tail:])),
+        "n_sparse_layers": len(sparse),
+        "train_seconds": train_s,
+    }
 
 
-def run(pattern: str = "1:8", recipes=RECIPES, model_name: str = "minilm", n_train: int = 2000, n_val: int | None = None,
-        epochs: int = 2, seeds=(0,), max_len: int = 40, lr: float = 1e-4) -> dict:
+def run(
+    pattern: str = "1:8",
+    recipes=RECIPES,
+    model_name: str = "minilm",
+    n_train: int = 2000,
+    n_val: int | None = None,
+    epochs: int = 2,
+    seeds=(0,),
+    max_len: int = 40,
+    lr: float = 1e-4,
+) -> dict:
     data = load_data(n_train, n_val)
     rows = [run_one(r, pattern, data, model_name, s, epochs, max_len=max_len, lr=lr) for s in seeds for r in recipes]
-    return {"config": {"pattern": pattern, "recipes": list(recipes), "model": model_name, "n_train": n_train,
-                       "n_val": len(data[1]), "epochs": epochs, "seeds": list(seeds), "max_len": max_len, "lr": lr},
-            "rows": rows}
+    return {
+        "config": {
+            "pattern": pattern,
+            "recipes": list(recipes),
+            "model": model_name,
+            "n_train": n_train,
+            "n_val": len(data[1]),
+            "epochs": epochs,
+            "seeds": list(seeds),
+            "max_len": max_len,
+            "lr": lr,
+        },
+        "rows": rows,
+    }
 
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -147,16 +187,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-4)
     a = ap.parse_args(argv)
     t0 = time.time()
-    res = run(a.pattern, tuple(a.recipes.split(",")), a.model, a.train, a.val or None, a.epochs,
-              tuple(range(a.seeds)), a.max_len, a.lr)
+    res = run(
+        a.pattern,
+        tuple(a.recipes.split(",")),
+        a.model,
+        a.train,
+        a.val or None,
+        a.epochs,
+        tuple(range(a.seeds)),
+        a.max_len,
+        a.lr,
+    )
     res["seconds"] = time.time() - t0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     plot(res, out / "nm_sst2.png")
     atomic_write_json(out / "nm_sst2.json", res)
     for r in res["rows"]:
-        print(f"{r['recipe']:14s} seed {r['seed']} val acc {r['val_acc']:.4f}  SAD {r['sad']:.2e}  CV {r['grad_cv']:.3f}  "
-              f"loss {r['final_train_loss']:.3f}  {r['train_seconds']:.0f}s")
+        print(
+            f"{r['recipe']:14s} seed {r['seed']} val acc {r['val_acc']:.4f}  SAD {r['sad']:.2e}  CV {r['grad_cv']:.3f}  "
+            f"loss {r['final_train_loss']:.3f}  {r['train_seconds']:.0f}s"
+        )
     return res
 
 

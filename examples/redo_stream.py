@@ -6,6 +6,7 @@ scored on 256 examples; with ReDo the tau-dormant units are then recycled.
 
     python examples/redo_stream.py --out runs/examples/redo_stream
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,15 @@ def digits() -> torch.Tensor:
     return torch.tensor(x)
 
 
-def run_one(seed: int, redo: bool, tasks: int = 12, steps: int = 1000, tau: float = 0.1,
-            adam_step: str = "reset_tensor", x_all: torch.Tensor | None = None) -> dict:
+def run_one(
+    seed: int,
+    redo: bool,
+    tasks: int = 12,
+    steps: int = 1000,
+    tau: float = 0.1,
+    adam_step: str = "reset_tensor",
+    x_all: torch.Tensor | None = None,
+) -> dict:
     x_all = digits() if x_all is None else x_all
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -59,14 +67,26 @@ def run_one(seed: int, redo: bool, tasks: int = 12, steps: int = 1000, tau: floa
             remedy.score_batch = x[score_idx]
             remedy.after_step(model, opt, (task + 1) * steps - 1, None)
     dead2 = [r["layer2@0.0"] for r in rows]
-    return {"seed": seed, "redo": redo, "adam_step": adam_step, "rows": rows, "final_dead": dead2[-1],
-            "max_dead": max(dead2), "final_acc": rows[-1]["acc"],
-            "mean_acc_last3": float(np.mean([r["acc"] for r in rows[-3:]])),
-            "layer1_final_dead": rows[-1]["layer1@0.0"]}
+    return {
+        "seed": seed,
+        "redo": redo,
+        "adam_step": adam_step,
+        "rows": rows,
+        "final_dead": dead2[-1],
+        "max_dead": max(dead2),
+        "final_acc": rows[-1]["acc"],
+        "mean_acc_last3": float(np.mean([r["acc"] for r in rows[-3:]])),
+        "layer1_final_dead": rows[-1]["layer1@0.0"],
+    }
 
 
-def run(seeds=(0, 1), tasks: int = 12, steps: int = 1000, tau: float = 0.1,
-        variants=(("none", False, "keep"), ("redo-reset_tensor", True, "reset_tensor"))) -> dict:
+def run(
+    seeds=(0, 1),
+    tasks: int = 12,
+    steps: int = 1000,
+    tau: float = 0.1,
+    variants=(("none", False, "keep"), ("redo-reset_tensor", True, "reset_tensor")),
+) -> dict:
     torch.set_num_threads(1)
     x_all = digits()
     out = {}
@@ -77,6 +97,7 @@ def run(seeds=(0, 1), tasks: int = 12, steps: int = 1000, tau: float = 0.1,
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -111,8 +132,10 @@ def main(argv=None) -> dict:
     plot(res, out / "redo_stream.png")
     atomic_write_json(out / "redo_stream.json", res)
     for name, runs in res["runs"].items():
-        print(f"{name:20s} final dead {[round(r['final_dead'], 3) for r in runs]} max {[round(r['max_dead'], 3) for r in runs]} "
-              f"acc12 {[round(r['final_acc'], 3) for r in runs]} acc10-12 {[round(r['mean_acc_last3'], 3) for r in runs]}")
+        print(
+            f"{name:20s} final dead {[round(r['final_dead'], 3) for r in runs]} max {[round(r['max_dead'], 3) for r in runs]} "
+            f"acc12 {[round(r['final_acc'], 3) for r in runs]} acc10-12 {[round(r['mean_acc_last3'], 3) for r in runs]}"
+        )
     return res
 
 

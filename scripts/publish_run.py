@@ -8,6 +8,7 @@ made in several invocations). Nothing is edited.
     python scripts/publish_run.py runs/sst2-to-rt-cpu-large-k2 docs/results/sst2-to-rt-cpu-large-k2 \
         --time-v runs/sst2-to-rt-cpu-large-k2.time
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,12 @@ def diagnosis_name(unit: dict, budget: int | None) -> str | None:
     checkpoint at this run's budget (``under-seed42.json``; a folder may also hold another budget's
     units, reused from cache), or a comparison's single diagnosis; None for the other units."""
     cfg = unit["config"]
-    if (unit["kind"] == "diagnose" and "regime" in cfg and cfg.get("split", "validation") == "validation"
-            and cfg.get("budget") == budget):
+    if (
+        unit["kind"] == "diagnose"
+        and "regime" in cfg
+        and cfg.get("split", "validation") == "validation"
+        and cfg.get("budget") == budget
+    ):
         return f"{cfg['regime']}-seed{cfg['source']['seed']}.json"
     if unit["kind"] == "diagnose" and "regime" not in cfg:
         return "diagnosis.json"
@@ -60,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("dest", type=Path)
-    parser.add_argument("--time-v", type=Path, action="append", default=None,
-                        help="a `/usr/bin/time -v` record of the run (repeat for a run made in pieces, in order)")
+    parser.add_argument(
+        "--time-v",
+        type=Path,
+        action="append",
+        default=None,
+        help="a `/usr/bin/time -v` record of the run (repeat for a run made in pieces, in order)",
+    )
     args = parser.parse_args(argv)
     for path in publish(args.run, args.dest, args.time_v):
         print(path)

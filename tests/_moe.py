@@ -1,5 +1,6 @@
 """Tiny random-init mixture-of-experts decoders from transformers' own config classes (hidden 32,
 3 blocks, 4 experts, top-2), until ``inflora.models.tiny_model`` builds them itself."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,17 @@ import torch
 from inflora.models.tiny import VOCAB
 
 MOE_FAMILIES = ("qwen3_moe", "mixtral", "gpt_oss")
-_COMMON = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-               intermediate_size=64, max_position_embeddings=128, pad_token_id=0, num_experts_per_tok=2)
+_COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    num_experts_per_tok=2,
+)
 
 
 def tiny_moe_config(family: str):
@@ -19,8 +29,9 @@ def tiny_moe_config(family: str):
     if family == "mixtral":
         return tf.MixtralConfig(**_COMMON, num_local_experts=4)
     if family == "gpt_oss":
-        return tf.GptOssConfig(**_COMMON, num_local_experts=4, head_dim=8,
-                               rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+        return tf.GptOssConfig(
+            **_COMMON, num_local_experts=4, head_dim=8, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}
+        )
     raise ValueError(family)
 
 

@@ -1,5 +1,6 @@
 """Slow reference implementations of the diagnostics: explicit Python loops over examples, heads,
 queries and keys, written from the definitions in design/method.md §2, independent of inflora's code."""
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,9 @@ def mean_pool_reference(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return out
 
 
-def random_attention(b: int, h: int, t: int, mask: torch.Tensor, causal: bool = False, seed: int = 0,
-                     sharp: float = 3.0) -> torch.Tensor:
+def random_attention(
+    b: int, h: int, t: int, mask: torch.Tensor, causal: bool = False, seed: int = 0, sharp: float = 3.0
+) -> torch.Tensor:
     """Softmax maps with padded (and future, if causal) keys masked out, some rows near one-hot."""
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(b, h, t, t, generator=g, dtype=torch.float64) * sharp

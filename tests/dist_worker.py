@@ -3,6 +3,7 @@
 Launched with the torchrun-style environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT); joins a
 gloo process group, diagnoses a tiny BERT on the same fixed batches as every other rank and writes
 its Diagnosis as JSON plus how many batches it probed itself. Without WORLD_SIZE it runs alone."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ def fixed_batches(n: int = 5) -> list[dict[str, torch.Tensor]]:
         mask = torch.zeros(b, t, dtype=torch.long)
         for j in range(b):
             mask[j, : t - (i + 2 * j) % t] = 1
-        out.append({"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask,
-                    "labels": torch.tensor([0, 1, 1, 0])})
+        out.append(
+            {"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])}
+        )
     return out
 
 

@@ -1,5 +1,6 @@
 """Accumulator totals from stacked per-batch records (issue 19): the same numbers as summing the
 records one by one, for every subset a bootstrap draws, and never stale after the records change."""
+
 import pytest
 import torch
 
@@ -76,8 +77,9 @@ def test_every_bootstrap_resample_at_once_equals_each_resample_alone(minilm, dat
     from inflora.probe import LayerProbe, probe_step
 
     model, tok = minilm
-    batches = probe_batches(load_task("rotten_tomatoes", "validation", str(data_dir)), tok, batches=5,
-                            batch_size=4, max_length=32, seed=3)
+    batches = probe_batches(
+        load_task("rotten_tomatoes", "validation", str(data_dir)), tok, batches=5, batch_size=4, max_length=32, seed=3
+    )
     names = ("attention_entropy", "activation_grad")
     with LayerProbe(model, list(names)) as probe:
         for b in batches:

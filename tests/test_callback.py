@@ -1,4 +1,5 @@
 """InflectionCallback inside a real ``transformers.Trainer`` run (tiny models, CPU, a few steps)."""
+
 import copy
 import json
 import math
@@ -15,38 +16,66 @@ from inflora.training.callback import InflectionCallback
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
-TEXTS = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés from start to finish",
-         "it 's a charming and often affecting journey .", "unfunny and tedious .",
-         "a masterpiece four years in the making .", "everything is too neat and tidy and predictable",
-         "an utterly compelling ` who wrote it ' in which the reputation of the most famous author who ever lived comes "
-         "into question .", "boring ."]
+TEXTS = [
+    "a gorgeous , witty , seductive movie .",
+    "the plot is nothing but boilerplate clichés from start to finish",
+    "it 's a charming and often affecting journey .",
+    "unfunny and tedious .",
+    "a masterpiece four years in the making .",
+    "everything is too neat and tidy and predictable",
+    "an utterly compelling ` who wrote it ' in which the reputation of the most famous author who ever lived comes "
+    "into question .",
+    "boring .",
+]
 LABELS = [1, 0, 1, 0, 1, 0, 1, 0]
-
-
 
 
 def tiny_bert(layers=4, dropout=0.0, seed=0):
     """A tiny BERT without dropout, so a step's gradients can be recomputed exactly."""
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
-                     attention_probs_dropout_prob=dropout, num_labels=2, attn_implementation="eager")
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=2,
+        attn_implementation="eager",
+    )
     torch.manual_seed(seed)
     return BertForSequenceClassification(cfg)
 
 
 def encoded(tokenizer):
     enc = tokenizer(TEXTS, truncation=True, max_length=32)
-    return [{"input_ids": i, "attention_mask": m, "labels": y}
-            for i, m, y in zip(enc["input_ids"], enc["attention_mask"], LABELS)]
+    return [
+        {"input_ids": i, "attention_mask": m, "labels": y}
+        for i, m, y in zip(enc["input_ids"], enc["attention_mask"], LABELS)
+    ]
 
 
 def run_trainer(model, tokenizer, out, callback, **kw):
     args = TrainingArguments(
-        output_dir=str(out), use_cpu=True, seed=0, per_device_train_batch_size=kw.pop("batch_size", len(TEXTS)),
-        learning_rate=kw.pop("lr", 1e-2), logging_steps=1, save_strategy="no", disable_tqdm=True,
-        report_to=kw.pop("report_to", ["tensorboard"]), **kw)
-    trainer = Trainer(model=model, args=args, train_dataset=encoded(tokenizer),
-                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[callback])
+        output_dir=str(out),
+        use_cpu=True,
+        seed=0,
+        per_device_train_batch_size=kw.pop("batch_size", len(TEXTS)),
+        learning_rate=kw.pop("lr", 1e-2),
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        report_to=kw.pop("report_to", ["tensorboard"]),
+        **kw,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=encoded(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[callback],
+    )
     trainer.train()
     return trainer
 
@@ -57,8 +86,9 @@ def assert_output_row(row, predictions):
     assert o["predictions"] == predictions and 0 <= o["accuracy"] <= 1 and 0 < o["mean_grad_norm"] <= math.sqrt(2)
     assert 0 <= o["ece"] <= 1 and "histogram" not in o
     w = row["wrong_token_share"]
-    for g, g_wrong, g_right in zip(row["activation_grad_norm"], row["activation_grad_norm_wrong"],
-                                   row["activation_grad_norm_correct"]):
+    for g, g_wrong, g_right in zip(
+        row["activation_grad_norm"], row["activation_grad_norm_wrong"], row["activation_grad_norm_correct"]
+    ):
         mix = (w * g_wrong if w > 0 else 0.0) + ((1 - w) * g_right if w < 1 else 0.0)
         assert mix == pytest.approx(g, rel=1e-6)
 
@@ -106,7 +136,9 @@ def test_callback_in_trainer_matches_direct_gradients_and_writes_tensorboard(tmp
         assert all(v > 1e-4 for v in r["param_grad_norm"][2:])  # LoRA blocks, far above the 1e-6 clip
         assert r["param_grad_norm_embeddings"] == 0.0 and r["param_grad_norm_head"] > 1e-4
         assert math.isfinite(r["loss"])
-    torch.testing.assert_close(torch.tensor(rows[0]["activation_grad_norm"]), torch.tensor(want_acts), rtol=1e-4, atol=0)
+    torch.testing.assert_close(
+        torch.tensor(rows[0]["activation_grad_norm"]), torch.tensor(want_acts), rtol=1e-4, atol=0
+    )
     torch.testing.assert_close(torch.tensor(rows[0]["param_grad_norm"]), torch.tensor(want_params), rtol=1e-4, atol=0)
     assert rows[1]["param_grad_norm"] != rows[0]["param_grad_norm"]  # a later step's own gradients
     for r in rows:  # output saturation of the step's own forward, and ‖∂L/∂h‖ split by wrong/right examples
@@ -133,8 +165,16 @@ def test_callback_with_gradient_accumulation_plain_model_and_custom_json(tmp_pat
     and the embeddings receive gradient; no TensorBoard without report_to; the JSON goes where asked."""
     path = tmp_path / "elsewhere" / "profile.json"
     cb = InflectionCallback(every=1, json_path=path)
-    run_trainer(tiny_bert(layers=3, dropout=0.1), tokenizer, tmp_path / "run", cb, max_steps=3,
-                batch_size=2, gradient_accumulation_steps=2, report_to="none")
+    run_trainer(
+        tiny_bert(layers=3, dropout=0.1),
+        tokenizer,
+        tmp_path / "run",
+        cb,
+        max_steps=3,
+        batch_size=2,
+        gradient_accumulation_steps=2,
+        report_to="none",
+    )
     rows = json.loads(path.read_text())["grad_profile"]
     assert [r["step"] for r in rows] == [0, 1, 2]
     for r in rows:

@@ -1,5 +1,6 @@
 """Checkpoints hold nothing that runs code: state.pt loads with weights_only=True, RNG states
 round-trip exactly, and a tampered state.pt is refused before any of it is unpickled."""
+
 import pathlib
 import random
 

@@ -1,4 +1,5 @@
 """The command line: outputs on the real model, one-line errors, remedy flags."""
+
 import json
 
 import pytest
@@ -21,8 +22,21 @@ def tiny_dir(tiny_bert_dir):
 
 @pytest.mark.real
 def test_diagnose_writes_json_reports_and_summary(tmp_path, data_dir):
-    res = run("diagnose", "--model", "minilm", "--batches", 2, "--batch-size", 16, "--max-length", 32,
-              "--resamples", 20, "--out", tmp_path)
+    res = run(
+        "diagnose",
+        "--model",
+        "minilm",
+        "--batches",
+        2,
+        "--batch-size",
+        16,
+        "--max-length",
+        32,
+        "--resamples",
+        20,
+        "--out",
+        tmp_path,
+    )
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "diagnosis.json").read_text())
     assert d["num_layers"] == 6 and len(d["layers"]) == 6 and d["selection"]["rule"] == "ski"
@@ -33,19 +47,25 @@ def test_diagnose_writes_json_reports_and_summary(tmp_path, data_dir):
     assert d["config"]["attention"] == "streaming" and "streamed beside SDPA" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["diagnose", "--batches", "0"], "--batches must be at least 1"),
-    (["diagnose", "--rule", "nope"], "unknown selection rule 'nope'"),
-    (["diagnose", "--task", "imdb"], "unknown task 'imdb'"),
-    (["finetune", "--strategy", "nope"], "unknown strategy 'nope'"),
-    (["finetune", "--layers", "a,b"], "--layers expects block indices separated by commas"),
-    (["finetune", "--sd-lambda", "0.1"], "--sd-lambda is an option of remedy 'spectral-decoupling', which was not chosen"),
-    (["finetune", "--remedy", "spectral-decoupling", "--sd-lambda", "abc"], "cannot read 'abc' as float"),
-    (["finetune", "--remedy", "magic"], "unknown remedy 'magic'"),
-    (["experiment", "--profile", "huge"], "unknown profile 'huge'"),
-    (["diagnose", "--attention", "fast"], "unknown attention mode 'fast'; choose one of streaming, eager"),
-    (["diagnose", "--entropy-queries", "0"], "--entropy-queries must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["diagnose", "--batches", "0"], "--batches must be at least 1"),
+        (["diagnose", "--rule", "nope"], "unknown selection rule 'nope'"),
+        (["diagnose", "--task", "imdb"], "unknown task 'imdb'"),
+        (["finetune", "--strategy", "nope"], "unknown strategy 'nope'"),
+        (["finetune", "--layers", "a,b"], "--layers expects block indices separated by commas"),
+        (
+            ["finetune", "--sd-lambda", "0.1"],
+            "--sd-lambda is an option of remedy 'spectral-decoupling', which was not chosen",
+        ),
+        (["finetune", "--remedy", "spectral-decoupling", "--sd-lambda", "abc"], "cannot read 'abc' as float"),
+        (["finetune", "--remedy", "magic"], "unknown remedy 'magic'"),
+        (["experiment", "--profile", "huge"], "unknown profile 'huge'"),
+        (["diagnose", "--attention", "fast"], "unknown attention mode 'fast'; choose one of streaming, eager"),
+        (["diagnose", "--entropy-queries", "0"], "--entropy-queries must be at least 1"),
+    ],
+)
 def test_bad_input_is_one_line_error(args, message, tmp_path):
     res = run(*args, "--out", tmp_path)
     assert res.exit_code == 2
@@ -61,8 +81,27 @@ def test_missing_data_folder(monkeypatch, tmp_path):
 
 
 def test_finetune_with_a_remedy_flag(tiny_dir, tmp_path):
-    res = run("finetune", "--model", tiny_dir, "--strategy", "lora-all", "--limit-train", 32, "--limit-eval", 16,
-              "--max-length", 24, "--log-every", 1, "--remedy", "spectral-decoupling", "--sd-lambda", "0.05", "--out", tmp_path)
+    res = run(
+        "finetune",
+        "--model",
+        tiny_dir,
+        "--strategy",
+        "lora-all",
+        "--limit-train",
+        32,
+        "--limit-eval",
+        16,
+        "--max-length",
+        24,
+        "--log-every",
+        1,
+        "--remedy",
+        "spectral-decoupling",
+        "--sd-lambda",
+        "0.05",
+        "--out",
+        tmp_path,
+    )
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "metrics.json").read_text())
     # kept as the option's declared type (a float), not the text typed: the API's 0.05 names the same run
@@ -78,8 +117,23 @@ def test_finetune_with_a_remedy_flag(tiny_dir, tmp_path):
 
 
 def test_diagnose_with_sampled_entropy_queries_reports_an_estimate(tiny_dir, tmp_path):
-    res = run("diagnose", "--model", tiny_dir, "--batches", 2, "--batch-size", 8, "--max-length", 32,
-              "--resamples", 0, "--entropy-queries", 4, "--out", tmp_path)
+    res = run(
+        "diagnose",
+        "--model",
+        tiny_dir,
+        "--batches",
+        2,
+        "--batch-size",
+        8,
+        "--max-length",
+        32,
+        "--resamples",
+        0,
+        "--entropy-queries",
+        4,
+        "--out",
+        tmp_path,
+    )
     assert res.exit_code == 0, res.output
     d = json.loads((tmp_path / "diagnosis.json").read_text())
     assert d["config"]["entropy_queries"] == 4 and d["config"]["attention"] == "streaming"

@@ -2,6 +2,7 @@
 ``--help`` panel in each (they read one declaration in ``cli/options.py``), the same default unless
 listed below with the reason, and the library's defaults (``diagnose()``, ``FinetuneConfig``,
 ``ComparePlan``) where the library takes it by the same name. ``--help`` shows the groups as panels."""
+
 import dataclasses
 import inspect
 from collections import defaultdict
@@ -59,8 +60,20 @@ SHARED = {name: params for name, params in command_params().items() if len(param
 
 def test_many_options_are_shared():
     """The check has something to check: the groups are used by the commands."""
-    assert {"model", "task", "device", "precision", "batch_size", "max_length", "lora_r", "lora_alpha", "out",
-            "data_dir", "seeds", "limit_train"} <= set(SHARED)
+    assert {
+        "model",
+        "task",
+        "device",
+        "precision",
+        "batch_size",
+        "max_length",
+        "lora_r",
+        "lora_alpha",
+        "out",
+        "data_dir",
+        "seeds",
+        "limit_train",
+    } <= set(SHARED)
     assert set(SHARED["lora_r"]) == {"finetune", "compare", "export", "plan"}
 
 
@@ -77,11 +90,16 @@ def test_a_shared_option_has_one_help_panel_and_default(name):
 def library_defaults(command: str) -> dict:
     """The defaults of the library call a command makes, by parameter name."""
     if command == "diagnose":
-        return {n: p.default for n, p in inspect.signature(diagnose).parameters.items()
-                if p.default is not inspect.Parameter.empty}
+        return {
+            n: p.default
+            for n, p in inspect.signature(diagnose).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
     config = {"finetune": FinetuneConfig, "compare": ComparePlan}[command]
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(config)}
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(config)
+    }
 
 
 @pytest.mark.parametrize("command", ["diagnose", "finetune", "compare"])
@@ -110,11 +128,14 @@ def test_finetune_options_are_config_fields():
     assert extra == set()
 
 
-@pytest.mark.parametrize("command,panels", [
-    ("diagnose", [MODEL, DATA, PROBE, SELECTION, OUTPUT]),
-    ("finetune", [MODEL, DATA, TRAINING, LORA, OUTPUT, "Remedy redo (with --remedy redo)"]),
-    ("compare", [MODEL, DATA, PROBE, SELECTION, TRAINING, LORA, OUTPUT]),
-])
+@pytest.mark.parametrize(
+    "command,panels",
+    [
+        ("diagnose", [MODEL, DATA, PROBE, SELECTION, OUTPUT]),
+        ("finetune", [MODEL, DATA, TRAINING, LORA, OUTPUT, "Remedy redo (with --remedy redo)"]),
+        ("compare", [MODEL, DATA, PROBE, SELECTION, TRAINING, LORA, OUTPUT]),
+    ],
+)
 def test_help_shows_the_groups_as_panels(command, panels):
     res = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "120"})
     assert res.exit_code == 0, res.output

@@ -1,6 +1,7 @@
 """What a user meets at the command line: user data files in every command, remedy options in
 --help, one-line errors for an unwritable --out, skipped rows reported by line, tables that fit
 80 columns, the demo's reading, and reports that show a <script> in a name as text."""
+
 import json
 import re
 
@@ -55,9 +56,29 @@ def diagnosed(tiny_dir, script_dir, rt_rows, tmp_path_factory):
     path = script_dir / "reviews.jsonl"
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path_factory.mktemp("diag")
-    res = run("diagnose", "--model", tiny_dir, "--task", path, "--split", "all", "--text-column", "review",
-              "--label-column", "y", "--batches", 2, "--batch-size", 8, "--max-length", 24, "--resamples", 5,
-              "--out", out)
+    res = run(
+        "diagnose",
+        "--model",
+        tiny_dir,
+        "--task",
+        path,
+        "--split",
+        "all",
+        "--text-column",
+        "review",
+        "--label-column",
+        "y",
+        "--batches",
+        2,
+        "--batch-size",
+        8,
+        "--max-length",
+        24,
+        "--resamples",
+        5,
+        "--out",
+        out,
+    )
     assert res.exit_code == 0, res.output
     return res, out
 
@@ -71,9 +92,29 @@ def finetuned(tiny_dir, rt_rows, tmp_path_factory):
     runs = {}
     for strategy in ("lora-inflection", "lora-all"):
         out = folder / strategy
-        res = run("finetune", "--model", tiny_dir, "--task", path, "--text-column", "review", "--label-column",
-                  "sentiment", "--strategy", strategy, "--layers", "0,1", "--max-length", 24, "--batch-size", 16,
-                  "--log-every", 2, "--out", out)
+        res = run(
+            "finetune",
+            "--model",
+            tiny_dir,
+            "--task",
+            path,
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+            "--strategy",
+            strategy,
+            "--layers",
+            "0,1",
+            "--max-length",
+            24,
+            "--batch-size",
+            16,
+            "--log-every",
+            2,
+            "--out",
+            out,
+        )
         assert res.exit_code == 0, res.output
         runs[strategy] = (res, json.loads((out / "metrics.json").read_text()))
     return path, runs
@@ -89,7 +130,7 @@ def test_finetune_reads_a_user_csv_split_80_10_10(finetuned):
 
 def table_of(output: str, title: str) -> str:
     """From the table's title to the line after it (progress bars above are tqdm's business)."""
-    text = output[output.index(title):]
+    text = output[output.index(title) :]
     return text[: text.index("wrote")]
 
 
@@ -120,8 +161,10 @@ def test_demo_reading_says_what_a_smoke_run_shows(finetuned):
 
 def test_diagnose_reads_a_jsonl_and_reports_malformed_lines(diagnosed):
     res, out = diagnosed
-    assert re.search(r"reviews\.jsonl: skipped 3 of 123 rows: malformed JSON \(not an object\) at lines 3, 8, 30",
-                     res.output.replace("\n", " ")), res.output
+    assert re.search(
+        r"reviews\.jsonl: skipped 3 of 123 rows: malformed JSON \(not an object\) at lines 3, 8, 30",
+        res.output.replace("\n", " "),
+    ), res.output
     d = json.loads((out / "diagnosis.json").read_text())
     assert SCRIPT in d["model"] and d["config"]["data"].endswith("reviews.jsonl")
 
@@ -157,14 +200,20 @@ def test_finetune_help_lists_every_remedy_option_with_type_and_default():
         assert f"Remedy {name} (with --remedy {name})" in res.output
         for key, opt in REMEDIES.get(name).options.items():
             line = next(l for l in res.output.splitlines() if f"--{key.replace('_', '-')} " in l)
-            assert f"<{opt.type.__name__}>" in line and f"(default: {'none' if opt.default is None else opt.default})" in line
+            assert (
+                f"<{opt.type.__name__}>" in line
+                and f"(default: {'none' if opt.default is None else opt.default})" in line
+            )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["diagnose", "--batches", "abc"], "Invalid value for '--batches'"),
-    (["diagnose", "--nope"], "No such option: --nope"),
-    (["frobnicate"], "No such command 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["diagnose", "--batches", "abc"], "Invalid value for '--batches'"),
+        (["diagnose", "--nope"], "No such option: --nope"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
 def test_usage_errors_are_one_line_too(args, message):
     res = run(*args)
     assert res.exit_code == 2 and "Traceback" not in res.output and "╭" not in res.output, res.output
@@ -172,10 +221,13 @@ def test_usage_errors_are_one_line_too(args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
 
 
-@pytest.mark.parametrize("fmt,out,message", [
-    ("json", "/proc/inflora-out/lora.json", "cannot write /proc/inflora-out/lora.json"),
-    ("peft", "/proc/inflora-out", "cannot write to the output folder /proc/inflora-out"),
-])
+@pytest.mark.parametrize(
+    "fmt,out,message",
+    [
+        ("json", "/proc/inflora-out/lora.json", "cannot write /proc/inflora-out/lora.json"),
+        ("peft", "/proc/inflora-out", "cannot write to the output folder /proc/inflora-out"),
+    ],
+)
 def test_export_to_an_unwritable_path_is_a_one_line_error(diagnosed, fmt, out, message):
     res = run("export", diagnosed[1] / "diagnosis.json", "--format", fmt, "--out", out)
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
@@ -186,4 +238,6 @@ def test_info_table_fits_80_columns_and_shows_the_ffn_layout():
     res = run("info")
     assert res.exit_code == 0, res.output
     fits_80_columns(res.output)
-    assert "FFN: mlp.gate_proj + mlp.up_proj -> mlp.down_proj" in res.output and "FFN: ffn.lin1 -> ffn.lin2" in res.output
+    assert (
+        "FFN: mlp.gate_proj + mlp.up_proj -> mlp.down_proj" in res.output and "FFN: ffn.lin1 -> ffn.lin2" in res.output
+    )

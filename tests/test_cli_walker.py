@@ -4,6 +4,7 @@ option added later is walked too) and gives each an out-of-range value, read fro
 ranges (``inflora.validate.BOUNDS``, or a remedy option's own ``Option.bound``), or text that names
 nothing. An option whose range is genuinely open must be listed in ``OPEN`` with the reason.
 """
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -15,23 +16,55 @@ from inflora.validate import BOUNDS
 runner = CliRunner()
 JUNK = "\x01names nothing\n"
 OPEN = {  # option -> why no value of its type is out of range
-    **{f"{kind}_column": "any text can name a column; a column the file lacks is refused when the file is read "
-       "(tests/test_data.py), and a built-in task has no columns to choose"
-       for kind in ("text", "label", "prompt", "completion", "messages")},
+    **{
+        f"{kind}_column": "any text can name a column; a column the file lacks is refused when the file is read "
+        "(tests/test_data.py), and a built-in task has no columns to choose"
+        for kind in ("text", "label", "prompt", "completion", "messages")
+    },
 }
 UNWRITABLE = "/proc/inflora-walker"  # --out: the one bad value of a folder is one that cannot be written
 
 
 def tiny_base(command: str, tiny: str, diagnosis: str) -> list[str]:
     """Arguments that make an accidental success cheap (a tiny model, a few examples)."""
-    return {"diagnose": ["--model", tiny, "--batches", "1", "--batch-size", "4", "--max-length", "16", "--resamples", "0"],
-            "finetune": ["--model", tiny, "--limit-train", "16", "--limit-eval", "8", "--strategy", "head",
-                         "--max-length", "16"],
-            "compare": ["--model", tiny, "--rules", "random", "--seeds", "1", "--limit-train", "16", "--limit-eval", "8",
-                        "--max-length", "16", "--batches", "1", "--diagnose-batch-size", "4", "--budget", "layers=1"],
-            "experiment": ["--profile", "smoke", "--model", tiny],
-            "export": [diagnosis],
-            "plan": ["--model", tiny, "--strategies", "head"]}.get(command, [])
+    return {
+        "diagnose": ["--model", tiny, "--batches", "1", "--batch-size", "4", "--max-length", "16", "--resamples", "0"],
+        "finetune": [
+            "--model",
+            tiny,
+            "--limit-train",
+            "16",
+            "--limit-eval",
+            "8",
+            "--strategy",
+            "head",
+            "--max-length",
+            "16",
+        ],
+        "compare": [
+            "--model",
+            tiny,
+            "--rules",
+            "random",
+            "--seeds",
+            "1",
+            "--limit-train",
+            "16",
+            "--limit-eval",
+            "8",
+            "--max-length",
+            "16",
+            "--batches",
+            "1",
+            "--diagnose-batch-size",
+            "4",
+            "--budget",
+            "layers=1",
+        ],
+        "experiment": ["--profile", "smoke", "--model", tiny],
+        "export": [diagnosis],
+        "plan": ["--model", tiny, "--strategies", "head"],
+    }.get(command, [])
 
 
 def out_args(command: str, folder) -> list[str]:
@@ -64,8 +97,10 @@ def walk():
             yield name, param, flag, bad, extra
 
 
-CASES = [pytest.param(c, p.name, f, b, e, id=f"{c}{'-' + f if f.startswith('--') else '-' + p.name}")
-         for c, p, f, b, e in walk()]
+CASES = [
+    pytest.param(c, p.name, f, b, e, id=f"{c}{'-' + f if f.startswith('--') else '-' + p.name}")
+    for c, p, f, b, e in walk()
+]
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +114,14 @@ def base_files(tiny_bert_dir, tmp_path_factory):
 def test_the_walker_sees_every_command_and_the_issue_options():
     seen = {(c, f) for c, _, f, _, _ in walk()}
     assert {c for c, _ in seen} >= {"diagnose", "finetune", "compare", "experiment", "export"}
-    assert {("finetune", "--lr"), ("diagnose", "--max-length"), ("finetune", "--lora-dropout"),
-            ("export", "--lora-r"), ("compare", "--seeds"), ("finetune", "--sd-lambda")} <= seen
+    assert {
+        ("finetune", "--lr"),
+        ("diagnose", "--max-length"),
+        ("finetune", "--lora-dropout"),
+        ("export", "--lora-r"),
+        ("compare", "--seeds"),
+        ("finetune", "--sd-lambda"),
+    } <= seen
     assert len(CASES) > 100
 
 
@@ -89,8 +130,14 @@ def test_every_option_refuses_an_out_of_range_value(base_files, tmp_path, comman
     tiny, diagnosis = base_files
     for value in bad:
         if flag.startswith("--"):
-            args = [command, *tiny_base(command, tiny, diagnosis), *extra, *out_args(command, tmp_path / "out"),
-                    flag, str(value)]
+            args = [
+                command,
+                *tiny_base(command, tiny, diagnosis),
+                *extra,
+                *out_args(command, tmp_path / "out"),
+                flag,
+                str(value),
+            ]
         else:  # an argument: the junk takes its place
             args = [command, str(value), *out_args(command, tmp_path / "out")]
         res = runner.invoke(app, args)

@@ -1,5 +1,6 @@
 """``inflora compare``: end to end on a tiny model (resumable, report, recommendation), a few steps per
 arm on the real MiniLM, the recommendation logic on hand-made numbers, and bad input."""
+
 import json
 import math
 
@@ -11,8 +12,22 @@ from inflora.experiment.compare_results import aggregate_compare, recommend, rul
 from inflora.strategies import STRATEGIES
 
 runner = CliRunner()
-TINY = ["--budget", "layers=2", "--limit-train", 32, "--limit-eval", 32, "--batch-size", 16, "--batches", 2,
-        "--diagnose-batch-size", 8, "--max-length", 32]
+TINY = [
+    "--budget",
+    "layers=2",
+    "--limit-train",
+    32,
+    "--limit-eval",
+    32,
+    "--batch-size",
+    16,
+    "--batches",
+    2,
+    "--diagnose-batch-size",
+    8,
+    "--max-length",
+    32,
+]
 
 
 def run(*args):
@@ -36,6 +51,7 @@ def test_compare_end_to_end_on_a_tiny_model_and_resume(tiny_dir, tmp_path):
     assert len({r["trainable_params"] for r in k_rules}) == 1 < rows["all"]["trainable_params"]
     assert rows["kappa"]["layers"]["1"] == out["diagnosis_rules"]["rules"]["kappa"]["selected"]
     from inflora.select import random_blocks
+
     assert rows["random"]["layers"] == {"1": random_blocks(4, 2, 1), "2": random_blocks(4, 2, 2)}  # drawn per seed
     for r in rows.values():
         assert r["test"]["n"] == 2 and r["step_seconds"] > 0
@@ -46,7 +62,7 @@ def test_compare_end_to_end_on_a_tiny_model_and_resume(tiny_dir, tmp_path):
         lo, hi = p["examples_ci"]
         assert lo <= p["mean"] + 1e-9 and p["mean"] - 1e-9 <= hi
     assert out["recommendation"]["text"] and "recommendation:" in res.output
-    table = res.output[res.output.index("matched-budget comparison"):res.output.index("recommendation:")]
+    table = res.output[res.output.index("matched-budget comparison") : res.output.index("recommendation:")]
     assert "0-3" in table and all(len(line) <= 80 and "…" not in line for line in table.splitlines())
     md = (tmp_path / "compare.md").read_text()
     assert "## Recommendation" in md and "Rules side by side" in md and (tmp_path / "compare.html").stat().st_size > 0
@@ -58,8 +74,21 @@ def test_compare_end_to_end_on_a_tiny_model_and_resume(tiny_dir, tmp_path):
 
 
 def test_params_budget_gives_all_a_lower_rank(tiny_dir, tmp_path):
-    res = run("--model", tiny_dir, "--rules", "kappa,all", "--seeds", "1", *TINY[2:], "--budget", "layers=2,params=4000",
-              "--lora-targets", "attention", "--out", tmp_path)
+    res = run(
+        "--model",
+        tiny_dir,
+        "--rules",
+        "kappa,all",
+        "--seeds",
+        "1",
+        *TINY[2:],
+        "--budget",
+        "layers=2,params=4000",
+        "--lora-targets",
+        "attention",
+        "--out",
+        tmp_path,
+    )
     assert res.exit_code == 0, res.output
     rows = {r["rule"]: r for r in json.loads((tmp_path / "compare.json").read_text())["table"]}
     assert rows["all"]["r"] < rows["kappa"]["r"]
@@ -67,14 +96,38 @@ def test_params_budget_gives_all_a_lower_rank(tiny_dir, tmp_path):
     for name, row in rows.items():
         assert 0 <= 4000 - row["lora_params"] < step[name]
     # trainable = LoRA + head, the head the same in both arms
-    assert rows["all"]["trainable_params"] - rows["all"]["lora_params"] == rows["kappa"]["trainable_params"] - rows["kappa"]["lora_params"]
+    assert (
+        rows["all"]["trainable_params"] - rows["all"]["lora_params"]
+        == rows["kappa"]["trainable_params"] - rows["kappa"]["lora_params"]
+    )
 
 
 @pytest.mark.real
 def test_compare_runs_a_few_steps_per_arm_on_real_minilm(tmp_path, data_dir):
-    res = run("--model", "minilm", "--rules", "ski,kappa,all", "--seeds", "42,43",
-              "--budget", "layers=2", "--limit-train", 32, "--limit-eval", 48, "--batch-size", 16, "--batches", 2,
-              "--diagnose-batch-size", 16, "--max-length", 32, "--out", tmp_path)
+    res = run(
+        "--model",
+        "minilm",
+        "--rules",
+        "ski,kappa,all",
+        "--seeds",
+        "42,43",
+        "--budget",
+        "layers=2",
+        "--limit-train",
+        32,
+        "--limit-eval",
+        48,
+        "--batch-size",
+        16,
+        "--batches",
+        2,
+        "--diagnose-batch-size",
+        16,
+        "--max-length",
+        32,
+        "--out",
+        tmp_path,
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "compare.json").read_text())
     assert all(r["test"]["n"] == 2 for r in out["table"])
@@ -83,14 +136,27 @@ def test_compare_runs_a_few_steps_per_arm_on_real_minilm(tmp_path, data_dir):
 
 
 def _arms(acc: dict[str, list[float]]):
-    return [{"rule": rule, "seed": s, "layers": [0], "r": 8, "trainable_params": 100 if rule != "all" else 300,
-             "lora_params": 90, "steps_per_second": 10.0, "accuracy": {"test": a, "validation": a}}
-            for rule, values in acc.items() for s, a in enumerate(values)]
+    return [
+        {
+            "rule": rule,
+            "seed": s,
+            "layers": [0],
+            "r": 8,
+            "trainable_params": 100 if rule != "all" else 300,
+            "lora_params": 90,
+            "steps_per_second": 10.0,
+            "accuracy": {"test": a, "validation": a},
+        }
+        for rule, values in acc.items()
+        for s, a in enumerate(values)
+    ]
 
 
 def test_recommendation_names_a_clear_winner():
-    res = aggregate_compare(_arms({"ski": [0.80, 0.81, 0.82], "kappa": [0.70, 0.70, 0.72], "all": [0.75, 0.74, 0.77]}),
-                            ["ski", "kappa", "all"])
+    res = aggregate_compare(
+        _arms({"ski": [0.80, 0.81, 0.82], "kappa": [0.70, 0.70, 0.72], "all": [0.75, 0.74, 0.77]}),
+        ["ski", "kappa", "all"],
+    )
     rec = res["recommendation"]
     assert rec["winner"] == "ski" and "**ski** wins" in rec["text"] and rec["beaten"] == ["all", "kappa"]
 
@@ -109,8 +175,12 @@ def test_holm_correction_by_hand():
 def test_three_uncorrected_wins_are_not_a_winner_after_holm():
     """Each rule is 2-4 points below the best on every seed: each paired interval excludes 0 (p = 0.035),
     but the best was picked from four after looking; Holm (3 x 0.035 > 0.05) names no winner."""
-    acc = {"ski": [0.80, 0.80, 0.80], "kappa": [0.78, 0.77, 0.76], "cka-io": [0.78, 0.77, 0.76],
-           "all": [0.78, 0.77, 0.76]}
+    acc = {
+        "ski": [0.80, 0.80, 0.80],
+        "kappa": [0.78, 0.77, 0.76],
+        "cka-io": [0.78, 0.77, 0.76],
+        "all": [0.78, 0.77, 0.76],
+    }
     res = aggregate_compare(_arms(acc), list(acc))
     rec = res["recommendation"]
     against_best = [p for p in res["paired"] if p["against"] == "best"]
@@ -120,8 +190,10 @@ def test_three_uncorrected_wins_are_not_a_winner_after_holm():
 
 
 def test_recommendation_says_when_nothing_is_distinguishable_and_picks_the_cheapest():
-    rows = rule_rows(_arms({"top-grad": [0.80, 0.70, 0.75], "kappa": [0.71, 0.79, 0.74], "all": [0.75, 0.72, 0.78]}),
-                     ["top-grad", "kappa", "all"])
+    rows = rule_rows(
+        _arms({"top-grad": [0.80, 0.70, 0.75], "kappa": [0.71, 0.79, 0.74], "all": [0.75, 0.72, 0.78]}),
+        ["top-grad", "kappa", "all"],
+    )
     rec = recommend(rows, "test")
     assert rec["winner"] is None and "no rule is distinguishable" in rec["text"]
     assert rec["cheapest"] == "all"  # needs nothing (though it trains more), before weights and gradients
@@ -130,18 +202,23 @@ def test_recommendation_says_when_nothing_is_distinguishable_and_picks_the_cheap
 
 
 def test_rule_arm_strategies_are_registered():
-    assert {"lora-kappa", "lora-spectrum-snr", "lora-top-grad", "lora-cka-io", "lora-alpha-hts"} <= set(STRATEGIES.names())
+    assert {"lora-kappa", "lora-spectrum-snr", "lora-top-grad", "lora-cka-io", "lora-alpha-hts"} <= set(
+        STRATEGIES.names()
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--rules", "ski,nope"], "unknown selection rule 'nope'; choose one of: all"),
-    (["--rules", "kappa,kappa"], "listed twice"),
-    (["--seeds", ""], "give at least one seed"),
-    (["--budget", "layers=9"], "a budget of 9 blocks is impossible for a 4-block model"),
-    (["--budget", "layers=0"], "needs a whole number >= 1"),
-    (["--budget", "params=10"], "no rank can meet it"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rules", "ski,nope"], "unknown selection rule 'nope'; choose one of: all"),
+        (["--rules", "kappa,kappa"], "listed twice"),
+        (["--seeds", ""], "give at least one seed"),
+        (["--budget", "layers=9"], "a budget of 9 blocks is impossible for a 4-block model"),
+        (["--budget", "layers=0"], "needs a whole number >= 1"),
+        (["--budget", "params=10"], "no rank can meet it"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+    ],
+)
 def test_compare_bad_input_is_one_line_error(args, message, tiny_dir, tmp_path):
     res = run("--model", tiny_dir, "--rules", "ski,kappa", "--seeds", "1", *TINY, *args, "--out", tmp_path)
     assert res.exit_code == 2, res.output

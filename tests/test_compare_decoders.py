@@ -1,6 +1,7 @@
 """``inflora compare`` (and its oracle) on decoder LLMs with instruction data: tiny random-init Qwen2
 on ``rt-instruct`` (scored by option accuracy) and tiny Llama on a free-text JSONL file (scored by the
 validation completion loss, lower is better), end to end with a few units each."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,22 @@ from typer.testing import CliRunner
 from inflora.cli import app
 
 runner = CliRunner()
-FAST = ["--limit-train", 16, "--limit-eval", 16, "--batch-size", 8, "--batches", 2, "--diagnose-batch-size", 4,
-        "--max-length", 48, "--budget", "layers=2"]
+FAST = [
+    "--limit-train",
+    16,
+    "--limit-eval",
+    16,
+    "--batch-size",
+    8,
+    "--batches",
+    2,
+    "--diagnose-batch-size",
+    4,
+    "--max-length",
+    48,
+    "--budget",
+    "layers=2",
+]
 
 
 def run(*args):
@@ -19,13 +34,28 @@ def run(*args):
 
 
 def _units(folder):
-    return {(u["rule"], u["seed"]): u for u in
-            (json.loads(p.read_text()) for p in (folder / "units").glob("arm-*/result.json"))}
+    return {
+        (u["rule"], u["seed"]): u
+        for u in (json.loads(p.read_text()) for p in (folder / "units").glob("arm-*/result.json"))
+    }
 
 
 def test_compare_tiny_qwen2_on_rt_instruct_scores_option_accuracy(tmp_path):
-    res = run("--model", "tiny-qwen2", "--task", "rt-instruct", "--rules", "ski,top-grad,random,all",
-              "--seeds", "1,2", "--lora-targets", "attention", *FAST, "--out", tmp_path)
+    res = run(
+        "--model",
+        "tiny-qwen2",
+        "--task",
+        "rt-instruct",
+        "--rules",
+        "ski,top-grad,random,all",
+        "--seeds",
+        "1,2",
+        "--lora-targets",
+        "attention",
+        *FAST,
+        "--out",
+        tmp_path,
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "compare.json").read_text())
     assert out["metric"] == "test" and {r["rule"] for r in out["table"]} == {"ski", "top-grad", "random", "all"}
@@ -42,16 +72,34 @@ def test_compare_tiny_qwen2_on_rt_instruct_scores_option_accuracy(tmp_path):
 
 def _free_text(path):
     words = ["river", "stone", "cloud", "ember", "field", "glass", "maple", "north"]
-    rows = [{"prompt": f"Describe the {w} number {i}.", "completion": f" The {w} {i} is {words[(i * 3) % 8]}."}
-            for i, w in enumerate(words * 5)]
+    rows = [
+        {"prompt": f"Describe the {w} number {i}.", "completion": f" The {w} {i} is {words[(i * 3) % 8]}."}
+        for i, w in enumerate(words * 5)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
 def test_compare_and_oracle_on_tiny_llama_with_free_text_score_the_completion_loss(tmp_path):
     data = _free_text(tmp_path / "free.jsonl")
-    res = run("--model", "tiny-llama", "--task", data, "--rules", "ski,all", "--seeds", "1,2", "--oracle",
-              "--blocks", "0,3", "--lora-targets", "mlp", *FAST, "--out", tmp_path / "out")
+    res = run(
+        "--model",
+        "tiny-llama",
+        "--task",
+        data,
+        "--rules",
+        "ski,all",
+        "--seeds",
+        "1,2",
+        "--oracle",
+        "--blocks",
+        "0,3",
+        "--lora-targets",
+        "mlp",
+        *FAST,
+        "--out",
+        tmp_path / "out",
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert out["metric"] == "completion_loss"

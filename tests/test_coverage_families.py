@@ -1,6 +1,7 @@
 """Families that issue 22's coverage benchmark found failing, fixed generically: each checks the
 structure discovery now reads, or that the probe says what it cannot measure instead of crashing
 or printing a number over the wrong tokens."""
+
 import math
 
 import pytest
@@ -13,10 +14,13 @@ from test_streaming_entropy import assert_rows_match, padded_batch, probe_rows, 
 transformers.logging.set_verbosity_error()
 
 
-@pytest.mark.parametrize("family,query", [
-    ("doge", "self_attn.q_proj"),              # a dynamic additive mask: the biased softmax, streamed
-    ("minicpm5_moe", "self_attn.q_gate_proj"),  # query and output gate in one projection
-])
+@pytest.mark.parametrize(
+    "family,query",
+    [
+        ("doge", "self_attn.q_proj"),  # a dynamic additive mask: the biased softmax, streamed
+        ("minicpm5_moe", "self_attn.q_gate_proj"),  # query and output gate in one projection
+    ],
+)
 def test_streaming_equals_eager(family, query):
     model = sharpen(tiny_model(family, layers=2, task="causal-lm"))
     spec = arch_for(model)
@@ -42,10 +46,13 @@ def test_hybrids_read_the_ffn_where_it_is_and_name_blocks_without_attention():
     assert (falcon.ffn_up, falcon.ffn_down) == ("feed_forward.up_proj", "feed_forward.down_proj")
 
 
-@pytest.mark.parametrize("family,targets", [
-    ("mamba2", ("mixer.in_proj", "mixer.out_proj")),     # no FFN: the mixer's own projections
-    ("rwkv", ("feed_forward.key", "feed_forward.value")),  # time-mixing is not softmax attention
-])
+@pytest.mark.parametrize(
+    "family,targets",
+    [
+        ("mamba2", ("mixer.in_proj", "mixer.out_proj")),  # no FFN: the mixer's own projections
+        ("rwkv", ("feed_forward.key", "feed_forward.value")),  # time-mixing is not softmax attention
+    ],
+)
 def test_attention_free_families_get_lora_targets_and_say_entropy_does_not_apply(family, targets):
     spec = arch_for(tiny_model(family, layers=2, task="causal-lm"))
     assert spec.attention is None and spec.attention_free_blocks == (0, 1)
@@ -65,11 +72,14 @@ def _probe(model, task, side="right", steps=1, diagnostics=("attention_entropy",
         return probe.layer_results(), probe.summaries().get("attention_entropy", {}), probe
 
 
-@pytest.mark.parametrize("family,why", [
-    ("mra", "returns no attention map even under eager attention"),       # multi-resolution approximation
-    ("longformer", "is not over the input's tokens"),                       # banded local scores
-    ("big_bird", "did not run"),  # block-sparse swapped for full attention on short inputs
-])
+@pytest.mark.parametrize(
+    "family,why",
+    [
+        ("mra", "returns no attention map even under eager attention"),  # multi-resolution approximation
+        ("longformer", "is not over the input's tokens"),  # banded local scores
+        ("big_bird", "did not run"),  # block-sparse swapped for full attention on short inputs
+    ],
+)
 def test_attention_that_cannot_be_measured_is_said_and_left_nan(family, why):
     extra = {"attention_type": "block_sparse"} if family == "big_bird" else {}
     model = tiny_model(family, layers=2, **extra)

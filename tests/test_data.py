@@ -9,8 +9,13 @@ from inflora.errors import ChecksumError, ConfigError, DataError
 
 
 @pytest.mark.parametrize(
-    "task,split,n", [("rotten_tomatoes", "train", 8530), ("rotten_tomatoes", "validation", 1066),
-                     ("rotten_tomatoes", "test", 1066), ("sst2", "validation", 872)],
+    "task,split,n",
+    [
+        ("rotten_tomatoes", "train", 8530),
+        ("rotten_tomatoes", "validation", 1066),
+        ("rotten_tomatoes", "test", 1066),
+        ("sst2", "validation", 872),
+    ],
 )
 def test_split_sizes_and_balance(data_dir, task, split, n):
     ds = load_task(task, split, data_dir)
@@ -71,7 +76,9 @@ def test_decontamination_rt_test_against_sst2_train(data_dir):
     rt_test = load_task("rotten_tomatoes", "test", data_dir)
     clean = decontaminate(rt_test, load_task("sst2", "train", data_dir))
     assert clean.meta["removed"] == 761 and len(clean) == 1066 - 761
-    assert normalize("Who's `` great '' [x]") == normalize("who 's \" great \" ( x )".replace("(", "[").replace(")", "]"))
+    assert normalize("Who's `` great '' [x]") == normalize(
+        'who \'s " great " ( x )'.replace("(", "[").replace(")", "]")
+    )
 
 
 def test_stratified_subset_keeps_proportions(data_dir):
@@ -152,8 +159,10 @@ def test_length_sorted_evaluation_gives_the_plain_order_accuracy(data_dir, minil
     split = EncodedSplit(load_task("rotten_tomatoes", "test").stratified(200, 1), tok, 64)
     model.eval()
     with torch.no_grad():
-        plain = sum(int((model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1) == b["labels"]).sum())
-                    for b in split.batches(32)) / len(split)
+        plain = sum(
+            int((model(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1) == b["labels"]).sum())
+            for b in split.batches(32)
+        ) / len(split)
     assert accuracy(model, split, 32) == plain
 
 
@@ -174,6 +183,8 @@ def test_load_any_splits_a_user_file_once_and_reads_split_files(tmp_path, caplog
     assert all(p.label_counts() == {0: n // 3, 1: 2 * n // 3} for p, n in zip(parts.values(), (48, 6, 6)))
     assert caplog.text.count("skipped 1 of 61 rows") == 1 and len(load_any(path, "all")) == 60
     for split in ("train", "test"):
-        (tmp_path / f"{split}.csv").write_text("text,label\ngreat fun,pos\n" + ("dull,neg\n" if split == "train" else ""))
+        (tmp_path / f"{split}.csv").write_text(
+            "text,label\ngreat fun,pos\n" + ("dull,neg\n" if split == "train" else "")
+        )
     test = load_any(tmp_path / "{split}.csv", "test")
     assert test.labels == [1] and test.num_labels == 2  # 'pos' keeps train's id although test lacks 'neg'

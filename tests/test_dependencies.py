@@ -1,5 +1,6 @@
 """pyproject.toml tells the truth: every third-party package that ``src/`` imports is declared, and
 every declared package is imported (or listed below with the reason it is needed without an import)."""
+
 import ast
 import importlib.metadata as md
 import re

@@ -1,4 +1,5 @@
 """The one device decision (``inflora.devices``) and its bad input on every command."""
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -9,24 +10,36 @@ from inflora.errors import ConfigError
 
 runner = CliRunner()
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where there is no GPU")
-no_mps = pytest.mark.skipif(bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
-                            reason="checks the error where there is no MPS")
+no_mps = pytest.mark.skipif(
+    bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    reason="checks the error where there is no MPS",
+)
 
 
 def test_auto_picks_the_best_available_device():
-    want = "cuda" if torch.cuda.is_available() else (
-        "mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+    want = (
+        "cuda"
+        if torch.cuda.is_available()
+        else ("mps" if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else "cpu")
+    )
     choice = resolve_device("auto", "fp32")
-    assert choice == DeviceChoice(want, "fp32", 1) and choice.to_dict() == {"device": want, "precision": "fp32", "world_size": 1}
+    assert choice == DeviceChoice(want, "fp32", 1) and choice.to_dict() == {
+        "device": want,
+        "precision": "fp32",
+        "world_size": 1,
+    }
     assert resolve_device(" CPU ", "bf16").device == "cpu"  # bf16 autocast runs on a CPU
 
 
-@pytest.mark.parametrize("device,precision,message", [
-    ("tpu", "fp32", "unknown device 'tpu'; choose one of: auto, cpu, cuda, cuda:N, mps"),
-    ("cuda:x", "fp32", "unknown device 'cuda:x'"),
-    ("cpu", "fp8", "unknown precision 'fp8'; choose one of: fp32, bf16, fp16"),
-    ("cpu", "fp16", "--precision fp16 needs a GPU"),
-])
+@pytest.mark.parametrize(
+    "device,precision,message",
+    [
+        ("tpu", "fp32", "unknown device 'tpu'; choose one of: auto, cpu, cuda, cuda:N, mps"),
+        ("cuda:x", "fp32", "unknown device 'cuda:x'"),
+        ("cpu", "fp8", "unknown precision 'fp8'; choose one of: fp32, bf16, fp16"),
+        ("cpu", "fp16", "--precision fp16 needs a GPU"),
+    ],
+)
 def test_bad_device_or_precision_is_one_line(device, precision, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as exc:
         resolve_device(device, precision)
@@ -61,8 +74,7 @@ def test_accelerator_follows_the_choice_and_accumulation_is_validated():
         make_accelerator(DeviceChoice("cpu", "fp32"), grad_accum=0)
 
 
-BAD = [(["--device", "tpu"], "unknown device 'tpu'"),
-       (["--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU")]
+BAD = [(["--device", "tpu"], "unknown device 'tpu'"), (["--precision", "fp16", "--device", "cpu"], "fp16 needs a GPU")]
 if not torch.cuda.is_available():
     BAD.append((["--device", "cuda"], "no CUDA GPU is available"))
 
@@ -76,10 +88,13 @@ def test_every_command_refuses_bad_devices_in_one_line_before_loading_anything(c
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["finetune", "--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
-    (["diagnose", "--fsdp"], "--fsdp needs several processes"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["finetune", "--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
+        (["diagnose", "--fsdp"], "--fsdp needs several processes"),
+    ],
+)
 def test_other_scale_flags_bad_input(args, message):
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and res.output.strip().startswith("error: ") and message in res.output, res.output

@@ -1,5 +1,6 @@
 """``diagnose`` end to end: the real MiniLM on real RT validation, the file format, the LoRA config,
 and every kind of bad input (a one-line error or a flagged result)."""
+
 import copy
 import json
 import math
@@ -17,11 +18,15 @@ from inflora.select import select_layers, ski_terms
 transformers.logging.set_verbosity_error()
 
 
-
-
 SMALL = dict(batches=3, batch_size=16, max_length=32, progress=False)
-LAYER_KEYS = {"layer", "attention_entropy", "attention_entropy_norm", "activation_grad_norm", "param_grad_norm",
-              "head_entropy"}
+LAYER_KEYS = {
+    "layer",
+    "attention_entropy",
+    "attention_entropy_norm",
+    "activation_grad_norm",
+    "param_grad_norm",
+    "head_entropy",
+}
 TOP_KEYS = {"model", "num_layers", "layers", "inflection_layers", "selection", "config", "versions"}
 
 
@@ -38,12 +43,12 @@ def tiny_batches(n=3, seed=0, b=4, t=8):
         ids = torch.randint(5, 1000, (b, t), generator=g)
         mask = torch.ones(b, t, dtype=torch.long)
         mask[1, 5:] = 0
-        out.append({"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask,
-                    "labels": torch.arange(b) % 2})
+        out.append({"input_ids": ids.masked_fill(mask == 0, 0), "attention_mask": mask, "labels": torch.arange(b) % 2})
     return out
 
 
 # ---------------------------------------------------------------- the real model and data
+
 
 @pytest.fixture(scope="module")
 def rt_diagnosis(minilm, data_dir):
@@ -78,7 +83,11 @@ def test_real_diagnosis_attributes(rt_diagnosis):
     assert len(d.stability) == 6 and all(0 <= s <= 1 for s in d.stability)
     assert all(d.stability[i] > 0 for i in d.inflection_layers)
     assert d.selection["rule"] == "ski" and d.selection["parameters"]["alpha"] == 0.5
-    assert d.config["probe_batches"] == 3 and d.config["data"] == "rotten_tomatoes" and math.isfinite(d.config["mean_loss"])
+    assert (
+        d.config["probe_batches"] == 3
+        and d.config["data"] == "rotten_tomatoes"
+        and math.isfinite(d.config["mean_loss"])
+    )
     assert d.flags == []
     assert d.lora_targets == ["attention.self.query", "attention.self.key", "attention.self.value"]
 
@@ -100,7 +109,9 @@ def test_real_diagnosis_is_reproducible_and_accepts_a_dataset(rt_diagnosis, mini
     model, tok = minilm
     ds = load_task("rotten_tomatoes", "validation", data_dir)
     again = diagnose(model, ds, tok, resamples=50, **SMALL)
-    assert again.layers == d.layers and again.stability == d.stability and again.inflection_layers == d.inflection_layers
+    assert (
+        again.layers == d.layers and again.stability == d.stability and again.inflection_layers == d.inflection_layers
+    )
 
 
 @pytest.mark.real
@@ -132,14 +143,18 @@ def test_lora_config_targets_exactly_the_band(rt_diagnosis, minilm):
     assert cfg.r == 8 and cfg.lora_alpha == 16
     assert d.lora_config(r=4).r == 4
     peft_model = get_peft_model(copy.deepcopy(minilm[0]), cfg)
-    adapted = {int(name.split("encoder.layer.")[1].split(".")[0])
-               for name, _ in peft_model.named_parameters() if "lora_A" in name}
+    adapted = {
+        int(name.split("encoder.layer.")[1].split(".")[0])
+        for name, _ in peft_model.named_parameters()
+        if "lora_A" in name
+    }
     assert adapted == set(d.inflection_layers)
     n_lora = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
     assert n_lora == len(d.inflection_layers) * 3 * 8 * (384 + 384)  # q, k, v: A (8x384) + B (384x8)
 
 
 # ---------------------------------------------------------------- rules through diagnose
+
 
 def test_reported_ski_matches_the_rule_variant():
     model = tiny_model("bert", layers=5)
@@ -153,8 +168,14 @@ def test_reported_ski_matches_the_rule_variant():
 
 
 def test_no_selected_layer_is_flagged_and_lora_config_refuses():
-    d = diagnose(tiny_model("bert", layers=3), tiny_batches(), rule="threshold", rule_params={"tau": 1.01},
-                 resamples=5, progress=False)
+    d = diagnose(
+        tiny_model("bert", layers=3),
+        tiny_batches(),
+        rule="threshold",
+        rule_params={"tau": 1.01},
+        resamples=5,
+        progress=False,
+    )
     assert d.inflection_layers == [] and any("selected no layer" in f for f in d.flags)
     with pytest.raises(ConfigError, match="selected no layers") as info:
         d.lora_config()
@@ -170,6 +191,7 @@ def test_single_batch_gives_nan_stability_and_valid_json(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 
+
 def test_model_without_attention_blocks():
     with pytest.raises(ArchitectureError, match="unsupported architecture 'Sequential'") as info:
         diagnose(torch.nn.Sequential(torch.nn.Linear(4, 4)), tiny_batches(), progress=False)
@@ -179,8 +201,9 @@ def test_model_without_attention_blocks():
 def test_undiscoverable_hf_architecture_built_offline():
     """Families are discovered (T5 now is); one whose q/k/v are convolutions names what was looked for."""
     squeezebert = tiny_model("squeezebert", layers=1)
-    with pytest.raises(ArchitectureError, match="attention module 'attention' holds no Linear projection.*"
-                       "ARCHITECTURES") as info:
+    with pytest.raises(
+        ArchitectureError, match="attention module 'attention' holds no Linear projection.*ARCHITECTURES"
+    ) as info:
         diagnose(squeezebert, tiny_batches(), progress=False)
     one_line(info)
 
@@ -290,7 +313,9 @@ def test_lora_config_keeps_pooler_and_classifier_trainable_on_bert(tokenizer, da
     from inflora.models import tiny_model
 
     model = tiny_model("bert", layers=6)
-    batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=4, batch_size=16, max_length=24)
+    batches = probe_batches(
+        load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=4, batch_size=16, max_length=24
+    )
     d = diagnose(model, batches, progress=False, resamples=5)
     peft_model = get_peft_model(model, d.lora_config())
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}

@@ -1,5 +1,6 @@
 """diagnosis.json keeps each fact once (format version 2) and still reads version 1 files, in which
 SKI was also written into every layer row and the stability also into ``selection``."""
+
 import json
 from pathlib import Path
 
@@ -19,8 +20,9 @@ PUBLISHED_V1 = Path(__file__).parents[1] / "docs/results/compare-minilm-rt/diagn
 
 @pytest.fixture(scope="module")
 def saved(tokenizer, data_dir, tmp_path_factory):
-    batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=2, batch_size=8,
-                            max_length=24)
+    batches = probe_batches(
+        load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=2, batch_size=8, max_length=24
+    )
     d = diagnose(tiny_model("bert", layers=4), batches, progress=False, resamples=4)
     d.inflection_layers = d.inflection_layers or [1, 2]
     path = tmp_path_factory.mktemp("v2") / "diagnosis.json"
@@ -82,6 +84,7 @@ def test_a_version_2_file_that_repeats_a_fact_is_refused(saved, tmp_path, where)
 
 
 # ---------------------------------------------------------------- the layout the probe used
+
 
 def test_every_layout_field_is_checked_when_read():
     """``structure`` holds ``ArchSpec.to_dict``: the schema names every field (a new field fails here)."""

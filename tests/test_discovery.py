@@ -1,6 +1,7 @@
 """Discovery: the ArchSpec derived from the model agrees with every verified row of the override
 table, finds fused, latent and MoE layouts, picks the tower asked for, and fails by naming what it
 looked for."""
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -13,8 +14,20 @@ from inflora.models.discovery import discover
 from inflora.strategies import inject_lora
 from inflora.strategies.lora import lora_config
 
-FIELDS = ("blocks", "attention", "query", "key", "value", "output", "ffn_gate", "ffn_up", "ffn_down", "causal",
-          "fused_qkv", "attention_interface")
+FIELDS = (
+    "blocks",
+    "attention",
+    "query",
+    "key",
+    "value",
+    "output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+    "causal",
+    "fused_qkv",
+    "attention_interface",
+)
 
 
 @pytest.mark.parametrize("spec", ARCHITECTURES, ids=[s.family for s in ARCHITECTURES])
@@ -27,13 +40,16 @@ def test_discovery_agrees_with_every_verified_row(spec):
         assert set(spec.embeddings) <= set(found.embeddings)
 
 
-@pytest.mark.parametrize("family,expect", [
-    ("phi3", dict(query="self_attn.qkv_proj", fused_qkv=True, ffn_up="mlp.gate_up_proj", fused_gate_up=True)),
-    ("gpt_neox", dict(query="attention.query_key_value", fused_qkv=True, fused_conv1d=False)),
-    ("deepseek_v3", dict(qkv_targets=("self_attn.q_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj"))),
-    ("gemma2", dict(attention_interface=False)),
-    ("bloom", dict(attention_interface=False)),
-])
+@pytest.mark.parametrize(
+    "family,expect",
+    [
+        ("phi3", dict(query="self_attn.qkv_proj", fused_qkv=True, ffn_up="mlp.gate_up_proj", fused_gate_up=True)),
+        ("gpt_neox", dict(query="attention.query_key_value", fused_qkv=True, fused_conv1d=False)),
+        ("deepseek_v3", dict(qkv_targets=("self_attn.q_proj", "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj"))),
+        ("gemma2", dict(attention_interface=False)),
+        ("bloom", dict(attention_interface=False)),
+    ],
+)
 def test_fused_latent_and_non_plain_softmax_layouts(family, expect):
     spec = arch_for(tiny_model(family, layers=2, task="causal-lm"))
     assert {k: getattr(spec, k) for k in expect} == expect
@@ -45,7 +61,10 @@ def test_moe_blocks_record_router_experts_and_shared_experts():
     moe = arch_for(deepseek).moe
     assert moe.blocks == (1, 2, 3) and moe.router == "mlp.gate" and moe.shared_experts == "mlp.shared_experts"
     block = get_blocks(deepseek)[1]
-    assert block.get_submodule(moe.experts).gate_up_proj.dim() == 3 and moe.expert_parameters == ("gate_up_proj", "down_proj")
+    assert block.get_submodule(moe.experts).gate_up_proj.dim() == 3 and moe.expert_parameters == (
+        "gate_up_proj",
+        "down_proj",
+    )
     assert get_ffn(block, arch_for(deepseek)).down is block.get_submodule("mlp.shared_experts.down_proj")
     assert get_ffn(get_blocks(deepseek)[0], arch_for(deepseek)).down is get_blocks(deepseek)[0].mlp.down_proj
     mixtral = tiny_model("mixtral", task="causal-lm")  # no shared experts: no dense FFN in any block
@@ -74,8 +93,11 @@ def test_a_tower_the_model_lacks_and_a_model_without_attention_fail_by_name():
         set_tower(tiny_model("llama", task="causal-lm"), "vision")
     with pytest.raises(ConfigError, match="unknown tower 'audio'; choose one of language, vision"):
         set_tower(tiny_model("llama", task="causal-lm"), "audio")
-    with pytest.raises(ArchitectureError, match="SqueezeBertModule: the attention module 'attention' holds no Linear "
-                       "projection; to support it, add an ArchSpec row .*ARCHITECTURES"):
+    with pytest.raises(
+        ArchitectureError,
+        match="SqueezeBertModule: the attention module 'attention' holds no Linear "
+        "projection; to support it, add an ArchSpec row .*ARCHITECTURES",
+    ):
         arch_for(tiny_model("squeezebert", layers=2))  # convolutional q/k/v: not read, and said so
 
 
@@ -87,7 +109,8 @@ def test_state_space_and_hybrid_models_get_no_attention_and_say_so():
     spec = arch_for(hybrid)
     assert spec.attention == "self_attn" and spec.attention_free_blocks
     assert [get_attention(b, spec) is None for b in get_blocks(hybrid)] == [
-        i in spec.attention_free_blocks for i in range(len(get_blocks(hybrid)))]
+        i in spec.attention_free_blocks for i in range(len(get_blocks(hybrid)))
+    ]
     with pytest.raises(ArchitectureError, match="unsupported architecture 'Linear': not a transformers model"):
         arch_for(torch.nn.Linear(2, 2))
 
@@ -129,8 +152,16 @@ def test_vision_tower_export_names_the_vision_blocks_and_diagnosis_needs_images(
     from inflora.strategies import count_parameters
 
     val = load_task("rt-instruct", "validation", data_dir)
-    d = diagnose(tiny_model("qwen2_vl", task="causal-lm"), val, tokenizer, batches=1, batch_size=4, max_length=32,
-                 progress=False, resamples=2)
+    d = diagnose(
+        tiny_model("qwen2_vl", task="causal-lm"),
+        val,
+        tokenizer,
+        batches=1,
+        batch_size=4,
+        max_length=32,
+        progress=False,
+        resamples=2,
+    )
     d.model, d.family, d.inflection_layers = "tiny-qwen2_vl", "qwen2_vl:vision", [1]  # a band of vision blocks
     d.structure = arch_for("qwen2_vl:vision").to_dict()  # ... and the layout of that tower
     done = export_config(d, "peft", tmp_path / "peft", model="tiny-qwen2_vl", r=2)
@@ -140,8 +171,16 @@ def test_vision_tower_export_names_the_vision_blocks_and_diagnosis_needs_images(
     assert _adapted(peft_model) and all(".visual.blocks.1." in n for n in _adapted(peft_model))
     assert count_parameters(peft_model)[0] > 0
     with pytest.raises(ConfigError, match="vision tower of qwen2_vl needs image inputs"):
-        diagnose(tiny_model("qwen2_vl", task="causal-lm"), val, tokenizer, batches=1, batch_size=4, max_length=32,
-                 progress=False, tower="vision")
+        diagnose(
+            tiny_model("qwen2_vl", task="causal-lm"),
+            val,
+            tokenizer,
+            batches=1,
+            batch_size=4,
+            max_length=32,
+            progress=False,
+            tower="vision",
+        )
 
 
 def test_a_decoder_block_with_cross_attention_is_read_at_its_self_attention():
@@ -153,10 +192,13 @@ def test_a_decoder_block_with_cross_attention_is_read_at_its_self_attention():
     assert (spec.attention, spec.query, spec.causal) == ("self_attn", "self_attn.q_proj", True)
 
 
-@pytest.mark.parametrize("family,query,key", [
-    ("ctrl", "multi_head_attention.Wq", "multi_head_attention.Wk"),      # upper-case names
-    ("moshi", "self_attn.q_proj.linear", "self_attn.k_proj.linear"),     # the Linear one level down
-])
+@pytest.mark.parametrize(
+    "family,query,key",
+    [
+        ("ctrl", "multi_head_attention.Wq", "multi_head_attention.Wk"),  # upper-case names
+        ("moshi", "self_attn.q_proj.linear", "self_attn.k_proj.linear"),  # the Linear one level down
+    ],
+)
 def test_projection_roles_read_through_case_and_wrapper_names(family, query, key):
     spec = arch_for(tiny_model(family, layers=2, task="causal-lm"))
     assert (spec.query, spec.key) == (query, key)

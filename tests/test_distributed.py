@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) diagnose the same batches: both ranks report identical numbers, equal
 to a single process over the same batches (bootstrap stability and the output section included)."""
+
 import json
 import math
 import os
@@ -44,12 +45,26 @@ def test_two_gloo_ranks_match_a_single_process(tmp_path):
     port = free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "GLOO_SOCKET_IFNAME": "lo",
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-        procs.append(subprocess.Popen(
-            [sys.executable, str(HERE / "dist_worker.py"), str(tmp_path / f"rank{rank}.json")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "GLOO_SOCKET_IFNAME": "lo",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(HERE / "dist_worker.py"), str(tmp_path / f"rank{rank}.json")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
 
     # the single-process reference, computed here while the two ranks run
     threads = torch.get_num_threads()

@@ -1,6 +1,7 @@
 """The documentation site stays in step with the code: the CLI reference lists every command and
 option of the app (it is generated from it at build time), the site is wired to that generator,
 and the README stays a short front page."""
+
 from pathlib import Path
 
 import typer
@@ -35,7 +36,7 @@ def test_site_builds_the_reference_from_the_app():
 
     def walk(items):
         for item in items:
-            for value in (item.values() if isinstance(item, dict) else [item]):
+            for value in item.values() if isinstance(item, dict) else [item]:
                 walk(value) if isinstance(value, list) else pages.append(value)
 
     walk(config["nav"])

@@ -1,4 +1,5 @@
 """The SST-2 → RT harness: claims logic on synthetic tables, the smoke profile end to end, resume."""
+
 import json
 import math
 
@@ -11,14 +12,22 @@ STRATEGIES = ["full", "shallow", "lora-all", "lora-inflection", "lora-random", "
 
 
 def fake_run(regime, strategy, seed, acc, grad=1e-4, cka=(0.1, 0.1, 0.2, 0.3), layers=(0, 1)):
-    return {"regime": regime, "strategy": strategy, "seed": seed, "layers": list(layers), "trainable_params": 10,
-            "steps_per_second": 2.0, "accuracy": {"test": acc, "test_decontaminated": acc - 0.1},
-            "grad_profile": [{"step": 0, "activation_grad_norm": [grad] * 4, "param_grad_norm": [1.0] * 4}],
-            "delta_cka": list(cka)}
+    return {
+        "regime": regime,
+        "strategy": strategy,
+        "seed": seed,
+        "layers": list(layers),
+        "trainable_params": 10,
+        "steps_per_second": 2.0,
+        "accuracy": {"test": acc, "test_decontaminated": acc - 0.1},
+        "grad_profile": [{"step": 0, "activation_grad_norm": [grad] * 4, "param_grad_norm": [1.0] * 4}],
+        "delta_cka": list(cka),
+    }
 
 
-def synthetic(acc_over_infl=0.90, acc_under_infl=0.80, over_grad=1e-6, under_grad=1e-4, full_low_cka=0.5,
-              bands=((0, 1), (0, 1))):
+def synthetic(
+    acc_over_infl=0.90, acc_under_infl=0.80, over_grad=1e-6, under_grad=1e-4, full_low_cka=0.5, bands=((0, 1), (0, 1))
+):
     runs, diags = [], {}
     for seed, jitter in zip((1, 2, 3), (0.0, 0.002, -0.002)):
         for regime in ("under", "over"):
@@ -27,7 +36,11 @@ def synthetic(acc_over_infl=0.90, acc_under_infl=0.80, over_grad=1e-6, under_gra
                 if s == "lora-inflection":
                     acc = (acc_over_infl if regime == "over" else acc_under_infl) + jitter
                 grad = over_grad if regime == "over" else under_grad
-                cka = (full_low_cka, full_low_cka, 0.2, 0.3) if (s == "full" and regime == "under") else (0.1, 0.1, 0.2, 0.3)
+                cka = (
+                    (full_low_cka, full_low_cka, 0.2, 0.3)
+                    if (s == "full" and regime == "under")
+                    else (0.1, 0.1, 0.2, 0.3)
+                )
                 runs.append(fake_run(regime, s, seed, acc, grad, cka))
             diags[f"{regime}/{seed}"] = {"inflection_layers": list(bands[regime == "over"]), "stability": [1, 1, 0, 0]}
     return aggregate(runs, diags)
@@ -58,8 +71,14 @@ def test_claims_supported_when_the_numbers_say_so():
 
 
 def test_claims_refuted_when_the_numbers_say_the_opposite():
-    res = synthetic(acc_over_infl=0.80, acc_under_infl=0.90, over_grad=1e-4, under_grad=1e-4, full_low_cka=0.05,
-                    bands=((0, 1), (3, 4)))
+    res = synthetic(
+        acc_over_infl=0.80,
+        acc_under_infl=0.90,
+        over_grad=1e-4,
+        under_grad=1e-4,
+        full_low_cka=0.05,
+        bands=((0, 1), (3, 4)),
+    )
     v = by_id(judge(res))
     assert v["a"] == "not supported" and v["b"] == "not supported" and v["c"] == "not supported"
     assert v["d"] == "not supported" and v["e"] == "not supported"
@@ -95,10 +114,22 @@ def test_smoke_profile_end_to_end(smoke):
     out, plan, raw = smoke
     assert len(raw["targets"]) == 12 and set(raw["diagnoses"]) == {"under/42", "over/42"}
     res = aggregate(raw["targets"], raw["diagnoses"])
-    render(res, {"command": "test", "profile": plan.profile.to_dict(), "seeds": [42], "wall_seconds": 1.0,
-                 "cached_units": 0, "computed_units": 15}, out)
+    render(
+        res,
+        {
+            "command": "test",
+            "profile": plan.profile.to_dict(),
+            "seeds": [42],
+            "wall_seconds": 1.0,
+            "cached_units": 0,
+            "computed_units": 15,
+        },
+        out,
+    )
     data = json.loads((out / "results.json").read_text())
-    assert {(r["regime"], r["strategy"]) for r in data["table"]} == {(g, s) for g in ("under", "over") for s in STRATEGIES}
+    assert {(r["regime"], r["strategy"]) for r in data["table"]} == {
+        (g, s) for g in ("under", "over") for s in STRATEGIES
+    }
     assert {c["id"] for c in data["claims"]["test"]} >= {"a", "b", "c", "d", "e"}
     assert set(data["grad_ratio"]) == {"shallow", "full"}
     for row in data["table"]:
@@ -129,7 +160,18 @@ def test_cli_rerender_from_cache_is_logged_as_an_invocation(smoke, data_dir):
     from inflora.cli import app
 
     out, _, _ = smoke
-    args = ["experiment", "sst2-to-rt", "--profile", "smoke", "--seeds", "42", "--data-dir", str(data_dir), "--out", str(out)]
+    args = [
+        "experiment",
+        "sst2-to-rt",
+        "--profile",
+        "smoke",
+        "--seeds",
+        "42",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(out),
+    ]
     for _ in range(2):
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 0, res.output
@@ -145,7 +187,9 @@ def test_trainable_column_shows_the_range_when_bands_differ_by_seed():
     from inflora.experiment.report import _trainable
 
     assert _trainable({"trainable_params": 10, "trainable_per_seed": {1: 10, 2: 10}}) == "10"
-    assert _trainable({"trainable_params": 2000, "trainable_per_seed": {1: 1000, 2: 3000}}) == "2,000 (mean; 1,000–3,000)"
+    assert (
+        _trainable({"trainable_params": 2000, "trainable_per_seed": {1: 1000, 2: 3000}}) == "2,000 (mean; 1,000–3,000)"
+    )
 
 
 @pytest.mark.real
@@ -174,7 +218,9 @@ def test_interrupted_experiment_resumes_with_identical_results(smoke, tmp_path, 
     monkeypatch.setattr(harness, "run_target", real_target)
     trained = []
     real_finetune = training.finetune
-    monkeypatch.setattr(training, "finetune", lambda cfg, *a, **k: (trained.append(cfg.strategy) or real_finetune(cfg, *a, **k)))
+    monkeypatch.setattr(
+        training, "finetune", lambda cfg, *a, **k: trained.append(cfg.strategy) or real_finetune(cfg, *a, **k)
+    )
     raw = run_experiment(plan, tmp_path, progress=False)
     assert trained == ["lora-inflection"]  # the source, the diagnosis and the finished unit came from the cache
     ref = {(t["regime"], t["strategy"]): t for t in ref_raw["targets"]}
@@ -209,8 +255,7 @@ def test_rule_arms_at_k_blocks_with_forgetting(smoke, data_dir):
     from inflora.experiment.report import render
 
     tmp_path = smoke[0]  # the source run is cached there; only the diagnosis and two targets are new
-    plan = Plan(get_profile("smoke"), [42], ["over"], ["lora-inflection", "lora-kappa"],
-                str(data_dir), budget=2)
+    plan = Plan(get_profile("smoke"), [42], ["over"], ["lora-inflection", "lora-kappa"], str(data_dir), budget=2)
     raw = run_experiment(plan, tmp_path, progress=False)
     d = raw["diagnoses"]["over/42"]
     runs = {r["strategy"]: r for r in raw["targets"]}
@@ -224,8 +269,19 @@ def test_rule_arms_at_k_blocks_with_forgetting(smoke, data_dir):
     source_acc = res["sources"][42]["over"]["sst2_validation_accuracy"]
     row = next(r for r in res["table"] if r["strategy"] == "lora-kappa")
     assert row["forgetting"]["per_seed"][42] == pytest.approx(source_acc - runs["lora-kappa"]["accuracy"]["retention"])
-    render(res, {"command": "test", "profile": plan.profile.to_dict(), "seeds": [42], "wall_seconds": 1.0,
-                 "cached_units": 0, "computed_units": 4, "budget_layers": 2}, tmp_path)
+    render(
+        res,
+        {
+            "command": "test",
+            "profile": plan.profile.to_dict(),
+            "seeds": [42],
+            "wall_seconds": 1.0,
+            "cached_units": 0,
+            "computed_units": 4,
+            "budget_layers": 2,
+        },
+        tmp_path,
+    )
     md = (tmp_path / "results.md").read_text()
     assert "Forgetting: SST-2 validation accuracy" in md and "K = 2" in md
     rec = res["rule_recommendations"]["test"]["over"]
@@ -235,16 +291,33 @@ def test_rule_arms_at_k_blocks_with_forgetting(smoke, data_dir):
 
 # ---------------------------------------------------------------- output saturation and claim (g)
 
+
 def fake_diagnosis(share, wrong, right, conf_wrong, layers=3):
     """A diagnosis dict with the wrong/right split of ‖∂L/∂h‖ and an output section."""
     total = share * wrong + (1 - share) * right
-    rows = [{"layer": i, "activation_grad_norm": total * (i + 1), "wrong_token_share": share,
-             "activation_grad_norm_wrong": wrong * (i + 1), "activation_grad_norm_correct": right * (i + 1)}
-            for i in range(layers)]
-    output = {"accuracy": 1 - share, "mean_confidence": 0.9, "share_confidence_over_0.9": 0.5,
-              "share_confidence_over_0.99": 0.2, "ece": 0.1, "grad_norm_correct": 0.1, "grad_norm_wrong": 1.2,
-              "wrong_share": share, "wrong_confident_share": conf_wrong, "confident_wrong_grad_share": conf_wrong,
-              "mean_grad_norm": share * 1.2 + (1 - share) * 0.1}
+    rows = [
+        {
+            "layer": i,
+            "activation_grad_norm": total * (i + 1),
+            "wrong_token_share": share,
+            "activation_grad_norm_wrong": wrong * (i + 1),
+            "activation_grad_norm_correct": right * (i + 1),
+        }
+        for i in range(layers)
+    ]
+    output = {
+        "accuracy": 1 - share,
+        "mean_confidence": 0.9,
+        "share_confidence_over_0.9": 0.5,
+        "share_confidence_over_0.99": 0.2,
+        "ece": 0.1,
+        "grad_norm_correct": 0.1,
+        "grad_norm_wrong": 1.2,
+        "wrong_share": share,
+        "wrong_confident_share": conf_wrong,
+        "confident_wrong_grad_share": conf_wrong,
+        "mean_grad_norm": share * 1.2 + (1 - share) * 0.1,
+    }
     return {"layers": rows, "output": output, "inflection_layers": [1], "stability": [1, 1, 1]}
 
 
@@ -270,13 +343,25 @@ def test_decomposition_terms_add_up_to_the_regime_difference():
 
 def test_training_decomposition_leaves_only_the_step_covariance_as_residual():
     def run(regime, strategy, steps):
-        rows = [{"step": i, "activation_grad_norm": [w * gw + (1 - w) * gc] * 2, "param_grad_norm": [1.0, 1.0],
-                 "wrong_token_share": w, "activation_grad_norm_wrong": [gw] * 2, "activation_grad_norm_correct": [gc] * 2,
-                 "output": {"wrong_confident_share": 0.5}} for i, (w, gw, gc) in enumerate(steps)]
+        rows = [
+            {
+                "step": i,
+                "activation_grad_norm": [w * gw + (1 - w) * gc] * 2,
+                "param_grad_norm": [1.0, 1.0],
+                "wrong_token_share": w,
+                "activation_grad_norm_wrong": [gw] * 2,
+                "activation_grad_norm_correct": [gc] * 2,
+                "output": {"wrong_confident_share": 0.5},
+            }
+            for i, (w, gw, gc) in enumerate(steps)
+        ]
         return {**fake_run(regime, strategy, 1, 0.8), "grad_profile": rows}
 
-    targets = [run("under", "full", [(0.2, 1.0, 0.1), (0.2, 1.0, 0.1)]), run("over", "full", [(0.4, 3.0, 0.1), (0.0, 1.0, 0.1)]),
-               run("under", "head", [(0.2, 1.0, 0.1)])]
+    targets = [
+        run("under", "full", [(0.2, 1.0, 0.1), (0.2, 1.0, 0.1)]),
+        run("over", "full", [(0.4, 3.0, 0.1), (0.0, 1.0, 0.1)]),
+        run("under", "head", [(0.2, 1.0, 0.1)]),
+    ]
     rows = aggregate(targets, {})["saturation"]["training"]
     assert [r["strategy"] for r in rows] == ["full"]  # head has no OVER partner here and is not a ratio strategy
     d = rows[0]["activation"]
@@ -314,12 +399,16 @@ def test_smoke_experiment_reports_source_output_saturation(smoke):
         assert d["config"]["split"] in ("validation", "train")
     res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"], raw["train_diagnoses"])
     sat = res["saturation"]
-    assert {(r["split"], r["regime"]) for r in sat["outputs"]} == {(p, g) for p in ("validation", "train") for g in ("under", "over")}
+    assert {(r["split"], r["regime"]) for r in sat["outputs"]} == {
+        (p, g) for p in ("validation", "train") for g in ("under", "over")
+    }
     assert all(math.isfinite(r["ece"]) and 0 <= r["accuracy"] <= 1 for r in sat["outputs"])
     for r in sat["decomposition"]:
         d = r["logits"]
         if all(math.isfinite(d[k]) for k in ("share_of_wrong", "gradient_per_wrong", "gradient_per_right")):
-            assert d["share_of_wrong"] + d["gradient_per_wrong"] + d["gradient_per_right"] == pytest.approx(d["difference"])
+            assert d["share_of_wrong"] + d["gradient_per_wrong"] + d["gradient_per_right"] == pytest.approx(
+                d["difference"]
+            )
     training = {r["strategy"]: r["activation"] for r in sat["training"]}
     assert set(training) == {"shallow", "full"}  # target-training profiles carry the wrong/right split
     for strategy, d in training.items():  # the same mean ‖∂L/∂h‖ that claim (d)'s ratio uses
@@ -327,8 +416,18 @@ def test_smoke_experiment_reports_source_output_saturation(smoke):
             row = next(r for r in res["table"] if r["regime"] == regime and r["strategy"] == strategy)
             assert d[regime]["total"] == pytest.approx(row["mean_activation_grad"][42], rel=1e-9)
         assert math.isfinite(d["difference"])
-    render(res, {"command": "test", "profile": plan.profile.to_dict(), "seeds": [42], "wall_seconds": 1.0,
-                 "cached_units": 0, "computed_units": 17}, out)
+    render(
+        res,
+        {
+            "command": "test",
+            "profile": plan.profile.to_dict(),
+            "seeds": [42],
+            "wall_seconds": 1.0,
+            "cached_units": 0,
+            "computed_units": 17,
+        },
+        out,
+    )
     md = (out / "results.md").read_text()
     assert "Output saturation of the source checkpoints" in md and "share of wrong" in md and "residual" in md
     assert "(g) confident mistakes on RT explain" in md

@@ -1,6 +1,7 @@
 """Streaming entropy equals the eager maps' entropy per block and head on every discovered family
 whose attention goes through the interface with a plain masked softmax (q/k norms, sliding and
 global layers, latent attention, partial rotary, fused q/k/v); the others are refused by name."""
+
 import pytest
 import transformers
 

@@ -1,6 +1,7 @@
 """Every family of the issue (and a vision-language model), discovered rather than listed: a real
 diagnosis on 2 batches of real data, a few LoRA steps on the diagnosed band that lower the loss,
 and a PEFT export dry-run that reloads to inflora's own trainable-parameter count."""
+
 import math
 
 import pytest
@@ -28,8 +29,10 @@ def task_of(family: str) -> str:
 def datasets(data_dir):
     from inflora.data import load_task
 
-    return {"causal-lm": load_task("rt-instruct", "validation", data_dir),
-            "classification": load_task("rotten_tomatoes", "validation", data_dir)}
+    return {
+        "causal-lm": load_task("rt-instruct", "validation", data_dir),
+        "classification": load_task("rotten_tomatoes", "validation", data_dir),
+    }
 
 
 def _train_steps(model, batches, steps=6, lr=2e-3) -> list[float]:
@@ -61,8 +64,9 @@ def test_family_diagnoses_trains_on_its_band_and_exports(family, datasets, token
     if spec.entropy_note:
         assert d.config["attention"] == "eager" and any(spec.entropy_note in f for f in d.flags)
     band = d.inflection_layers or [1, 2]  # a random-init profile may have no peak
-    batches = _as_batches(datasets[task], tokenizer, batches=2, batch_size=4, max_length=32, seed=0,
-                          causal_lm=task == "causal-lm")
+    batches = _as_batches(
+        datasets[task], tokenizer, batches=2, batch_size=4, max_length=32, seed=0, causal_lm=task == "causal-lm"
+    )
     peft_model = inject_lora(tiny_model(family, task=task), band, r=4)
     losses = _train_steps(peft_model, batches)
     assert losses[-1] < losses[0], losses

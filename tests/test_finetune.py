@@ -3,6 +3,7 @@
 Runs use a tiny 6-block BERT (MiniLM's depth) saved with the MiniLM tokenizer, on stratified
 subsets of the real Rotten Tomatoes data; one test uses the real MiniLM (marked ``real``).
 """
+
 import importlib
 import math
 import re
@@ -27,11 +28,22 @@ transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 LAYERS, HIDDEN, R = 6, 32, 8
-REQUIRED_KEYS = {"strategy", "layers", "trainable_params", "total_params", "accuracy", "best_epoch", "train_seconds",
-                 "steps_per_second", "peak_rss_mb", "grad_profile", "delta_cka", "config", "versions"}
+REQUIRED_KEYS = {
+    "strategy",
+    "layers",
+    "trainable_params",
+    "total_params",
+    "accuracy",
+    "best_epoch",
+    "train_seconds",
+    "steps_per_second",
+    "peak_rss_mb",
+    "grad_profile",
+    "delta_cka",
+    "config",
+    "versions",
+}
 SAME = ("accuracy", "history", "grad_profile", "delta_cka", "best_epoch", "steps", "trainable_params", "layers")
-
-
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +56,20 @@ def tiny_dir(tmp_path_factory, tokenizer):
 
 
 def config(tiny_dir, **kw) -> FinetuneConfig:
-    base = dict(model=str(tiny_dir), strategy="lora-inflection", layers=[0, 1], epochs=2, limit_train=64,
-                limit_eval=32, max_length=32, cka_examples=32, batch_size=16, log_every=2, lr=5e-3,
-                diagnose_batches=2)
+    base = dict(
+        model=str(tiny_dir),
+        strategy="lora-inflection",
+        layers=[0, 1],
+        epochs=2,
+        limit_train=64,
+        limit_eval=32,
+        max_length=32,
+        cka_examples=32,
+        batch_size=16,
+        log_every=2,
+        lr=5e-3,
+        diagnose_batches=2,
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -66,8 +89,9 @@ def lora_params(blocks: int, h: int, r: int = R) -> int:
 
 
 def lora_blocks(model) -> set[int]:
-    return {int(m.group(1)) for n, _ in model.named_parameters() if "lora_" in n
-            for m in [re.search(r"layer\.(\d+)\.", n)]}
+    return {
+        int(m.group(1)) for n, _ in model.named_parameters() if "lora_" in n for m in [re.search(r"layer\.(\d+)\.", n)]
+    }
 
 
 def trainable_names(model) -> set[str]:
@@ -85,8 +109,13 @@ def test_trainable_parameter_counts_and_placement():
     """Exact counts per strategy on a MiniLM-deep tiny model, their order, LoRA only on the chosen blocks,
     classifier and pooler trainable everywhere."""
     counts, totals, total = {}, {}, None
-    for name, opt in [("head", {}), ("lora-inflection", {"layers": [0, 2, 3]}), ("lora-all", {}),
-                      ("shallow", {"k": 2}), ("full", {})]:
+    for name, opt in [
+        ("head", {}),
+        ("lora-inflection", {"layers": [0, 2, 3]}),
+        ("lora-all", {}),
+        ("shallow", {"k": 2}),
+        ("full", {}),
+    ]:
         model = tiny_model("bert", layers=LAYERS, hidden=HIDDEN, heads=4)
         total = total or count_parameters(model)[1]
         applied = apply_strategy(name, model, StrategyOptions(**opt))
@@ -106,8 +135,13 @@ def test_trainable_parameter_counts_and_placement():
     }
     assert counts["head"] < counts["lora-inflection"] < counts["lora-all"] < counts["shallow"] < counts["full"]
     # the total is the model that runs: the base plus LoRA factors, not PEFT's frozen head copies
-    assert totals == {"head": total, "lora-inflection": total + lora_params(3, HIDDEN),
-                      "lora-all": total + lora_params(LAYERS, HIDDEN), "shallow": total, "full": total}
+    assert totals == {
+        "head": total,
+        "lora-inflection": total + lora_params(3, HIDDEN),
+        "lora-all": total + lora_params(LAYERS, HIDDEN),
+        "shallow": total,
+        "full": total,
+    }
 
 
 def test_shallow_unfreezes_the_top_k_blocks_only():
@@ -127,7 +161,9 @@ def test_one_optimizer_step_changes_exactly_the_trainable_parameters(name, token
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     batch = tokenizer(["a fine film .", "dull and lifeless"], padding=True, return_tensors="pt")
     opt = _optimizer(model, 1e-2, 0.0)
-    assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
     model(**batch, labels=torch.tensor([1, 0])).loss.backward()
     opt.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
@@ -170,8 +206,11 @@ def test_lora_random_band_is_seeded_and_as_large_as_the_inflection_band():
             assert band == random_band(LAYERS, size, seed)
             assert len(band) == len(set(band)) == size and all(0 <= i < LAYERS for i in band) and band == sorted(band)
     assert len({tuple(random_band(LAYERS, 3, s)) for s in range(20)}) > 3  # the seed matters
-    applied = apply_strategy("lora-random", tiny_model("bert", layers=LAYERS, hidden=HIDDEN, heads=4),
-                             StrategyOptions(layers=[0, 1, 4], seed=7))
+    applied = apply_strategy(
+        "lora-random",
+        tiny_model("bert", layers=LAYERS, hidden=HIDDEN, heads=4),
+        StrategyOptions(layers=[0, 1, 4], seed=7),
+    )
     assert applied.layers == random_band(LAYERS, 3, 7) and lora_blocks(applied.model) == set(applied.layers)
     with pytest.raises(ConfigError, match="band"):
         apply_strategy("lora-random", tiny_model("bert", layers=2), StrategyOptions())
@@ -180,11 +219,25 @@ def test_lora_random_band_is_seeded_and_as_large_as_the_inflection_band():
 @pytest.mark.parametrize("name", ["full", "head", "shallow", "lora-all", "lora-inflection", "lora-random"])
 def test_every_strategy_trains_end_to_end_where_it_should(name, tiny_dir, tmp_path):
     """In a real run, the logged parameter gradients are non-zero exactly on the strategy's blocks."""
-    cfg = config(tiny_dir, strategy=name, layers=[0, 2], epochs=1, limit_train=32, log_every=1, lr=None,
-                 decontaminate_against=None)
+    cfg = config(
+        tiny_dir,
+        strategy=name,
+        layers=[0, 2],
+        epochs=1,
+        limit_train=32,
+        log_every=1,
+        lr=None,
+        decontaminate_against=None,
+    )
     m = finetune(cfg, tmp_path, progress=False)
-    expected = {"full": list(range(LAYERS)), "head": [], "shallow": [4, 5], "lora-all": list(range(LAYERS)),
-                "lora-inflection": [0, 2], "lora-random": random_band(LAYERS, 2, cfg.seed)}[name]
+    expected = {
+        "full": list(range(LAYERS)),
+        "head": [],
+        "shallow": [4, 5],
+        "lora-all": list(range(LAYERS)),
+        "lora-inflection": [0, 2],
+        "lora-random": random_band(LAYERS, 2, cfg.seed),
+    }[name]
     assert m["layers"] == expected and m["strategy"] == name
     assert m["lr"] == {"full": 2e-5, "head": 1e-3, "shallow": 2e-5}.get(name, 5e-4)
     assert len(m["grad_profile"]) == 2  # 32 examples / 16 per batch, every step logged
@@ -226,7 +279,10 @@ def test_same_seed_same_numbers_on_cpu(reference, tiny_dir, tmp_path):
     again = finetune(config(tiny_dir), tmp_path / "again", progress=False)
     for key in SAME:
         assert again[key] == ref[key], key
-    a, b = load_file(tmp_path / "again/checkpoints/best.safetensors"), load_file(ref_out / "checkpoints/best.safetensors")
+    a, b = (
+        load_file(tmp_path / "again/checkpoints/best.safetensors"),
+        load_file(ref_out / "checkpoints/best.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     other = finetune(config(tiny_dir, seed=43), tmp_path / "other-seed", progress=False)
     assert other["grad_profile"] != ref["grad_profile"]  # the comparison above is sensitive to the seed
@@ -282,15 +338,17 @@ def poison(monkeypatch):
     def load(*args, **kwargs):
         model, tok = real(*args, **kwargs)
         model.bert.embeddings.register_forward_hook(
-            lambda m, a, o: o * float("inf") if state["on"] and m.training else None)
+            lambda m, a, o: o * float("inf") if state["on"] and m.training else None
+        )
         return model, tok
 
     monkeypatch.setattr(finetune_module, "load_model", load)
     return state
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(reference, tiny_dir, tmp_path, poison,
-                                                                                  monkeypatch):
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(
+    reference, tiny_dir, tmp_path, poison, monkeypatch
+):
     out = tmp_path / "run"
     with pytest.raises(TrainingError) as exc:
         finetune(config(tiny_dir), out, progress=False, on_epoch_end=lambda e: poison.update(on=True))
@@ -332,7 +390,9 @@ def three_label_dir(tmp_path_factory, tokenizer):
 def test_label_count_mismatch_is_a_one_line_data_error(three_label_dir, tiny_dir, tmp_path, as_init):
     kw = {"init": str(three_label_dir)} if as_init else {"model": str(three_label_dir)}
     with pytest.raises(DataError) as exc:
-        finetune(config(tiny_dir, strategy="head", epochs=1, decontaminate_against=None, **kw), tmp_path, progress=False)
+        finetune(
+            config(tiny_dir, strategy="head", epochs=1, decontaminate_against=None, **kw), tmp_path, progress=False
+        )
     assert re.search(r"3 labels but task 'rotten_tomatoes' has 2", one_line(exc))
     assert not (tmp_path / "checkpoints").exists()
 
@@ -343,7 +403,9 @@ def test_empty_split_is_a_one_line_data_error(tiny_dir, tmp_path, monkeypatch, s
 
     def load(name, which, *a, **k):
         ds = real(name, which, *a, **k)
-        return TextDataset([], [], ds.name, which, ds.num_labels) if which == split and name == "rotten_tomatoes" else ds
+        return (
+            TextDataset([], [], ds.name, which, ds.num_labels) if which == split and name == "rotten_tomatoes" else ds
+        )
 
     monkeypatch.setattr(finetune_module, "load_any", load)
     with pytest.raises(DataError) as exc:
@@ -353,7 +415,9 @@ def test_empty_split_is_a_one_line_data_error(tiny_dir, tmp_path, monkeypatch, s
 
 
 def test_zero_limit_is_a_one_line_config_error(tiny_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"--limit-train must be at least 1, got 0 \(a whole number: examples\)") as exc:
+    with pytest.raises(
+        ConfigError, match=r"--limit-train must be at least 1, got 0 \(a whole number: examples\)"
+    ) as exc:
         finetune(config(tiny_dir, limit_train=0), tmp_path, progress=False)
     one_line(exc)
     assert not any(tmp_path.iterdir())  # refused before the run folder was claimed
@@ -381,11 +445,16 @@ def test_saved_model_is_a_valid_init_for_a_second_run(tiny_dir, tmp_path, tokeni
     assert not any("lora" in n for n, _ in saved.named_parameters())
 
     second = tmp_path / "target"
-    m2 = finetune(config(tiny_dir, epochs=1, strategy="head", init=str(first / "model"), decontaminate_against=None),
-                  second, progress=False)
+    m2 = finetune(
+        config(tiny_dir, epochs=1, strategy="head", init=str(first / "model"), decontaminate_against=None),
+        second,
+        progress=False,
+    )
     assert m2["strategy"] == "head" and m2["config"]["init"] == str(first / "model")
     # The second run started from the saved model: its start features are the saved model's, not the base's.
-    cka_set = EncodedSplit(load_task("rotten_tomatoes", "validation").stratified(32, 42).stratified(32, 42), tokenizer, 32)
+    cka_set = EncodedSplit(
+        load_task("rotten_tomatoes", "validation").stratified(32, 42).stratified(32, 42), tokenizer, 32
+    )
     start = load_file(second / "cka_start.safetensors")
     want = cka_features(saved, cka_set)
     assert all(torch.allclose(start[str(i)], want[i], atol=1e-5) for i in range(LAYERS))
@@ -396,8 +465,18 @@ def test_saved_model_is_a_valid_init_for_a_second_run(tiny_dir, tmp_path, tokeni
 # ---------------------------------------------------------------------------------------------- real MiniLM
 @pytest.mark.real
 def test_real_minilm_lora_inflection_quick_run(tmp_path):
-    cfg = FinetuneConfig(model="minilm", strategy="lora-inflection", layers=[0, 1], epochs=1, limit_train=64,
-                         limit_eval=64, max_length=32, cka_examples=64, batch_size=16, log_every=2)
+    cfg = FinetuneConfig(
+        model="minilm",
+        strategy="lora-inflection",
+        layers=[0, 1],
+        epochs=1,
+        limit_train=64,
+        limit_eval=64,
+        max_length=32,
+        cka_examples=64,
+        batch_size=16,
+        log_every=2,
+    )
     m = finetune(cfg, tmp_path, progress=False)
     h = 384
     assert m["layers"] == [0, 1] and m["trainable_params"] == lora_params(2, h) + head_params(h)

@@ -1,6 +1,7 @@
 """Entropy from the fused kernel's log-sum-exp (issue 19): the kernel path is really taken on this
 CPU, it equals eager maps on the tiny families (padding both sides, causal, sliding window, GQA) and
 the chunked path (exact and sampled), and a kernel that refuses its inputs falls back with one line."""
+
 import logging
 
 import pytest
@@ -62,10 +63,12 @@ def test_sampled_queries_on_the_fused_path_equal_the_chunked_path():
     pad = torch.ones(2, 50, dtype=torch.long)
     pad[1, 35:] = 0
     for mask in (None, pad.bool()[:, None, None, :] & torch.ones(50, 50, dtype=torch.bool).tril()):
-        a = streaming_entropy_sums(q, k, mask, pad, causal=mask is None, queries=7,
-                                   generator=torch.Generator().manual_seed(1))
-        b = streaming_entropy_sums(q, k, mask, pad, causal=mask is None, queries=7,
-                                   generator=torch.Generator().manual_seed(1), fused=False)
+        a = streaming_entropy_sums(
+            q, k, mask, pad, causal=mask is None, queries=7, generator=torch.Generator().manual_seed(1)
+        )
+        b = streaming_entropy_sums(
+            q, k, mask, pad, causal=mask is None, queries=7, generator=torch.Generator().manual_seed(1), fused=False
+        )
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
         assert float(a[7]) == 14

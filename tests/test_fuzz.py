@@ -2,6 +2,7 @@
 files as CSV, TSV, JSONL and Parquet), ``Diagnosis.from_json`` and the CLI's argument parsing.
 Every case either works or ends in an ``InfloraError`` (ConfigError/DataError) whose message is one
 line; nothing else may escape. A few hundred examples per property keep the suite's time budget."""
+
 import ast
 import csv
 import io
@@ -20,19 +21,29 @@ from inflora.errors import InfloraError
 from inflora.models import tiny_model
 
 pytestmark = pytest.mark.fuzz
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                          HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
 COLUMNS = ("text", "label", "prompt", "completion", "messages")
 counter = itertools.count()
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                    st.text(max_size=30), st.sampled_from(["", " ", "0", "1", "-1", "pos", "neg", "é\x00\n"]))
-json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
-                           max_leaves=12)
-rows = st.lists(st.dictionaries(st.one_of(st.sampled_from(COLUMNS), st.text(max_size=6)), json_values, max_size=5),
-                max_size=12)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=30),
+    st.sampled_from(["", " ", "0", "1", "-1", "pos", "neg", "é\x00\n"]),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
+rows = st.lists(
+    st.dictionaries(st.one_of(st.sampled_from(COLUMNS), st.text(max_size=6)), json_values, max_size=5), max_size=12
+)
 
 
 def one_line_or_works(call):
@@ -99,8 +110,11 @@ def diagnosis_dict(tmp_path_factory):
     import torch
 
     g = torch.Generator().manual_seed(0)
-    batch = {"input_ids": torch.randint(5, 100, (4, 8), generator=g), "attention_mask": torch.ones(4, 8, dtype=torch.long),
-             "labels": torch.tensor([0, 1, 0, 1])}
+    batch = {
+        "input_ids": torch.randint(5, 100, (4, 8), generator=g),
+        "attention_mask": torch.ones(4, 8, dtype=torch.long),
+        "labels": torch.tensor([0, 1, 0, 1]),
+    }
     d = diagnose(tiny_model("bert", layers=4, hidden=32), [batch, batch], progress=False, resamples=2)
     path = tmp_path_factory.mktemp("d") / "diagnosis.json"
     d.to_json(path)
@@ -159,13 +173,35 @@ cli_text = st.one_of(st.text(max_size=12), st.sampled_from(["nan", "inf", "-inf"
 
 
 @FUZZ
-@given(fmt=st.one_of(st.sampled_from(["trl", "axolotl", "json", "peft"]), st.text(max_size=6)), r=cli_text,
-       alpha=cli_text, dropout=cli_text, targets=st.one_of(st.sampled_from(["qkv", "mlp", "all"]), st.text(max_size=12)))
+@given(
+    fmt=st.one_of(st.sampled_from(["trl", "axolotl", "json", "peft"]), st.text(max_size=6)),
+    r=cli_text,
+    alpha=cli_text,
+    dropout=cli_text,
+    targets=st.one_of(st.sampled_from(["qkv", "mlp", "all"]), st.text(max_size=12)),
+)
 def test_cli_export_arguments_work_or_end_in_one_error_line(diagnosis_dict, tmp_path, fmt, r, alpha, dropout, targets):
     path = fresh(tmp_path, ".json")
     path.write_text(json.dumps(diagnosis_dict))
-    res = runner.invoke(app_(), ["export", str(path), "--format", fmt, "--lora-r", r, "--lora-alpha", alpha,
-                                 "--lora-dropout", dropout, "--lora-targets", targets, "--out", str(fresh(tmp_path, ""))])
+    res = runner.invoke(
+        app_(),
+        [
+            "export",
+            str(path),
+            "--format",
+            fmt,
+            "--lora-r",
+            r,
+            "--lora-alpha",
+            alpha,
+            "--lora-dropout",
+            dropout,
+            "--lora-targets",
+            targets,
+            "--out",
+            str(fresh(tmp_path, "")),
+        ],
+    )
     assert res.exit_code in (0, 2), res.output
     assert "Traceback" not in res.output
     if res.exit_code == 2:

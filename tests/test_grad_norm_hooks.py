@@ -1,6 +1,7 @@
 """Parameter-gradient norms measured in post-accumulate-grad hooks (issue 19): the same numbers as
 norms of kept gradients, on the real MiniLM and every tiny family, while no gradient buffer outlives
 its own measurement in ``probe_step``; kept (not dropped) when the caller runs backward itself."""
+
 import pytest
 import torch
 import transformers
@@ -158,8 +159,11 @@ def test_the_chunked_head_leaves_loss_and_activation_gradients_unchanged(tied):
     for sparse in (False, True):
         with LayerProbe(model, ["activation_grad", "param_grad"], param_grad={"sparse_embeddings": sparse}) as probe:
             loss = probe_step(model, probe, batch)
-            results[sparse] = (loss, [r["activation_grad_norm"] for r in probe.layer_results()],
-                               [r["param_grad_norm"] for r in probe.layer_results()])
+            results[sparse] = (
+                loss,
+                [r["activation_grad_norm"] for r in probe.layer_results()],
+                [r["param_grad_norm"] for r in probe.layer_results()],
+            )
     assert results[True][0] == results[False][0]
     assert results[True][1] == pytest.approx(results[False][1], rel=1e-6)
     assert results[True][2] == pytest.approx(results[False][2], rel=1e-6)

@@ -5,6 +5,7 @@ export injection tests (the TRL file is an import, one assignment and comments; 
 holds exactly inflora's keys), and files that are malformed or hostile where inflora reads them
 back (diagnosis, run folder, checkpoint, unit cache): ``<file>: <field>: <why>``.
 """
+
 import ast
 import json
 import re
@@ -43,8 +44,16 @@ def refused(res, pattern: str) -> str:
 def llama_diagnosis(tokenizer, data_dir, tmp_path_factory):
     """A real (tiny, random-init) causal-LM diagnosis on rt-instruct, as a dict and as a file."""
     val = load_task("rt-instruct", "validation", data_dir)
-    d = diagnose(tiny_model("llama", task="causal-lm"), val, tokenizer, batches=2, batch_size=8, max_length=48,
-                 progress=False, resamples=5)
+    d = diagnose(
+        tiny_model("llama", task="causal-lm"),
+        val,
+        tokenizer,
+        batches=2,
+        batch_size=8,
+        max_length=48,
+        progress=False,
+        resamples=5,
+    )
     d.model, d.inflection_layers = "tiny-llama", d.inflection_layers or [1, 2]
     path = tmp_path_factory.mktemp("diag") / "diagnosis.json"
     d.to_json(path)
@@ -58,6 +67,7 @@ def hostile_file(tmp_path, data: dict, **change):
 
 
 # -- 1. code injection through an exported config ------------------------------------------------
+
 
 @pytest.mark.parametrize("model", [PYTHON_INJECTION, YAML_INJECTION])
 def test_cli_export_refuses_a_diagnosis_whose_model_holds_code(llama_diagnosis, tmp_path, model):
@@ -81,8 +91,15 @@ def only_import_assignment_and_comments(source: str) -> dict:
     return ast.literal_eval(call.keywords[0].value)  # raises unless the dict is literals only
 
 
-@pytest.mark.parametrize("field,value", [("model", PYTHON_INJECTION), ("model", YAML_INJECTION),
-                                         ("model", "x\u2028y = 1\x85\x00"), ("task_type", "causal-lm\r\nx = 1")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("model", PYTHON_INJECTION),
+        ("model", YAML_INJECTION),
+        ("model", "x\u2028y = 1\x85\x00"),
+        ("task_type", "causal-lm\r\nx = 1"),
+    ],
+)
 def test_exported_files_from_a_hostile_diagnosis_hold_no_code(llama_diagnosis, tmp_path, field, value):
     """The loader refuses such a file; export itself must still be safe with any Diagnosis it is given."""
     data = {**llama_diagnosis[0], "task_type": "causal-lm"}
@@ -102,8 +119,15 @@ def test_exported_files_from_a_hostile_diagnosis_hold_no_code(llama_diagnosis, t
     comments = [line for line in text.splitlines() if not re.match(r"[a-z_]+:|- ", line)]
     assert comments and all(line.startswith("# ") for line in comments), comments
     fragment = yaml.safe_load(text)
-    assert set(fragment) == {"adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-                             "peft_layers_to_transform", "peft_layers_pattern"}
+    assert set(fragment) == {
+        "adapter",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "peft_layers_to_transform",
+        "peft_layers_pattern",
+    }
     assert fragment["peft_layers_to_transform"] == d.inflection_layers
 
     meta = json.loads(export_config(d, "json", tmp_path / "l.json").path.read_text())["inflora"]
@@ -111,6 +135,7 @@ def test_exported_files_from_a_hostile_diagnosis_hold_no_code(llama_diagnosis, t
 
 
 # -- 2. a CSV that is not UTF-8 -------------------------------------------------------------------
+
 
 def test_cli_diagnose_refuses_a_utf16_csv_naming_the_byte(tmp_path):
     path = tmp_path / "reviews.csv"
@@ -124,22 +149,42 @@ def test_cli_diagnose_reads_latin1_with_one_warning(tiny_bert_dir, data_dir, tmp
     text = "text,label\n" + "".join(f'"{t} café",{y}\n' for t, y in zip(ascii_texts, ds.labels))
     path = tmp_path / "latin.csv"
     path.write_bytes(text.encode("latin-1"))  # one byte per character: the first é is at its character index
-    res = run("diagnose", "--model", tiny_bert_dir, "--task", path, "--batches", 2, "--batch-size", 8,
-              "--max-length", 24, "--resamples", 2, "--out", tmp_path / "out")
+    res = run(
+        "diagnose",
+        "--model",
+        tiny_bert_dir,
+        "--task",
+        path,
+        "--batches",
+        2,
+        "--batch-size",
+        8,
+        "--max-length",
+        24,
+        "--resamples",
+        2,
+        "--out",
+        tmp_path / "out",
+    )
     assert res.exit_code == 0, res.output
     warnings = [line for line in res.stderr.splitlines() if "not UTF-8" in line]
-    assert warnings == [f"warning: latin.csv is not UTF-8 (byte {text.index('é')} is 0xe9); read it as Latin-1"], res.stderr
+    assert warnings == [f"warning: latin.csv is not UTF-8 (byte {text.index('é')} is 0xe9); read it as Latin-1"], (
+        res.stderr
+    )
     assert all(t.endswith("café") for t in load_file(path).texts)
 
 
 # -- 3. a model folder with a config but no weights, or weights of another shape --------------------
 
+
 def test_cli_refuses_a_model_folder_without_weights(tiny_bert_dir, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text((tiny_bert_dir / "config.json").read_text())
-    refused(run("diagnose", "--model", folder, "--out", tmp_path / "out"),
-            r"model folder .*model has no weights: none of model\.safetensors, .*pytorch_model\.bin")
+    refused(
+        run("diagnose", "--model", folder, "--out", tmp_path / "out"),
+        r"model folder .*model has no weights: none of model\.safetensors, .*pytorch_model\.bin",
+    )
 
 
 def test_cli_names_the_tensor_when_weights_do_not_match_the_config(tiny_bert_dir, tmp_path):
@@ -150,12 +195,15 @@ def test_cli_names_the_tensor_when_weights_do_not_match_the_config(tiny_bert_dir
     config = json.loads((folder / "config.json").read_text())
     config["hidden_size"], config["intermediate_size"] = 2 * config["hidden_size"], 4 * config["intermediate_size"]
     (folder / "config.json").write_text(json.dumps(config))
-    refused(run("diagnose", "--model", folder, "--out", tmp_path / "out"),
-            rf"the weights do not match config\.json: \S+ is \[\d+(, \d+)*\] in model\.safetensors but "
-            rf"\[.*{config['hidden_size']}.*\] by the config")
+    refused(
+        run("diagnose", "--model", folder, "--out", tmp_path / "out"),
+        rf"the weights do not match config\.json: \S+ is \[\d+(, \d+)*\] in model\.safetensors but "
+        rf"\[.*{config['hidden_size']}.*\] by the config",
+    )
 
 
 # -- 4./5. out-of-range numbers ---------------------------------------------------------------------
+
 
 def test_cli_finetune_refuses_a_negative_learning_rate(tmp_path):
     refused(run("finetune", "--lr", "-1", "--out", tmp_path), r"--lr must be greater than 0, got -1\.0")
@@ -165,31 +213,42 @@ def test_cli_finetune_refuses_a_negative_learning_rate(tmp_path):
 def test_cli_diagnose_refuses_max_length_zero(tmp_path):
     from inflora.validate import MIN_LENGTH
 
-    refused(run("diagnose", "--max-length", "0", "--out", tmp_path / "out"),
-            rf"--max-length must be at least {MIN_LENGTH}, got 0")
+    refused(
+        run("diagnose", "--max-length", "0", "--out", tmp_path / "out"),
+        rf"--max-length must be at least {MIN_LENGTH}, got 0",
+    )
     assert not (tmp_path / "out").exists()
 
 
 # -- files read back: malformed or hostile -----------------------------------------------------------
 
-@pytest.mark.parametrize("change,pattern", [
-    ({"num_layers": "4"}, r"num_layers: Input should be a valid integer"),
-    ({"inflection_layers": [0, 99]}, r"inflection_layers: .*\[99\] are outside"),
-    ({"lora_targets": ["q_proj\nimport os"]}, r"lora_targets\.0: .*is not a module name"),
-    ({"head_modules": ["lm_head; rm"]}, r"head_modules\.0: .*is not a module name"),
-    ({"family": "cobol"}, r"family: .*unknown model family"),
-    ({"layers": []}, r"layers: .*0 rows for num_layers"),
-    ({"surprise": 1}, r"surprise: Extra inputs are not permitted"),
-])
+
+@pytest.mark.parametrize(
+    "change,pattern",
+    [
+        ({"num_layers": "4"}, r"num_layers: Input should be a valid integer"),
+        ({"inflection_layers": [0, 99]}, r"inflection_layers: .*\[99\] are outside"),
+        ({"lora_targets": ["q_proj\nimport os"]}, r"lora_targets\.0: .*is not a module name"),
+        ({"head_modules": ["lm_head; rm"]}, r"head_modules\.0: .*is not a module name"),
+        ({"family": "cobol"}, r"family: .*unknown model family"),
+        ({"layers": []}, r"layers: .*0 rows for num_layers"),
+        ({"surprise": 1}, r"surprise: Extra inputs are not permitted"),
+    ],
+)
 def test_cli_export_names_the_bad_field_of_a_diagnosis(llama_diagnosis, tmp_path, change, pattern):
     path = hostile_file(tmp_path, llama_diagnosis[0], **change)
     refused(run("export", path), rf"{re.escape(str(path))}: {pattern}")
 
 
-@pytest.mark.parametrize("content,pattern", [
-    (b"{", r"line 1 column 2: not JSON"), (b"[1, 2]", r"not a diagnosis file"),
-    (b"\xff\xfe{}", r"byte 0: not UTF-8 text"), (b"[" * 100000, r"nested too deeply|not JSON"),
-])
+@pytest.mark.parametrize(
+    "content,pattern",
+    [
+        (b"{", r"line 1 column 2: not JSON"),
+        (b"[1, 2]", r"not a diagnosis file"),
+        (b"\xff\xfe{}", r"byte 0: not UTF-8 text"),
+        (b"[" * 100000, r"nested too deeply|not JSON"),
+    ],
+)
 def test_cli_export_refuses_a_file_that_is_not_a_diagnosis(tmp_path, content, pattern):
     path = tmp_path / "diagnosis.json"
     path.write_bytes(content)
@@ -224,6 +283,7 @@ def test_checkpoint_meta_and_unit_results_are_validated(tmp_path):
 
 # -- Markdown the tool writes ------------------------------------------------------------------------
 
+
 def test_report_titles_headings_and_cells_stay_on_their_line(tmp_path):
     from inflora.reports.document import Report
 
@@ -233,16 +293,36 @@ def test_report_titles_headings_and_cells_stay_on_their_line(tmp_path):
     md = next(tmp_path.glob("*.md")).read_text()
     assert [line for line in md.splitlines() if line.startswith("#")] == [
         "# inflora diagnosis — minilm # injected heading | a | b | <script>",
-        "## minilm # injected heading | a | b | <script>"]
+        "## minilm # injected heading | a | b | <script>",
+    ]
     row = [line for line in md.splitlines() if line.startswith("| minilm")]
     assert row == ["| minilm # injected heading \\| a \\| b \\| <script> | 1 |"]
 
 
 def test_a_column_option_with_a_built_in_task_works_and_says_it_is_ignored(tmp_path):
     """Odd but usable: the built-in task keeps its columns, and one line says the option was ignored."""
-    res = runner.invoke(app, ["diagnose", "--model", "tiny-bert", "--task", "rotten_tomatoes", "--text-column", "review",
-                              "--batches", "1", "--batch-size", "4", "--max-length", "16", "--resamples", "0",
-                              "--out", str(tmp_path / "d")])
+    res = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "--model",
+            "tiny-bert",
+            "--task",
+            "rotten_tomatoes",
+            "--text-column",
+            "review",
+            "--batches",
+            "1",
+            "--batch-size",
+            "4",
+            "--max-length",
+            "16",
+            "--resamples",
+            "0",
+            "--out",
+            str(tmp_path / "d"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     notes = [line for line in res.stderr.splitlines() if "--text-column review is ignored" in line]
     assert len(notes) == 1 and notes[0].startswith("warning:"), res.stderr
@@ -253,5 +333,7 @@ def test_a_diagnosis_from_a_newer_inflora_is_refused(llama_diagnosis, tmp_path):
     data, _ = llama_diagnosis
     assert data["format_version"] == FORMAT_VERSION
     (tmp_path / "new.json").write_text(json.dumps({**data, "format_version": FORMAT_VERSION + 1}))
-    refused(run("export", tmp_path / "new.json", "--format", "json", "--out", tmp_path / "x.json"),
-            r"new\.json: format_version: .*newer inflora")
+    refused(
+        run("export", tmp_path / "new.json", "--format", "json", "--out", tmp_path / "x.json"),
+        r"new\.json: format_version: .*newer inflora",
+    )

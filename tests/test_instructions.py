@@ -1,4 +1,5 @@
 """Instruction data: files, chat rendering, the completion-only mask, truncation, rt-instruct."""
+
 import copy
 import json
 import logging
@@ -6,15 +7,25 @@ import logging
 import pytest
 
 from inflora.data import (
-    EncodedInstructions, InstructionDataset, decontaminate, instruction_probe_batches, load_instructions, load_task,
+    EncodedInstructions,
+    InstructionDataset,
+    decontaminate,
+    instruction_probe_batches,
+    load_instructions,
+    load_task,
 )
 from inflora.data.instructions import plain_chat_prompt, render
 from inflora.errors import DataError
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "is this film good"},
-        {"role": "assistant", "content": "yes , very good"}]
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CHAT = [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": "is this film good"},
+    {"role": "assistant", "content": "yes , very good"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -85,11 +96,17 @@ def test_over_long_example_loses_prompt_tokens_from_the_left(tok, caplog):
 
 
 def test_rows_that_cannot_fit_are_skipped_and_counted(tok):
-    ds = InstructionDataset(["a", "b", "c"], [0] * 3, prompts=["one two three four five six seven", "x", "y"],
-                            completions=[" ok", " a b c d e f g h", " fine"])
+    ds = InstructionDataset(
+        ["a", "b", "c"],
+        [0] * 3,
+        prompts=["one two three four five six seven", "x", "y"],
+        completions=[" ok", " a b c d e f g h", " fine"],
+    )
     enc = EncodedInstructions(ds, tok, 5)
     assert len(enc) == 1 and enc.stats()["skipped_reasons"] == {
-        "prompt alone longer than --max-length": 1, "completion leaves no room for the prompt within --max-length": 1}
+        "prompt alone longer than --max-length": 1,
+        "completion leaves no room for the prompt within --max-length": 1,
+    }
     with pytest.raises(DataError, match="no example fits --max-length 2"):
         EncodedInstructions(ds.subset([0, 1]), tok, 2)
 
@@ -150,8 +167,9 @@ def test_rt_instruct_keeps_rotten_tomatoes_splits_and_decontamination(data_dir):
 
 @pytest.mark.real
 def test_instruction_probe_batches_are_stratified_and_masked(data_dir, tok):
-    batches = instruction_probe_batches(load_task("rt-instruct", "validation", data_dir), tok, batches=2,
-                                        batch_size=8, max_length=64)
+    batches = instruction_probe_batches(
+        load_task("rt-instruct", "validation", data_dir), tok, batches=2, batch_size=8, max_length=64
+    )
     assert len(batches) == 2
     for b in batches:
         labelled = b["labels"][b["labels"] != -100]

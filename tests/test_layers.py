@@ -3,6 +3,7 @@
 Every import counts, including those inside functions, since an import hidden in a function is
 still a dependency (and a hidden cycle). Adding a package means giving it a layer here.
 """
+
 import ast
 from pathlib import Path
 
@@ -10,16 +11,29 @@ import inflora
 
 ROOT = Path(inflora.__file__).parent
 LAYERS = {  # lower number = lower layer; a package may import only from strictly lower numbers
-    "errors": 0, "io": 1, "registry": 1, "devices": 1, "validate": 1,
-    "models": 2, "data": 2, "select": 2,
-    "metrics": 3, "strategies": 3,
-    "probe": 4, "diagnosis_schema": 4,
-    "diagnosis_steps": 5, "remedies": 5,  # diagnose()'s steps, below the function that runs them
+    "errors": 0,
+    "io": 1,
+    "registry": 1,
+    "devices": 1,
+    "validate": 1,
+    "models": 2,
+    "data": 2,
+    "select": 2,
+    "metrics": 3,
+    "strategies": 3,
+    "probe": 4,
+    "diagnosis_schema": 4,
+    "diagnosis_steps": 5,
+    "remedies": 5,  # diagnose()'s steps, below the function that runs them
     "diagnosis": 6,
-    "training": 7, "reports": 7, "export": 7, "weight_scan": 7,
+    "training": 7,
+    "reports": 7,
+    "export": 7,
+    "weight_scan": 7,
     "experiment": 8,
     "cli": 9,
-    "__main__": 10, "__init__": 10,  # the package facade re-exports the public API
+    "__main__": 10,
+    "__init__": 10,  # the package facade re-exports the public API
 }
 
 
@@ -52,7 +66,9 @@ def violations(root: Path = ROOT) -> list[str]:
         assert mine in LAYERS, f"{path}: package {mine!r} has no layer in tests/test_layers.py"
         for line, other in imported_packages(path, root):
             if other != mine and other in LAYERS and LAYERS[other] >= LAYERS[mine]:
-                out.append(f"{path.relative_to(root)}:{line}: {mine} (layer {LAYERS[mine]}) imports {other} (layer {LAYERS[other]})")
+                out.append(
+                    f"{path.relative_to(root)}:{line}: {mine} (layer {LAYERS[mine]}) imports {other} (layer {LAYERS[other]})"
+                )
     return out
 
 
@@ -66,8 +82,10 @@ def test_the_check_catches_an_upward_import(tmp_path):
     (tmp_path / "metrics" / "bad.py").write_text("def f():\n    from ..remedies.redo import recycle\n")
     (tmp_path / "probe.py").write_text("from .metrics import DIAGNOSTICS\nfrom inflora.diagnosis import diagnose\n")
     found = violations(tmp_path)
-    assert found == ["metrics/bad.py:2: metrics (layer 3) imports remedies (layer 5)",
-                     "probe.py:2: probe (layer 4) imports diagnosis (layer 6)"]
+    assert found == [
+        "metrics/bad.py:2: metrics (layer 3) imports remedies (layer 5)",
+        "probe.py:2: probe (layer 4) imports diagnosis (layer 6)",
+    ]
 
 
 def module_imports(root: Path = ROOT) -> dict[str, set[str]]:
@@ -102,7 +120,7 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()

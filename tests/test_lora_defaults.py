@@ -4,6 +4,7 @@ anywhere (a CLI option, a config field, a function signature) is caught here.
 Three nets: the typer app's options as click sees them, the signatures and dataclass fields of the
 library, and a scan of the source for a number written as the default of a LoRA-named parameter
 (so a place added later is caught without being listed here)."""
+
 import ast
 import dataclasses
 import inspect
@@ -22,8 +23,13 @@ CLI_NAMES = {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 # parameter / field name -> the LORA_DEFAULTS field it must default to, where the name is LoRA's
 SOURCE_NAMES = {**CLI_NAMES, "r": "r", "alpha": "alpha", "dropout": "dropout", "rank": "r"}
 # where r/alpha/dropout/rank mean LoRA's (elsewhere "rank" is a process rank, "alpha" an EMA momentum)
-LORA_FILES = ("strategies/lora.py", "strategies/registry.py", "strategies/budget.py", "training/memory_plan.py",
-              "training/activation_formula.py")
+LORA_FILES = (
+    "strategies/lora.py",
+    "strategies/registry.py",
+    "strategies/budget.py",
+    "training/memory_plan.py",
+    "training/activation_formula.py",
+)
 
 
 def cli_options():
@@ -57,8 +63,17 @@ def library_objects():
     from inflora.training.config import FinetuneConfig
     from inflora.training.memory_plan import PlanSpec
 
-    return [FinetuneConfig, StrategyOptions, ComparePlan, PlanSpec, BlockRole, lora_config, inject_lora,
-            check_lora_targets, match_budget]
+    return [
+        FinetuneConfig,
+        StrategyOptions,
+        ComparePlan,
+        PlanSpec,
+        BlockRole,
+        lora_config,
+        inject_lora,
+        check_lora_targets,
+        match_budget,
+    ]
 
 
 @pytest.mark.parametrize("obj", library_objects(), ids=lambda o: o.__name__)
@@ -90,13 +105,17 @@ def typed_defaults(path: Path, text: str | None = None) -> list[str]:
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             args = node.args
             positional = args.posonlyargs + args.args
-            pairs += zip([a.arg for a in positional[len(positional) - len(args.defaults):]], args.defaults)
+            pairs += zip([a.arg for a in positional[len(positional) - len(args.defaults) :]], args.defaults)
             pairs += [(a.arg, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
         for name, value in pairs:
             if isinstance(value, ast.Call) and value.args:  # typer.Option(8, ...)
                 value = value.args[0]
-            if name in names and isinstance(value, ast.Constant) and isinstance(value.value, (int, float)) \
-                    and not isinstance(value.value, bool):
+            if (
+                name in names
+                and isinstance(value, ast.Constant)
+                and isinstance(value.value, (int, float))
+                and not isinstance(value.value, bool)
+            ):
                 out.append(f"{path.name}:{value.lineno} {name}={value.value}")
     return out
 
@@ -108,13 +127,18 @@ def test_no_lora_default_is_typed_again_in_the_source():
 
 def test_the_scan_catches_a_retyped_default():
     """The scan itself can fail: each way of typing a default again is found."""
-    code = ("import typer\n"
-            "def cmd(lora_r: int = typer.Option(8), lora_alpha: int = typer.Option(LORA_DEFAULTS.alpha)): ...\n"
-            "class Config:\n    lora_dropout: float = 0.1\n"
-            "def inject(model, *, r: int = 8, alpha=LORA_DEFAULTS.alpha): ...\n")
+    code = (
+        "import typer\n"
+        "def cmd(lora_r: int = typer.Option(8), lora_alpha: int = typer.Option(LORA_DEFAULTS.alpha)): ...\n"
+        "class Config:\n    lora_dropout: float = 0.1\n"
+        "def inject(model, *, r: int = 8, alpha=LORA_DEFAULTS.alpha): ...\n"
+    )
     assert sorted(typed_defaults(ROOT / "cli" / "x.py", code)) == ["x.py:2 lora_r=8", "x.py:4 lora_dropout=0.1"]
     assert sorted(typed_defaults(ROOT / "strategies" / "lora.py", code)) == [
-        "lora.py:2 lora_r=8", "lora.py:4 lora_dropout=0.1", "lora.py:5 r=8"]
+        "lora.py:2 lora_r=8",
+        "lora.py:4 lora_dropout=0.1",
+        "lora.py:5 r=8",
+    ]
 
 
 DOC_LINE = re.compile(r"LoRA defaults[^:]*:\s*r = (\d+), alpha = (\d+), dropout ([\d.]+)")

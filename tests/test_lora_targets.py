@@ -1,5 +1,6 @@
 """LoRA targets per family (attention / mlp / all / names), the one PEFT-config builder, and the
 dry-run that refuses a target or band layer matching nothing; causal-LM diagnosis on tiny decoders."""
+
 import pytest
 
 from inflora.errors import ConfigError
@@ -59,8 +60,13 @@ def test_bert_mlp_does_not_catch_the_attention_output():
     assert (0, "attention.output.dense") in _adapted(both) and len(_adapted(both)) == 6
 
 
-@pytest.mark.parametrize("targets,match", [("q_proj,nonexistent", r"\['nonexistent'\] match no module"),
-                                           ("c_attn", r"\['c_attn'\] match no module of this llama")])
+@pytest.mark.parametrize(
+    "targets,match",
+    [
+        ("q_proj,nonexistent", r"\['nonexistent'\] match no module"),
+        ("c_attn", r"\['c_attn'\] match no module of this llama"),
+    ],
+)
 def test_a_target_the_model_lacks_is_an_error(targets, match):
     with pytest.raises(ConfigError, match=match):
         inject_lora(tiny_model("llama", task="causal-lm"), [1], targets=targets)
@@ -71,7 +77,11 @@ def test_a_band_layer_that_matches_nothing_is_an_error():
     with pytest.raises(ConfigError, match=r"layer\(s\) \[7\] of the band match no module: .* 4 blocks"):
         match_lora_targets(model, lora_config("gpt2", [1, 7], task_type="CAUSAL_LM"))
     assert match_lora_targets(model, lora_config("gpt2", [1, 2], targets="all")) == {
-        "attn.c_attn": 2, "attn.c_proj": 2, "mlp.c_fc": 2, "mlp.c_proj": 2}
+        "attn.c_attn": 2,
+        "attn.c_proj": 2,
+        "mlp.c_fc": 2,
+        "mlp.c_proj": 2,
+    }
 
 
 def test_one_builder_for_inject_and_diagnosis(tokenizer, data_dir):
@@ -82,8 +92,16 @@ def test_one_builder_for_inject_and_diagnosis(tokenizer, data_dir):
     from inflora.diagnosis import diagnose
 
     model = tiny_model("llama", task="causal-lm")
-    d = diagnose(model, load_task("rt-instruct", "validation", data_dir), tokenizer, batches=2, batch_size=8,
-                 max_length=48, progress=False, resamples=5)
+    d = diagnose(
+        model,
+        load_task("rt-instruct", "validation", data_dir),
+        tokenizer,
+        batches=2,
+        batch_size=8,
+        max_length=48,
+        progress=False,
+        resamples=5,
+    )
     assert d.task_type == "causal-lm" and d.head_modules == [] and d.config["mean_loss"] > 0
     band = d.inflection_layers or [1]
     d.inflection_layers = band

@@ -1,5 +1,6 @@
 """``inflora plan``: the activation formula against what autograd really saves, trainable counts
 against PEFT's on real models, and predicted peaks against measured ones (tiny models, MiniLM)."""
+
 from __future__ import annotations
 
 import pytest
@@ -36,8 +37,11 @@ def real_applied(family: str, strategy: str, attention: str, spec: PlanSpec):
     model.set_attn_implementation(attention)
     if strategy == "diagnose":  # every parameter's gradient, dropout off (diagnose's default)
         return model.requires_grad_(True).eval()
-    applied = apply_strategy(strategy, model, StrategyOptions(layers=spec.layers, k=spec.k, r=spec.r, seed=42,
-                                                              extra={"lisa_interval": spec.lisa_interval}))
+    applied = apply_strategy(
+        strategy,
+        model,
+        StrategyOptions(layers=spec.layers, k=spec.k, r=spec.r, seed=42, extra={"lisa_interval": spec.lisa_interval}),
+    )
     if applied.schedule is not None:
         applied.schedule.before_step(0)
     return applied.model.train()
@@ -72,11 +76,14 @@ def within(planned, measured: dict, tolerance: float = 0.15) -> bool:
     return abs(planned.peak_above_model - measured["peak_above_model"]) <= tolerance * measured["peak_above_model"]
 
 
-@pytest.mark.parametrize("model,batch,length,strategies", [
-    ("tiny-qwen2", 64, 128, ("full", "lora-inflection")),
-    ("tiny-bert", 64, 128, ("lora-all",)),
-    ("minilm", 8, 128, ("lora-inflection",)),
-])
+@pytest.mark.parametrize(
+    "model,batch,length,strategies",
+    [
+        ("tiny-qwen2", 64, 128, ("full", "lora-inflection")),
+        ("tiny-bert", 64, 128, ("lora-all",)),
+        ("minilm", 8, 128, ("lora-inflection",)),
+    ],
+)
 def test_planned_peak_within_15_percent_of_measured(model, batch, length, strategies):
     from inflora.training.memory_measure import measure
 
@@ -91,8 +98,14 @@ def test_planned_peak_within_15_percent_of_measured(model, batch, length, strate
 def test_every_strategy_on_minilm_within_15_percent():
     from inflora.training.memory_measure import measured_rows
 
-    spec = PlanSpec("minilm", batch_size=16, length=128, layers=[2, 3], steps=3,
-                    strategies=("full", "head", "shallow", "lora-all", "lora-inflection", "lisa"))
+    spec = PlanSpec(
+        "minilm",
+        batch_size=16,
+        length=128,
+        layers=[2, 3],
+        steps=3,
+        strategies=("full", "head", "shallow", "lora-all", "lora-inflection", "lisa"),
+    )
     for row in measured_rows(spec, [plan_strategy(spec, s) for s in spec.strategies], steps=3, threads=1):
         assert abs(row["error"]) <= 0.15, row
 
@@ -118,18 +131,22 @@ def test_cli_table_fits_80_columns_and_json_matches_the_library():
 
 
 def test_lisa_optimizer_state_grows_to_every_block():
-    first, long_run = (plan_strategy(PlanSpec("tiny-qwen2", k=1, lisa_interval=1, steps=steps), "lisa")
-                       for steps in (1, None))
+    first, long_run = (
+        plan_strategy(PlanSpec("tiny-qwen2", k=1, lisa_interval=1, steps=steps), "lisa") for steps in (1, None)
+    )
     full = plan_strategy(PlanSpec("tiny-qwen2"), "full")
     assert first.optimizer < long_run.optimizer == full.optimizer
 
 
-@pytest.mark.parametrize("args,message", [
-    (("--model", "tiny-qwen2", "--layers", "1,7"), "outside this 4-block model"),
-    (("--model", "tiny-gpt2"), "no activation formula"),
-    (("--model", "tiny-nonsense"), "unknown model type 'nonsense'"),
-    (("--strategies", "full,everything"), "unknown strategy"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--model", "tiny-qwen2", "--layers", "1,7"), "outside this 4-block model"),
+        (("--model", "tiny-gpt2"), "no activation formula"),
+        (("--model", "tiny-nonsense"), "unknown model type 'nonsense'"),
+        (("--strategies", "full,everything"), "unknown strategy"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message):
     res = cli(*args)
     assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
@@ -138,7 +155,16 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
 def test_a_config_that_cannot_be_built_on_meta_is_exit_2(tmp_path):
     import json
 
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "vocab_size": -1, "hidden_size": 32,
-                                                      "num_attention_heads": 4, "num_hidden_layers": 1}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "qwen2",
+                "vocab_size": -1,
+                "hidden_size": 32,
+                "num_attention_heads": 4,
+                "num_hidden_layers": 1,
+            }
+        )
+    )
     res = cli("--model", tmp_path, "--strategies", "full")
     assert res.exit_code == 2 and res.output.startswith("error:"), res.output

@@ -1,4 +1,5 @@
 """Each metric against a slow loop reference (agreement <= 1e-5), streaming = one-shot, CKA properties."""
+
 import math
 
 import numpy as np
@@ -9,15 +10,27 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from _reference import (
-    activation_grad_reference, cka_reference, entropy_reference, mean_pool_reference, param_grad_reference,
+    activation_grad_reference,
+    cka_reference,
+    entropy_reference,
+    mean_pool_reference,
+    param_grad_reference,
     random_attention,
 )
 from inflora.metrics import (
-    ActivationGradNorm, AttentionEntropy, ParamGradNorm, SumAccumulator, activation_grad_norm, attention_entropy,
-    attention_entropy_sums, delta_cka, linear_cka, param_grad_norm, pool_hidden, shared_pca,
+    ActivationGradNorm,
+    AttentionEntropy,
+    ParamGradNorm,
+    SumAccumulator,
+    activation_grad_norm,
+    attention_entropy,
+    attention_entropy_sums,
+    delta_cka,
+    linear_cka,
+    param_grad_norm,
+    pool_hidden,
+    shared_pca,
 )
-
-
 
 
 TOL = dict(rtol=1e-5, atol=1e-6)
@@ -31,6 +44,7 @@ def padded_mask(lengths, t):
 
 
 # ---------------------------------------------------------------- attention entropy
+
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("lengths", [[7, 7, 7], [7, 4, 2], [1, 5, 3]])
@@ -104,6 +118,7 @@ def test_entropy_accumulator_empty_is_nan():
 
 # ---------------------------------------------------------------- activation gradients
 
+
 @pytest.mark.parametrize("lengths", [[5, 5, 5], [5, 2, 1]])
 def test_activation_grad_norm_matches_loop_reference(lengths):
     mask = padded_mask(lengths, 5)
@@ -117,7 +132,9 @@ def test_activation_grad_norm_matches_loop_reference(lengths):
 
 def test_activation_grad_accumulator_streams():
     g = torch.Generator().manual_seed(3)
-    items = [(torch.randn(n, 4, 6, generator=g), padded_mask(lens, 4)) for n, lens in [(2, [4, 1]), (3, [2, 3, 4]), (1, [4])]]
+    items = [
+        (torch.randn(n, 4, 6, generator=g), padded_mask(lens, 4)) for n, lens in [(2, [4, 1]), (3, [2, 3, 4]), (1, [4])]
+    ]
     acc = ActivationGradNorm()
     for grad, mask in items:
         acc.update(grad, mask)
@@ -149,6 +166,7 @@ def test_activation_grad_accumulator_counts_nonfinite_batches_without_poisoning_
 
 
 # ---------------------------------------------------------------- parameter gradients
+
 
 def _module_with_grads():
     torch.manual_seed(0)
@@ -200,10 +218,13 @@ def test_sum_accumulator_gather_is_a_noop_without_distributed():
 
 # ---------------------------------------------------------------- pooling and CKA
 
+
 def test_mean_and_cls_pooling():
     hidden = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0))
     mask = padded_mask([5, 2, 1], 5)
-    torch.testing.assert_close(pool_hidden(hidden, mask).double(), mean_pool_reference(hidden, mask), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        pool_hidden(hidden, mask).double(), mean_pool_reference(hidden, mask), rtol=1e-6, atol=1e-6
+    )
     torch.testing.assert_close(pool_hidden(hidden, mask, "cls"), hidden[:, 0])
 
 

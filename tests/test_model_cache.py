@@ -3,6 +3,7 @@ runs that load it themselves: the random state loading leaves (a new head's draw
 
 Runs use the session's tiny 4-block BERT with MiniLM's tokenizer on a subset of Rotten Tomatoes.
 """
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,8 +15,20 @@ SAME = ("accuracy", "history", "grad_profile", "best_epoch", "steps", "trainable
 
 
 def config(init, **kw) -> FinetuneConfig:
-    base = dict(model="minilm", init=str(init), new_head=True, epochs=1, limit_train=48, limit_eval=16,
-                max_length=24, cka_examples=16, batch_size=16, log_every=2, lr=5e-3, decontaminate_against=None)
+    base = dict(
+        model="minilm",
+        init=str(init),
+        new_head=True,
+        epochs=1,
+        limit_train=48,
+        limit_eval=16,
+        max_length=24,
+        cka_examples=16,
+        batch_size=16,
+        log_every=2,
+        lr=5e-3,
+        decontaminate_against=None,
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -35,6 +48,8 @@ def test_runs_from_a_cached_checkpoint_end_as_runs_that_load_it(tiny_bert_dir, t
 
 def test_another_seed_loads_again_and_draws_another_head(tiny_bert_dir, tmp_path):
     models = ModelCache()
-    runs = [finetune(config(tiny_bert_dir, strategy="head", seed=s), tmp_path / str(s), progress=False, models=models)
-            for s in (1, 2)]
+    runs = [
+        finetune(config(tiny_bert_dir, strategy="head", seed=s), tmp_path / str(s), progress=False, models=models)
+        for s in (1, 2)
+    ]
     assert models.loads == 2 and runs[0]["history"] != runs[1]["history"]

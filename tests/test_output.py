@@ -1,6 +1,7 @@
 """Output saturation (metrics/output.py): the functional form against slow NumPy loops and autograd,
 ECE on hand-built cases, accumulation over batches, bad input, the diagnosis section and its report
 on the real MiniLM (the two-rank equality is in test_distributed.py)."""
+
 import math
 
 import numpy as np
@@ -142,7 +143,7 @@ def test_accumulating_batches_equals_one_pass():
     whole, parts = OutputSaturation(), OutputSaturation()
     whole.update(z, y)
     for start in range(0, 100, 13):
-        parts.update(z[start:start + 13], y[start:start + 13])
+        parts.update(z[start : start + 13], y[start : start + 13])
     a, b = whole.compute(), parts.compute()
     assert len(parts) == 8 and a["predictions"] == b["predictions"] == int((y != -100).sum())
     for key, value in a.items():
@@ -157,8 +158,14 @@ def test_accumulating_batches_equals_one_pass():
     wrong = [r for r in ref if not r["correct"]]
     assert a["grad_norm_wrong"] == pytest.approx(np.mean([r["grad_norm"] for r in wrong]), rel=1e-12)
     bins = [min(int(r["confidence"] * 10), 9) for r in ref]
-    ece = sum(abs(np.mean([r["correct"] for r, k in zip(ref, bins) if k == b]) -
-                  np.mean([r["confidence"] for r, k in zip(ref, bins) if k == b])) * bins.count(b) for b in set(bins)) / len(ref)
+    ece = sum(
+        abs(
+            np.mean([r["correct"] for r, k in zip(ref, bins) if k == b])
+            - np.mean([r["confidence"] for r, k in zip(ref, bins) if k == b])
+        )
+        * bins.count(b)
+        for b in set(bins)
+    ) / len(ref)
     assert a["ece"] == pytest.approx(ece, rel=1e-10)
 
 
@@ -176,17 +183,27 @@ def test_nan_logits_are_counted_not_averaged():
 
 # ---------------------------------------------------------------- bad input through the probe
 
+
 def batches_with(labels: torch.Tensor, n=2):
     g = torch.Generator().manual_seed(0)
-    return [{"input_ids": torch.randint(5, 1000, (len(labels), 8), generator=g),
-             "attention_mask": torch.ones(len(labels), 8, dtype=torch.long), "labels": labels.clone()} for _ in range(n)]
+    return [
+        {
+            "input_ids": torch.randint(5, 1000, (len(labels), 8), generator=g),
+            "attention_mask": torch.ones(len(labels), 8, dtype=torch.long),
+            "labels": labels.clone(),
+        }
+        for _ in range(n)
+    ]
 
 
-@pytest.mark.parametrize("labels, message", [
-    (torch.tensor([0, 1, 5, 1]), r"label ids \[5\] are outside the model's 2 classes"),
-    (torch.tensor([0, -3, 1, 1]), r"label ids \[-3\] are outside"),
-    (torch.tensor([-100] * 4), "every label is -100"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (torch.tensor([0, 1, 5, 1]), r"label ids \[5\] are outside the model's 2 classes"),
+        (torch.tensor([0, -3, 1, 1]), r"label ids \[-3\] are outside"),
+        (torch.tensor([-100] * 4), "every label is -100"),
+    ],
+)
 def test_bad_labels_are_one_line_errors_before_the_loss_sees_them(labels, message):
     model = tiny_model("bert", layers=2)
     with pytest.raises(DataError, match=message) as info:
@@ -229,11 +246,21 @@ def test_float_labels_have_no_output_section():
 
 # ---------------------------------------------------------------- the real MiniLM on RT validation
 
+
 @pytest.fixture(scope="module")
 def real(minilm, data_dir):
     model, tok = minilm
-    return diagnose(model, "rotten_tomatoes", tok, batches=2, batch_size=16, max_length=32, resamples=10,
-                    data_dir=str(data_dir), progress=False)
+    return diagnose(
+        model,
+        "rotten_tomatoes",
+        tok,
+        batches=2,
+        batch_size=16,
+        max_length=32,
+        resamples=10,
+        data_dir=str(data_dir),
+        progress=False,
+    )
 
 
 @pytest.mark.real
@@ -249,7 +276,9 @@ def test_real_minilm_output_section_is_present_and_finite(real, tmp_path):
     assert 0 < o["mean_grad_norm"] <= math.sqrt(2)
     for row in real.layers:  # the wrong/right split averages back to the layer's ‖∂L/∂h‖
         w = row["wrong_token_share"]
-        parts = [v for v in (row["activation_grad_norm_wrong"], row["activation_grad_norm_correct"]) if math.isfinite(v)]
+        parts = [
+            v for v in (row["activation_grad_norm_wrong"], row["activation_grad_norm_correct"]) if math.isfinite(v)
+        ]
         if len(parts) == 2:
             mix = w * row["activation_grad_norm_wrong"] + (1 - w) * row["activation_grad_norm_correct"]
             assert mix == pytest.approx(row["activation_grad_norm"], rel=1e-6)

@@ -1,5 +1,6 @@
 """The one-pass probe on every architecture: values against references from separate passes, frozen
 layers, memory (no attention map outlives its hook), SDPA handling, and that diagnosing changes nothing."""
+
 import copy
 import gc
 import logging
@@ -19,8 +20,6 @@ from inflora.models.tiny import TINY_FAMILIES
 from inflora.probe import LayerProbe, probe_step
 
 transformers.logging.set_verbosity_error()
-
-
 
 
 CASES = [(f, "classification") for f in TINY_FAMILIES] + [("gpt2", "causal-lm"), ("llama", "causal-lm")]
@@ -86,7 +85,9 @@ def test_one_probe_pass_matches_separate_reference_passes(family, task):
     assert math.isfinite(loss) and len(rows) == 3
     ent, grads, params = reference_pass(model, batch, spec)
     for row, e, g, p in zip(rows, ent, grads, params):
-        assert all(math.isfinite(row[k]) for k in ("attention_entropy", "attention_entropy_norm", "activation_grad_norm"))
+        assert all(
+            math.isfinite(row[k]) for k in ("attention_entropy", "attention_entropy_norm", "activation_grad_norm")
+        )
         assert row["activation_grad_norm"] > 0 and row["param_grad_norm"] > 0
         assert row["attention_entropy"] == pytest.approx(e["mean"], rel=1e-5, abs=1e-6)
         assert row["attention_entropy_norm"] == pytest.approx(e["mean_norm"], rel=1e-5, abs=1e-6)
@@ -130,8 +131,12 @@ def test_probe_keeps_no_attention_map_alive(family, attention):
     model = tiny_model(family, layers=3)
     spec = arch_for(model)
     seen = []  # weak references to every attention map the model produced (None: streaming makes none)
-    handles = [get_attention(b, spec).register_forward_hook(
-        lambda m, a, o: seen.append(None if o[1] is None else weakref.ref(o[1]))) for b in get_blocks(model)]
+    handles = [
+        get_attention(b, spec).register_forward_hook(
+            lambda m, a, o: seen.append(None if o[1] is None else weakref.ref(o[1]))
+        )
+        for b in get_blocks(model)
+    ]
     batch = make_batch("classification")
     with LayerProbe(model, attention=attention) as probe:
         probe_step(model, probe, batch)

@@ -1,4 +1,5 @@
 """scripts/publish_run.py copies what the tool wrote, and each diagnosis of the run's own budget only."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -39,7 +40,11 @@ def test_publishes_reports_and_the_run_budgets_diagnoses_only(publish_run, tmp_p
     dest = tmp_path / "published"
     publish_run.publish(run, dest, None)
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
-        "diagnoses/over-seed42.json", "invocations.json", "results.json", "results.md"]
+        "diagnoses/over-seed42.json",
+        "invocations.json",
+        "results.json",
+        "results.md",
+    ]
     assert json.loads((dest / "diagnoses" / "over-seed42.json").read_text()) == {"k": 3}
 
 

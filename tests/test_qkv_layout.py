@@ -3,6 +3,7 @@ projection, checked against the query, key and value the model itself hands to i
 function (captured through transformers' attention interface), or, for Bloom, which has its own
 attention code, against the model's own split of the fused output (``_reshape``). One token at position 0, so rotary
 embeddings are the identity and q and k are the projection's output as is."""
+
 import pytest
 import torch
 from transformers import AttentionInterface
@@ -29,8 +30,11 @@ FAMILIES = {  # name -> (family, config overrides, layout source expected)
     "phi3": ("phi3", {"num_key_value_heads": 2}, "phi3: [q|k|v] blocks"),
     "falcon-multi-query": ("falcon", {}, "falcon (multi-query): [q|k|v] blocks"),
     "falcon-per-head": ("falcon", {"multi_query": False, "num_kv_heads": 4}, "falcon: interleaved per head"),
-    "falcon-new-arch": ("falcon", {"new_decoder_architecture": True, "multi_query": False, "num_kv_heads": 2},
-                        "falcon new architecture: per key/value group"),
+    "falcon-new-arch": (
+        "falcon",
+        {"new_decoder_architecture": True, "multi_query": False, "num_kv_heads": 2},
+        "falcon new architecture: per key/value group",
+    ),
 }
 
 

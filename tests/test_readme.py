@@ -1,6 +1,7 @@
 """Every command the README shows is a real command: each parses with the app's own parser, and the
 60-second tour runs end to end on the real MiniLM and Rotten Tomatoes (shrunk by appending size
 options, which override the README's values: the last value of an option wins)."""
+
 import re
 import shlex
 from pathlib import Path
@@ -15,8 +16,20 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 SMALL = {  # appended to each command of the tour so it runs in seconds
     "diagnose": ["--batches", "2", "--batch-size", "8", "--max-length", "32", "--resamples", "5"],
-    "compare": ["--seeds", "42", "--limit-train", "64", "--limit-eval", "64", "--batches", "2", "--max-length", "32",
-                "--diagnose-batch-size", "8"],
+    "compare": [
+        "--seeds",
+        "42",
+        "--limit-train",
+        "64",
+        "--limit-eval",
+        "64",
+        "--batches",
+        "2",
+        "--max-length",
+        "32",
+        "--diagnose-batch-size",
+        "8",
+    ],
     "export": [],
     "finetune": ["--limit-train", "64", "--limit-eval", "64", "--max-length", "32"],
 }

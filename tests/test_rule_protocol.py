@@ -1,5 +1,6 @@
 """One protocol for every selection rule (select/protocol.py): every registered rule satisfies it,
 and a rule registered here, of a shape no caller knows, runs end to end without any caller change."""
+
 import json
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -13,8 +14,20 @@ from inflora.diagnosis import PROFILE_KEYS, diagnose, score_without_data
 from inflora.errors import ConfigError
 from inflora.models import get_blocks, tiny_model
 from inflora.select import (
-    ARMS, NEEDS, RULES, BlockScores, RuleInputs, SelectionRule, check_rules, cheapest, random_blocks, rule_needs,
-    rule_parameters, score_rules, select_layers, weight_only_rules,
+    ARMS,
+    NEEDS,
+    RULES,
+    BlockScores,
+    RuleInputs,
+    SelectionRule,
+    check_rules,
+    cheapest,
+    random_blocks,
+    rule_needs,
+    rule_parameters,
+    score_rules,
+    select_layers,
+    weight_only_rules,
 )
 from inflora.select.protocol import check_rule
 from inflora.strategies.budget import Budget
@@ -25,8 +38,9 @@ from inflora.strategies.rule_arms import arm_rules, rule_behind, strategy_for_ru
 def minilm_inputs(minilm, data_dir):
     """Real MiniLM, real Rotten Tomatoes: every profile a rule may read, and the model's blocks."""
     model, tok = minilm
-    batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tok, batches=2, batch_size=8,
-                            max_length=32)
+    batches = probe_batches(
+        load_task("rotten_tomatoes", "validation", data_dir), tok, batches=2, batch_size=8, max_length=32
+    )
     d = diagnose(model, batches, rules=["cka-io"], budget=Budget(layers=2), progress=False, resamples=2)
     profiles = {key: [row[key] for row in d.layers] for key in PROFILE_KEYS}
     return RuleInputs(d.num_layers, blocks=get_blocks(model), profiles=profiles, seed=3)
@@ -48,7 +62,8 @@ def test_every_registered_rule_satisfies_the_protocol(minilm_inputs):
         assert len(scores.select(2)) == (n if name == "all" else 2), name
     compared = score_rules(RULES.names(), minilm_inputs, 2)["rules"]
     assert {name: r["selected"] for name, r in compared.items()} == {
-        name: RULES.get(name).score(minilm_inputs).select(2) for name in RULES.names()}
+        name: RULES.get(name).score(minilm_inputs).select(2) for name in RULES.names()
+    }
 
 
 def test_each_rule_says_which_strategy_trains_it():
@@ -111,11 +126,19 @@ def toy_rules():
 
 
 def test_a_toy_rule_runs_end_to_end_through_the_registry(toy_rules, tokenizer, data_dir):
-    batches = probe_batches(load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=2,
-                            batch_size=8, max_length=24)
+    batches = probe_batches(
+        load_task("rotten_tomatoes", "validation", data_dir), tokenizer, batches=2, batch_size=8, max_length=24
+    )
     model = tiny_model("bert", layers=4)
-    d = diagnose(model, batches, rule="test-middle", rules=["test-middle", "test-lowest-entropy", "ski", "kappa"],
-                 budget=Budget(layers=2), progress=False, resamples=4)
+    d = diagnose(
+        model,
+        batches,
+        rule="test-middle",
+        rules=["test-middle", "test-lowest-entropy", "ski", "kappa"],
+        budget=Budget(layers=2),
+        progress=False,
+        resamples=4,
+    )
     assert d.inflection_layers == middle(4, 2) and d.selection["parameters"] == {"k": 2}
     assert [d.stability[i] for i in range(4)] == [1.0 if i in middle(4, 2) else 0.0 for i in range(4)]
     compared = d.rules["rules"]
@@ -136,9 +159,21 @@ def test_a_toy_rule_runs_end_to_end_through_the_registry(toy_rules, tokenizer, d
 
 def test_a_rule_that_breaks_the_protocol_is_refused_at_registration():
     with pytest.raises(TypeError, match="lacks choose"):
-        RULES.register("test-broken")(type("Broken", (), {"name": "test-broken", "needs": frozenset(), "parameters": {},
-                                                          "arm": "peer", "spectrum_dtype": None, "doc": "",
-                                                          "score": lambda self, inputs: None})())
+        RULES.register("test-broken")(
+            type(
+                "Broken",
+                (),
+                {
+                    "name": "test-broken",
+                    "needs": frozenset(),
+                    "parameters": {},
+                    "arm": "peer",
+                    "spectrum_dtype": None,
+                    "doc": "",
+                    "score": lambda self, inputs: None,
+                },
+            )()
+        )
     with pytest.raises(TypeError, match="arm 'sideways'"):
         RULES.register("test-middle")(MiddleBlocks(arm="sideways"))
     with pytest.raises(TypeError, match="calls itself 'test-middle'"):

@@ -3,6 +3,7 @@ text (``"0.05"``), are read through the option's type and resume to the same num
 
 Runs use the session's tiny 4-block BERT with MiniLM's tokenizer on a subset of Rotten Tomatoes.
 """
+
 import json
 import re
 
@@ -20,9 +21,20 @@ SAME = ("accuracy", "history", "grad_profile", "remedy_metrics", "best_epoch", "
 
 
 def config(model, **kw) -> FinetuneConfig:
-    base = dict(model=str(model), strategy="lora-all", epochs=2, limit_train=48, limit_eval=16, max_length=24,
-                cka_examples=0, batch_size=16, log_every=2, lr=5e-3, remedies=[SD],
-                remedy_options={SD: {"sd_lambda": 0.05}})
+    base = dict(
+        model=str(model),
+        strategy="lora-all",
+        epochs=2,
+        limit_train=48,
+        limit_eval=16,
+        max_length=24,
+        cka_examples=0,
+        batch_size=16,
+        log_every=2,
+        lr=5e-3,
+        remedies=[SD],
+        remedy_options={SD: {"sd_lambda": 0.05}},
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -65,11 +77,17 @@ def test_a_run_interrupted_with_text_options_resumes_to_the_same_numbers(tiny_be
         finished_metrics(config(tiny_bert_dir, remedy_options={SD: {"sd_lambda": 0.06}}), out)
 
 
-@pytest.mark.parametrize("value,pattern", [
-    ("abc", r"config\.remedy_options: --sd-lambda: cannot read 'abc' as float"),
-    ("-1", r"config\.remedy_options: --sd-lambda must be at least 0, got -1\.0"),
-    ([0.05], r"config\.remedy_options\.spectral-decoupling\.sd_lambda: .*a number, text, true/false or null, not list"),
-])
+@pytest.mark.parametrize(
+    "value,pattern",
+    [
+        ("abc", r"config\.remedy_options: --sd-lambda: cannot read 'abc' as float"),
+        ("-1", r"config\.remedy_options: --sd-lambda must be at least 0, got -1\.0"),
+        (
+            [0.05],
+            r"config\.remedy_options\.spectral-decoupling\.sd_lambda: .*a number, text, true/false or null, not list",
+        ),
+    ],
+)
 def test_a_stored_option_its_type_cannot_read_is_one_error(tmp_path, value, pattern):
     record = {"config_key": "0" * 16, "config": {**config("m").to_dict(), "remedy_options": {SD: {"sd_lambda": value}}}}
     (tmp_path / "config.json").write_text(json.dumps(record))

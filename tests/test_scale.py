@@ -1,5 +1,6 @@
 """Scale in one process on the real MiniLM: gradient accumulation follows the large batch, bf16
 autocast runs end to end, and what ran where is recorded. (Several processes: test_scale_ddp.py.)"""
+
 import math
 
 import pytest
@@ -12,9 +13,22 @@ pytestmark = pytest.mark.real
 
 
 def cfg(model_dir, **kw) -> FinetuneConfig:
-    base = dict(model=str(model_dir), strategy="lora-inflection", layers=[0, 1], lora_dropout=0.0, epochs=1,
-                limit_train=64, limit_eval=32, max_length=32, cka_examples=0, batch_size=32, log_every=1,
-                lr=1e-3, device="cpu", decontaminate_against=None)
+    base = dict(
+        model=str(model_dir),
+        strategy="lora-inflection",
+        layers=[0, 1],
+        lora_dropout=0.0,
+        epochs=1,
+        limit_train=64,
+        limit_eval=32,
+        max_length=32,
+        cka_examples=0,
+        batch_size=32,
+        log_every=1,
+        lr=1e-3,
+        device="cpu",
+        decontaminate_against=None,
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -59,8 +73,14 @@ def test_a_run_is_resumed_only_with_its_precision(minilm_no_dropout, tmp_path):
 
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        finetune(cfg(minilm_no_dropout, epochs=2, limit_train=32, precision="bf16"), out, progress=False,
-                 on_epoch_end=lambda e: (_ for _ in ()).throw(KeyboardInterrupt))
-    with pytest.raises(ConfigError, match="started with --precision bf16, not fp32; use --precision bf16 to resume") as exc:
+        finetune(
+            cfg(minilm_no_dropout, epochs=2, limit_train=32, precision="bf16"),
+            out,
+            progress=False,
+            on_epoch_end=lambda e: (_ for _ in ()).throw(KeyboardInterrupt),
+        )
+    with pytest.raises(
+        ConfigError, match="started with --precision bf16, not fp32; use --precision bf16 to resume"
+    ) as exc:
         finetune(cfg(minilm_no_dropout, epochs=2, limit_train=32), out, progress=False)
     assert "\n" not in str(exc.value)

@@ -5,6 +5,7 @@ resumed only with its world size, and diagnose under FSDP2 reports the full-grad
 Kept lean for a shared 2-core machine: 64 training and 32 evaluation examples, 32 tokens, 2 epochs.
 Dropout is off (``minilm_no_dropout``: same weights) so that splitting a batch across processes
 changes nothing but the float order of the gradient sums, and the comparisons can be tight."""
+
 import json
 import os
 import shutil
@@ -27,8 +28,19 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 SAME = ("accuracy", "history", "best_epoch", "steps", "step_losses", "grad_profile", "delta_cka", "world_size")
-FT = dict(strategy="lora-inflection", layers=[0, 1], lora_dropout=0.0, epochs=2, limit_train=64, limit_eval=32,
-          max_length=32, cka_examples=32, log_every=1, lr=1e-3, device="cpu")
+FT = dict(
+    strategy="lora-inflection",
+    layers=[0, 1],
+    lora_dropout=0.0,
+    epochs=2,
+    limit_train=64,
+    limit_eval=32,
+    max_length=32,
+    cka_examples=32,
+    log_every=1,
+    lr=1e-3,
+    device="cpu",
+)
 
 
 def free_port() -> int:
@@ -39,8 +51,20 @@ def free_port() -> int:
 
 def torchrun(*args, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """``torchrun --nproc-per-node 2 -m inflora ARGS`` on this Python, gloo on the loopback."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(free_port()), "-m", "inflora", *map(str, args)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        "inflora",
+        *map(str, args),
+    ]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", **(env or {})}
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
@@ -57,8 +81,9 @@ def finetune_args(model_dir, out, batch_size=16):
 
 
 def close(a, b, rtol):
-    torch.testing.assert_close(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
-                               rtol=rtol, atol=1e-12)
+    torch.testing.assert_close(
+        torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), rtol=rtol, atol=1e-12
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +108,9 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(one_process,
     assert two["steps"] == one_process["steps"] == 4  # 64 examples / 32 per step × 2 epochs
     # the same predictions: every accuracy is equal (each example counted once; eval sizes match)
     assert two["accuracy"] == one_process["accuracy"] and two["sizes"] == one_process["sizes"]
-    assert [h["validation_accuracy"] for h in two["history"]] == [h["validation_accuracy"] for h in one_process["history"]]
+    assert [h["validation_accuracy"] for h in two["history"]] == [
+        h["validation_accuracy"] for h in one_process["history"]
+    ]
     # losses and gradient profiles: DDP averages two half-batch gradients where one process sums one
     # batch; only float32 round-off differs (the loss moves by >1e-3 per step, see the last assert)
     close(two["step_losses"], one_process["step_losses"], 1e-5)
@@ -124,12 +151,29 @@ def test_a_killed_two_process_run_resumes_to_the_same_numbers(two_processes, min
 
 
 def test_diagnose_under_two_fsdp_ranks_reports_the_single_process_norms(tmp_path):
-    common = ["--model", "minilm", "--device", "cpu", "--batches", 2, "--batch-size", 8, "--max-length", 32,
-              "--resamples", 10]
+    common = [
+        "--model",
+        "minilm",
+        "--device",
+        "cpu",
+        "--batches",
+        2,
+        "--batch-size",
+        8,
+        "--max-length",
+        32,
+        "--resamples",
+        10,
+    ]
     res = torchrun("diagnose", "--fsdp", *common, "--out", tmp_path / "fsdp")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    single = subprocess.run([sys.executable, "-m", "inflora", "diagnose", *map(str, common), "--out", tmp_path / "one"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    single = subprocess.run(
+        [sys.executable, "-m", "inflora", "diagnose", *map(str, common), "--out", tmp_path / "one"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     a, b = (json.loads((tmp_path / name / "diagnosis.json").read_text()) for name in ("fsdp", "one"))
     assert (a["config"]["sharding"], a["config"]["world_size"], b["config"]["world_size"]) == ("fsdp", 2, 1)
@@ -144,8 +188,21 @@ def test_diagnose_under_two_fsdp_ranks_reports_the_single_process_norms(tmp_path
 
 
 def test_more_processes_than_probe_batches_is_one_line(tmp_path, tiny_bert_dir):
-    res = torchrun("diagnose", "--model", tiny_bert_dir, "--device", "cpu", "--batches", 1, "--batch-size", 4,
-                   "--max-length", 16, "--out", tmp_path)
+    res = torchrun(
+        "diagnose",
+        "--model",
+        tiny_bert_dir,
+        "--device",
+        "cpu",
+        "--batches",
+        1,
+        "--batch-size",
+        4,
+        "--max-length",
+        16,
+        "--out",
+        tmp_path,
+    )
     assert res.returncode != 0
     errors = [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("error: ")]
     assert errors and all("2 processes but only 1 probe batch(es)" in e for e in errors), res.stderr[-2000:]
@@ -161,11 +218,28 @@ def test_trainer_callback_under_two_gloo_ranks_reports_the_single_process_number
     import callback_worker
 
     port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(port), str(HERE / "callback_worker.py"), str(tmp_path / "ddp"), "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        str(HERE / "callback_worker.py"),
+        str(tmp_path / "ddp"),
+        "4",
+    ]
     (tmp_path / "ddp").mkdir()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"})
+    res = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"},
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -181,6 +255,9 @@ def test_trainer_callback_under_two_gloo_ranks_reports_the_single_process_number
     for a, b in zip(ranks[0], single):
         for key in ("activation_grad_norm", "param_grad_norm"):
             close(a[key], b[key], 1e-5)
-        close([a["loss"], a["param_grad_norm_embeddings"], a["param_grad_norm_head"]],
-              [b["loss"], b["param_grad_norm_embeddings"], b["param_grad_norm_head"]], 1e-5)
+        close(
+            [a["loss"], a["param_grad_norm_embeddings"], a["param_grad_norm_head"]],
+            [b["loss"], b["param_grad_norm_embeddings"], b["param_grad_norm_head"]],
+            1e-5,
+        )
         assert min(a["param_grad_norm"]) > 1e-4  # far above the 1e-6 clip: pre-clip gradients

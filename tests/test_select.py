@@ -1,4 +1,5 @@
 """SKI terms and the selection rules on hand-made profiles, the registry, and bootstrap stability."""
+
 import math
 
 import numpy as np
@@ -6,7 +7,14 @@ import pytest
 
 from inflora.errors import ConfigError, DataError
 from inflora.select import (
-    RULES, band_from_peaks, bootstrap_stability, decay_ratios, inverse_minmax, local_maxima, select_layers, ski_terms,
+    RULES,
+    band_from_peaks,
+    bootstrap_stability,
+    decay_ratios,
+    inverse_minmax,
+    local_maxima,
+    select_layers,
+    ski_terms,
 )
 
 # entropy dips at layers 0 and 5, gradient likewise: the two SKI peaks of a BERT-like profile
@@ -24,8 +32,12 @@ def test_ski_terms_by_hand():
     np.testing.assert_allclose(t["entropy_term"], [1 / 3, 1.0, 2 / 3, 0.0])
     np.testing.assert_allclose(t["grad_term"], [0.0, 1 / 3, 1.0, 2 / 3])
     np.testing.assert_allclose(t["ski"], [1 / 6, 2 / 3, 5 / 6, 1 / 3])
-    np.testing.assert_allclose(ski_terms([3.0, 1.0, 2.0, 4.0], [4.0, 3.0, 1.0, 2.0], alpha=1.0)["ski"], [1 / 3, 1, 2 / 3, 0])
-    np.testing.assert_allclose(ski_terms([3.0, 1.0, 2.0, 4.0], [4.0, 3.0, 1.0, 2.0], alpha=0.0)["ski"], [0, 1 / 3, 1, 2 / 3])
+    np.testing.assert_allclose(
+        ski_terms([3.0, 1.0, 2.0, 4.0], [4.0, 3.0, 1.0, 2.0], alpha=1.0)["ski"], [1 / 3, 1, 2 / 3, 0]
+    )
+    np.testing.assert_allclose(
+        ski_terms([3.0, 1.0, 2.0, 4.0], [4.0, 3.0, 1.0, 2.0], alpha=0.0)["ski"], [0, 1 / 3, 1, 2 / 3]
+    )
 
 
 def test_ski_terms_are_scale_free():
@@ -154,6 +166,7 @@ def test_a_new_rule_is_one_function_and_one_registration():
 
 
 # ---------------------------------------------------------------- bootstrap stability
+
 
 def _per_batch_profiles(n_batches, base_entropy, base_grad, noise, seed=0):
     rng = np.random.default_rng(seed)

@@ -1,5 +1,6 @@
 """Peer selection rules (selectors.md): hand-checkable scores, directions, matched budgets, the
 side-by-side comparison, and their bad input."""
+
 import json
 import math
 
@@ -14,7 +15,13 @@ from inflora.errors import ConfigError
 from inflora.metrics import io_cka, linear_cka
 from inflora.models import get_blocks, tiny_model
 from inflora.select import (
-    BlockScores, RuleInputs, fit_band, random_blocks, score_rules, select_layers, within_type_percentile,
+    BlockScores,
+    RuleInputs,
+    fit_band,
+    random_blocks,
+    score_rules,
+    select_layers,
+    within_type_percentile,
 )
 from inflora.select.alpha_hts import alpha_hts, hill_alpha, ks_distance
 from inflora.select.kappa import condition_number
@@ -40,6 +47,7 @@ def with_spectrum(s, m=None, n=None, seed=0):
 
 # ------------------------------------------------------------------ hand-checkable scores
 
+
 def test_spectrum_snr_of_a_known_spectrum():
     # S = [10, 1, 1, 1]: Q25 = 1, Q75 = 3.25, σ̂ = 2.25/1.349, β = 1, τ = 2σ̂ ≈ 3.34;
     # signal = 10, noise = 3, SNR = (10/3)/10 = 1/3
@@ -53,8 +61,9 @@ def test_spectrum_snr_of_a_known_spectrum():
 
 
 def test_condition_number_of_a_diagonal_matrix():
-    assert condition_number(torch.linalg.svdvals(torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)))) \
-        == pytest.approx(4.0, rel=1e-7)
+    assert condition_number(
+        torch.linalg.svdvals(torch.diag(torch.tensor([1.0, 2.0, 4.0], dtype=torch.float64)))
+    ) == pytest.approx(4.0, rel=1e-7)
 
 
 def test_kappa_rule_reads_the_block_weights(tmp_path):
@@ -74,11 +83,11 @@ def test_cka_of_identical_and_orthogonal_features():
     a = torch.tensor([[1.0], [-1.0], [0.0], [0.0]])
     b = torch.tensor([[0.0], [0.0], [1.0], [-1.0]])
     assert linear_cka(a, b) == pytest.approx(0.0)
-    assert io_cka([x, x, a.repeat(5, 5)[:20]]) [0] == pytest.approx(1.0)
+    assert io_cka([x, x, a.repeat(5, 5)[:20]])[0] == pytest.approx(1.0)
 
 
 def test_alpha_hill_ks_and_the_estimator_on_a_power_law_spectrum():
-    assert hill_alpha([1.0, math.e, math.e ** 2]) == pytest.approx(2.0)  # 1 + 3/(0 + 1 + 2)
+    assert hill_alpha([1.0, math.e, math.e**2]) == pytest.approx(2.0)  # 1 + 3/(0 + 1 + 2)
     # exact Pareto quantiles with exponent α: the fitted CDF matches, distance ≈ 1/n
     for alpha in (2.0, 3.0, 4.0):
         n = 400
@@ -95,6 +104,7 @@ def test_within_type_percentile_never_mixes_types():
 
 
 # ------------------------------------------------------------------ directions and selection
+
 
 def test_select_applies_the_direction_with_nan_last_and_ties_low():
     assert BlockScores("x", [3.0, 1.0, 2.0, float("nan")], "high").select(2) == [0, 2]
@@ -124,10 +134,17 @@ def test_ski_band_is_trimmed_or_extended_to_k_by_score():
 
 # ------------------------------------------------------------------ matched budgets
 
+
 def _tiny_batches(n=2, b=4, t=8):
     g = torch.Generator().manual_seed(0)
-    return [{"input_ids": torch.randint(5, 1000, (b, t), generator=g), "attention_mask": torch.ones(b, t, dtype=torch.long),
-             "labels": torch.arange(b) % 2} for _ in range(n)]
+    return [
+        {
+            "input_ids": torch.randint(5, 1000, (b, t), generator=g),
+            "attention_mask": torch.ones(b, t, dtype=torch.long),
+            "labels": torch.arange(b) % 2,
+        }
+        for _ in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +181,20 @@ def test_param_budget_matches_counts_within_one_rank_step():
     assert lora_params_per_rank(model, [1], ["attention"]) == 4 * 64
     assert lora_params_per_rank(model, [1], ["all"]) == 4 * 64 + 2 * (32 + 64)
     peft = inject_lora(tiny_model("bert", layers=4, hidden=32), [1], r=3, targets=["all"])
-    assert sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n) == 3 * lora_params_per_rank(model, [1], ["all"])
+    assert sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n) == 3 * lora_params_per_rank(
+        model, [1], ["all"]
+    )
 
 
-@pytest.mark.parametrize("text,message", [
-    ("layers", "--budget expects layers=K, params=N"), ("depth=2", "--budget expects layers=K, params=N"),
-    ("params=abc", "needs a whole number"), ("layers=0", "needs a whole number >= 1"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("layers", "--budget expects layers=K, params=N"),
+        ("depth=2", "--budget expects layers=K, params=N"),
+        ("params=abc", "needs a whole number"),
+        ("layers=0", "needs a whole number >= 1"),
+    ],
+)
 def test_budget_parse_errors(text, message):
     with pytest.raises(ConfigError, match=message):
         Budget.parse(text)
@@ -197,6 +221,7 @@ def test_weight_rules_refuse_meta_weights_and_data_rules_refuse_no_data():
 
 # ------------------------------------------------------------------ command line
 
+
 @pytest.fixture
 def tiny_dir(tiny_bert_dir):
     return tiny_bert_dir
@@ -204,8 +229,21 @@ def tiny_dir(tiny_bert_dir):
 
 def test_weights_only_cli_needs_no_data(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("INFLORA_DATA_DIR", str(tmp_path / "nowhere"))
-    res = runner.invoke(app, ["diagnose", "--model", str(tiny_dir), "--rules", "spectrum-snr,kappa,alpha-hts,random,all",
-                              "--weights-only", "--budget", "layers=2", "--out", str(tmp_path)])
+    res = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "--model",
+            str(tiny_dir),
+            "--rules",
+            "spectrum-snr,kappa,alpha-hts,random,all",
+            "--weights-only",
+            "--budget",
+            "layers=2",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "rules.json").read_text())
     assert out["k"] == 2 and set(out["rules"]) == {"spectrum-snr", "kappa", "alpha-hts", "random", "all"}
@@ -228,31 +266,55 @@ def test_every_rule_side_by_side_fits_80_columns(tiny_rules):
     console.print(_overlap_table(d.rules))
     text = console.export_text()
     _fits_80_columns(text)
-    assert len(d.rules["rules"]) >= 10 and "spectrum-snr" in text and "●" in text and f"{len(d.rules['rules'])} all" in text
+    assert (
+        len(d.rules["rules"]) >= 10
+        and "spectrum-snr" in text
+        and "●" in text
+        and f"{len(d.rules['rules'])} all" in text
+    )
 
 
 def test_a_deep_model_gets_block_ranges_in_80_columns(tmp_path, tokenizer):
     deep = tmp_path / "deep"
     tiny_model("bert", layers=16, hidden=32).bert.save_pretrained(deep)
     tokenizer.save_pretrained(deep)
-    res = runner.invoke(app, ["diagnose", "--model", str(deep), "--rules", "spectrum-snr,kappa,alpha-hts,random,all",
-                              "--weights-only", "--budget", "layers=3", "--out", str(tmp_path / "out")],
-                        env={"COLUMNS": "80"})
+    res = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "--model",
+            str(deep),
+            "--rules",
+            "spectrum-snr,kappa,alpha-hts,random,all",
+            "--weights-only",
+            "--budget",
+            "layers=3",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env={"COLUMNS": "80"},
+    )
     assert res.exit_code == 0, res.output
     _fits_80_columns(res.output)
     assert "blocks" in res.output and "●" not in res.output and "0-15" in res.output  # `all` keeps every block
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--rules", "ski,nope"], "unknown selection rule 'nope'; choose one of: all, alpha-hts"),
-    (["--rules", "kappa", "--weights-only", "--budget", "layers=5"], "a budget of 5 blocks is impossible for a 4-block model"),
-    (["--rules", "kappa", "--weights-only", "--budget", "layers=0"], "needs a whole number >= 1"),
-    (["--rules", "kappa", "--weights-only", "--budget", "layers=2,params=10"], "no rank can meet it"),
-    (["--rules", "kappa", "--weights-only", "--budget", "params=10"], "give --budget layers=K"),
-    (["--rules", "kappa,top-grad", "--weights-only", "--budget", "layers=2"], "rule 'top-grad' needs data"),
-    (["--rules", "cka-io", "--weights-only", "--budget", "layers=2"], "rule 'cka-io' needs data"),
-    (["--weights-only"], "--weights-only needs --rules"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rules", "ski,nope"], "unknown selection rule 'nope'; choose one of: all, alpha-hts"),
+        (
+            ["--rules", "kappa", "--weights-only", "--budget", "layers=5"],
+            "a budget of 5 blocks is impossible for a 4-block model",
+        ),
+        (["--rules", "kappa", "--weights-only", "--budget", "layers=0"], "needs a whole number >= 1"),
+        (["--rules", "kappa", "--weights-only", "--budget", "layers=2,params=10"], "no rank can meet it"),
+        (["--rules", "kappa", "--weights-only", "--budget", "params=10"], "give --budget layers=K"),
+        (["--rules", "kappa,top-grad", "--weights-only", "--budget", "layers=2"], "rule 'top-grad' needs data"),
+        (["--rules", "cka-io", "--weights-only", "--budget", "layers=2"], "rule 'cka-io' needs data"),
+        (["--weights-only"], "--weights-only needs --rules"),
+    ],
+)
 def test_rule_bad_input_is_one_line_error(args, message, tiny_dir, tmp_path):
     res = runner.invoke(app, ["diagnose", "--model", str(tiny_dir), *args, "--out", str(tmp_path)])
     assert res.exit_code == 2, res.output
@@ -265,22 +327,48 @@ def test_finetune_lisa_and_rule_arm_bad_input(tiny_dir, tmp_path):
 
     d = diagnose(tiny_model("bert", layers=4, hidden=32), _tiny_batches(), progress=False, resamples=2)
     d.to_json(tmp_path / "plain.json")
-    for args, message in ((["--strategy", "lisa", "--lisa-interval", "0"], "--lisa-interval must be at least 1"),
-                          (["--strategy", "lora-kappa", "--diagnosis", tmp_path / "plain.json"],
-                           "has no selection by rule 'kappa'")):
-        res = runner.invoke(app, ["finetune", "--model", str(tiny_dir), "--limit-train", "16", "--limit-eval", "16",
-                                  *map(str, args), "--out", str(tmp_path / "ft")])
+    for args, message in (
+        (["--strategy", "lisa", "--lisa-interval", "0"], "--lisa-interval must be at least 1"),
+        (["--strategy", "lora-kappa", "--diagnosis", tmp_path / "plain.json"], "has no selection by rule 'kappa'"),
+    ):
+        res = runner.invoke(
+            app,
+            [
+                "finetune",
+                "--model",
+                str(tiny_dir),
+                "--limit-train",
+                "16",
+                "--limit-eval",
+                "16",
+                *map(str, args),
+                "--out",
+                str(tmp_path / "ft"),
+            ],
+        )
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
     assert Diagnosis.from_json(tmp_path / "plain.json").rules == {}
 
 
 # ------------------------------------------------------------------ the real MiniLM on RT validation
 
+
 @pytest.mark.real
 def test_every_rule_runs_on_real_minilm_rt_validation(minilm, data_dir):
     model, tok = minilm
-    d = diagnose(model, "rotten_tomatoes", tok, batches=2, batch_size=16, max_length=32, resamples=5,
-                 data_dir=str(data_dir), progress=False, rules=["ski", *PEERS], budget=Budget(layers=2))
+    d = diagnose(
+        model,
+        "rotten_tomatoes",
+        tok,
+        batches=2,
+        batch_size=16,
+        max_length=32,
+        resamples=5,
+        data_dir=str(data_dir),
+        progress=False,
+        rules=["ski", *PEERS],
+        budget=Budget(layers=2),
+    )
     rules = d.rules["rules"]
     for name in PEERS:
         assert len(rules[name]["selected"]) == (6 if name == "all" else 2), name
@@ -291,6 +379,7 @@ def test_every_rule_runs_on_real_minilm_rt_validation(minilm, data_dir):
 
 
 # ------------------------------------------------------------------ lisa and lora-<rule> as finetune strategies
+
 
 def test_lisa_schedule_is_seeded_per_interval_and_freezes_the_rest():
     from inflora.strategies import StrategyOptions, apply_strategy
@@ -318,18 +407,43 @@ def test_lisa_schedule_is_seeded_per_interval_and_freezes_the_rest():
 def test_lisa_and_a_rule_arm_finetune_on_real_minilm(tmp_path, data_dir, minilm):
     from inflora.training import FinetuneConfig, finetune
 
-    common = dict(model="minilm", task="rotten_tomatoes", epochs=1, limit_train=64, limit_eval=32, batch_size=16,
-                  max_length=32, cka_examples=0, decontaminate_against=None, log_every=1, data_dir=str(data_dir))
+    common = dict(
+        model="minilm",
+        task="rotten_tomatoes",
+        epochs=1,
+        limit_train=64,
+        limit_eval=32,
+        batch_size=16,
+        max_length=32,
+        cka_examples=0,
+        decontaminate_against=None,
+        log_every=1,
+        data_dir=str(data_dir),
+    )
     m = finetune(FinetuneConfig(strategy="lisa", k=2, lisa_interval=2, **common), tmp_path / "lisa", progress=False)
     assert m["steps"] == 4 and 0 <= m["accuracy"]["test"] <= 1
     # in each logged step, exactly two blocks received parameter gradients, and they changed at step 2
     active = [[i for i, v in enumerate(row["param_grad_norm"]) if v > 0] for row in m["grad_profile"]]
     assert all(len(a) == 2 for a in active) and active[0] == active[1] and active[2] == active[3]
-    d = diagnose(minilm[0], "rotten_tomatoes", minilm[1], batches=1, batch_size=8, max_length=32, progress=False,
-                 data_dir=str(data_dir), rules=["kappa"], budget=Budget(layers=2), resamples=2)
+    d = diagnose(
+        minilm[0],
+        "rotten_tomatoes",
+        minilm[1],
+        batches=1,
+        batch_size=8,
+        max_length=32,
+        progress=False,
+        data_dir=str(data_dir),
+        rules=["kappa"],
+        budget=Budget(layers=2),
+        resamples=2,
+    )
     d.to_json(tmp_path / "d.json")
-    arm = finetune(FinetuneConfig(strategy="lora-kappa", diagnosis=str(tmp_path / "d.json"), **common), tmp_path / "k",
-                   progress=False)
+    arm = finetune(
+        FinetuneConfig(strategy="lora-kappa", diagnosis=str(tmp_path / "d.json"), **common),
+        tmp_path / "k",
+        progress=False,
+    )
     assert arm["layers"] == d.rules["rules"]["kappa"]["selected"]
 
 
@@ -339,8 +453,18 @@ def test_head_warmup_trains_only_the_head_before_probing(tokenizer, data_dir):
     model = tiny_model("bert", layers=2, hidden=32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     val = load_task("rotten_tomatoes", "validation", str(data_dir))
-    d = diagnose(model, val, tokenizer, batches=1, batch_size=8, max_length=32, progress=False, resamples=2,
-                 head_warmup=3, data_dir=str(data_dir))
+    d = diagnose(
+        model,
+        val,
+        tokenizer,
+        batches=1,
+        batch_size=8,
+        max_length=32,
+        progress=False,
+        resamples=2,
+        head_warmup=3,
+        data_dir=str(data_dir),
+    )
     info = d.config["head_warmup"]
     assert info["steps"] == 3 and math.isfinite(info["first_loss"]) and math.isfinite(info["last_loss"])
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}

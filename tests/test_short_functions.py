@@ -1,6 +1,7 @@
 """The house rule "a function does one job; over ~60 lines, split it", checked on every function
 in ``src/``: a long function fails here with its file, line and length, so it is split when written
 rather than found later. The docstring does not count (saying why is never too long)."""
+
 import ast
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Forgetting with a new target head: the source task is scored by the adapted backbone under the
 source checkpoint's own head, so a backbone left unchanged scores exactly the source accuracy."""
+
 import pytest
 import torch
 

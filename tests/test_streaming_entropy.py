@@ -1,6 +1,7 @@
 """Streaming attention entropy (beside SDPA) against the eager maps and a slow reference: every family,
 GQA, sliding window, both paddings, causal; block outputs, loss and gradients equal the model's SDPA;
 query sampling is unbiased with an honest standard error; bad masks and families fail clearly."""
+
 import copy
 import logging
 import math
@@ -100,8 +101,10 @@ def test_block_outputs_loss_and_grads_equal_the_models_own_sdpa(family, task):
 
     def run(m, probe=None):
         outs = []
-        hooks = [b.register_forward_hook(lambda mod, a, o: outs.append((o[0] if isinstance(o, tuple) else o).detach()))
-                 for b in get_blocks(m)]
+        hooks = [
+            b.register_forward_hook(lambda mod, a, o: outs.append((o[0] if isinstance(o, tuple) else o).detach()))
+            for b in get_blocks(m)
+        ]
         loss = m(**batch).loss
         loss.backward()
         for h in hooks:
@@ -147,7 +150,10 @@ def test_pure_function_matches_slow_reference(kind, chunk):
     if kind == "window":
         tri &= torch.ones(t, t, dtype=torch.bool).triu(-2)  # window 3
     allowed = pad.bool()[:, None, None, :] & tri
-    mask = {"causal-none": None, "bidir-float": torch.zeros(b, 1, t, t).masked_fill(~allowed, torch.finfo(torch.float32).min)}.get(kind, allowed)
+    mask = {
+        "causal-none": None,
+        "bidir-float": torch.zeros(b, 1, t, t).masked_fill(~allowed, torch.finfo(torch.float32).min),
+    }.get(kind, allowed)
     path = {"fused": True} if chunk == "fused" else {"chunk": chunk, "fused": False}
     got = streaming_entropy_sums(q, k, mask, pad, scaling=0.3, causal=kind == "causal-none", **path)
     attn = eager_map(q, k, allowed, 0.3)
@@ -205,7 +211,7 @@ def test_an_additive_bias_mask_gives_the_entropy_of_the_biased_softmax(queries):
     bias[1, ..., 9:] = float("-inf")  # removed keys beside the biased ones
     pad = torch.ones(3, 12, dtype=torch.long)
     k_rep = k.repeat_interleave(2, dim=1)
-    attn = torch.softmax((q @ k_rep.transpose(-1, -2)) * 8 ** -0.5 + bias, -1)
+    attn = torch.softmax((q @ k_rep.transpose(-1, -2)) * 8**-0.5 + bias, -1)
     raw, n, norm, nn_ = attention_entropy_sums(attn, pad)
     got = streaming_entropy_sums(q, k, bias, pad, queries=queries, generator=torch.Generator().manual_seed(0))
     if queries is None:
@@ -219,10 +225,13 @@ def test_an_additive_bias_mask_gives_the_entropy_of_the_biased_softmax(queries):
     assert abs(float(plain[0].sum() - got[0].sum())) > 0.1  # the bias really changes the rows
 
 
-@pytest.mark.parametrize("mask,match", [
-    (torch.ones(3, 12, 12, dtype=torch.bool), "shape"),
-    (torch.ones(3, 1, 12, 12, dtype=torch.long), "dtype"),
-])
+@pytest.mark.parametrize(
+    "mask,match",
+    [
+        (torch.ones(3, 12, 12, dtype=torch.bool), "shape"),
+        (torch.ones(3, 1, 12, 12, dtype=torch.long), "dtype"),
+    ],
+)
 def test_uninterpretable_masks_raise(mask, match):
     q, k = random_qk(b=3, t=12)
     with pytest.raises(ArchitectureError, match=match):
@@ -269,8 +278,9 @@ def test_real_minilm_streaming_equals_eager_on_rt_validation(minilm, data_dir):
     from inflora.data import load_task, probe_batches
 
     model, tok = minilm
-    batches = probe_batches(load_task("rotten_tomatoes", "validation", str(data_dir)), tok, batches=2, batch_size=16,
-                            max_length=64)
+    batches = probe_batches(
+        load_task("rotten_tomatoes", "validation", str(data_dir)), tok, batches=2, batch_size=16, max_length=64
+    )
     results = {}
     for mode in ("eager", "streaming"):
         with LayerProbe(model, ["attention_entropy"], attention=mode) as probe:
@@ -284,8 +294,14 @@ def test_real_minilm_streaming_equals_eager_on_rt_validation(minilm, data_dir):
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts check it on one)")
 
 
-@pytest.mark.parametrize("device,dtype", [("cpu", torch.bfloat16), pytest.param("cuda", torch.float32, marks=GPU),
-                                          pytest.param("cuda", torch.bfloat16, marks=GPU)])
+@pytest.mark.parametrize(
+    "device,dtype",
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.float32, marks=GPU),
+        pytest.param("cuda", torch.bfloat16, marks=GPU),
+    ],
+)
 def test_streaming_matches_eager_on_device_and_dtype(device, dtype):
     model = sharpen(tiny_model("llama", layers=2, task="causal-lm", num_key_value_heads=2)).to(device, dtype)
     batch = {k: v.to(device) for k, v in padded_batch("causal-lm", "left").items()}

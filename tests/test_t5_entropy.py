@@ -3,6 +3,7 @@ once read the position bias (logits with -inf masks) as the map, giving NaN per-
 The map's place comes from what the model declares for transformers' own ``output_attentions``
 recording (``ArchSpec.map_index``); the probe's entropy must equal a slow loop over the maps
 transformers itself returns."""
+
 import math
 
 import pytest
@@ -23,8 +24,16 @@ def _reference(maps, mask, causal):
         a = a.double()
         per_head = []
         for h in range(a.shape[1]):
-            values = [-sum(float(p) * math.log(float(p)) for s, p in enumerate(a[b, h, t, : t + 1 if causal else None]) if mask[b, s] and p > 0)
-                      for b in range(a.shape[0]) for t in range(a.shape[2]) if mask[b, t]]
+            values = [
+                -sum(
+                    float(p) * math.log(float(p))
+                    for s, p in enumerate(a[b, h, t, : t + 1 if causal else None])
+                    if mask[b, s] and p > 0
+                )
+                for b in range(a.shape[0])
+                for t in range(a.shape[2])
+                if mask[b, t]
+            ]
             per_head.append(sum(values) / len(values))
         out.append(per_head)
     return out

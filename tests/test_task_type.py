@@ -1,5 +1,6 @@
 """The task type (classification or causal-lm) is decided by one function, ``inflora.data.task_type``,
 from a name before loading and from the data after; a model built for that data says the same."""
+
 import ast
 import json
 from pathlib import Path
@@ -14,8 +15,15 @@ from inflora.strategies.lora import task_type_of
 ROOT = Path(inflora.__file__).parent
 
 
-@pytest.mark.parametrize("task, expected", [("rotten_tomatoes", CLASSIFICATION), ("sst2", CLASSIFICATION),
-                                            ("trec", CLASSIFICATION), ("rt-instruct", CAUSAL_LM)])
+@pytest.mark.parametrize(
+    "task, expected",
+    [
+        ("rotten_tomatoes", CLASSIFICATION),
+        ("sst2", CLASSIFICATION),
+        ("trec", CLASSIFICATION),
+        ("rt-instruct", CAUSAL_LM),
+    ],
+)
 def test_the_name_and_the_loaded_data_give_one_answer(task, expected):
     assert task_type(task) == expected
     assert task_type(load_any(task, "validation")) == expected
@@ -26,8 +34,8 @@ def test_a_file_is_read_by_its_columns(tmp_path):
     chat.write_text(json.dumps({"conversation": [{"role": "user", "content": "hi"}]}) + "\n")
     plain = tmp_path / "plain.jsonl"
     plain.write_text(json.dumps({"text": "good", "label": 1}) + "\n")
-    assert task_type(chat) == CLASSIFICATION            # not the default messages column ...
-    assert task_type(chat, messages_column="conversation") == CAUSAL_LM   # ... but the one named
+    assert task_type(chat) == CLASSIFICATION  # not the default messages column ...
+    assert task_type(chat, messages_column="conversation") == CAUSAL_LM  # ... but the one named
     assert task_type(str(plain)) == CLASSIFICATION
     assert task_type(tmp_path / "missing.jsonl") == CLASSIFICATION
 
@@ -50,8 +58,11 @@ def deciders(root: Path = ROOT) -> list[str]:
             if not isinstance(node, ast.Call):
                 continue
             name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-            if name == "isinstance" and "InstructionDataset" in ast.unparse(node.args[1]) \
-                    or name in ("is_instruction_source", "is_instruction_task", "is_instruction_file"):
+            if (
+                name == "isinstance"
+                and "InstructionDataset" in ast.unparse(node.args[1])
+                or name in ("is_instruction_source", "is_instruction_task", "is_instruction_file")
+            ):
                 out.append(f"{path.relative_to(root)}:{node.lineno}")
     return out
 
@@ -61,5 +72,6 @@ def test_no_module_outside_data_decides_the_task_type_itself(tmp_path):
     (tmp_path / "training").mkdir()
     (tmp_path / "training" / "x.py").write_text(
         "def f(splits, cfg):\n    a = isinstance(splits['train'], InstructionDataset)\n"
-        "    return a or is_instruction_source(cfg.task)\n")
+        "    return a or is_instruction_source(cfg.task)\n"
+    )
     assert deciders(tmp_path) == ["training/x.py:2", "training/x.py:3"]

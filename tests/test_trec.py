@@ -1,6 +1,7 @@
 """TREC as a built-in task: the published 5,452 / 500 split read from the shared folder (Latin-1),
 a stratified 10 % validation cut of train with a fixed seed, six coarse labels, and checksums
 whose failure names the file and the expected SHA-256."""
+
 import hashlib
 import shutil
 from collections import Counter
@@ -68,8 +69,20 @@ def test_missing_trec_file_is_one_line_cli_error(data_dir, tmp_path):
     shutil.copy(data_dir / "trec" / "test.all", tmp_path / "trec" / "test.all")
     with pytest.raises(DataError, match="train.all"):
         load_task("trec", "validation", tmp_path)
-    result = CliRunner().invoke(app, ["finetune", "--model", "minilm", "--task", "trec", "--data-dir", str(tmp_path),
-                                      "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "finetune",
+            "--model",
+            "minilm",
+            "--task",
+            "trec",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code == 2 and "error:" in result.output and "train.all" in result.output
     assert CHECKSUMS["trec/train.all"] in result.output.replace("\n", "")
     assert "Traceback" not in result.output

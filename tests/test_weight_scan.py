@@ -1,6 +1,7 @@
 """Weights-only scan of safetensors files (``inflora.weight_scan``): the same scores as the rules on
 the model in memory, blocks found from tensor names alone (MoE experts are not blocks), a hub cache,
 and bad checkpoints as one ``error:`` line."""
+
 import json
 
 import numpy as np
@@ -28,8 +29,9 @@ def assert_same_scores(scanned: dict, in_memory: dict) -> None:
         np.testing.assert_allclose(a["raw"], b["raw"], rtol=0, atol=1e-6)
         assert set(a["per_module"]) == set(b["per_module"]) and len(a["per_module"]) > 0
         keys = sorted(a["per_module"])
-        np.testing.assert_allclose([a["per_module"][k] for k in keys], [b["per_module"][k] for k in keys],
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            [a["per_module"][k] for k in keys], [b["per_module"][k] for k in keys], rtol=1e-6, atol=1e-6
+        )
         assert a["selected"] == b["selected"] and a["lora_params"] == b["lora_params"] > 0
 
 
@@ -65,8 +67,21 @@ def test_a_sharded_decoder_scans_to_the_same_scores_as_in_memory(sharded_decoder
 
 def test_the_cli_scans_a_folder_and_reports_time_per_block(sharded_decoder, tmp_path):
     _, path = sharded_decoder
-    res = runner.invoke(app, ["diagnose", "--model", str(path), "--rules", "spectrum-snr,random", "--weights-only",
-                              "--budget", "layers=2", "--out", str(tmp_path)])
+    res = runner.invoke(
+        app,
+        [
+            "diagnose",
+            "--model",
+            str(path),
+            "--rules",
+            "spectrum-snr,random",
+            "--weights-only",
+            "--budget",
+            "layers=2",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "scanned 28 matrices of 4 blocks (model.layers)" in res.output and "time per block" in res.output
     out = json.loads((tmp_path / "rules.json").read_text())
@@ -81,8 +96,12 @@ def _write(folder, tensors: dict, name="model.safetensors"):
 
 def test_moe_expert_indices_are_never_block_indices(tmp_path):
     g = torch.Generator().manual_seed(0)
-    tensors = {f"model.layers.{b}.mlp.experts.{e}.{w}.weight": torch.randn(16, 8, generator=g)
-               for b in range(3) for e in range(8) for w in ("w1", "w2")}
+    tensors = {
+        f"model.layers.{b}.mlp.experts.{e}.{w}.weight": torch.randn(16, 8, generator=g)
+        for b in range(3)
+        for e in range(8)
+        for w in ("w1", "w2")
+    }
     tensors.update({f"model.layers.{b}.mlp.gate.weight": torch.randn(8, 8, generator=g) for b in range(3)})
     tensors["model.embed_tokens.weight"] = torch.randn(50, 8, generator=g)
     layout = checkpoint_layout(str(_write(tmp_path / "moe", tensors)))
@@ -151,7 +170,9 @@ def test_a_hub_name_is_read_from_the_hub_cache(sharded_decoder, monkeypatch, tmp
     shutil.copytree(path, repo / "snapshots" / ("0" * 40))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     result = scan_weights("someone/tiny-qwen2", ["kappa"], Budget(layers=1))
-    assert result["rules"]["kappa"]["raw"] == scan_weights(str(path), ["kappa"], Budget(layers=1))["rules"]["kappa"]["raw"]
+    assert (
+        result["rules"]["kappa"]["raw"] == scan_weights(str(path), ["kappa"], Budget(layers=1))["rules"]["kappa"]["raw"]
+    )
     with pytest.raises(ConfigError, match="not in the hub cache"):
         scan_weights("someone/not-downloaded", ["kappa"], Budget(layers=1))
 
@@ -161,19 +182,28 @@ def _bad_checkpoints(root):
     g = torch.Generator().manual_seed(0)
     out = [(root / "empty", "no safetensors weights")]
     out[0][0].mkdir(parents=True)
-    out.append((_write(root / "flat", {"encoder.weight": torch.randn(4, 4), "decoder.weight": torch.randn(4, 4)}),
-                "no blocks in the tensor names"))
-    out.append((_write(root / "gap", {f"h.{i}.mlp.weight": torch.randn(4, 4, generator=g) for i in (0, 2)}),
-                "block 1 has no weight matrix"))
+    out.append(
+        (
+            _write(root / "flat", {"encoder.weight": torch.randn(4, 4), "decoder.weight": torch.randn(4, 4)}),
+            "no blocks in the tensor names",
+        )
+    )
+    out.append(
+        (
+            _write(root / "gap", {f"h.{i}.mlp.weight": torch.randn(4, 4, generator=g) for i in (0, 2)}),
+            "block 1 has no weight matrix",
+        )
+    )
     out.append((_write(root / "int8", {"h.0.mlp.weight": torch.ones(4, 4, dtype=torch.int8)}), "stored as I8"))
     corrupt = root / "corrupt"
     corrupt.mkdir()
     (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
     out.append((corrupt, "not a readable safetensors file"))
-    for name, weight_map, message in (("outside", {"h.0.w.weight": "../x.safetensors"}, "not a .safetensors file in the folder"),
-                                      ("mismatch", {"h.0.w.weight": "a.safetensors", "h.9.w.weight": "a.safetensors"},
-                                       "does not hold it"),
-                                      ("notjson", None, "cannot read")):
+    for name, weight_map, message in (
+        ("outside", {"h.0.w.weight": "../x.safetensors"}, "not a .safetensors file in the folder"),
+        ("mismatch", {"h.0.w.weight": "a.safetensors", "h.9.w.weight": "a.safetensors"}, "does not hold it"),
+        ("notjson", None, "cannot read"),
+    ):
         folder = _write(root / name, {"h.0.w.weight": torch.randn(4, 4)}, "a.safetensors")
         text = json.dumps({"weight_map": weight_map}) if weight_map else "{not json"
         (folder / "model.safetensors.index.json").write_text(text)
@@ -183,8 +213,21 @@ def _bad_checkpoints(root):
 
 def test_bad_checkpoints_are_one_line_errors(tmp_path):
     for folder, message in _bad_checkpoints(tmp_path):
-        res = runner.invoke(app, ["diagnose", "--model", str(folder), "--rules", "kappa", "--weights-only",
-                                  "--budget", "layers=1", "--out", str(tmp_path / "out")])
+        res = runner.invoke(
+            app,
+            [
+                "diagnose",
+                "--model",
+                str(folder),
+                "--rules",
+                "kappa",
+                "--weights-only",
+                "--budget",
+                "layers=1",
+                "--out",
+                str(tmp_path / "out"),
+            ],
+        )
         assert res.exit_code == 2, (folder.name, res.output)
         errors = [line for line in res.output.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in res.output and "Traceback" not in res.output, (folder.name, res.output)

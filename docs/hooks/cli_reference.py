@@ -1,4 +1,5 @@
 """MkDocs hook: fill the CLI reference page from the typer app (see inflora.cli.reference)."""
+
 from inflora.cli.reference import cli_reference_markdown
 
 PLACEHOLDER = "<!-- cli-reference -->"

@@ -5,6 +5,7 @@ Every entry point (``diagnose``, ``finetune``, ``experiment``, ``demo``, the Pyt
 or a one-line ``ConfigError``. Placement, autocast, the fp16 gradient scaler, gradient accumulation
 and DDP are then done by Hugging Face accelerate (``make_accelerator``), never by hand.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -19,14 +20,14 @@ import torch
 from .errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}   # ours -> accelerate's mixed_precision
+PRECISIONS = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}  # ours -> accelerate's mixed_precision
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
 class DeviceChoice:
-    device: str          # "cpu", "cuda", "cuda:1", "mps": what this process computes on
-    precision: str       # fp32 | bf16 | fp16
+    device: str  # "cpu", "cuda", "cuda:1", "mps": what this process computes on
+    precision: str  # fp32 | bf16 | fp16
     world_size: int = 1  # processes launched together (torchrun / accelerate launch)
 
     @property
@@ -61,16 +62,26 @@ def _check_device(device: str) -> str:
     m = re.fullmatch(r"cuda(?::(\d+))?", device)
     if m:
         if not torch.cuda.is_available():
-            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, but no GPU is visible"
-            raise ConfigError(f"--device {device}: no CUDA GPU is available (torch {torch.__version__}, {build}); "
-                              "use --device cpu or auto")
+            build = (
+                "a CPU-only build"
+                if torch.version.cuda is None
+                else f"CUDA {torch.version.cuda}, but no GPU is visible"
+            )
+            raise ConfigError(
+                f"--device {device}: no CUDA GPU is available (torch {torch.__version__}, {build}); "
+                "use --device cpu or auto"
+            )
         if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
-            raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
-                              f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
+            raise ConfigError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})"
+            )
         return device
     if device == "mps":
         if not _mps_available():
-            raise ConfigError("--device mps: Apple's Metal backend (MPS) is not available here; use --device cpu or auto")
+            raise ConfigError(
+                "--device mps: Apple's Metal backend (MPS) is not available here; use --device cpu or auto"
+            )
         return device
     raise ConfigError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
 
@@ -98,8 +109,10 @@ def resolve_device(device: str = "auto", precision: str = "fp32") -> DeviceChoic
     check_precision(str(precision), chosen.split(":")[0])
     world = launched_world_size()
     if world > 1 and ":" in chosen:
-        raise ConfigError(f"--device {device} under {world} processes: each process uses its local GPU "
-                          "(LOCAL_RANK); pass --device cuda")
+        raise ConfigError(
+            f"--device {device} under {world} processes: each process uses its local GPU "
+            "(LOCAL_RANK); pass --device cuda"
+        )
     return DeviceChoice(chosen, str(precision), world)
 
 
@@ -142,12 +155,26 @@ def make_accelerator(choice: DeviceChoice, grad_accum: int = 1):
         torch.cuda.set_device(int(choice.device.split(":")[1]))
     # accelerate keeps one process-wide state; a second run in this process may use another precision
     AcceleratorState._reset_state()
-    return Accelerator(cpu=choice.type == "cpu", mixed_precision=PRECISIONS[choice.precision],
-                       gradient_accumulation_steps=grad_accum, step_scheduler_with_optimizer=False)
+    return Accelerator(
+        cpu=choice.type == "cpu",
+        mixed_precision=PRECISIONS[choice.precision],
+        gradient_accumulation_steps=grad_accum,
+        step_scheduler_with_optimizer=False,
+    )
 
 
-__all__ = ["DEVICES", "PRECISIONS", "DeviceChoice", "autocast", "check_precision", "init_processes", "is_fsdp", "launched_world_size",
-           "make_accelerator", "resolve_device"]
+__all__ = [
+    "DEVICES",
+    "PRECISIONS",
+    "DeviceChoice",
+    "autocast",
+    "check_precision",
+    "init_processes",
+    "is_fsdp",
+    "launched_world_size",
+    "make_accelerator",
+    "resolve_device",
+]
 
 
 @functools.cache

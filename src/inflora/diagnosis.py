@@ -1,4 +1,5 @@
 """``diagnose(model, data) -> Diagnosis``: per-layer profiles, the inflection band and its stability."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,24 @@ from torch import nn
 
 from .diagnosis_schema import FORMAT_VERSION
 from .diagnosis_steps import (
-    Band, DiagnoseOptions, Measured, as_batches, compare_rules, given_names, language_spec, measure,
-    measurement_flags, open_probe, place, probing, profile_reader, resolve_inputs, scored, select_band,
-    shard, warm_head,
+    Band,
+    DiagnoseOptions,
+    Measured,
+    as_batches,
+    compare_rules,
+    given_names,
+    language_spec,
+    measure,
+    measurement_flags,
+    open_probe,
+    place,
+    probing,
+    profile_reader,
+    resolve_inputs,
+    scored,
+    select_band,
+    shard,
+    warm_head,
 )
 from .diagnosis_steps import as_batches as _as_batches  # noqa: F401  (the old name; tests build batches with it)
 from .diagnosis_steps import load_model_for  # noqa: F401  (public: experiments load a model for a task with it)
@@ -52,8 +68,8 @@ class Diagnosis:
     config: dict
     versions: dict = field(default_factory=versions)
     flags: list[str] = field(default_factory=list)
-    rules: dict = field(default_factory=dict)   # --rules: every rule's scores and K-block selection, overlap
-    task_type: str = "classification"   # or "causal-lm": what the loss was and what LoRA should adapt
+    rules: dict = field(default_factory=dict)  # --rules: every rule's scores and K-block selection, overlap
+    task_type: str = "classification"  # or "causal-lm": what the loss was and what LoRA should adapt
     head_modules: list[str] = field(default_factory=list)  # heads that stay trainable (PEFT modules_to_save)
     output: dict = field(default_factory=dict)  # output saturation (metrics.output); {} in older files
     moe: dict = field(default_factory=dict)  # MoE layout (models.moe.MoeLayout.to_dict); {} for dense models
@@ -178,19 +194,44 @@ def diagnose(
     random head; this one change to the model is made in place and recorded in ``config``. ``tower``
     (``language`` or ``vision``) picks the block list of a multimodal model; the band, and every
     config exported from it, name that tower's blocks (text-only data serves the language tower)."""
-    opts = DiagnoseOptions(split=split, batches=batches, batch_size=batch_size, max_length=max_length, rule=rule,
-                           rule_params=rule_params, resamples=resamples, seed=seed, dropout=dropout, data_dir=data_dir,
-                           columns=columns, progress=progress, attention=attention, entropy_queries=entropy_queries,
-                           rules=rules, budget=budget, device=device, precision=precision, fsdp=fsdp,
-                           head_warmup=head_warmup, tower=tower)
+    opts = DiagnoseOptions(
+        split=split,
+        batches=batches,
+        batch_size=batch_size,
+        max_length=max_length,
+        rule=rule,
+        rule_params=rule_params,
+        resamples=resamples,
+        seed=seed,
+        dropout=dropout,
+        data_dir=data_dir,
+        columns=columns,
+        progress=progress,
+        attention=attention,
+        entropy_queries=entropy_queries,
+        rules=rules,
+        budget=budget,
+        device=device,
+        precision=precision,
+        fsdp=fsdp,
+        head_warmup=head_warmup,
+        tower=tower,
+    )
     name, data_name = given_names(model, data)
     model, tokenizer, data, split, device = resolve_inputs(model, data, tokenizer, opts)
     inner = hf_model(model)
     spec = language_spec(inner)
     task = task_type_of(inner)
     moe = moe_layout(inner)
-    probe_set = as_batches(data, tokenizer, batches=batches, batch_size=batch_size, max_length=max_length, seed=seed,
-                           causal_lm=spec.causal and task == "causal-lm")
+    probe_set = as_batches(
+        data,
+        tokenizer,
+        batches=batches,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        causal_lm=spec.causal and task == "causal-lm",
+    )
     placement = place(model, device, precision)
     warmed = warm_head(model, tokenizer, warmup_data, data_name, task, opts) if head_warmup else None
     mine = shard(probe_set, placement)
@@ -199,40 +240,79 @@ def diagnose(
         flags = measurement_flags(measured, moe, spec)
         band = select_band(profile_reader(probe), measured.num_batches, len(measured.layers), opts, flags)
     if not band.chosen and all(map(math.isfinite, band.terms["ski"])):
-        flags.append(f"rule {rule!r} selected no layer (the SKI profile has no strict peak: is it flat? "
-                     "--param plateaus=true counts a flat top as a peak)")
+        flags.append(
+            f"rule {rule!r} selected no layer (the SKI profile has no strict peak: is it flat? "
+            "--param plateaus=true counts a flat top as a peak)"
+        )
     compared = compare_rules(model, measured.layers, band.chosen, opts, flags) if rules else {}
     where = {"data": data_name, **placement, **({"head_warmup": warmed} if warmed else {})}
-    return _assemble(name, spec, inner, task, moe, opts, measured, band, _config(opts, measured, split, where),
-                     flags, compared)
+    return _assemble(
+        name, spec, inner, task, moe, opts, measured, band, _config(opts, measured, split, where), flags, compared
+    )
 
 
-def _assemble(name: str, spec, inner, task: str, moe, opts: DiagnoseOptions, measured: Measured, band: Band,
-              config: dict, flags: list[str], compared: dict) -> Diagnosis:
+def _assemble(
+    name: str,
+    spec,
+    inner,
+    task: str,
+    moe,
+    opts: DiagnoseOptions,
+    measured: Measured,
+    band: Band,
+    config: dict,
+    flags: list[str],
+    compared: dict,
+) -> Diagnosis:
     """The ``Diagnosis`` of one probe run: the measured profiles, the band with its SKI terms and
     stability, the settings the run used (``config``), as diagnosis.json stores them."""
     ski, ski_params, stability = [float(v) for v in band.terms["ski"]], opts.ski_params, list(band.stability)
     return Diagnosis(
-        model=name, family=spec.family, num_layers=len(measured.layers), layers=measured.layers,
-        inflection_layers=band.chosen, ski=ski, entropy_term=[float(v) for v in band.terms["entropy_term"]],
+        model=name,
+        family=spec.family,
+        num_layers=len(measured.layers),
+        layers=measured.layers,
+        inflection_layers=band.chosen,
+        ski=ski,
+        entropy_term=[float(v) for v in band.terms["entropy_term"]],
         grad_term=[float(v) for v in band.terms["grad_term"]],
         peaks=local_maxima(ski, ski_params["boundary"], ski_params["plateaus"]) if all(map(math.isfinite, ski)) else [],
-        stability=stability, selection={"rule": opts.rule, "parameters": opts.params, "resamples": opts.resamples,
-                                        "ski": {k: ski_params[k] for k in ("alpha", "variant")}},
-        groups=measured.groups, lora_targets=list(spec.lora_targets), config=config,
-        flags=flags, rules=compared, task_type=task, output=measured.output,
+        stability=stability,
+        selection={
+            "rule": opts.rule,
+            "parameters": opts.params,
+            "resamples": opts.resamples,
+            "ski": {k: ski_params[k] for k in ("alpha", "variant")},
+        },
+        groups=measured.groups,
+        lora_targets=list(spec.lora_targets),
+        config=config,
+        flags=flags,
+        rules=compared,
+        task_type=task,
+        output=measured.output,
         head_modules=head_modules(inner) if task == "classification" else [],
-        moe=moe.to_dict() if moe else {}, structure=spec.to_dict(),
+        moe=moe.to_dict() if moe else {},
+        structure=spec.to_dict(),
     )
 
 
 def _config(opts: DiagnoseOptions, measured: Measured, split: str, where: dict) -> dict:
     """diagnosis.json's ``config``: how the probe ran, so a reader can repeat it (``where``: the data
     as given, the placement and the head warm-up, worked out on the way)."""
-    return {"split": split, "batches": opts.batches, "batch_size": opts.batch_size, "max_length": opts.max_length,
-            "seed": opts.seed, "dropout": opts.dropout, "probe_batches": measured.num_batches,
-            "attention": measured.attention_mode, "entropy_queries": opts.entropy_queries,
-            "mean_loss": measured.mean_loss, **where}
+    return {
+        "split": split,
+        "batches": opts.batches,
+        "batch_size": opts.batch_size,
+        "max_length": opts.max_length,
+        "seed": opts.seed,
+        "dropout": opts.dropout,
+        "probe_batches": measured.num_batches,
+        "attention": measured.attention_mode,
+        "entropy_queries": opts.entropy_queries,
+        "mean_loss": measured.mean_loss,
+        **where,
+    }
 
 
 def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: int = 0) -> dict:
@@ -251,6 +331,8 @@ def score_without_data(model: nn.Module, rules: list[str], budget=None, seed: in
 def budget_blocks(budget) -> int:
     """K of a budget scored without data: there is no band to take it from, so it must be given."""
     if budget.layers is None:
-        raise ConfigError("without data there is no band to size the budget: give --budget layers=K "
-                          "(with a parameter budget: layers=K,params=N)")
+        raise ConfigError(
+            "without data there is no band to size the budget: give --budget layers=K "
+            "(with a parameter budget: layers=K,params=N)"
+        )
     return budget.layers

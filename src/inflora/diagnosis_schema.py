@@ -2,6 +2,7 @@
 ``inflora export`` is for), so ``Diagnosis.from_json`` treats one as untrusted: known keys only,
 JSON types as ``Diagnosis.to_json`` writes them, names without line breaks or control characters,
 module names that are module names, and a band inside the model."""
+
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
@@ -50,8 +51,10 @@ def _family(text: str) -> str:
     name, _, tower = text.partition(":")
     known = {spec.family for spec in ARCHITECTURES}
     if name not in known and name not in CONFIG_MAPPING:
-        raise ValueError(f"unknown model family {name[:60]!r}: neither a table family ({', '.join(sorted(known))}) "
-                         "nor a transformers model type")
+        raise ValueError(
+            f"unknown model family {name[:60]!r}: neither a table family ({', '.join(sorted(known))}) "
+            "nor a transformers model type"
+        )
     if tower and tower not in ("language", "vision"):
         raise ValueError(f"unknown tower {tower[:30]!r}; choose one of language, vision")
     return text
@@ -179,8 +182,10 @@ class DiagnosisFile(BaseModel):
     @classmethod
     def _not_newer_than_this_reader(cls, version: int):
         if version > FORMAT_VERSION:
-            raise ValueError(f"format version {version} was written by a newer inflora (this one reads up to "
-                             f"{FORMAT_VERSION}); upgrade inflora")
+            raise ValueError(
+                f"format version {version} was written by a newer inflora (this one reads up to "
+                f"{FORMAT_VERSION}); upgrade inflora"
+            )
         return version
 
     @model_validator(mode="after")
@@ -189,7 +194,9 @@ class DiagnosisFile(BaseModel):
         if self.format_version >= 2 and any("ski" in row for row in self.layers):
             raise ValueError("layer rows hold 'ski', which a version-2 file keeps only in the top-level ski")
         if self.format_version >= 2 and "stability" in self.selection:
-            raise ValueError("selection holds 'stability', which a version-2 file keeps only in the top-level stability")
+            raise ValueError(
+                "selection holds 'stability', which a version-2 file keeps only in the top-level stability"
+            )
         return self
 
     @model_validator(mode="after")
@@ -197,8 +204,10 @@ class DiagnosisFile(BaseModel):
         """The recorded layout is that of the tower the family names (``qwen2_vl:vision``)."""
         tower = self.family.partition(":")[2] or "language"
         if self.structure is not None and self.structure.tower != tower:
-            raise ValueError(f"structure is the {self.structure.tower} tower's layout but family {self.family!r} "
-                             f"names the {tower} tower")
+            raise ValueError(
+                f"structure is the {self.structure.tower} tower's layout but family {self.family!r} "
+                f"names the {tower} tower"
+            )
         return self
 
     @field_validator("moe", "structure", mode="before")

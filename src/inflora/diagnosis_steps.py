@@ -5,6 +5,7 @@ load what was given by name, place the model, warm the head, probe, select the b
 ``DiagnoseOptions`` so that no step takes a dozen keywords. Nothing here builds a ``Diagnosis``:
 that stays beside the class in ``diagnosis.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,16 @@ from .metrics.accumulate import gather_batches
 from .models import arch_for, get_blocks, hf_model, load_model, set_tower
 from .models.loading import require_text_tower
 from .probe import LayerProbe, probe_step
-from .select import RULES, RuleInputs, bootstrap_stability, rule_needs, rule_parameters, score_rules, select_layers, ski_terms
+from .select import (
+    RULES,
+    RuleInputs,
+    bootstrap_stability,
+    rule_needs,
+    rule_parameters,
+    score_rules,
+    select_layers,
+    ski_terms,
+)
 from .validate import check_values
 
 # Per-layer probe results that rules may read (``select.RuleInputs.profiles``).
@@ -59,9 +69,15 @@ class DiagnoseOptions:
     ski_params: dict = field(init=False)  # SKI is reported with the alpha/variant the rule used
 
     def __post_init__(self) -> None:
-        check_values(batches=self.batches, batch_size=self.batch_size, max_length=self.max_length,
-                     resamples=self.resamples, seed=self.seed, entropy_queries=self.entropy_queries,
-                     head_warmup=self.head_warmup)
+        check_values(
+            batches=self.batches,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            resamples=self.resamples,
+            seed=self.seed,
+            entropy_queries=self.entropy_queries,
+            head_warmup=self.head_warmup,
+        )
         RULES.get(self.rule)
         for name in self.rules or []:
             RULES.get(name)
@@ -125,13 +141,17 @@ def as_batches(data, tokenizer, *, batches: int, batch_size: int, max_length: in
     if isinstance(data, list):
         raise DataError("no probe batches were given (empty list)")
     if not isinstance(data, TextDataset):
-        raise DataError(f"cannot diagnose on {type(data).__name__}; pass a task name, a TextDataset or a list of batches")
+        raise DataError(
+            f"cannot diagnose on {type(data).__name__}; pass a task name, a TextDataset or a list of batches"
+        )
     if tokenizer is None:
         raise ConfigError("a tokenizer is needed to encode a dataset; pass tokenizer=")
     sizes = dict(batches=batches, batch_size=batch_size, max_length=max_length, seed=seed)
     if task_type(data) == CAUSAL_LM:
         if not causal_lm:
-            raise ConfigError(f"{data.name} is instruction data: it needs a causal LM (load_model(..., task='causal-lm'))")
+            raise ConfigError(
+                f"{data.name} is instruction data: it needs a causal LM (load_model(..., task='causal-lm'))"
+            )
         return instruction_probe_batches(data, tokenizer, **sizes)
     return probe_batches(data, tokenizer, **sizes, causal_lm=causal_lm)
 
@@ -147,8 +167,12 @@ def place(model: nn.Module, device: str | None, precision: str) -> dict:
     here = next(model.parameters()).device
     check_precision(precision, here.type)
     world = launched_world_size()
-    return {"device": str(here), "precision": precision, "world_size": world,
-            "sharding": "fsdp" if sharded else ("ddp" if world > 1 else None)}
+    return {
+        "device": str(here),
+        "precision": precision,
+        "world_size": world,
+        "sharding": "fsdp" if sharded else ("ddp" if world > 1 else None),
+    }
 
 
 def warm_head(model, tokenizer, warmup_data, data_name: str, task: str, opts: DiagnoseOptions) -> dict:
@@ -162,8 +186,14 @@ def warm_head(model, tokenizer, warmup_data, data_name: str, task: str, opts: Di
         if data_name == "batches":
             raise ConfigError("--head-warmup needs training data: give the task by name or pass warmup_data")
         warmup_data = load_any(data_name, "train", opts.data_dir, **(opts.columns or {}))
-    batches = probe_batches(warmup_data, tokenizer, batches=min(opts.head_warmup, 64), batch_size=opts.batch_size,
-                            max_length=opts.max_length, seed=opts.seed + 1)
+    batches = probe_batches(
+        warmup_data,
+        tokenizer,
+        batches=min(opts.head_warmup, 64),
+        batch_size=opts.batch_size,
+        max_length=opts.max_length,
+        seed=opts.seed + 1,
+    )
     return fit_head(model, batches, opts.head_warmup)
 
 
@@ -176,8 +206,10 @@ def shard(batches: list, placement: dict) -> list:
     if world == 1 or placement["sharding"] == "fsdp":
         return batches
     if world > len(batches):
-        raise ConfigError(f"{world} processes but only {len(batches)} probe batch(es): every process needs at "
-                          f"least one; pass --batches {world} or more, or start fewer processes")
+        raise ConfigError(
+            f"{world} processes but only {len(batches)} probe batch(es): every process needs at "
+            f"least one; pass --batches {world} or more, or start fewer processes"
+        )
     return batches[dist.get_rank() :: world]
 
 
@@ -201,9 +233,14 @@ def open_probe(model: nn.Module, spec, moe, opts: DiagnoseOptions) -> LayerProbe
     rule reads the forward pass, and the router/expert probe in place of dormant units on MoE blocks."""
     extra = ["block_io"] if any("forward" in rule_needs(n) for n in opts.rules or []) else []
     ffn = ["moe"] if moe else ["dormant"]  # dormant units read a dense FFN; MoE blocks get the router/expert probe
-    return LayerProbe(model, ["attention_entropy", "activation_grad", "param_grad", *ffn, "output", *extra],
-                      attention=opts.attention, attention_entropy={"queries": opts.entropy_queries, "seed": opts.seed},
-                      block_io={"pooling": "last" if spec.causal else "mean"}, param_grad={"sparse_embeddings": True})
+    return LayerProbe(
+        model,
+        ["attention_entropy", "activation_grad", "param_grad", *ffn, "output", *extra],
+        attention=opts.attention,
+        attention_entropy={"queries": opts.entropy_queries, "seed": opts.seed},
+        block_io={"pooling": "last" if spec.causal else "mean"},
+        param_grad={"sparse_embeddings": True},
+    )
 
 
 @dataclass
@@ -227,20 +264,30 @@ def measure(model: nn.Module, probe: LayerProbe, batches: list, placement: dict,
     """One forward and backward pass per batch; under DDP the per-batch records of every rank are
     gathered, so every rank holds the same results in the global batch order."""
     mode = probe.attention_mode
-    losses = [probe_step(model, probe, batch, opts.precision)
-              for batch in tqdm(batches, desc="diagnose", unit="batch", disable=not opts.progress)]
+    losses = [
+        probe_step(model, probe, batch, opts.precision)
+        for batch in tqdm(batches, desc="diagnose", unit="batch", disable=not opts.progress)
+    ]
     if placement["sharding"] == "ddp":
         probe.gather()
         losses = gather_batches(losses)
     summaries = probe.summaries()
-    return Measured(probe.layer_results(), probe.group_results(), summaries.get("output", {}),
-                    probe.num_batches(), losses, mode, summaries.get("attention_entropy", {}))
+    return Measured(
+        probe.layer_results(),
+        probe.group_results(),
+        summaries.get("output", {}),
+        probe.num_batches(),
+        losses,
+        mode,
+        summaries.get("attention_entropy", {}),
+    )
 
 
 def profile_reader(probe: LayerProbe):
     """``(profile_for, profiles_for)``: ``idx -> (entropy, gradient)`` profiles over a subset of
     batches (None: all), and the same for many resamples at once (``draws``), for the bootstrap: it
     resamples batches, so it reads the probe's per-batch records again, all draws in one pass."""
+
     def profile_for(idx):
         rows = probe.layer_results(idx, only=("attention_entropy", "activation_grad"))
         return [r["attention_entropy"] for r in rows], [r["activation_grad_norm"] for r in rows]
@@ -257,8 +304,9 @@ def measurement_flags(measured: Measured, moe, spec) -> list[str]:
     if spec.entropy_note:
         flags.append(f"attention entropy ({spec.family}): {spec.entropy_note}")
     if measured.unmeasured:
-        flags.append(f"attention entropy, layers {measured.unmeasured['unmeasured_layers']}: "
-                     f"{measured.unmeasured['why']}")
+        flags.append(
+            f"attention entropy, layers {measured.unmeasured['unmeasured_layers']}: {measured.unmeasured['why']}"
+        )
     return flags
 
 
@@ -281,8 +329,16 @@ def select_band(profile_fns, n_batches: int, n_layers: int, opts: DiagnoseOption
     try:
         terms = ski_terms(entropy, grad, opts.ski_params["alpha"], opts.ski_params["variant"])
         chosen = select_layers(opts.rule, entropy, grad, **opts.params)
-        stability = bootstrap_stability(profile_for, n_batches, n_layers, opts.rule, opts.params,
-                                        resamples=opts.resamples, seed=opts.seed, profiles_for=profiles_for)
+        stability = bootstrap_stability(
+            profile_for,
+            n_batches,
+            n_layers,
+            opts.rule,
+            opts.params,
+            resamples=opts.resamples,
+            seed=opts.seed,
+            profiles_for=profiles_for,
+        )
     except DataError as exc:
         flags.append(str(exc))
         nan = [math.nan] * n_layers
@@ -301,8 +357,9 @@ def compare_rules(model, layers: list[dict], chosen: list[int], opts: DiagnoseOp
         flags.append("rules not compared: the band is empty, so give the budget explicitly (--budget layers=K)")
         return {}
     profiles = {key: [r[key] for r in layers] for key in PROFILE_KEYS if all(key in r for r in layers)}
-    return scored(model, opts.rules, weight_inputs(model, profiles=profiles, seed=opts.seed), k, budget,
-                  {opts.rule: opts.params})
+    return scored(
+        model, opts.rules, weight_inputs(model, profiles=profiles, seed=opts.seed), k, budget, {opts.rule: opts.params}
+    )
 
 
 def weight_inputs(model: nn.Module, **inputs) -> RuleInputs:
@@ -333,8 +390,10 @@ def _structure_flags(moe) -> list[str]:
     """What this model's structure keeps the probe from measuring, said instead of left out silently
     (what the attention entropy cannot measure is the spec's ``entropy_note``, flagged beside it)."""
     if moe:
-        return ["dormant FFN units are measured on dense blocks and on shared experts only, not on routed "
-                "experts (see the MoE columns instead)"]
+        return [
+            "dormant FFN units are measured on dense blocks and on shared experts only, not on routed "
+            "experts (see the MoE columns instead)"
+        ]
     return []
 
 
@@ -342,12 +401,16 @@ def _flags(layers: list[dict], losses: list[float], output: dict) -> list[str]:
     """Non-finite logits, losses and gradients, counted per batch: said, not averaged away."""
     flags = []
     if output.get("nonfinite_batches"):
-        flags.append(f"output: {output['nonfinite_batches']} batch(es) with non-finite logits, left out of the output section")
+        flags.append(
+            f"output: {output['nonfinite_batches']} batch(es) with non-finite logits, left out of the output section"
+        )
     bad_loss = sum(1 for v in losses if not math.isfinite(v))
     if bad_loss:
         flags.append(f"{bad_loss} probe batch(es) had a non-finite loss")
     for row in layers:
         for key in ("activation_grad_nonfinite_batches", "param_grad_nonfinite_batches"):
             if row.get(key):
-                flags.append(f"layer {row['layer']}: {row[key]} batch(es) with non-finite {key.split('_nonfinite')[0].replace('_', ' ')}s")
+                flags.append(
+                    f"layer {row['layer']}: {row[key]} batch(es) with non-finite {key.split('_nonfinite')[0].replace('_', ' ')}s"
+                )
     return flags

@@ -4,6 +4,7 @@ fragment, TRL ``SFTTrainer`` ``peft_config`` code, or plain JSON; all from ``Dia
 ``named_modules()`` (built on the meta device from its config: no weights), so a target or band
 layer that matches nothing fails here instead of silently training a smaller adapter.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,15 +21,27 @@ from .strategies.lora import match_lora_targets
 from .validate import printable
 
 FORMATS = {"peft": "peft-lora", "axolotl": "axolotl-lora.yaml", "trl": "trl_peft_config.py", "json": "lora_config.json"}
-LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "target_parameters", "exclude_modules", "layers_to_transform",
-             "layers_pattern", "fan_in_fan_out", "modules_to_save", "bias", "task_type")
+LORA_KEYS = (
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "target_parameters",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
+    "fan_in_fan_out",
+    "modules_to_save",
+    "bias",
+    "task_type",
+)
 
 
 @dataclass
 class Exported:
     path: Path
-    config: object                      # the peft LoraConfig
-    matched: dict[str, int] | None      # modules matched per target (None: no --model dry run)
+    config: object  # the peft LoraConfig
+    matched: dict[str, int] | None  # modules matched per target (None: no --model dry run)
 
 
 def lora_kwargs(config) -> dict:
@@ -50,8 +63,10 @@ def dry_run(d: Diagnosis, config, model_name: str) -> dict[str, int]:
     kind = model_config(model_name).model_type
     family, spec = arch_for(kind).family, d.spec()
     if family != spec.base_family:
-        raise ConfigError(f"the diagnosis was made on a {d.family} model ({d.model}) but --model {model_name} is "
-                          f"{kind}; its layers and module names differ: diagnose that model first")
+        raise ConfigError(
+            f"the diagnosis was made on a {d.family} model ({d.model}) but --model {model_name} is "
+            f"{kind}; its layers and module names differ: diagnose that model first"
+        )
     meta = meta_model(model_name, d.task_type)
     set_tower(meta, spec.tower)
     return match_lora_targets(meta, config)
@@ -61,8 +76,10 @@ def _header(d: Diagnosis) -> list[str]:
     """Comment lines about where the band came from; every user string passes through
     ``printable`` (one line, no control characters), so a comment cannot end early."""
     rule = d.selection.get("rule", "?")
-    return [f"inflora: LoRA on the inflection band {[int(i) for i in d.inflection_layers]} of "
-            f"{printable(d.model)} ({printable(d.family)}, rule {printable(rule)}, {printable(d.task_type)})"]
+    return [
+        f"inflora: LoRA on the inflection band {[int(i) for i in d.inflection_layers]} of "
+        f"{printable(d.model)} ({printable(d.family)}, rule {printable(rule)}, {printable(d.task_type)})"
+    ]
 
 
 def _comments(lines: list[str]) -> str:
@@ -74,11 +91,19 @@ def _axolotl(d: Diagnosis, kw: dict) -> str:
     import yaml
 
     if kw.get("exclude_modules"):
-        raise ConfigError(f"these targets need PEFT's exclude_modules {kw['exclude_modules']}, which an Axolotl "
-                          "config cannot express; use --format peft or name other --lora-targets")
-    fragment = {"adapter": "lora", "lora_r": kw["r"], "lora_alpha": kw["lora_alpha"], "lora_dropout": kw["lora_dropout"],
-                "lora_target_modules": kw["target_modules"], "peft_layers_to_transform": kw["layers_to_transform"],
-                "peft_layers_pattern": [kw["layers_pattern"]]}
+        raise ConfigError(
+            f"these targets need PEFT's exclude_modules {kw['exclude_modules']}, which an Axolotl "
+            "config cannot express; use --format peft or name other --lora-targets"
+        )
+    fragment = {
+        "adapter": "lora",
+        "lora_r": kw["r"],
+        "lora_alpha": kw["lora_alpha"],
+        "lora_dropout": kw["lora_dropout"],
+        "lora_target_modules": kw["target_modules"],
+        "peft_layers_to_transform": kw["layers_to_transform"],
+        "peft_layers_pattern": [kw["layers_pattern"]],
+    }
     if kw.get("target_parameters"):  # fused MoE experts; Axolotl passes these to LoraConfig.target_parameters
         fragment["lora_target_parameters"] = kw["target_parameters"]
     if kw.get("fan_in_fan_out"):
@@ -112,13 +137,20 @@ def _trl(d: Diagnosis, kw: dict) -> str:
 
 
 def _json(d: Diagnosis, kw: dict) -> str:
-    meta = {"model": d.model, "family": d.family, "task_type": d.task_type, "band": d.inflection_layers,
-            "rule": d.selection.get("rule"), "stability": d.stability}
+    meta = {
+        "model": d.model,
+        "family": d.family,
+        "task_type": d.task_type,
+        "band": d.inflection_layers,
+        "rule": d.selection.get("rule"),
+        "stability": d.stability,
+    }
     return json.dumps(_jsonable({"inflora": meta, "lora_config": kw}), indent=2, allow_nan=False) + "\n"
 
 
-def export_config(d: Diagnosis, fmt: str, out: str | os.PathLike | None = None, *, model: str | None = None,
-                  **lora) -> Exported:
+def export_config(
+    d: Diagnosis, fmt: str, out: str | os.PathLike | None = None, *, model: str | None = None, **lora
+) -> Exported:
     """Write the band's LoRA config in ``fmt`` (peft | axolotl | trl | json); ``lora`` passes
     ``targets``/``r``/``alpha``/``dropout`` to ``Diagnosis.lora_config``. ``out`` defaults to a
     file (the peft folder) named after the format."""

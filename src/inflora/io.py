@@ -1,4 +1,5 @@
 """Atomic writes and run metadata: an interrupted run never leaves a half-written result."""
+
 from __future__ import annotations
 
 import json

@@ -7,6 +7,7 @@ Attention entropy is streamed beside SDPA (``models/attention.py``) for families
 calls transformers' attention interface, and otherwise reduced inside each attention module's hook
 from the eager map, so no layer's map outlives it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -90,7 +91,9 @@ class LayerProbe(contextlib.AbstractContextManager):
     implementation is switched while the probe is attached and switched back on ``close``.
     """
 
-    def __init__(self, model: nn.Module, diagnostics: list[str] | None = None, *, attention: str | None = None, **options):
+    def __init__(
+        self, model: nn.Module, diagnostics: list[str] | None = None, *, attention: str | None = None, **options
+    ):
         names = diagnostics or ["attention_entropy", "activation_grad", "param_grad"]
         self.plugins = [DIAGNOSTICS.get(n)(**options.get(n, {})) for n in names]
         self.ctx = ProbeContext(model)  # validates the architecture before anything is changed
@@ -101,7 +104,9 @@ class LayerProbe(contextlib.AbstractContextManager):
                 self.ctx.attention_mode = resolve_attention_mode(inner, attention)
                 why = "the probe measures attention entropy"
                 if self.ctx.attention_mode == "eager" and attention is None:
-                    why += f" and {self.ctx.spec.family} attention does not go through transformers' attention interface"
+                    why += (
+                        f" and {self.ctx.spec.family} attention does not go through transformers' attention interface"
+                    )
                 self._restore_attention = switch_attention(inner, self.ctx.attention_mode, why)
             except BaseException:
                 self.ctx.close()
@@ -114,8 +119,11 @@ class LayerProbe(contextlib.AbstractContextManager):
         return self.ctx.attention_mode
 
     def forward_kwargs(self) -> dict:
-        needs = (self.ctx.spec.maps_need_output_attentions and self.ctx.attention_mode == "eager"
-                 and any(p.name == "attention_entropy" for p in self.plugins))
+        needs = (
+            self.ctx.spec.maps_need_output_attentions
+            and self.ctx.attention_mode == "eager"
+            and any(p.name == "attention_entropy" for p in self.plugins)
+        )
         return {"output_attentions": True} if needs else {}
 
     def after_backward(self) -> None:

@@ -2,6 +2,7 @@
 
 Adding a new entry is one decorated function (or class) in its own module plus one import line.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar

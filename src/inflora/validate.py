@@ -9,6 +9,7 @@ option added later is covered once its bound is written here. ``load_json`` read
 inflora wrote but someone may have changed, against a pydantic schema; ``printable`` puts a user
 string on one line before it goes into a comment, heading or table cell of a generated file.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-MIN_LENGTH = 8      # tokens: two special tokens ([CLS]/[SEP] or BOS/EOS) and a few words; below it texts vanish
+MIN_LENGTH = 8  # tokens: two special tokens ([CLS]/[SEP] or BOS/EOS) and a few words; below it texts vanish
 SEED_MAX = 2**32 - 1  # numpy's and torch's seed range
 
 
@@ -90,21 +91,32 @@ BOUNDS: dict[str, Bound] = {
     "lora_dropout": Bound(0, "a dropout probability", high=1, integer=False),
     "max_length": Bound(MIN_LENGTH, "room for the special tokens and some text"),
     "seed": Bound(0, "a random seed", high=SEED_MAX + 1),
-    "batch_size": Bound(1, _AT_LEAST_1), "diagnose_batch_size": Bound(1, _AT_LEAST_1),
-    "batches": Bound(1, _AT_LEAST_1), "epochs": Bound(1, _AT_LEAST_1),
+    "batch_size": Bound(1, _AT_LEAST_1),
+    "diagnose_batch_size": Bound(1, _AT_LEAST_1),
+    "batches": Bound(1, _AT_LEAST_1),
+    "epochs": Bound(1, _AT_LEAST_1),
     "resamples": Bound(0, "bootstrap resamples (0: no stability estimate)"),
-    "k": Bound(1, _AT_LEAST_1), "lisa_interval": Bound(1, "steps"), "grad_accum": Bound(1, _AT_LEAST_1),
-    "log_every": Bound(1, "steps"), "lora_r": Bound(1, "a LoRA rank"), "lora_alpha": Bound(1, "a LoRA scale"),
-    "limit_train": Bound(1, "examples"), "limit_eval": Bound(1, "examples"),
-    "head_warmup": Bound(0, "steps (0: off)"), "entropy_queries": Bound(1, "query positions"),
+    "k": Bound(1, _AT_LEAST_1),
+    "lisa_interval": Bound(1, "steps"),
+    "grad_accum": Bound(1, _AT_LEAST_1),
+    "log_every": Bound(1, "steps"),
+    "lora_r": Bound(1, "a LoRA rank"),
+    "lora_alpha": Bound(1, "a LoRA scale"),
+    "limit_train": Bound(1, "examples"),
+    "limit_eval": Bound(1, "examples"),
+    "head_warmup": Bound(0, "steps (0: off)"),
+    "entropy_queries": Bound(1, "query positions"),
     "warmup_ratio": Bound(0, "a share of the training steps", high=1, integer=False),
     # rule parameters (--param key=value)
     "alpha": Bound(0, "SKI's mix of the entropy and gradient terms", high=1, open_high=False, integer=False),
     "tau": Bound(0, "a threshold on the normalised SKI; above 1 it selects nothing", integer=False),
-    "top": Bound(1, "peaks"), "widen": Bound(0, "blocks either side of a peak"),
+    "top": Bound(1, "peaks"),
+    "widen": Bound(0, "blocks either side of a peak"),
     # inflora plan
-    "length": Bound(1, "tokens per sequence"), "steps": Bound(1, "optimizer steps"),
-    "measure_steps": Bound(1, "steps"), "threads": Bound(0, "torch threads (0: torch's default)"),
+    "length": Bound(1, "tokens per sequence"),
+    "steps": Bound(1, "optimizer steps"),
+    "measure_steps": Bound(1, "steps"),
+    "threads": Bound(0, "torch threads (0: torch's default)"),
 }
 
 

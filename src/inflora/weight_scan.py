@@ -7,6 +7,7 @@ blocks come from the tensor names (``models.weight_blocks``), so a family needs 
 to be scanned; the family is needed only to size LoRA (``--budget params=N`` and the LoRA-parameter
 column), which uses the model built on the meta device from its config (no weights).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,14 @@ from .select.spectra_cache import BlockCache
 from .strategies.budget import Budget, match_budget
 
 
-def scan_weights(name_or_path: str, rules: list[str], budget: Budget | None = None, seed: int = 0,
-                 progress: bool = False, resume_dir: Path | None = None) -> dict:
+def scan_weights(
+    name_or_path: str,
+    rules: list[str],
+    budget: Budget | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    resume_dir: Path | None = None,
+) -> dict:
     """Every rule's block scores and K-block selection (as ``score_rules``), plus ``scan``: what was
     read, from where, and the seconds per block. With ``resume_dir``, finished blocks are kept there
     and a scan started again resumes after them. A ``tiny-<family>`` name has no files: its
@@ -45,8 +52,19 @@ def scan_weights(name_or_path: str, rules: list[str], budget: Budget | None = No
     t0 = time.perf_counter()
     dtypes = sorted({RULES.get(r).spectrum_dtype for r in rules} - {None})
     cache = BlockCache(resume_dir, scan_key(layout, dtypes)) if resume_dir else None
-    spectra = scan_spectra(layout.matrices(), layout.num_blocks, dtypes, read=read_tensor, cache=cache,
-                           total=sum(len(b) for b in layout.blocks), progress=progress) if dtypes else None
+    spectra = (
+        scan_spectra(
+            layout.matrices(),
+            layout.num_blocks,
+            dtypes,
+            read=read_tensor,
+            cache=cache,
+            total=sum(len(b) for b in layout.blocks),
+            progress=progress,
+        )
+        if dtypes
+        else None
+    )
     seconds = time.perf_counter() - t0
     result = score_rules(rules, RuleInputs(layout.num_blocks, spectra=spectra, seed=seed), k)
     result["budget"] = {**budget.to_dict(), "k": k}
@@ -68,14 +86,23 @@ def scan_summary(layout: BlockLayout, spectra, seconds: float, dtypes: list[str]
     refs = [ref for mats in layout.blocks for ref in mats.values()]
     largest = max(refs, key=lambda r: r.numel)
     return {
-        "folder": str(layout.folder), "block_list": layout.block_list, "blocks": layout.num_blocks,
-        "other_block_lists": layout.other_lists, "files": layout.files, "bytes": layout.bytes,
-        "matrices": len(refs) if spectra else 0, "dtypes": dtypes, "seconds": seconds,
+        "folder": str(layout.folder),
+        "block_list": layout.block_list,
+        "blocks": layout.num_blocks,
+        "other_block_lists": layout.other_lists,
+        "files": layout.files,
+        "bytes": layout.bytes,
+        "matrices": len(refs) if spectra else 0,
+        "dtypes": dtypes,
+        "seconds": seconds,
         "block_seconds": spectra.block_seconds if spectra else [0.0] * layout.num_blocks,
         "resumed_blocks": spectra.resumed if spectra else [],
         "largest_matrix": {"name": largest.name, "shape": list(largest.shape), "dtype": largest.dtype},
-        "largest_tensor": {"name": layout.largest.name, "shape": list(layout.largest.shape),
-                           "dtype": layout.largest.dtype},
+        "largest_tensor": {
+            "name": layout.largest.name,
+            "shape": list(layout.largest.shape),
+            "dtype": layout.largest.dtype,
+        },
     }
 
 
@@ -87,8 +114,10 @@ def _add_lora_sizes(result: dict, layout: BlockLayout, budget: Budget) -> None:
         causal = arch_for(model_config(str(layout.folder)).model_type).causal
         model = hf_model(meta_model(str(layout.folder), "causal-lm" if causal else "classification"))
         if num_layers(model) != layout.num_blocks:
-            raise ArchitectureError(f"the family's block list has {num_layers(model)} blocks, "
-                                    f"the scanned {layout.block_list} {layout.num_blocks}")
+            raise ArchitectureError(
+                f"the family's block list has {num_layers(model)} blocks, "
+                f"the scanned {layout.block_list} {layout.num_blocks}"
+            )
     except (ArchitectureError, ConfigError) as exc:
         if budget.params:
             raise ConfigError(f"--budget params=N sizes LoRA from the model's family, which failed: {exc}") from None

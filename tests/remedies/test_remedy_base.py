@@ -1,4 +1,5 @@
 """The remedy contract: registry names, option tables, no-op hooks, option parsing errors."""
+
 import pytest
 import torch
 from torch import nn
@@ -49,7 +50,9 @@ def test_typed_options_read_text_and_numbers_as_the_declared_type():
     typed = redo.typed_options(**{"redo-tau": "0.1", "redo_every": "50", "redo_end": 7.0, "redo_init": "xavier"})
     assert typed == {"redo_tau": 0.1, "redo_every": 50, "redo_end": 7, "redo_init": "xavier"}
     assert [type(typed[k]) for k in ("redo_tau", "redo_every", "redo_end")] == [float, int, int]
-    assert redo.typed_options(redo_tau=1) == {"redo_tau": 1.0} and redo.typed_options(redo_end=None) == {"redo_end": None}
+    assert redo.typed_options(redo_tau=1) == {"redo_tau": 1.0} and redo.typed_options(redo_end=None) == {
+        "redo_end": None
+    }
     for bad in ({"redo_every": 2.5}, {"redo_every": True}, {"redo_tau": False}, {"redo_tau": [0.1]}):
         with pytest.raises(ConfigError, match="cannot read"):
             redo.typed_options(**bad)  # int(2.5) == 2 and float(True) == 1.0 would pass silently
@@ -61,7 +64,8 @@ def test_typed_remedy_options_use_registered_names():
     from inflora.remedies import options_by_remedy, typed_remedy_options
 
     assert typed_remedy_options({"spectral-decoupling": {"sd-lambda": "0.05"}}) == {
-        "spectral-decoupling": {"sd_lambda": 0.05}}
+        "spectral-decoupling": {"sd_lambda": 0.05}
+    }
     assert options_by_remedy(["redo"], {"redo_tau": "0.1", "sd_lambda": None}) == {"redo": {"redo_tau": 0.1}}
     with pytest.raises(ConfigError, match="unknown remedy"):
         typed_remedy_options({"magic": {}})

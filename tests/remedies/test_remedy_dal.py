@@ -1,4 +1,5 @@
 """DAL: the deterministic quadratic table, HVP agreement, neutral/invariance/window tests, MLP stability."""
+
 import math
 import sys
 import warnings
@@ -56,7 +57,7 @@ def test_fd_hvp_matches_exact():
     v_e, _, _, hg_e = curvature_along_gradient(loss_fn, params, "exact")
     v_f, _, _, hg_f = curvature_along_gradient(loss_fn, params, "fd")
     num = math.sqrt(sum(float(((a - b) ** 2).sum()) for a, b in zip(hg_e, hg_f)))
-    den = math.sqrt(sum(float((a ** 2).sum()) for a in hg_e))
+    den = math.sqrt(sum(float((a**2).sum()) for a in hg_e))
     assert num / den <= 1e-2 and v_f == pytest.approx(v_e, rel=1e-2)
     assert all(torch.equal(p, b) for p, b in zip(params, before))  # parameters restored exactly
     _, _, hv = hvp_exact(loss_fn, params, [torch.ones_like(p) for p in params])

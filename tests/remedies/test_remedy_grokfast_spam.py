@@ -1,4 +1,5 @@
 """Grokfast filters and SPAM: closed forms, neutral settings, resets, clipping, spike recovery."""
+
 import math
 
 import pytest
@@ -7,8 +8,16 @@ from torch import nn
 
 from inflora.errors import ConfigError
 from inflora.remedies import (
-    REMEDIES, SPAM, GrokTracker, Grokfast, generalization_gap, gradfilter_ema, gradfilter_ma, spike_stats,
-    steps_to_threshold, warmup_scale,
+    REMEDIES,
+    SPAM,
+    GrokTracker,
+    Grokfast,
+    generalization_gap,
+    gradfilter_ema,
+    gradfilter_ma,
+    spike_stats,
+    steps_to_threshold,
+    warmup_scale,
 )
 
 
@@ -33,7 +42,7 @@ def test_ema_matches_closed_form():
     gs, alpha, lamb = _grads(12), 0.9, 2.0
     out, state = _feed(gradfilter_ema, gs, alpha=alpha, lamb=lamb)
     for t in range(12):
-        mu = alpha ** t * gs[0] + sum((1 - alpha) * alpha ** (t - s) * gs[s] for s in range(1, t + 1))
+        mu = alpha**t * gs[0] + sum((1 - alpha) * alpha ** (t - s) * gs[s] for s in range(1, t + 1))
         assert torch.allclose(out[t], gs[t] + lamb * mu, atol=1e-12)
     assert torch.allclose(state["p"], mu, atol=1e-12)
 
@@ -46,7 +55,7 @@ def test_lambda_zero_is_identity_and_ma_waits_for_full_window():
     out, _ = _feed(gradfilter_ma, gs, window_size=3, lamb=5.0)
     assert torch.equal(out[0], gs[0]) and torch.equal(out[1], gs[1])
     for t in range(2, 8):
-        assert torch.allclose(out[t], gs[t] + 5.0 * sum(gs[t - 2:t + 1]) / 3, atol=1e-12)
+        assert torch.allclose(out[t], gs[t] + 5.0 * sum(gs[t - 2 : t + 1]) / 3, atol=1e-12)
 
 
 def test_filter_runs_between_backward_and_step():
@@ -151,12 +160,14 @@ def test_clipping_is_exact_and_uses_previous_v():
     stats = spike_stats(g, v_prev, 100.0)
     p.grad = g.clone()
     opt.step()
-    clipped = torch.where(g ** 2 > 100.0 * v_prev, g.sign() * (100.0 * v_prev).sqrt(), g)
+    clipped = torch.where(g**2 > 100.0 * v_prev, g.sign() * (100.0 * v_prev).sqrt(), g)
     assert torch.allclose(opt.state[p]["exp_avg"], 0.9 * m_prev + 0.1 * clipped, atol=1e-6)
-    assert torch.allclose(opt.state[p]["exp_avg_sq"], 0.999 * v_prev + 0.001 * clipped ** 2, atol=1e-6)
+    assert torch.allclose(opt.state[p]["exp_avg_sq"], 0.999 * v_prev + 0.001 * clipped**2, atol=1e-6)
     slow_frac = sum(float(g[i]) ** 2 > 100.0 * float(v_prev[i]) for i in range(3)) / 3
     assert stats["spike.frac"] == pytest.approx(slow_frac, abs=1e-5)
-    assert stats["spike.max_ratio"] == pytest.approx(max(float(g[i]) ** 2 / float(v_prev[i]) for i in range(3)), rel=1e-5)
+    assert stats["spike.max_ratio"] == pytest.approx(
+        max(float(g[i]) ** 2 / float(v_prev[i]) for i in range(3)), rel=1e-5
+    )
 
 
 def test_grace_period_after_start_and_after_reset():
@@ -176,6 +187,7 @@ def test_grace_period_after_start_and_after_reset():
 def test_spike_recovery_beats_adam():
     """A 1000x spike at step 100 of a regression: Adam's v stays inflated for ~1/(1-beta2) steps and
     learning stalls; SPAM clips the spike to sqrt(theta) ~ 71x the running RMS and keeps converging."""
+
     def run(opt_cls, spike=1000.0, **kw):
         torch.manual_seed(0)
         w_true = torch.randn(10, 1)

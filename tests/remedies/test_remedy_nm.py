@@ -1,4 +1,5 @@
 """N:M sparsity: masks, recipes, schedules, diagnostics vs slow references, digits toy separation."""
+
 import math
 import sys
 from pathlib import Path
@@ -11,8 +12,20 @@ from torch import nn
 
 from inflora.errors import ConfigError
 from inflora.remedies import (
-    REMEDIES, FlipRateMeter, GradNormCV, NMConv2d, NMLinear, NMSparsity, export_masked, grad_cv, mask_flip_rate,
-    nm_mask, pruned_mag_ratio, sdgf_frames, sdgf_schedule, sparsify,
+    REMEDIES,
+    FlipRateMeter,
+    GradNormCV,
+    NMConv2d,
+    NMLinear,
+    NMSparsity,
+    export_masked,
+    grad_cv,
+    mask_flip_rate,
+    nm_mask,
+    pruned_mag_ratio,
+    sdgf_frames,
+    sdgf_schedule,
+    sparsify,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
@@ -26,7 +39,7 @@ def test_row_column_and_conv_masks_keep_exactly_n_per_group(n, m):
     assert (row.reshape(16, 32 // m, m).sum(-1) == n).all()
     # the kept entries are the n largest |w| of their group
     g = w.abs().reshape(16, -1, m)
-    kth = g.sort(-1, descending=True).values[..., n - 1:n]
+    kth = g.sort(-1, descending=True).values[..., n - 1 : n]
     assert torch.equal(row.reshape(16, -1, m), g >= kth)
     col = nm_mask(w, n, m, "column")
     assert (col.T.reshape(32, 16 // m, m).sum(-1) == n).all() if 16 % m == 0 else True
@@ -69,7 +82,7 @@ def test_identity_backward_and_srste_term():
     lin, layer = _layer(0.3)
     x = torch.randn(5, 16)
     out = layer(x)
-    (out ** 2).sum().backward()
+    (out**2).sum().backward()
     mask = nm_mask(lin.weight, 1, 4)
     w_eff = (lin.weight * (mask + 0.3 * ~mask)).detach().requires_grad_(True)
     (F.linear(x, w_eff, lin.bias.detach()) ** 2).sum().backward()
@@ -117,7 +130,7 @@ def test_neutral_settings_reduce_to_ste():
 
 def test_beta_advances_once_per_optimizer_step_under_accumulation():
     _, rem, betas = _train("mdgf-exp", steps=6, accumulate=4, alpha=0.1)
-    per_step = [betas[i:i + 4] for i in range(0, 24, 4)]
+    per_step = [betas[i : i + 4] for i in range(0, 24, 4)]
     assert all(len(set(b)) == 1 for b in per_step)
     assert [b[0] for b in per_step] == pytest.approx([math.exp(-0.1 * t) for t in range(6)])
     _, rem_l, betas_l = _train("mdgf-linear", steps=12, alpha=0.1)
@@ -169,7 +182,9 @@ def test_remedy_on_tiny_bert_ffn_and_export():
     rem = REMEDIES.get("nm-sparsity").from_options(nm="1:8", nm_recipe="mdgf-exp", nm_alpha=0.5)
     rem.wrap_model(model)
     names = sorted(rem.layers_)
-    assert names == sorted(f"bert.encoder.layer.{i}.{p}" for i in range(2) for p in ("intermediate.dense", "output.dense"))
+    assert names == sorted(
+        f"bert.encoder.layer.{i}.{p}" for i in range(2) for p in ("intermediate.dense", "output.dense")
+    )
     assert not isinstance(model.bert.encoder.layer[0].attention.output.dense, NMLinear)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     batch = {"input_ids": torch.randint(5, 500, (4, 6)), "labels": torch.tensor([0, 1, 1, 0])}
@@ -222,12 +237,21 @@ def test_mask_property_random_shapes():
     from hypothesis import strategies as st
 
     @settings(max_examples=40, deadline=None)
-    @given(st.sampled_from([(1, 4), (2, 4), (1, 8), (6, 8), (3, 16)]), st.integers(1, 6), st.integers(1, 4),
-           st.integers(0, 2 ** 16), st.booleans())
+    @given(
+        st.sampled_from([(1, 4), (2, 4), (1, 8), (6, 8), (3, 16)]),
+        st.integers(1, 6),
+        st.integers(1, 4),
+        st.integers(0, 2**16),
+        st.booleans(),
+    )
     def check(nm, rows, groups, seed, ties):
         n, m = nm
         gen = torch.Generator().manual_seed(seed)
-        w = torch.randint(-2, 3, (rows, groups * m), generator=gen).float() if ties else torch.randn(rows, groups * m, generator=gen)
+        w = (
+            torch.randint(-2, 3, (rows, groups * m), generator=gen).float()
+            if ties
+            else torch.randn(rows, groups * m, generator=gen)
+        )
         mask = nm_mask(w, n, m)
         assert (mask.reshape(rows, groups, m).sum(-1) == n).all()
         ref = torch.zeros_like(mask).reshape(-1, m)
@@ -242,7 +266,11 @@ def test_default_targets_come_from_the_architecture_table():
     from inflora.remedies.nm_sparsity import default_targets
 
     llama = tiny_model("llama", layers=2)
-    assert default_targets(llama, layers=[1]) == [f"model.layers.1.mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")]
+    assert default_targets(llama, layers=[1]) == [
+        f"model.layers.1.mlp.{p}" for p in ("gate_proj", "up_proj", "down_proj")
+    ]
     distil = tiny_model("distilbert", layers=1)
-    assert default_targets(distil, "ffn+qkv") == [f"distilbert.transformer.layer.0.{p}" for p in (
-        "ffn.lin1", "ffn.lin2", "attention.q_lin", "attention.k_lin", "attention.v_lin")]
+    assert default_targets(distil, "ffn+qkv") == [
+        f"distilbert.transformer.layer.0.{p}"
+        for p in ("ffn.lin1", "ffn.lin2", "attention.q_lin", "attention.k_lin", "attention.v_lin")
+    ]

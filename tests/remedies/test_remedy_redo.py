@@ -1,4 +1,5 @@
 """ReDo: scores vs a slow reference, recycling invariants, transformer scoring, stream behaviour."""
+
 import math
 import sys
 from pathlib import Path
@@ -9,7 +10,14 @@ from torch import nn
 
 from inflora.errors import ConfigError
 from inflora.remedies import (
-    REMEDIES, DormantAccumulator, ReDo, dormant_fractions, dormant_mask, dormant_scores, find_units, layer_scores,
+    REMEDIES,
+    DormantAccumulator,
+    ReDo,
+    dormant_fractions,
+    dormant_mask,
+    dormant_scores,
+    find_units,
+    layer_scores,
     recycle,
 )
 from inflora.remedies.redo import expand_to_inputs

@@ -1,4 +1,5 @@
 """Spectral decoupling: penalty values/gradients, diagnostics vs slow references, two-moons behaviour."""
+
 import math
 import sys
 from pathlib import Path
@@ -9,8 +10,19 @@ import torch.nn.functional as F
 
 from inflora.errors import ConfigError
 from inflora.remedies import (
-    REMEDIES, SpectralDecoupling, StarvationMeter, feature_responses, grad_weights, logit_sq, ntk_modes,
-    response_ratio, saturated_fraction, sd_binary_loss, sd_cross_entropy, sd_penalty, group_gap,
+    REMEDIES,
+    SpectralDecoupling,
+    StarvationMeter,
+    feature_responses,
+    grad_weights,
+    logit_sq,
+    ntk_modes,
+    response_ratio,
+    saturated_fraction,
+    sd_binary_loss,
+    sd_cross_entropy,
+    sd_penalty,
+    group_gap,
 )
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -26,7 +38,10 @@ def test_binary_loss_value_and_gradient_match_formula():
     loss = sd_binary_loss(yhat, y, lam)
     ys = (2 * y - 1).double()
     yd = yhat.detach()
-    ref = sum(math.log1p(math.exp(-float(ys[i] * yd[i]))) for i in range(17)) / 17 + lam * sum(float(v) ** 2 for v in yd) / 17
+    ref = (
+        sum(math.log1p(math.exp(-float(ys[i] * yd[i]))) for i in range(17)) / 17
+        + lam * sum(float(v) ** 2 for v in yd) / 17
+    )
     assert abs(float(loss.detach()) - ref) < 1e-10
     loss.backward()
     expected = (-ys * torch.sigmoid(-ys * yhat.detach()) + 2 * lam * yhat.detach()) / 17
@@ -59,8 +74,10 @@ def test_per_class_targets_value_gradient_and_absent_class():
     ref = lam * (((0.5 - g0) ** 2 + (-1 - g0) ** 2) / 2) + lam * (((3 - g1) ** 2 + (2 - g1) ** 2) / 2)
     assert abs(float(pen.detach()) - ref) < 1e-12
     pen.backward()
-    exp = torch.tensor([2 * lam * (0.5 - g0) / 2, 2 * lam * (3 - g1) / 2, 2 * lam * (-1 - g0) / 2, 2 * lam * (2 - g1) / 2, 0.0],
-                       dtype=torch.float64)
+    exp = torch.tensor(
+        [2 * lam * (0.5 - g0) / 2, 2 * lam * (3 - g1) / 2, 2 * lam * (-1 - g0) / 2, 2 * lam * (2 - g1) / 2, 0.0],
+        dtype=torch.float64,
+    )
     assert torch.allclose(yhat.grad, exp, atol=1e-12)
     # a class absent from the batch adds 0, never NaN; an all-ignored batch gives 0 with a graph
     only0 = sd_penalty(yhat[:1], y[:1], lam, targets=[g0, g1, 9.0])
@@ -123,14 +140,14 @@ def test_diagnostics_match_slow_reference(classes):
     assert torch.allclose(grad_weights(z, y), w_ref, atol=1e-5)
     assert abs(saturated_fraction(z, y) - float((w_ref < 0.01).double().mean())) <= 1e-5
     valid = z[y != -100]
-    assert abs(logit_sq(z, y) - float((valid ** 2).mean())) <= 1e-5
+    assert abs(logit_sq(z, y) - float((valid**2).mean())) <= 1e-5
     meter = StarvationMeter()
     for chunk in range(0, 40, 9):
-        meter.update(z[chunk:chunk + 9], y[chunk:chunk + 9])
+        meter.update(z[chunk : chunk + 9], y[chunk : chunk + 9])
     m = meter.compute()
     assert abs(m["starvation.saturated_frac"] - float((w_ref < 0.01).double().mean())) <= 1e-5
     assert abs(m["starvation.grad_weight_p50"] - float(w_ref.quantile(0.5))) <= 1e-5
-    assert abs(m["starvation.logit_sq"] - float((valid ** 2).mean())) <= 1e-5
+    assert abs(m["starvation.logit_sq"] - float((valid**2).mean())) <= 1e-5
 
 
 def test_remedy_metrics_and_group_gap():

@@ -1,4 +1,5 @@
 """The ``inflora`` command line: diagnose, finetune, export, experiment, demo, info."""
+
 from __future__ import annotations
 
 import functools
@@ -35,8 +36,13 @@ class OneLineErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-app = typer.Typer(cls=OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Diagnose where gradient flow is suppressed in a pretrained Transformer, then adapt only there.")
+app = typer.Typer(
+    cls=OneLineErrors,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Diagnose where gradient flow is suppressed in a pretrained Transformer, then adapt only there.",
+)
 
 
 def quiet_libraries() -> None:

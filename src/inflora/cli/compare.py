@@ -1,4 +1,5 @@
 """``inflora compare``: one diagnosis, one LoRA arm per rule × seed at a matched budget, a recommendation."""
+
 from __future__ import annotations
 
 import shlex
@@ -9,9 +10,32 @@ from typing import Annotated, Optional
 from ..validate import LORA_DEFAULTS
 from . import command
 from .options import (
-    PROBE, SELECTION, Batches, BatchSize, CompletionColumn, DataDir, Device, Epochs, LimitEval, LimitTrain, LoraAlpha,
-    LoraR, LoraTargets, Lr, MaxLength, MessagesColumn, Model, Out, Precision, PromptColumn, RuleBudget, Rules, Seeds,
-    Task, Tower, option,
+    PROBE,
+    SELECTION,
+    Batches,
+    BatchSize,
+    CompletionColumn,
+    DataDir,
+    Device,
+    Epochs,
+    LimitEval,
+    LimitTrain,
+    LoraAlpha,
+    LoraR,
+    LoraTargets,
+    Lr,
+    MaxLength,
+    MessagesColumn,
+    Model,
+    Out,
+    Precision,
+    PromptColumn,
+    RuleBudget,
+    Rules,
+    Seeds,
+    Task,
+    Tower,
+    option,
 )
 from .experiment import _split
 from .output import console as make_console
@@ -21,8 +45,9 @@ from .output import layer_ranges, table
 # Options only ``compare`` takes (the shared ones are in ``options.py``).
 DiagnoseBatchSize = Annotated[int, option(PROBE, "batch size of the one diagnosis")]
 Oracle = Annotated[bool, option(SELECTION, "also the per-block oracle: LoRA on each block alone and on all but it")]
-OracleBlocks = Annotated[Optional[str], option(SELECTION, "the oracle's blocks, e.g. 0,4,8 (default all; needed "
-                                                          "above 48)")]
+OracleBlocks = Annotated[
+    Optional[str], option(SELECTION, "the oracle's blocks, e.g. 0,4,8 (default all; needed above 48)")
+]
 
 
 @command("compare")
@@ -64,12 +89,31 @@ def compare_cmd(
     spend = _budget(budget, lora_targets)
     given = {"prompt_column": prompt_column, "completion_column": completion_column, "messages_column": messages_column}
     columns = {k: v for k, v in given.items() if v != k.removesuffix("_column")} or None
-    plan = ComparePlan(model=model, task=task, rules=_split(rules), seeds=_split(seeds, int), budget=spend,
-                       epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, batch_size=batch_size,
-                       max_length=max_length, lr=lr, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=lora_targets,
-                       device=device, precision=precision, diagnose_batches=batches,
-                       diagnose_batch_size=diagnose_batch_size, data_dir=data_dir, columns=columns, oracle=oracle,
-                       blocks=parse_blocks(blocks, "--blocks"), tower=tower).validate()
+    plan = ComparePlan(
+        model=model,
+        task=task,
+        rules=_split(rules),
+        seeds=_split(seeds, int),
+        budget=spend,
+        epochs=epochs,
+        limit_train=limit_train,
+        limit_eval=limit_eval,
+        batch_size=batch_size,
+        max_length=max_length,
+        lr=lr,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_targets=lora_targets,
+        device=device,
+        precision=precision,
+        diagnose_batches=batches,
+        diagnose_batch_size=diagnose_batch_size,
+        data_dir=data_dir,
+        columns=columns,
+        oracle=oracle,
+        blocks=parse_blocks(blocks, "--blocks"),
+        tower=tower,
+    ).validate()
     output_dir(out)
     _run(plan, out)
 
@@ -99,11 +143,19 @@ def _run(plan, out: Path) -> None:
     raw, log = UnitCache(out).logged(command_line, lambda: run_compare(plan, out, on_oracle=report_oracle))
     total, wall = count_units(plan), log["wall_seconds"]
     res = aggregate_compare(raw["arms"], plan.rules, same_examples=plan.limit_eval is None)
-    meta = {"command": command_line, "plan": plan.to_dict(), "wall_seconds": wall, "invocations": log["invocations"],
-            "cached_units": min(log["units_before"], total), "computed_units": total - min(log["units_before"], total)}
+    meta = {
+        "command": command_line,
+        "plan": plan.to_dict(),
+        "wall_seconds": wall,
+        "invocations": log["invocations"],
+        "cached_units": min(log["units_before"], total),
+        "computed_units": total - min(log["units_before"], total),
+    }
     render_compare(res, raw["diagnosis"], meta, out)
     _print(res)
-    make_console().print(f"wall time {wall / 60:.1f} min; wrote {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}")
+    make_console().print(
+        f"wall time {wall / 60:.1f} min; wrote {out / 'compare.md'}, {out / 'compare.html'}, {out / 'compare.json'}"
+    )
 
 
 def _oracle(arms: dict, diagnosis: dict, meta: dict, out: Path) -> None:
@@ -114,12 +166,19 @@ def _oracle(arms: dict, diagnosis: dict, meta: dict, out: Path) -> None:
     res = aggregate_oracle(arms, diagnosis["rules"])
     render_oracle(res, meta, out)
     scale, digits = SCALE.get(res["metric"], (100, 2))
-    t = table(f"per-block oracle ({'nats' if scale == 1 else 'points'})",
-              ["block", "gain over head", "± sd", "LOO loss", "± sd"])
+    t = table(
+        f"per-block oracle ({'nats' if scale == 1 else 'points'})",
+        ["block", "gain over head", "± sd", "LOO loss", "± sd"],
+    )
     for r in res["table"]:
-        t.add_row(str(r["block"]), *(f"{scale * r[k][m]:{'+' if m == 'mean' else ''}.{digits}f}"
-                                     if r[k]["n"] > (m == "sd") else "n/a"
-                                     for k in ("gain", "loo_loss") for m in ("mean", "sd")))
+        t.add_row(
+            str(r["block"]),
+            *(
+                f"{scale * r[k][m]:{'+' if m == 'mean' else ''}.{digits}f}" if r[k]["n"] > (m == "sd") else "n/a"
+                for k in ("gain", "loo_loss")
+                for m in ("mean", "sd")
+            ),
+        )
     console = make_console()
     console.print(t)
     console.print("oracle: " + oracle_verdict(res) + f" Wrote {out / 'oracle.md'}.")
@@ -134,9 +193,14 @@ def _print(res: dict) -> None:
     digits = 2 if unit(metric) == "%" else 4
     for r in sorted(res["table"], key=lambda r: -r[metric]["mean"]):
         blocks = sorted({tuple(v) for v in r["layers"].values()})
-        t.add_row(r["rule"], layer_ranges(list(blocks[0])) if len(blocks) == 1 else "per seed", str(r["r"]),
-                  f"{r['trainable_params']:,}", f"{shown(metric, r[metric]['mean']):.{digits}f}",
-                  f"{abs(shown(metric, r[metric]['sd'])):.{digits}f}" if r[metric]["n"] > 1 else "n/a")
+        t.add_row(
+            r["rule"],
+            layer_ranges(list(blocks[0])) if len(blocks) == 1 else "per seed",
+            str(r["r"]),
+            f"{r['trainable_params']:,}",
+            f"{shown(metric, r[metric]['mean']):.{digits}f}",
+            f"{abs(shown(metric, r[metric]['sd'])):.{digits}f}" if r[metric]["n"] > 1 else "n/a",
+        )
     console = make_console()
     console.print(t)
     console.print("recommendation: " + res["recommendation"]["text"].replace("**", ""))

@@ -1,4 +1,5 @@
 """``inflora demo``: the main job on the bundled model and data, sized for a laptop CPU."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,13 @@ def demo(out: Out = Path("runs/demo"), device: Device = "auto", precision: Preci
     choice = resolve_device(device, precision)
     console = make_console()
     output_dir(out)
-    result = run_demo(out, device=choice.device, precision=precision, say=console.print,
-                      on_diagnosis=lambda d, folder: print_summary(d, folder, console))
+    result = run_demo(
+        out,
+        device=choice.device,
+        precision=precision,
+        say=console.print,
+        on_diagnosis=lambda d, folder: print_summary(d, folder, console),
+    )
     print_comparison(result.runs, console)
     console.print(reading(result))
     console.print("reports: " + ", ".join(str(p) for p in result.reports))

@@ -1,4 +1,5 @@
 """``inflora experiment sst2-to-rt``: the paper's transfer experiment, resumable, with an honest report."""
+
 from __future__ import annotations
 
 import shlex
@@ -31,8 +32,11 @@ def experiment_cmd(
     regimes: str = typer.Option("under,over"),
     strategies: str = typer.Option("full,shallow,lora-all,lora-inflection,lora-random,head"),
     model: Optional[str] = typer.Option(None, help="override the profile's model (name or local path)"),
-    budget: Optional[str] = typer.Option(None, help="layers=K: every band strategy (lora-inflection, lora-random, "
-                                         "lora-<rule>) trains K blocks; default: SKI's band and its size"),
+    budget: Optional[str] = typer.Option(
+        None,
+        help="layers=K: every band strategy (lora-inflection, lora-random, "
+        "lora-<rule>) trains K blocks; default: SKI's band and its size",
+    ),
     data_dir: DataDir = None,
     device: Device = "auto",
     precision: Precision = "fp32",
@@ -52,20 +56,43 @@ def experiment_cmd(
     spend = Budget.parse(budget)
     if spend.params:
         raise ConfigError("experiment takes --budget layers=K only (a parameter budget is for `inflora compare`)")
-    plan = Plan(get_profile(profile, model=model), _split(seeds, int), _split(regimes), _split(strategies), data_dir,
-                device=device, precision=precision, budget=spend.layers, transfer=name).validate()
+    plan = Plan(
+        get_profile(profile, model=model),
+        _split(seeds, int),
+        _split(regimes),
+        _split(strategies),
+        data_dir,
+        device=device,
+        precision=precision,
+        budget=spend.layers,
+        transfer=name,
+    ).validate()
     output_dir(out)
     raw, meta = run_logged(plan, out, "inflora " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     metrics = transfer.metrics()
     res = aggregate(raw["targets"], raw["diagnoses"], raw["sources"], raw["train_diagnoses"], metrics)
     render(res, meta, out)
-    t = table(f"SST-2 → {transfer.label} ({plan.profile.name}), {transfer.label} test accuracy %",
-              ["regime", "strategy", "trainable", *("decontaminated" if m != "test" else "test" for m in metrics),
-               "forgetting"])
+    t = table(
+        f"SST-2 → {transfer.label} ({plan.profile.name}), {transfer.label} test accuracy %",
+        [
+            "regime",
+            "strategy",
+            "trainable",
+            *("decontaminated" if m != "test" else "test" for m in metrics),
+            "forgetting",
+        ],
+    )
     for r in res["table"]:
-        t.add_row(r["regime"], r["strategy"], f"{r['trainable_params']:,}",
-                  *(f"{100 * r[m]['mean']:.2f}" for m in metrics), f"{100 * r['forgetting']['mean']:+.2f}")
+        t.add_row(
+            r["regime"],
+            r["strategy"],
+            f"{r['trainable_params']:,}",
+            *(f"{100 * r[m]['mean']:.2f}" for m in metrics),
+            f"{100 * r['forgetting']['mean']:+.2f}",
+        )
     console = make_console()
     console.print(t)
-    console.print(f"wall time {meta['wall_seconds'] / 60:.1f} min; wrote {out / 'results.md'}, {out / 'results.html'}, "
-                  f"{out / 'results.json'}")
+    console.print(
+        f"wall time {meta['wall_seconds'] / 60:.1f} min; wrote {out / 'results.md'}, {out / 'results.html'}, "
+        f"{out / 'results.json'}"
+    )

@@ -1,4 +1,5 @@
 """``inflora export``: a diagnosis' band as a PEFT, Axolotl, TRL or JSON LoRA config."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,10 +16,17 @@ from .options import LoraAlpha, LoraDropout, LoraR, LoraTargets
 @command("export")
 def export_cmd(
     diagnosis: Path = typer.Argument(..., help="diagnosis.json written by inflora diagnose"),
-    format: str = typer.Option("peft", "--format", help="peft (LoraConfig folder) | axolotl (YAML) | trl (Python) | json"),
-    model: Optional[str] = typer.Option(None, help="dry-run the config against this model's modules (built on the "
-                                        "meta device from its config; a tiny-<family> name, a folder or a hub name)"),
-    out: Optional[Path] = typer.Option(None, help="output path (default: next to the diagnosis, named after the format)"),
+    format: str = typer.Option(
+        "peft", "--format", help="peft (LoraConfig folder) | axolotl (YAML) | trl (Python) | json"
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        help="dry-run the config against this model's modules (built on the "
+        "meta device from its config; a tiny-<family> name, a folder or a hub name)",
+    ),
+    out: Optional[Path] = typer.Option(
+        None, help="output path (default: next to the diagnosis, named after the format)"
+    ),
     lora_targets: LoraTargets = None,
     lora_r: LoraR = LORA_DEFAULTS.r,
     lora_alpha: LoraAlpha = LORA_DEFAULTS.alpha,
@@ -31,12 +39,15 @@ def export_cmd(
 
     d = Diagnosis.from_json(diagnosis)
     target = out if out is not None else diagnosis.parent / FORMATS.get(format, "export")
-    done = export_config(d, format, target, model=model, targets=lora_targets, r=lora_r, alpha=lora_alpha,
-                         dropout=lora_dropout)
+    done = export_config(
+        d, format, target, model=model, targets=lora_targets, r=lora_r, alpha=lora_alpha, dropout=lora_dropout
+    )
     console = Console()
     cfg = done.config
-    console.print(f"LoRA r={cfg.r} alpha={cfg.lora_alpha} on layers {cfg.layers_to_transform} of {d.model}, "
-                  f"targets {sorted(cfg.target_modules)}")
+    console.print(
+        f"LoRA r={cfg.r} alpha={cfg.lora_alpha} on layers {cfg.layers_to_transform} of {d.model}, "
+        f"targets {sorted(cfg.target_modules)}"
+    )
     if done.matched is None:
         console.print("not checked against a model (pass --model to dry-run the config)")
     else:

@@ -2,6 +2,7 @@
 
 Every remedy's declared option table (``Remedy.options``) becomes real flags of this command, listed
 in ``--help`` under one panel per remedy with their types and defaults."""
+
 from __future__ import annotations
 
 import functools
@@ -15,9 +16,35 @@ from rich.console import Console
 from ..validate import LORA_DEFAULTS, parse_blocks
 from . import command
 from .options import (
-    MODEL, OUTPUT, TRAINING, BatchSize, CompletionColumn, DataDir, Device, Epochs, K, LabelColumn, LimitEval,
-    LimitTrain, LisaInterval, LoraAlpha, LoraDropout, LoraR, LoraTargets, Lr, MaxLength, MessagesColumn, Model, Out,
-    Precision, PromptColumn, Seed, Task, TextColumn, Tower, option,
+    MODEL,
+    OUTPUT,
+    TRAINING,
+    BatchSize,
+    CompletionColumn,
+    DataDir,
+    Device,
+    Epochs,
+    K,
+    LabelColumn,
+    LimitEval,
+    LimitTrain,
+    LisaInterval,
+    LoraAlpha,
+    LoraDropout,
+    LoraR,
+    LoraTargets,
+    Lr,
+    MaxLength,
+    MessagesColumn,
+    Model,
+    Out,
+    Precision,
+    PromptColumn,
+    Seed,
+    Task,
+    TextColumn,
+    Tower,
+    option,
 )
 from .output import console as make_console
 from .output import layer_ranges, table
@@ -33,9 +60,21 @@ def remedy_parameters() -> list[inspect.Parameter]:
         for key, opt in REMEDIES.get(name).options.items():
             kind = f"<{getattr(opt.type, '__name__', 'str')}>"
             default = "none" if opt.default is None else opt.default
-            params.append(inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-                None, "--" + key.replace("_", "-"), metavar=kind, show_default=False,
-                help=f"{opt.help} (default: {default})", rich_help_panel=f"Remedy {name} (with --remedy {name})")))
+            params.append(
+                inspect.Parameter(
+                    key,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    annotation=Optional[str],
+                    default=typer.Option(
+                        None,
+                        "--" + key.replace("_", "-"),
+                        metavar=kind,
+                        show_default=False,
+                        help=f"{opt.help} (default: {default})",
+                        rich_help_panel=f"Remedy {name} (with --remedy {name})",
+                    ),
+                )
+            )
     return params
 
 
@@ -59,8 +98,14 @@ DiagnosisFile = Annotated[Optional[str], option(TRAINING, "diagnosis.json giving
 Layers = Annotated[Optional[str], option(TRAINING, "explicit band, e.g. 0,1,4")]
 Init = Annotated[Optional[str], option(MODEL, "start from a saved fine-tuned model folder")]
 LogEvery = Annotated[int, option(OUTPUT, "log the gradient profile every N steps")]
-Remedy = Annotated[list[str], option(TRAINING, "training remedy (repeatable): spectral-decoupling, redo, "
-                                               "nm-sparsity, dal, grokfast, spam; its options are listed below")]
+Remedy = Annotated[
+    list[str],
+    option(
+        TRAINING,
+        "training remedy (repeatable): spectral-decoupling, redo, "
+        "nm-sparsity, dal, grokfast, spam; its options are listed below",
+    ),
+]
 SaveModel = Annotated[bool, option(OUTPUT, "save the final model (usable with --init)")]
 GradAccum = Annotated[int, option(TRAINING, "micro-batches of --batch-size per optimizer step (per process)")]
 
@@ -144,9 +189,15 @@ def _config(given: dict, remedies: dict):
 
     same = {f.name: given[f.name] for f in fields(FinetuneConfig) if f.name in given}
     targets = given["lora_targets"]
-    return FinetuneConfig(**{**same, "layers": parse_blocks(given["layers"]), "remedies": list(remedies),
-                             "remedy_options": remedies,
-                             "lora_targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None})
+    return FinetuneConfig(
+        **{
+            **same,
+            "layers": parse_blocks(given["layers"]),
+            "remedies": list(remedies),
+            "remedy_options": remedies,
+            "lora_targets": [t.strip() for t in targets.split(",") if t.strip()] if targets else None,
+        }
+    )
 
 
 def _report(m: dict, out: Path) -> None:
@@ -159,10 +210,15 @@ def _report(m: dict, out: Path) -> None:
     print_comparison([m], console)
     if m.get("completion_before") and "validation" in m.get("completion", {}):
         b, a = m["completion_before"], m["completion"]["validation"]
-        console.print(f"validation completion loss {b['completion_loss']:.4f} -> {a['completion_loss']:.4f} "
-                      f"(perplexity {b['perplexity']:.4g} -> {a['perplexity']:.4g})")
-    console.print(f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
-                  f"({m['device']}, {m['precision']}, {m['world_size']} process(es))", soft_wrap=True)
+        console.print(
+            f"validation completion loss {b['completion_loss']:.4f} -> {a['completion_loss']:.4f} "
+            f"(perplexity {b['perplexity']:.4g} -> {a['perplexity']:.4g})"
+        )
+    console.print(
+        f"wrote {out / 'metrics.json'} and {out / 'report.html'} "
+        f"({m['device']}, {m['precision']}, {m['world_size']} process(es))",
+        soft_wrap=True,
+    )
 
 
 SPLIT_HEADERS = {"validation": "val %", "test": "test %", "test_decontaminated": "clean %"}
@@ -170,11 +226,18 @@ SPLIT_HEADERS = {"validation": "val %", "test": "test %", "test_decontaminated":
 
 def print_comparison(runs: list[dict], console: Console) -> None:
     splits = sorted({s for m in runs for s in m["accuracy"]}, key=lambda s: (s not in SPLIT_HEADERS, s))
-    t = table("fine-tuning results (accuracy %)",
-              ["strategy", "layers", "trainable", *[SPLIT_HEADERS.get(s, f"{s} %") for s in splits], "steps/s"])
+    t = table(
+        "fine-tuning results (accuracy %)",
+        ["strategy", "layers", "trainable", *[SPLIT_HEADERS.get(s, f"{s} %") for s in splits], "steps/s"],
+    )
     if "test_decontaminated" in splits:
         t.caption = "clean: the test split without texts found in the source task's training data"
     for m in runs:
-        t.add_row(m["strategy"], layer_ranges(m["layers"]), f"{m['trainable_params']:,}",
-                  *[f"{100 * m['accuracy'].get(s, float('nan')):.2f}" for s in splits], f"{m['steps_per_second']:.2f}")
+        t.add_row(
+            m["strategy"],
+            layer_ranges(m["layers"]),
+            f"{m['trainable_params']:,}",
+            *[f"{100 * m['accuracy'].get(s, float('nan')):.2f}" for s in splits],
+            f"{m['steps_per_second']:.2f}",
+        )
     console.print(t)

@@ -1,5 +1,6 @@
 """``inflora info``: supported architectures, tasks, rules and strategies; ``--model`` prints the
 structure discovered in one model (built on the meta device: no weights are loaded)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -19,8 +20,13 @@ def family_details(spec) -> str:
         f"config.model_type: {', '.join(spec.model_types)}{' (causal)' if spec.causal else ''}",
         f"blocks: {spec.blocks}; attention: {spec.attention}",
         f"LoRA targets (q/k/v): {', '.join(spec.lora_targets)}{' (fused)' if spec.fused_qkv else ''}",
-        *([f"fused q/k/v {spec.qkv_layout.describe()}"] if spec.qkv_layout else
-          ["fused q/k/v: layout not derived (head counts do not fit the fused width)"] if spec.fused_qkv else []),
+        *(
+            [f"fused q/k/v {spec.qkv_layout.describe()}"]
+            if spec.qkv_layout
+            else ["fused q/k/v: layout not derived (head counts do not fit the fused width)"]
+            if spec.fused_qkv
+            else []
+        ),
         f"attention output: {spec.output}",
         f"FFN: {ffn}{' (fused gate/up)' if spec.fused_gate_up else ''}",
         f"embeddings: {', '.join(spec.embeddings) or '-'}",
@@ -28,8 +34,10 @@ def family_details(spec) -> str:
     ]
     if spec.moe:
         m = spec.moe
-        lines.append(f"MoE: {m.num_experts} experts at {m.experts} ({', '.join(m.expert_parameters) or 'modules'}), "
-                     f"router {m.router}, shared {m.shared_experts or '-'}, blocks {list(m.blocks)}")
+        lines.append(
+            f"MoE: {m.num_experts} experts at {m.experts} ({', '.join(m.expert_parameters) or 'modules'}), "
+            f"router {m.router}, shared {m.shared_experts or '-'}, blocks {list(m.blocks)}"
+        )
     if len(spec.towers) > 1:
         lines.append(f"towers: {', '.join(spec.towers)} (this: {spec.tower})")
     return "\n".join(lines)
@@ -56,8 +64,11 @@ def _model_structure(model: str, tower: str) -> None:
 
 @command("info")
 def info(
-    model: Optional[str] = typer.Option(None, help="print the structure discovered in this model (name, folder "
-                                        "or tiny-<family>; built on the meta device, no weights)"),
+    model: Optional[str] = typer.Option(
+        None,
+        help="print the structure discovered in this model (name, folder "
+        "or tiny-<family>; built on the meta device, no weights)",
+    ),
     tower: str = typer.Option("language", help="with --model: language or vision (multimodal models)"),
 ) -> None:
     """List supported model families, built-in tasks and selection rules (or one model's structure)."""
@@ -70,8 +81,7 @@ def info(
     if model:
         _model_structure(model, tower)
         return
-    t = table("override table (inflora/models/architectures.py); other families are discovered",
-              ["family", "layout"])
+    t = table("override table (inflora/models/architectures.py); other families are discovered", ["family", "layout"])
     t.columns[1].no_wrap, t.columns[1].justify = False, "left"
     for spec in ARCHITECTURES:
         t.add_row(spec.family, family_details(spec), end_section=True)

@@ -6,6 +6,7 @@ the default stays in the signature (typer's ``Annotated`` style). A command whos
 same name means something else (``plan --device``: where ``--measure`` runs) declares its own;
 ``tests/test_cli_options.py`` holds the list of such exceptions and checks the rest agree.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,15 +33,28 @@ def option(panel: str | None, help: str, *names: str) -> typer.models.OptionInfo
 # ---------------------------------------------------------------- model and device
 Model = Annotated[str, option(MODEL, "model name or path ('minilm' = bundled all-MiniLM-L6-v2)")]
 Device = Annotated[str, option(MODEL, "auto | cpu | cuda | cuda:N | mps (auto: cuda, else mps, else cpu)")]
-Precision = Annotated[str, option(MODEL, "fp32 | bf16 | fp16 (autocast; fp16: GPU only, with a gradient scaler "
-                                       "when training)")]
-Tower = Annotated[str, option(MODEL, "multimodal models: which block list to diagnose and train, language or vision "
-                                     "(text-only data serves the language tower)")]
+Precision = Annotated[
+    str, option(MODEL, "fp32 | bf16 | fp16 (autocast; fp16: GPU only, with a gradient scaler when training)")
+]
+Tower = Annotated[
+    str,
+    option(
+        MODEL,
+        "multimodal models: which block list to diagnose and train, language or vision "
+        "(text-only data serves the language tower)",
+    ),
+]
 
 # ---------------------------------------------------------------- data
-Task = Annotated[str, option(DATA, "built-in task (rotten_tomatoes, sst2, trec; rt-instruct: a causal LM) or a "
-                                 ".csv/.tsv/.jsonl/.parquet file: text/label, or prompt/completion or messages for a "
-                                 "causal LM; split 80/10/10, or one file per split (data/{split}.csv)")]
+Task = Annotated[
+    str,
+    option(
+        DATA,
+        "built-in task (rotten_tomatoes, sst2, trec; rt-instruct: a causal LM) or a "
+        ".csv/.tsv/.jsonl/.parquet file: text/label, or prompt/completion or messages for a "
+        "causal LM; split 80/10/10, or one file per split (data/{split}.csv)",
+    ),
+]
 DataDir = Annotated[Optional[str], option(DATA, "data folder (default: $INFLORA_DATA_DIR, else the HF hub)")]
 TextColumn = Annotated[str, option(DATA, "text column of a user data file")]
 LabelColumn = Annotated[str, option(DATA, "label column of a user data file")]
@@ -54,11 +68,23 @@ LimitEval = Annotated[Optional[int], option(DATA, "stratified subsets of validat
 
 # ---------------------------------------------------------------- probe and rules
 Batches = Annotated[int, option(PROBE, "number of probe batches (of --batch-size examples) of the diagnosis")]
-Rules = Annotated[Optional[str], option(SELECTION, "rules to score side by side, comma-separated, e.g. "
-                                                 "ski,top-grad,spectrum-snr,kappa,cka-io (see `inflora info`)")]
-RuleBudget = Annotated[Optional[str], option(SELECTION, "what every rule gets: layers=K (K blocks each; default: the "
-                                                      "band's size), params=N (each rule's LoRA rank for N trainable "
-                                                      "parameters), or layers=K,params=N")]
+Rules = Annotated[
+    Optional[str],
+    option(
+        SELECTION,
+        "rules to score side by side, comma-separated, e.g. "
+        "ski,top-grad,spectrum-snr,kappa,cka-io (see `inflora info`)",
+    ),
+]
+RuleBudget = Annotated[
+    Optional[str],
+    option(
+        SELECTION,
+        "what every rule gets: layers=K (K blocks each; default: the "
+        "band's size), params=N (each rule's LoRA rank for N trainable "
+        "parameters), or layers=K,params=N",
+    ),
+]
 
 # ---------------------------------------------------------------- training
 Seed = Annotated[int, option(None, "random seed (batches, initialisation, resampling)")]
@@ -72,9 +98,15 @@ LisaInterval = Annotated[int, option(TRAINING, "lisa: resample the active blocks
 LoraR = Annotated[int, option(LORA, "LoRA rank (in compare with --budget params=N: chosen per rule instead)")]
 LoraAlpha = Annotated[int, option(LORA, "LoRA alpha (the update is scaled by alpha / r)")]
 LoraDropout = Annotated[float, option(LORA, "dropout on the LoRA branch's input")]
-LoraTargets = Annotated[Optional[str], option(LORA, "LoRA targets: qkv (default) | attention (+ output projection) "
-                                                  "| mlp | all | experts (MoE: fused expert weights; needs "
-                                                  "--lora-dropout 0) | comma list of module names")]
+LoraTargets = Annotated[
+    Optional[str],
+    option(
+        LORA,
+        "LoRA targets: qkv (default) | attention (+ output projection) "
+        "| mlp | all | experts (MoE: fused expert weights; needs "
+        "--lora-dropout 0) | comma list of module names",
+    ),
+]
 
 # ---------------------------------------------------------------- output
 Out = Annotated[Path, option(OUTPUT, "output folder")]

@@ -1,5 +1,6 @@
 """How the command line prints: consoles sized by the terminal (or ``$COLUMNS``; 80 when neither is
 known), and tables whose columns and number formats fit 80 columns without cutting a cell."""
+
 from __future__ import annotations
 
 from rich import box

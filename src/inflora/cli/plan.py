@@ -1,4 +1,5 @@
 """``inflora plan``: predicted peak memory per strategy before training; ``--measure`` checks it."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def _count(n: int) -> str:
 def _table(rows: list[dict], measured: bool, title: str):
     t = table(title, COLUMNS + (["meas", "err"] if measured else []), tight=True)
     for r in rows:
-        cells = [r["strategy"], _count(r["trainable"])] + [_mib(r[k]) for k in (
-            "weights", "gradients", "optimizer", "activations", "workspace", "peak")]
+        cells = [r["strategy"], _count(r["trainable"])] + [
+            _mib(r[k]) for k in ("weights", "gradients", "optimizer", "activations", "workspace", "peak")
+        ]
         if measured:
             err = r["error"]
             cells += [_mib(r["weights"] + r["measured_above_model"]), "" if err is None else f"{err:+.0%}"]
@@ -36,8 +38,11 @@ def _table(rows: list[dict], measured: bool, title: str):
 
 
 def _progress(row: dict) -> None:
-    typer.echo(f"measured {row['strategy']}: +{row['measured_above_model'] / MIB:,.0f} MiB "
-               f"(planned +{row['peak_above_model'] / MIB:,.0f})", err=True)
+    typer.echo(
+        f"measured {row['strategy']}: +{row['measured_above_model'] / MIB:,.0f} MiB "
+        f"(planned +{row['peak_above_model'] / MIB:,.0f})",
+        err=True,
+    )
 
 
 @command("plan")
@@ -48,8 +53,11 @@ def plan_cmd(
     precision: Precision = "fp32",
     attention: str = typer.Option("sdpa", help="sdpa | eager"),
     strategies: str = typer.Option("full,head,shallow,lora-all,lora-inflection,lisa,diagnose"),
-    layers: str | None = typer.Option(None, help="lora-inflection's band, e.g. 2,3 (default: the K blocks "
-                                                 "nearest the input, the most memory a band of K takes)"),
+    layers: str | None = typer.Option(
+        None,
+        help="lora-inflection's band, e.g. 2,3 (default: the K blocks "
+        "nearest the input, the most memory a band of K takes)",
+    ),
     budget: str | None = typer.Option(None, help="lora-inflection without a band: layers=K and/or params=N"),
     k: K = 2,
     lora_r: LoraR = LORA_DEFAULTS.r,
@@ -69,10 +77,20 @@ def plan_cmd(
     from ..validate import parse_blocks
 
     check_measure_options(device, measure_steps, threads)
-    spec = PlanSpec(model, batch_size, length, precision, attention,
-                    tuple(s.strip() for s in strategies.split(",") if s.strip()), parse_blocks(layers),
-                    Budget.parse(budget) if budget else None, k, lora_r, lisa_interval,
-                    steps if steps is not None or not measure else measure_steps)
+    spec = PlanSpec(
+        model,
+        batch_size,
+        length,
+        precision,
+        attention,
+        tuple(s.strip() for s in strategies.split(",") if s.strip()),
+        parse_blocks(layers),
+        Budget.parse(budget) if budget else None,
+        k,
+        lora_r,
+        lisa_interval,
+        steps if steps is not None or not measure else measure_steps,
+    )
     plans = plan(spec)
     if measure:
         from ..training.memory_measure import measured_rows
@@ -81,10 +99,25 @@ def plan_cmd(
     else:
         rows = [p.to_dict() for p in plans]
     if json_out:
-        typer.echo(json.dumps({"spec": {"model": model, "batch_size": batch_size, "length": length,
-                                        "precision": precision, "attention": attention, "steps": spec.steps},
-                               "strategies": rows}, indent=1))
+        typer.echo(
+            json.dumps(
+                {
+                    "spec": {
+                        "model": model,
+                        "batch_size": batch_size,
+                        "length": length,
+                        "precision": precision,
+                        "attention": attention,
+                        "steps": spec.steps,
+                    },
+                    "strategies": rows,
+                },
+                indent=1,
+            )
+        )
         return
-    title = (f"{model}: batch {batch_size} x {length} tokens, {precision}, {attention} (MiB; peak = weights +"
-             f" optim + max(activ + work, grads + work)" + ("; meas = weights + measured rise)" if measure else ")"))
+    title = (
+        f"{model}: batch {batch_size} x {length} tokens, {precision}, {attention} (MiB; peak = weights +"
+        f" optim + max(activ + work, grads + work)" + ("; meas = weights + measured rise)" if measure else ")")
+    )
     make_console().print(_table(rows, measure, title))

@@ -4,6 +4,7 @@ The documentation site renders this at build time (``docs/hooks/cli_reference.py
 reference cannot drift from the commands: a new command or option appears the next time the
 site is built, and ``tests/test_docs.py`` checks every one of them is listed.
 """
+
 from __future__ import annotations
 
 import re
@@ -53,7 +54,13 @@ def command_markdown(name: str, cmd) -> str:
     panels = _panels(options)
     for panel, group in panels.items():
         title = [f"**{panel or 'Options'}**", ""] if len(panels) > 1 else []
-        lines += [*title, "| option | type | default | what it does |", "|---|---|---|---|", *map(_option_row, group), ""]
+        lines += [
+            *title,
+            "| option | type | default | what it does |",
+            "|---|---|---|---|",
+            *map(_option_row, group),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -70,6 +77,8 @@ def cli_reference_markdown() -> str:
     """Every command of ``inflora`` with its arguments and options, in command order."""
     commands = _root().commands
     body = [command_markdown(name, commands[name]) for name in sorted(commands)]
-    intro = ("Generated from the command-line app when this site is built. Every command also "
-             "answers `--help`; bad input ends with one line `error: …` and exit code 2.")
+    intro = (
+        "Generated from the command-line app when this site is built. Every command also "
+        "answers `--help`; bad input ends with one line `error: …` and exit code 2."
+    )
     return "\n".join([intro, "", *body])

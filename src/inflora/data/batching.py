@@ -1,4 +1,5 @@
 """Tokenised batches: dynamic padding, length-grouped order for training, fixed probe batches."""
+
 from __future__ import annotations
 
 import random
@@ -14,7 +15,9 @@ def encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
 
 
-def collate(tokenizer, ids: list[list[int]], labels: list[int] | None, causal_lm: bool = False) -> dict[str, torch.Tensor]:
+def collate(
+    tokenizer, ids: list[list[int]], labels: list[int] | None, causal_lm: bool = False
+) -> dict[str, torch.Tensor]:
     """Pad to the longest sequence in the batch (dynamic padding). For a causal LM the labels are the
     input ids with padding set to -100 (next-token loss); otherwise the class labels."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -33,12 +36,20 @@ def collate(tokenizer, ids: list[list[int]], labels: list[int] | None, causal_lm
 
 
 def probe_batches(
-    ds: TextDataset, tokenizer, *, batches: int, batch_size: int, max_length: int = 128,
-    seed: int = 0, causal_lm: bool = False,
+    ds: TextDataset,
+    tokenizer,
+    *,
+    batches: int,
+    batch_size: int,
+    max_length: int = 128,
+    seed: int = 0,
+    causal_lm: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """``batches`` fixed, class-stratified, shuffled batches for diagnosis (the same for a given seed)."""
     if batches < 1 or batch_size < 1:
-        raise DataError(f"need at least one batch of at least one example (got batches={batches}, batch_size={batch_size})")
+        raise DataError(
+            f"need at least one batch of at least one example (got batches={batches}, batch_size={batch_size})"
+        )
     ds.require_nonempty()
     if not causal_lm:
         ds.require_classes(2)
@@ -87,15 +98,16 @@ class EncodedSplit:
         rows = range(len(self.ids))
         return sorted(rows, key=lambda i: len(self.ids[i])) if by_length else list(rows)
 
-    def batches(self, batch_size: int, *, seed: int | None = None, by_length: bool = False
-                ) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, *, seed: int | None = None, by_length: bool = False
+    ) -> Iterator[dict[str, torch.Tensor]]:
         """Plain order; shuffled length groups with ``seed`` (training); or, with ``by_length``, a fixed
         shortest-first order that halves padded evaluation work (same rows in the same order each call)."""
         if seed is not None:
             order = length_grouped_order([len(x) for x in self.ids], batch_size, seed)
         else:
             rows = self.row_order(by_length)
-            order = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+            order = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
         for b in order:
             yield self.collate_rows(b)
 

@@ -1,4 +1,5 @@
 """The in-memory text classification split every other module consumes."""
+
 from __future__ import annotations
 
 import random
@@ -39,8 +40,14 @@ class TextDataset:
 
     def subset(self, indices: list[int], split: str | None = None) -> "TextDataset":
         return TextDataset(
-            [self.texts[i] for i in indices], [self.labels[i] for i in indices], self.name,
-            split or self.split, self.num_labels, 0, self.source, dict(self.meta),
+            [self.texts[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.name,
+            split or self.split,
+            self.num_labels,
+            0,
+            self.source,
+            dict(self.meta),
         )
 
     def require_nonempty(self) -> "TextDataset":

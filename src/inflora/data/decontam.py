@@ -1,4 +1,5 @@
 """Remove target examples that also occur in a source set (SST was built from RT snippets)."""
+
 from __future__ import annotations
 
 import re

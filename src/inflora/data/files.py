@@ -1,4 +1,5 @@
 """User data from CSV, TSV, JSON Lines or Parquet with configurable text and label columns."""
+
 from __future__ import annotations
 
 import csv
@@ -33,7 +34,9 @@ def _rows(path: Path):
             for row in reader:
                 yield reader.line_num, {k: v for k, v in row.items() if k is not None}
         except csv.Error as exc:
-            raise DataError(f"{path.name}: line {reader.line_num}: not readable as {suffix[1:].upper()} ({exc})") from None
+            raise DataError(
+                f"{path.name}: line {reader.line_num}: not readable as {suffix[1:].upper()} ({exc})"
+            ) from None
     elif suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -66,7 +69,9 @@ def read_text(path: Path) -> str:
         seen = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
         if seen not in _ANNOUNCED:
             _ANNOUNCED.add(seen)
-            log.warning("%s is not UTF-8 (byte %d is 0x%02x); read it as Latin-1", path.name, exc.start, data[exc.start])
+            log.warning(
+                "%s is not UTF-8 (byte %d is 0x%02x); read it as Latin-1", path.name, exc.start, data[exc.start]
+            )
         return data.decode("latin-1")
 
 
@@ -77,7 +82,9 @@ def skip_report(name: str, skipped: dict[str, list[int]], total: int) -> str:
     """``reviews.jsonl: skipped 3 of 40 rows: malformed JSON at lines 4, 9; empty text or label at line 7``."""
     parts = []
     for reason, lines in skipped.items():
-        shown = ", ".join(map(str, lines[:SHOW_LINES])) + (f" (+{len(lines) - SHOW_LINES} more)" if len(lines) > SHOW_LINES else "")
+        shown = ", ".join(map(str, lines[:SHOW_LINES])) + (
+            f" (+{len(lines) - SHOW_LINES} more)" if len(lines) > SHOW_LINES else ""
+        )
         parts.append(f"{reason} at line{'s' if len(lines) > 1 else ''} {shown}")
     count = sum(map(len, skipped.values()))
     return f"{name}: skipped {count} of {total} rows: " + "; ".join(parts)
@@ -91,10 +98,11 @@ def _read_pairs(path: Path, text_column: str, label_column: str) -> tuple[list[t
             skipped.setdefault("malformed JSON (not an object)", []).append(number)
             continue
         if text_column not in row or label_column not in row:
-            raise DataError(
-                f"{path.name}: no column {text_column!r} or {label_column!r}; columns are {sorted(row)}"
-            )
-        text, label = str(row[text_column] or "").strip(), str(row[label_column] if row[label_column] is not None else "").strip()
+            raise DataError(f"{path.name}: no column {text_column!r} or {label_column!r}; columns are {sorted(row)}")
+        text, label = (
+            str(row[text_column] or "").strip(),
+            str(row[label_column] if row[label_column] is not None else "").strip(),
+        )
         if not (text and label):
             skipped.setdefault("empty text or label", []).append(number)
         elif not is_textual(text):
@@ -142,6 +150,12 @@ def load_file(
         ids = {v: names.index(v) for v in names}
         num_labels = len(names)
     return TextDataset(
-        [t for t, _ in raw], [ids[lab] for _, lab in raw], path.stem, split, num_labels, skipped, str(path),
+        [t for t, _ in raw],
+        [ids[lab] for _, lab in raw],
+        path.stem,
+        split,
+        num_labels,
+        skipped,
+        str(path),
         {"label_names": [str(n) for n in names], "skipped_lines": skipped_lines},
     )

@@ -6,6 +6,7 @@ the input ids with every prompt position (and padding) set to -100. An example l
 Rows that cannot fit (a prompt longer than ``max_length`` on its own, or a completion that leaves no
 room for one prompt token) are skipped and counted.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,7 +50,7 @@ def fit(prompt_ids: list[int], completion_ids: list[int], max_length: int) -> tu
         return [], [], "completion leaves no room for the prompt within --max-length"
     room = max_length - len(completion_ids)
     outcome = "truncated" if len(prompt_ids) > room else None
-    kept = prompt_ids[len(prompt_ids) - min(room, len(prompt_ids)):]
+    kept = prompt_ids[len(prompt_ids) - min(room, len(prompt_ids)) :]
     return kept + completion_ids, kept, outcome
 
 
@@ -85,12 +86,19 @@ class EncodedInstructions(EncodedSplit):
             self.rows.append(i)
         self.skipped = sum(self.skipped_reasons.values())
         if not self.ids:
-            raise DataError(f"{ds.name}/{ds.split}: no example fits --max-length {max_length} "
-                            f"({dict(self.skipped_reasons)})")
+            raise DataError(
+                f"{ds.name}/{ds.split}: no example fits --max-length {max_length} ({dict(self.skipped_reasons)})"
+            )
         if self.truncated or self.skipped:
-            log.warning("%s/%s: %d example(s) lost prompt tokens from the left and %d were skipped %s "
-                        "(--max-length %d)", ds.name, ds.split, self.truncated, self.skipped,
-                        dict(self.skipped_reasons) or "", max_length)
+            log.warning(
+                "%s/%s: %d example(s) lost prompt tokens from the left and %d were skipped %s (--max-length %d)",
+                ds.name,
+                ds.split,
+                self.truncated,
+                self.skipped,
+                dict(self.skipped_reasons) or "",
+                max_length,
+            )
 
     @property
     def labels(self) -> list[int]:
@@ -101,20 +109,27 @@ class EncodedInstructions(EncodedSplit):
         return completion_labels(batch, [self.prompt_lens[i] for i in rows])
 
     def stats(self) -> dict:
-        return {"examples": len(self.ids), "truncated": self.truncated, "skipped": self.skipped,
-                "skipped_reasons": dict(self.skipped_reasons)}
+        return {
+            "examples": len(self.ids),
+            "truncated": self.truncated,
+            "skipped": self.skipped,
+            "skipped_reasons": dict(self.skipped_reasons),
+        }
 
 
-def instruction_probe_batches(ds: InstructionDataset, tokenizer, *, batches: int, batch_size: int,
-                              max_length: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+def instruction_probe_batches(
+    ds: InstructionDataset, tokenizer, *, batches: int, batch_size: int, max_length: int, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
     """Fixed shuffled probe batches with completion-only labels (stratified by label option)."""
     if batches < 1 or batch_size < 1:
-        raise DataError(f"need at least one batch of at least one example (got batches={batches}, batch_size={batch_size})")
+        raise DataError(
+            f"need at least one batch of at least one example (got batches={batches}, batch_size={batch_size})"
+        )
     sub = ds.require_nonempty().stratified(min(len(ds), batches * batch_size), seed=seed)
     enc = EncodedInstructions(sub, tokenizer, max_length)
     order = list(range(len(enc)))
     random.Random(seed).shuffle(order)
-    return [enc.collate_rows(order[s:s + batch_size]) for s in range(0, len(order), batch_size)][:batches]
+    return [enc.collate_rows(order[s : s + batch_size]) for s in range(0, len(order), batch_size)][:batches]
 
 
 def encode_split(ds, tokenizer, max_length: int) -> EncodedSplit:

@@ -4,6 +4,7 @@ Rows that cannot be learned from (no completion, an empty one, a chat without an
 a line that is not JSON) are data errors: skipped, counted per reason in ``meta['skipped_reasons']``,
 never a crash. A file with no usable row is an error.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,8 +86,10 @@ def load_instructions(
     for number, row in _rows(path):
         got = _example(row, prompt_column, completion_column, messages_column) if isinstance(row, dict) else "not JSON"
         if got == "missing":
-            raise DataError(f"{path.name}: no column {prompt_column!r} (with {completion_column!r}) or "
-                            f"{messages_column!r}; columns are {sorted(row)}")
+            raise DataError(
+                f"{path.name}: no column {prompt_column!r} (with {completion_column!r}) or "
+                f"{messages_column!r}; columns are {sorted(row)}"
+            )
         if isinstance(got, str):
             lines.setdefault(got, []).append(number)
         else:
@@ -103,12 +106,23 @@ def load_instructions(
         raise DataError(f"{path.name}: completions {unknown[:3]} are not among the options {opts}")
     labels = [opts.index(c) for c in completions] if opts else [0] * len(examples)
     return InstructionDataset(
-        [t for _, _, t in examples], labels, path.stem, split, max(len(opts), 1), sum(reasons.values()), str(path),
-        {"skipped_reasons": dict(reasons), "skipped_lines": lines}, [p for p, _, _ in examples], completions, opts,
+        [t for _, _, t in examples],
+        labels,
+        path.stem,
+        split,
+        max(len(opts), 1),
+        sum(reasons.values()),
+        str(path),
+        {"skipped_reasons": dict(reasons), "skipped_lines": lines},
+        [p for p, _, _ in examples],
+        completions,
+        opts,
     )
 
 
-def is_instruction_file(path: str | os.PathLike, prompt_column: str = "prompt", messages_column: str = "messages") -> bool:
+def is_instruction_file(
+    path: str | os.PathLike, prompt_column: str = "prompt", messages_column: str = "messages"
+) -> bool:
     """True when the file's first readable row has a prompt or messages column."""
     path = Path(path)
     if not path.is_file() or path.suffix.lower() not in INSTRUCTION_SUFFIXES:

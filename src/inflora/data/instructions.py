@@ -11,6 +11,7 @@ when it has one; otherwise with the plain template below, documented in docs/gui
 i.e. one ``Role: content`` line per earlier turn, then ``Assistant:`` as the prompt's end and
 `` <completion>`` (with a leading space) as the completion.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,10 @@ class InstructionDataset(TextDataset):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not (len(self.prompts) == len(self.completions) == len(self.texts)):
-            raise DataError(f"{self.name}/{self.split}: {len(self.prompts)} prompts, {len(self.completions)} "
-                            f"completions and {len(self.texts)} texts")
+            raise DataError(
+                f"{self.name}/{self.split}: {len(self.prompts)} prompts, {len(self.completions)} "
+                f"completions and {len(self.texts)} texts"
+            )
 
     def require_classes(self, at_least: int = 2) -> "InstructionDataset":
         """Free-text completions have no classes; label options must all be present, as for a classifier."""
@@ -46,21 +49,40 @@ class InstructionDataset(TextDataset):
 
     def subset(self, indices: list[int], split: str | None = None) -> "InstructionDataset":
         return InstructionDataset(
-            [self.texts[i] for i in indices], [self.labels[i] for i in indices], self.name, split or self.split,
-            self.num_labels, 0, self.source, dict(self.meta), [self.prompts[i] for i in indices],
-            [self.completions[i] for i in indices], list(self.options),
+            [self.texts[i] for i in indices],
+            [self.labels[i] for i in indices],
+            self.name,
+            split or self.split,
+            self.num_labels,
+            0,
+            self.source,
+            dict(self.meta),
+            [self.prompts[i] for i in indices],
+            [self.completions[i] for i in indices],
+            list(self.options),
         )
 
     @classmethod
-    def from_labelled(cls, ds: TextDataset, template: str, options: list[str], name: str | None = None
-                      ) -> "InstructionDataset":
+    def from_labelled(
+        cls, ds: TextDataset, template: str, options: list[str], name: str | None = None
+    ) -> "InstructionDataset":
         """A classification split as instructions: ``template.format(text=...)`` as the prompt and the
         option of each example's label as its completion (``rt-instruct``)."""
         if len(options) < ds.num_labels:
             raise DataError(f"{len(options)} completion options for {ds.num_labels} labels")
-        return cls(list(ds.texts), list(ds.labels), name or ds.name, ds.split, len(options), ds.skipped, ds.source,
-                   {**ds.meta, "template": template}, [template.format(text=t) for t in ds.texts],
-                   [options[y] for y in ds.labels], list(options))
+        return cls(
+            list(ds.texts),
+            list(ds.labels),
+            name or ds.name,
+            ds.split,
+            len(options),
+            ds.skipped,
+            ds.source,
+            {**ds.meta, "template": template},
+            [template.format(text=t) for t in ds.texts],
+            [options[y] for y in ds.labels],
+            list(options),
+        )
 
 
 def last_assistant_turn(messages: list) -> int | None:
@@ -72,8 +94,13 @@ def last_assistant_turn(messages: list) -> int | None:
 
 
 def plain_chat_prompt(messages: list[dict]) -> str:
-    return "".join(PLAIN_TURN.format(role=str(m.get("role", "user")).capitalize(), content=m.get("content", ""))
-                   for m in messages) + PLAIN_REPLY_PREFIX
+    return (
+        "".join(
+            PLAIN_TURN.format(role=str(m.get("role", "user")).capitalize(), content=m.get("content", ""))
+            for m in messages
+        )
+        + PLAIN_REPLY_PREFIX
+    )
 
 
 def render(prompt, completion: str, tokenizer) -> tuple[str, str]:
@@ -85,9 +112,11 @@ def render(prompt, completion: str, tokenizer) -> tuple[str, str]:
     head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": completion}], tokenize=False)
     if not full.startswith(head):
-        raise DataError("the tokenizer's chat template does not render the prompt as a prefix of the whole chat, "
-                        "so the completion cannot be located; use prompt/completion columns instead")
-    return head, full[len(head):]
+        raise DataError(
+            "the tokenizer's chat template does not render the prompt as a prefix of the whole chat, "
+            "so the completion cannot be located; use prompt/completion columns instead"
+        )
+    return head, full[len(head) :]
 
 
 def uses_chat_template(ds: InstructionDataset, tokenizer) -> bool | None:

@@ -9,6 +9,7 @@ messages column, instruction data for a causal LM. A user file gives its splits 
 * one file: cut once into train/validation/test (80/10/10), stratified by label with a fixed seed,
   so every command that reads the same file sees the same split. ``split="all"`` is the whole file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,9 @@ def is_user_file(task: str | os.PathLike) -> bool:
     return Path(str(task)).suffix.lower() in USER_FILE_SUFFIXES
 
 
-def split_indices(labels: list[int], split: str, fractions: dict[str, float] = USER_SPLITS,
-                  seed: int = SPLIT_SEED) -> list[int]:
+def split_indices(
+    labels: list[int], split: str, fractions: dict[str, float] = USER_SPLITS, seed: int = SPLIT_SEED
+) -> list[int]:
     """Row indices of ``split``: each label's rows are shuffled once (seeded) and cut in order of
     ``fractions``, so the splits are disjoint, cover every row and keep the label proportions."""
     if split not in fractions:
@@ -61,10 +63,21 @@ def _read(path: str, split: str, columns: dict, like: TextDataset | None = None)
     """One file as labelled text or as instructions; ``like`` (the train file) fixes the label names."""
     prompt, messages = columns.get("prompt_column", "prompt"), columns.get("messages_column", "messages")
     if is_instruction_file(path, prompt, messages):
-        return load_instructions(path, prompt, columns.get("completion_column", "completion"), messages_column=messages,
-                                 options=like.options if like is not None else None, split=split)
-    return load_file(path, columns.get("text_column", "text"), columns.get("label_column", "label"),
-                     label_names=like.meta["label_names"] if like is not None else None, split=split)
+        return load_instructions(
+            path,
+            prompt,
+            columns.get("completion_column", "completion"),
+            messages_column=messages,
+            options=like.options if like is not None else None,
+            split=split,
+        )
+    return load_file(
+        path,
+        columns.get("text_column", "text"),
+        columns.get("label_column", "label"),
+        label_names=like.meta["label_names"] if like is not None else None,
+        split=split,
+    )
 
 
 @lru_cache(maxsize=8)
@@ -92,8 +105,10 @@ def _load_user_file(task: str, split: str, columns: dict) -> TextDataset:
     part = whole.subset(split_indices(whole.labels, split), split)
     part.meta["split_of"] = {"rows": len(whole), "fractions": USER_SPLITS, "seed": SPLIT_SEED}
     if not len(part):
-        raise DataError(f"{task}: its {split} split is empty ({len(whole)} usable rows cut 80/10/10); "
-                        "add rows or give one file per split with {split} in the path")
+        raise DataError(
+            f"{task}: its {split} split is empty ({len(whole)} usable rows cut 80/10/10); "
+            "add rows or give one file per split with {split} in the path"
+        )
     return part
 
 
@@ -126,4 +141,6 @@ def _note_ignored_columns(task: str, columns: dict) -> None:
         if value is not None and value != COLUMN_DEFAULTS[name] and (task, name) not in _NOTED:
             _NOTED.add((task, name))
             flag = "--" + name.replace("_", "-")
-            logging.getLogger("inflora").warning(f"{flag} {value} is ignored: {task} is a built-in task with its own columns")
+            logging.getLogger("inflora").warning(
+                f"{flag} {value} is ignored: {task} is a built-in task with its own columns"
+            )

@@ -6,6 +6,7 @@ everything else trains a classifier. The question comes up before loading (``fin
 load, whether remedies apply, how a run is scored) and in between; each place asks ``task_type``.
 A model already built answers for itself (``strategies.lora.task_type_of``: its heads).
 """
+
 from __future__ import annotations
 
 import os

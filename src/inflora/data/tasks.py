@@ -3,6 +3,7 @@
 The data folder comes from the ``data_dir`` argument, else ``$INFLORA_DATA_DIR``; without either we
 try the hub (``datasets``) when it is reachable, and otherwise fail with one line naming the fix.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,10 +40,10 @@ class TaskSpec:
     name: str
     splits: tuple[str, ...]
     read_local: Callable[[Path, str, bool], tuple[list[str], list[int], int]]
-    hub_id: tuple[str, ...]              # () : only from the shared data folder
+    hub_id: tuple[str, ...]  # () : only from the shared data folder
     num_labels: int = 2
-    prompt_template: str | None = None   # an instruction task: each text as a prompt...
-    options: tuple[str, ...] = ()        # ...and the option of its label as the completion
+    prompt_template: str | None = None  # an instruction task: each text as a prompt...
+    options: tuple[str, ...] = ()  # ...and the option of its label as the completion
 
 
 TASKS: Registry[TaskSpec] = Registry("task")
@@ -136,12 +137,22 @@ def _read_trec(root: Path, split: str, skip_nontextual: bool) -> tuple[list[str]
     return [texts[i] for i in keep], [labels[i] for i in keep], skipped if split == "train" else 0
 
 
-TASKS.register("rotten_tomatoes")(TaskSpec("rotten_tomatoes", ("train", "validation", "test"), _read_rt, ("rotten_tomatoes",)))
+TASKS.register("rotten_tomatoes")(
+    TaskSpec("rotten_tomatoes", ("train", "validation", "test"), _read_rt, ("rotten_tomatoes",))
+)
 TASKS.register("sst2")(TaskSpec("sst2", ("train", "validation"), _read_sst2, ("glue", "sst2")))
 TASKS.register("trec")(TaskSpec("trec", ("train", "validation", "test"), _read_trec, (), num_labels=len(TREC_CLASSES)))
 # Rotten Tomatoes for causal LMs: the same splits, rows and decontamination, as prompt -> ' positive'/' negative'.
-TASKS.register("rt-instruct")(TaskSpec("rt-instruct", ("train", "validation", "test"), _read_rt, ("rotten_tomatoes",),
-                                       prompt_template="Review: {text}\nSentiment:", options=(" negative", " positive")))
+TASKS.register("rt-instruct")(
+    TaskSpec(
+        "rt-instruct",
+        ("train", "validation", "test"),
+        _read_rt,
+        ("rotten_tomatoes",),
+        prompt_template="Review: {text}\nSentiment:",
+        options=(" negative", " positive"),
+    )
+)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -204,10 +215,16 @@ def load_task(
     else:
         raise DataError(
             f"no data folder for {name!r}: pass --data-dir DIR or set {ENV_VAR} "
-            + ("(the Hugging Face hub is not reachable)" if spec.hub_id else "(it is read from the shared data folder only)")
+            + (
+                "(the Hugging Face hub is not reachable)"
+                if spec.hub_id
+                else "(it is read from the shared data folder only)"
+            )
         )
     ds = TextDataset(texts, labels, name, split, spec.num_labels, skipped, source).require_nonempty()
-    return InstructionDataset.from_labelled(ds, spec.prompt_template, list(spec.options)) if spec.prompt_template else ds
+    return (
+        InstructionDataset.from_labelled(ds, spec.prompt_template, list(spec.options)) if spec.prompt_template else ds
+    )
 
 
 def is_instruction_task(name: str) -> bool:

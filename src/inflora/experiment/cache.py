@@ -3,6 +3,7 @@
 A unit's folder is ``units/<kind>-<key>``; its ``result.json`` is written atomically last, so a
 folder without it is unfinished and is resumed (finetune resumes inside a unit at epoch level).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -75,8 +76,16 @@ class UnitCache:
             finished = True
         finally:
             wall = time.perf_counter() - t0
-            invocations = self.log_invocation({"command": command_line, "wall_seconds": wall, "finished": finished,
-                                               "units_before": before, "units_after": self.count_done()}, earlier)
+            invocations = self.log_invocation(
+                {
+                    "command": command_line,
+                    "wall_seconds": wall,
+                    "finished": finished,
+                    "units_before": before,
+                    "units_after": self.count_done(),
+                },
+                earlier,
+            )
         return result, {"wall_seconds": wall, "units_before": before, "invocations": invocations}
 
     def invocations(self) -> list[dict]:

@@ -4,6 +4,7 @@ A comparison is *supported* when the 95% interval of the paired difference over 
 claimed side of zero, *not supported* when it lies on the other side, else *inconclusive*
 (``stats.verdict``). Thresholds for the gradient-ratio claim are stated in its text.
 """
+
 from __future__ import annotations
 
 
@@ -49,25 +50,53 @@ def judge(res: dict, metric: str = "test") -> list[dict]:
     """One entry per claim: {claim, verdict, evidence}."""
     out = []
     v, e = _compare(res, "over", [("lora-inflection", "lora-all"), ("lora-inflection", "full")], metric, +1)
-    out.append({"id": "a", "claim": "OVER benefits from inflection-layer LoRA vs uniform LoRA and full fine-tuning", "verdict": v, "evidence": e})
+    out.append(
+        {
+            "id": "a",
+            "claim": "OVER benefits from inflection-layer LoRA vs uniform LoRA and full fine-tuning",
+            "verdict": v,
+            "evidence": e,
+        }
+    )
     v, e = _compare(res, "under", [("lora-inflection", "full")], metric, -1)
-    out.append({"id": "b", "claim": "UNDER degrades with inflection-layer LoRA (vs full fine-tuning)", "verdict": v, "evidence": e})
+    out.append(
+        {
+            "id": "b",
+            "claim": "UNDER degrades with inflection-layer LoRA (vs full fine-tuning)",
+            "verdict": v,
+            "evidence": e,
+        }
+    )
     out.append(_same_band(res))
     out.append(_grad_ratio(res))
     out.append(_low_cka(res))
     out.append(judge_confident_mistakes(res))
     for regime in ("under", "over"):
         v, e = _compare(res, regime, [("lora-inflection", "lora-random")], metric, +1)
-        out.append({"id": f"f-{regime}", "claim": f"{regime.upper()}: lora-inflection beats lora-random (the choice of layers matters)", "verdict": v, "evidence": e})
+        out.append(
+            {
+                "id": f"f-{regime}",
+                "claim": f"{regime.upper()}: lora-inflection beats lora-random (the choice of layers matters)",
+                "verdict": v,
+                "evidence": e,
+            }
+        )
     return out
 
 
 def _same_band(res: dict) -> dict:
     seeds = {s: b for s, b in res["bands"].items() if "under" in b and "over" in b}
     if not seeds:
-        return {"id": "c", "claim": "the band is the same for UNDER and OVER", "verdict": "inconclusive", "evidence": "no paired diagnoses"}
+        return {
+            "id": "c",
+            "claim": "the band is the same for UNDER and OVER",
+            "verdict": "inconclusive",
+            "evidence": "no paired diagnoses",
+        }
     same = {s: sorted(b["under"]["band"]) == sorted(b["over"]["band"]) for s, b in seeds.items()}
-    ev = "; ".join(f"seed {s}: UNDER {seeds[s]['under']['band']} vs OVER {seeds[s]['over']['band']}" for s in sorted(seeds))
+    ev = "; ".join(
+        f"seed {s}: UNDER {seeds[s]['under']['band']} vs OVER {seeds[s]['over']['band']}" for s in sorted(seeds)
+    )
     v = "supported" if all(same.values()) else "not supported" if not any(same.values()) else "inconclusive"
     return {"id": "c", "claim": "the band is the same for UNDER and OVER", "verdict": v, "evidence": ev}
 
@@ -80,7 +109,10 @@ def _grad_ratio(res: dict) -> dict:
     if not ratios:
         return {"id": "d", "claim": claim, "verdict": "inconclusive", "evidence": "the needed runs are missing"}
     means = {s: r["over_over_under"]["mean"] for s, r in ratios.items()}
-    ev = "; ".join(f"{s}: OVER/UNDER = {m:.3g} (UNDER {ratios[s]['under_mean']:.3g}, OVER {ratios[s]['over_mean']:.3g})" for s, m in means.items())
+    ev = "; ".join(
+        f"{s}: OVER/UNDER = {m:.3g} (UNDER {ratios[s]['under_mean']:.3g}, OVER {ratios[s]['over_mean']:.3g})"
+        for s, m in means.items()
+    )
     if all(m <= 0.2 for m in means.values()):
         v = "supported"
     elif all(m >= 0.5 for m in means.values()):
@@ -102,7 +134,11 @@ def _low_cka(res: dict) -> dict:
     seeds = [s for s in f if all(s in o["low_layer_delta_cka"] for o in others)]
     diffs = [f[s] - max(o["low_layer_delta_cka"][s] for o in others) for s in seeds]
     d = summary(diffs)
-    means = ", ".join(f"{r['strategy']} {np.mean(list(r['low_layer_delta_cka'].values())):.3g}" for r in [full, *others])
-    ev = (f"low-layer ΔCKA (mean over seeds): {means}; full − max(others) per seed: {d['mean']:.3g} "
-          f"(95% CI {d['ci'][0]:.3g} … {d['ci'][1]:.3g}, n={d['n']})")
+    means = ", ".join(
+        f"{r['strategy']} {np.mean(list(r['low_layer_delta_cka'].values())):.3g}" for r in [full, *others]
+    )
+    ev = (
+        f"low-layer ΔCKA (mean over seeds): {means}; full − max(others) per seed: {d['mean']:.3g} "
+        f"(95% CI {d['ci'][0]:.3g} … {d['ci'][1]:.3g}, n={d['n']})"
+    )
     return {"id": "e", "claim": claim, "verdict": verdict(d["ci"], +1), "evidence": ev}

@@ -1,5 +1,6 @@
 """The demo: diagnose the bundled MiniLM on Rotten Tomatoes, then a smoke-sized lora-inflection vs
 lora-all comparison, and a plain reading of what such a small run can and cannot show."""
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,10 @@ STRATEGIES = ("lora-inflection", "lora-all")
 BUDGET = {"epochs": 1, "limit_train": 2000, "limit_eval": 500, "cka_examples": 256}
 PROBE = {"batches": 8, "batch_size": 32, "max_length": 64}
 PUBLISHED = "docs/results/README.md"
-REPRODUCE = ("inflora experiment sst2-to-rt --profile cpu --seeds 42,43,44 --regimes under,over "
-             "--strategies full,shallow,lora-all,lora-inflection,lora-random,head")
+REPRODUCE = (
+    "inflora experiment sst2-to-rt --profile cpu --seeds 42,43,44 --regimes under,over "
+    "--strategies full,shallow,lora-all,lora-inflection,lora-random,head"
+)
 
 
 @dataclass
@@ -25,9 +28,14 @@ class DemoResult:
     reports: list[Path] = field(default_factory=list)
 
 
-def run_demo(out: str | Path, *, device: str = "auto", precision: str = "fp32",
-             say: Callable[[str], None] = lambda message: None,
-             on_diagnosis: Callable[[object, Path], None] = lambda d, folder: None) -> DemoResult:
+def run_demo(
+    out: str | Path,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    say: Callable[[str], None] = lambda message: None,
+    on_diagnosis: Callable[[object, Path], None] = lambda d, folder: None,
+) -> DemoResult:
     """Diagnose (``out/diagnose``), then fine-tune each of ``STRATEGIES`` on the band (``out/<strategy>``)."""
     from ..data import load_task
     from ..diagnosis import diagnose
@@ -45,8 +53,15 @@ def run_demo(out: str | Path, *, device: str = "auto", precision: str = "fp32",
     on_diagnosis(d, folder)
     for strategy in STRATEGIES:
         say(f"fine-tuning {strategy} ({BUDGET['limit_train']} training examples, {BUDGET['epochs']} epoch) …")
-        cfg = FinetuneConfig(model=MODEL, task=TASK, strategy=strategy, layers=d.inflection_layers, **BUDGET,
-                             device=device, precision=precision)
+        cfg = FinetuneConfig(
+            model=MODEL,
+            task=TASK,
+            strategy=strategy,
+            layers=d.inflection_layers,
+            **BUDGET,
+            device=device,
+            precision=precision,
+        )
         m = finetune(cfg, out / strategy)
         result.runs.append(m)
         result.reports.append(write_finetune_report(m, out / strategy)["html"])

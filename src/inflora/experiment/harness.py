@@ -5,6 +5,7 @@ source(seed) trains full fine-tuning on SST-2 and keeps the UNDER (epoch ``under
 validation split; target(regime, strategy, seed) fine-tunes each on the target's train split.
 Interrupt at any time: the same command resumes, and a finished experiment re-renders at once.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ class Plan:
     data_dir: str | None = None
     device: str = "auto"
     precision: str = "fp32"
-    budget: int | None = None       # K blocks for every band strategy (None: SKI's band; rule arms its size)
-    transfer: str = DEFAULT         # sst2-to-rt | sst2-to-trec
+    budget: int | None = None  # K blocks for every band strategy (None: SKI's band; rule arms its size)
+    transfer: str = DEFAULT  # sst2-to-rt | sst2-to-trec
 
     @property
     def target(self) -> Transfer:
@@ -73,23 +74,44 @@ def source_config(p: Profile, seed: int) -> dict:
     return {"seed": seed, **{k: getattr(p, k) for k in keys}}
 
 
-def diagnose_config(p: Profile, seed: int, regime: str, rules: list[str] = (), budget: int | None = None,
-                    split: str = "validation", transfer: Transfer | None = None) -> dict:
+def diagnose_config(
+    p: Profile,
+    seed: int,
+    regime: str,
+    rules: list[str] = (),
+    budget: int | None = None,
+    split: str = "validation",
+    transfer: Transfer | None = None,
+) -> dict:
     extra = {"rules": list(rules), "budget": budget} if rules else {}  # earlier caches keep their keys
     if split != "validation":
         extra["split"] = split
     if transfer is not None and transfer.name != DEFAULT:
         extra["task"] = transfer.target
-    return {"source": source_config(p, seed), "regime": regime, "batches": p.diagnose_batches,
-            "batch_size": p.diagnose_batch_size, "max_length": p.max_length, **extra}
+    return {
+        "source": source_config(p, seed),
+        "regime": regime,
+        "batches": p.diagnose_batches,
+        "batch_size": p.diagnose_batch_size,
+        "max_length": p.max_length,
+        **extra,
+    }
 
 
-def target_config(p: Profile, seed: int, regime: str, strategy: str, band: list[int],
-                  transfer: Transfer | None = None) -> dict:
+def target_config(
+    p: Profile, seed: int, regime: str, strategy: str, band: list[int], transfer: Transfer | None = None
+) -> dict:
     keys = ("target_limit", "target_epochs", "eval_limit", "max_length", "batch_size", "cka_examples", "log_every")
     task = {"task": transfer.target, "new_head": transfer.new_head} if transfer and transfer.name != DEFAULT else {}
-    return {"source": source_config(p, seed), "regime": regime, "strategy": strategy, "band": band,
-            "retention_task": "sst2", **task, **{k: getattr(p, k) for k in keys}}
+    return {
+        "source": source_config(p, seed),
+        "regime": regime,
+        "strategy": strategy,
+        "band": band,
+        "retention_task": "sst2",
+        **task,
+        **{k: getattr(p, k) for k in keys},
+    }
 
 
 def band_for(strategy: str, diagnosis: dict, budget: int | None) -> list[int] | None:
@@ -108,27 +130,63 @@ def with_precision(cfg: dict, precision: str) -> dict:
     return cfg if precision == "fp32" else {**cfg, "precision": precision}
 
 
-def run_source(cache: UnitCache, p: Profile, seed: int, data_dir, *, device: str = "auto", precision: str = "fp32") -> dict:
+def run_source(
+    cache: UnitCache, p: Profile, seed: int, data_dir, *, device: str = "auto", precision: str = "fp32"
+) -> dict:
     from ..training import FinetuneConfig, finetune
 
     cfg = with_precision(source_config(p, seed), precision)
     if (done := cache.done("source", cfg)) is not None:
         return done
     folder = cache.folder("source", cfg)
-    ft = FinetuneConfig(model=p.model, task="sst2", strategy="full", epochs=p.over_epochs, seed=seed, lr=p.source_lr,
-                        batch_size=p.batch_size, max_length=p.max_length, limit_train=p.source_limit,
-                        cka_examples=0, log_every=p.log_every, decontaminate_against=None,
-                        save_epochs=sorted({p.under_epochs, p.over_epochs}), data_dir=data_dir,
-                        device=device, precision=precision)
+    ft = FinetuneConfig(
+        model=p.model,
+        task="sst2",
+        strategy="full",
+        epochs=p.over_epochs,
+        seed=seed,
+        lr=p.source_lr,
+        batch_size=p.batch_size,
+        max_length=p.max_length,
+        limit_train=p.source_limit,
+        cka_examples=0,
+        log_every=p.log_every,
+        decontaminate_against=None,
+        save_epochs=sorted({p.under_epochs, p.over_epochs}),
+        data_dir=data_dir,
+        device=device,
+        precision=precision,
+    )
     m = finetune(ft, folder / "run", progress=False)
-    return cache.finish("source", cfg, {
-        "under": str(folder / "run" / f"model-epoch{p.under_epochs}"), "over": str(folder / "run" / f"model-epoch{p.over_epochs}"),
-        "under_epoch": p.under_epochs, "over_epoch": p.over_epochs, "history": m["history"], "train_seconds": m["train_seconds"]})
+    return cache.finish(
+        "source",
+        cfg,
+        {
+            "under": str(folder / "run" / f"model-epoch{p.under_epochs}"),
+            "over": str(folder / "run" / f"model-epoch{p.over_epochs}"),
+            "under_epoch": p.under_epochs,
+            "over_epoch": p.over_epochs,
+            "history": m["history"],
+            "train_seconds": m["train_seconds"],
+        },
+    )
 
 
-def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: dict, data_dir, *,
-                 device: str = "auto", precision: str = "fp32", rules: list[str] = (), budget: int | None = None,
-                 split: str = "validation", transfer: Transfer = get_transfer(DEFAULT)) -> dict:
+def run_diagnose(
+    cache: UnitCache,
+    p: Profile,
+    seed: int,
+    regime: str,
+    source: dict,
+    data_dir,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    rules: list[str] = (),
+    budget: int | None = None,
+    split: str = "validation",
+    transfer: Transfer = get_transfer(DEFAULT),
+) -> dict:
     """The source checkpoint probed on the target's ``split``: validation chooses the band; train (what
     target training starts from) gives the output-saturation numbers and the gradient split there.
     A target with a new head is probed through that head, freshly initialised with the seed, as
@@ -142,9 +200,21 @@ def run_diagnose(cache: UnitCache, p: Profile, seed: int, regime: str, source: d
         return done
     data = load_task(transfer.target, split, data_dir)
     model, tok = load_source(source[regime], data.num_labels if transfer.new_head else None, seed)
-    d = diagnose(model, data, tok, batches=p.diagnose_batches,
-                 batch_size=p.diagnose_batch_size, max_length=p.max_length, seed=seed, progress=False, split=split,
-                 device=device, precision=precision, rules=list(rules) or None, budget=Budget(layers=budget))
+    d = diagnose(
+        model,
+        data,
+        tok,
+        batches=p.diagnose_batches,
+        batch_size=p.diagnose_batch_size,
+        max_length=p.max_length,
+        seed=seed,
+        progress=False,
+        split=split,
+        device=device,
+        precision=precision,
+        rules=list(rules) or None,
+        budget=Budget(layers=budget),
+    )
     if rules and not d.rules:
         raise ConfigError(f"the {regime} diagnosis (seed {seed}) compared no rules: " + "; ".join(d.flags))
     d.model = f"{p.model} ({regime.upper()}, seed {seed})"
@@ -163,9 +233,21 @@ def load_source(path: str, new_labels: int | None, seed: int):
     return load_under_new_head(path, new_labels)
 
 
-def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: str, source: dict, band: list[int],
-               data_dir, *, device: str = "auto", precision: str = "fp32",
-               transfer: Transfer = get_transfer(DEFAULT), models=None) -> dict:
+def run_target(
+    cache: UnitCache,
+    p: Profile,
+    seed: int,
+    regime: str,
+    strategy: str,
+    source: dict,
+    band: list[int],
+    data_dir,
+    *,
+    device: str = "auto",
+    precision: str = "fp32",
+    transfer: Transfer = get_transfer(DEFAULT),
+    models=None,
+) -> dict:
     """One target run from the ``regime`` checkpoint of ``source`` (``models``: a ``ModelCache``, so
     the strategies of one regime load that checkpoint once)."""
     from ..training import FinetuneConfig, finetune
@@ -173,14 +255,45 @@ def run_target(cache: UnitCache, p: Profile, seed: int, regime: str, strategy: s
     cfg = with_precision(target_config(p, seed, regime, strategy, band, transfer), precision)
     if (done := cache.done("target", cfg)) is not None:
         return done
-    ft = FinetuneConfig(model=p.model, init=source[regime], new_head=transfer.new_head, task=transfer.target,
-                        strategy=strategy, epochs=p.target_epochs, seed=seed, batch_size=p.batch_size, max_length=p.max_length,
-                        limit_train=p.target_limit, limit_eval=p.eval_limit, layers=band, cka_examples=p.cka_examples,
-                        log_every=p.log_every, decontaminate_against=transfer.decontaminate, retention_task="sst2",
-                        data_dir=data_dir, device=device, precision=precision)
+    ft = FinetuneConfig(
+        model=p.model,
+        init=source[regime],
+        new_head=transfer.new_head,
+        task=transfer.target,
+        strategy=strategy,
+        epochs=p.target_epochs,
+        seed=seed,
+        batch_size=p.batch_size,
+        max_length=p.max_length,
+        limit_train=p.target_limit,
+        limit_eval=p.eval_limit,
+        layers=band,
+        cka_examples=p.cka_examples,
+        log_every=p.log_every,
+        decontaminate_against=transfer.decontaminate,
+        retention_task="sst2",
+        data_dir=data_dir,
+        device=device,
+        precision=precision,
+    )
     m = finetune(ft, cache.folder("target", cfg) / "run", progress=False, models=models)
-    keep = ("strategy", "layers", "band", "trainable_params", "total_params", "lr", "accuracy", "best_epoch", "history",
-            "train_seconds", "steps", "steps_per_second", "peak_rss_mb", "grad_profile", "delta_cka")
+    keep = (
+        "strategy",
+        "layers",
+        "band",
+        "trainable_params",
+        "total_params",
+        "lr",
+        "accuracy",
+        "best_epoch",
+        "history",
+        "train_seconds",
+        "steps",
+        "steps_per_second",
+        "peak_rss_mb",
+        "grad_profile",
+        "delta_cka",
+    )
     return cache.finish("target", cfg, {"regime": regime, "seed": seed, **{k: m[k] for k in keep}})
 
 
@@ -195,11 +308,21 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
     where = {"device": plan.device, "precision": plan.precision, "transfer": plan.target}
     units = plan.num_units
     # Rough weights for the time estimate: a source run ~ its epochs, a target run ~ its epochs + eval.
-    w_source, w_diag, w_target = p.over_epochs * (p.source_limit or 67000) / 1000, 0.3, p.target_epochs * (p.target_limit or 8530) / 1000 + 1.0
+    w_source, w_diag, w_target = (
+        p.over_epochs * (p.source_limit or 67000) / 1000,
+        0.3,
+        p.target_epochs * (p.target_limit or 8530) / 1000 + 1.0,
+    )
     total = len(plan.seeds) * (w_source + len(plan.regimes) * (2 * w_diag + len(plan.strategies) * w_target))
     raw = {"sources": {}, "diagnoses": {}, "train_diagnoses": {}, "targets": []}
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[units]}"),
-               TimeElapsedColumn(), TextColumn("left ~"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[units]}"),
+        TimeElapsedColumn(),
+        TextColumn("left ~"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("experiment", total=total, units=f"0/{units} units")
         finished = 0
@@ -215,8 +338,9 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
             raw["sources"][seed] = source
             advance(w_source, f"source seed {seed} done")
             for regime in plan.regimes:
-                d = run_diagnose(cache, p, seed, regime, source, plan.data_dir, **where, rules=plan.rules(),
-                                 budget=plan.budget)
+                d = run_diagnose(
+                    cache, p, seed, regime, source, plan.data_dir, **where, rules=plan.rules(), budget=plan.budget
+                )
                 raw["diagnoses"][f"{regime}/{seed}"] = d
                 advance(w_diag, f"diagnosed {regime} seed {seed}")
                 train = run_diagnose(cache, p, seed, regime, source, plan.data_dir, **where, split="train")
@@ -225,8 +349,11 @@ def run_experiment(plan: Plan, out: str | Path, *, progress: bool = True) -> dic
                 for strategy in plan.strategies:
                     bar.update(task, description=f"{regime} {strategy} seed {seed}")
                     band = band_for(strategy, d, plan.budget)
-                    raw["targets"].append(run_target(cache, p, seed, regime, strategy, source, band, plan.data_dir,
-                                                     **where, models=models))
+                    raw["targets"].append(
+                        run_target(
+                            cache, p, seed, regime, strategy, source, band, plan.data_dir, **where, models=models
+                        )
+                    )
                     advance(w_target, f"{regime} {strategy} seed {seed} done")
     return raw
 
@@ -236,8 +363,17 @@ def run_logged(plan: Plan, out: str | Path, command_line: str, *, progress: bool
     toward the total) is appended to ``invocations.json``. Returns the raw results and the run's meta."""
     raw, log = UnitCache(Path(out)).logged(command_line, lambda: run_experiment(plan, out, progress=progress))
     wall, invocations, cached = log["wall_seconds"], log["invocations"], min(log["units_before"], plan.num_units)
-    meta = {"command": command_line, "profile": plan.profile.to_dict(), "seeds": plan.seeds, "regimes": plan.regimes,
-            "strategies": plan.strategies, "wall_seconds": wall, "cached_units": cached,
-            "computed_units": plan.num_units - cached, "invocations": invocations, "budget_layers": plan.budget,
-            "transfer": plan.transfer}
+    meta = {
+        "command": command_line,
+        "profile": plan.profile.to_dict(),
+        "seeds": plan.seeds,
+        "regimes": plan.regimes,
+        "strategies": plan.strategies,
+        "wall_seconds": wall,
+        "cached_units": cached,
+        "computed_units": plan.num_units - cached,
+        "invocations": invocations,
+        "budget_layers": plan.budget,
+        "transfer": plan.transfer,
+    }
     return raw, meta

@@ -1,4 +1,5 @@
 """oracle.json / oracle.md / oracle.html: what each block is worth alone, and how each rule ranks them."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,11 +9,14 @@ import numpy as np
 from ..io import atomic_write_json, versions
 from ..reports.document import Report
 
-METRIC_NAMES = {"test": "test accuracy", "validation": "validation accuracy",
-                "completion_loss": "minus the validation completion loss"}
+METRIC_NAMES = {
+    "test": "test accuracy",
+    "validation": "validation accuracy",
+    "completion_loss": "minus the validation completion loss",
+}
 
 
-SCALE = {"completion_loss": (1, 4)}   # nats, 4 digits; accuracies in points (×100, 2 digits)
+SCALE = {"completion_loss": (1, 4)}  # nats, 4 digits; accuracies in points (×100, 2 digits)
 
 
 def _pts(d: dict, key: str = "ci", metric: str = "test") -> str:
@@ -77,21 +81,41 @@ def profile_figure(res: dict):
 
 def _block_table(rep: Report, res: dict) -> None:
     m = res["metric"]
-    rep.table([{"block": r["block"], "alone": _abs(r["single"], m),
-                "gain over head (seeds)": _pts(r["gain"], metric=m), "gain (examples)": _pts(r["gain"], "examples_ci", m),
+    rep.table(
+        [
+            {
+                "block": r["block"],
+                "alone": _abs(r["single"], m),
+                "gain over head (seeds)": _pts(r["gain"], metric=m),
+                "gain (examples)": _pts(r["gain"], "examples_ci", m),
                 "LOO loss vs all (seeds)": _pts(r["loo_loss"], metric=m),
-                "LOO (examples)": _pts(r["loo_loss"], "examples_ci", m)} for r in res["table"]])
+                "LOO (examples)": _pts(r["loo_loss"], "examples_ci", m),
+            }
+            for r in res["table"]
+        ]
+    )
 
 
 def _rule_table(rep: Report, res: dict) -> None:
     ks = sorted({k for r in res["rules"] for k in r["regret"]})
-    rep.table([{"rule": r["rule"], "Spearman vs gain": _corr(r.get("single", {}).get("spearman")),
+    rep.table(
+        [
+            {
+                "rule": r["rule"],
+                "Spearman vs gain": _corr(r.get("single", {}).get("spearman")),
                 "Kendall vs gain": _corr(r.get("single", {}).get("kendall")),
                 "Spearman vs LOO": _corr(r.get("loo", {}).get("spearman")),
                 **{f"regret K={k}": _pts(r["regret"][k], metric=res["metric"]) for k in ks},
-                "regret, its own choice": (f"{_pts(r['regret_selected'], metric=res['metric'])} {r['selected']}"
-                                           if r.get("regret_selected") else "n/a"),
-                "better than chance": "yes" if r.get("better_than_chance") else "no"} for r in res["rules"]])
+                "regret, its own choice": (
+                    f"{_pts(r['regret_selected'], metric=res['metric'])} {r['selected']}"
+                    if r.get("regret_selected")
+                    else "n/a"
+                ),
+                "better than chance": "yes" if r.get("better_than_chance") else "no",
+            }
+            for r in res["rules"]
+        ]
+    )
 
 
 def oracle_verdict(res: dict) -> str:
@@ -100,11 +124,15 @@ def oracle_verdict(res: dict) -> str:
     if not rules:
         return "No rule with block scores was diagnosed."
     if not good:
-        return (f"No rule ranks the blocks better than chance: none of {', '.join(r['rule'] for r in rules)} has a "
-                "Spearman correlation with the single-block gains whose seed-bootstrap interval lies above 0 and "
-                "whose permutation p is below 0.05.")
-    return (f"Better than chance (Spearman with the single-block gains above 0 by its seed bootstrap, permutation "
-            f"p < 0.05): {', '.join(good)}. The others are not told apart from a random order of the blocks.")
+        return (
+            f"No rule ranks the blocks better than chance: none of {', '.join(r['rule'] for r in rules)} has a "
+            "Spearman correlation with the single-block gains whose seed-bootstrap interval lies above 0 and "
+            "whose permutation p is below 0.05."
+        )
+    return (
+        f"Better than chance (Spearman with the single-block gains above 0 by its seed bootstrap, permutation "
+        f"p < 0.05): {', '.join(good)}. The others are not told apart from a random order of the blocks."
+    )
 
 
 def render_oracle(res: dict, meta: dict, out: Path) -> dict:
@@ -114,26 +142,34 @@ def render_oracle(res: dict, meta: dict, out: Path) -> dict:
     metric = METRIC_NAMES[res["metric"]]
     rep = Report(f"Per-block oracle on {plan['model']} / {plan['task']}")
     head, every = (_abs(res["reference"][k], res["metric"]) for k in ("head", "all"))
-    rep.text(f"Command: `{meta['command']}`  \nScore: {metric} (differences in points of accuracy, or nats of "
-             f"loss). Seeds {res['seeds']}; `head` {head}, `all` {every} (absolute).")
+    rep.text(
+        f"Command: `{meta['command']}`  \nScore: {metric} (differences in points of accuracy, or nats of "
+        f"loss). Seeds {res['seeds']}; `head` {head}, `all` {every} (absolute)."
+    )
     if "leave-one-out" not in res["groups"]:
-        rep.text("**Partial:** the single-block arms are done; the leave-one-out arms are still running "
-                 "(this report is rewritten when they are).")
+        rep.text(
+            "**Partial:** the single-block arms are done; the leave-one-out arms are still running "
+            "(this report is rewritten when they are)."
+        )
     rep.heading("Verdict").text(oracle_verdict(res) + f" The oracle's order, best first: {res['oracle_order']}.")
     unit = "nats of completion loss" if res["metric"] == "completion_loss" else "points of accuracy"
     rep.heading(f"What each block is worth ({unit}; mean [95 % interval])")
     _block_table(rep, res)
-    rep.text("Gain: block b alone minus `head`; LOO loss: `all` minus every block but b (positive: b matters). "
-             "Seeds: t-interval over seeds of the per-seed paired differences; examples: a paired bootstrap "
-             "over evaluation examples (2,000 resamples; the seeds' differences averaged per example when every seed "
-             "scores the same examples, else each seed resampled on its own and the seeds' means averaged).")
+    rep.text(
+        "Gain: block b alone minus `head`; LOO loss: `all` minus every block but b (positive: b matters). "
+        "Seeds: t-interval over seeds of the per-seed paired differences; examples: a paired bootstrap "
+        "over evaluation examples (2,000 resamples; the seeds' differences averaged per example when every seed "
+        "scores the same examples, else each seed resampled on its own and the seeds' means averaged)."
+    )
     rep.heading("Rules against the oracle")
     _rule_table(rep, res)
-    rep.text("Correlations: value [95 % bootstrap over seeds of the oracle profile] and a one-sided permutation "
-             "p over block orders (exact up to 7 blocks). Regret at K: mean single-block gain of the oracle's "
-             "best K blocks minus that of the rule's top K, per seed (points; a proxy from the single-block arms, "
-             "not a measured K-block arm; the oracle's best K is chosen on the same seeds, so it is optimistic). "
-             "`random (expected)`: the regret of K blocks drawn at random. Its own choice: the blocks the rule "
-             "chose at the comparison's budget (SKI's come from its band, not only its top scores).")
+    rep.text(
+        "Correlations: value [95 % bootstrap over seeds of the oracle profile] and a one-sided permutation "
+        "p over block orders (exact up to 7 blocks). Regret at K: mean single-block gain of the oracle's "
+        "best K blocks minus that of the rule's top K, per seed (points; a proxy from the single-block arms, "
+        "not a measured K-block arm; the oracle's best K is chosen on the same seeds, so it is optimistic). "
+        "`random (expected)`: the regret of K blocks drawn at random. Its own choice: the blocks the rule "
+        "chose at the comparison's budget (SKI's come from its band, not only its top scores)."
+    )
     rep.figure(profile_figure(res), "oracle_profile", "oracle profile beside each rule's block scores (z-scores)")
     return rep.write(out, stem="oracle")

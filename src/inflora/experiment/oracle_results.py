@@ -9,6 +9,7 @@ K = 1, 2, 3: the mean single-block gain of the oracle's best K blocks minus that
 per seed. That regret is a proxy from the single-block arms (it assumes a K-block arm is worth the
 mean of its blocks alone), not a measured K-block arm.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,9 @@ KS = (1, 2, 3)
 
 
 def _difference(by: dict, a: str, b: str, seeds: list[int], metric: str, same: bool) -> dict:
-    per_seed = {s: arm_score(by[a, s], metric) - arm_score(by[b, s], metric) for s in seeds
-                if (a, s) in by and (b, s) in by}
+    per_seed = {
+        s: arm_score(by[a, s], metric) - arm_score(by[b, s], metric) for s in seeds if (a, s) in by and (b, s) in by
+    }
     pairs = [(example_scores(by[a, s], metric), example_scores(by[b, s], metric)) for s in per_seed]
     return {"per_seed": per_seed, **summary(list(per_seed.values())), "examples_ci": example_interval(pairs, same)}
 
@@ -33,10 +35,15 @@ def _difference(by: dict, a: str, b: str, seeds: list[int], metric: str, same: b
 def block_rows(arms: list[dict], blocks: list[int], metric: str, same_examples: bool = False) -> list[dict]:
     by = {(a["rule"], a["seed"]): a for a in arms}
     seeds = sorted({a["seed"] for a in arms})
-    return [{"block": b, "single": summary([arm_score(by[f"block-{b}", s], metric) for s in seeds
-                                            if (f"block-{b}", s) in by]),
-             "gain": _difference(by, f"block-{b}", "head", seeds, metric, same_examples),
-             "loo_loss": _difference(by, "all", f"without-{b}", seeds, metric, same_examples)} for b in blocks]
+    return [
+        {
+            "block": b,
+            "single": summary([arm_score(by[f"block-{b}", s], metric) for s in seeds if (f"block-{b}", s) in by]),
+            "gain": _difference(by, f"block-{b}", "head", seeds, metric, same_examples),
+            "loo_loss": _difference(by, "all", f"without-{b}", seeds, metric, same_examples),
+        }
+        for b in blocks
+    ]
 
 
 def oriented(entry: dict) -> np.ndarray | None:
@@ -86,8 +93,12 @@ def rule_rows(rules: dict, blocks: list[int], rows: list[dict]) -> list[dict]:
     gains, loo = _matrix(rows, "gain"), _matrix(rows, "loo_loss")
     order = np.argsort(-gains.mean(axis=0), kind="stable") if len(gains) else np.arange(len(blocks))
     ks = [k for k in KS if k <= len(blocks)]
-    out = [{"rule": "random (expected)",
-            "regret": {k: summary([float(g[order[:k]].mean() - g.mean()) for g in gains]) for k in ks}}]
+    out = [
+        {
+            "rule": "random (expected)",
+            "regret": {k: summary([float(g[order[:k]].mean() - g.mean()) for g in gains]) for k in ks},
+        }
+    ]
     for name, entry in rules.items():
         scores = oriented(entry)
         if scores is None:
@@ -96,10 +107,17 @@ def rule_rows(rules: dict, blocks: list[int], rows: list[dict]) -> list[dict]:
         mine = np.argsort(-x, kind="stable")
         position = {b: i for i, b in enumerate(blocks)}
         picked = [position[b] for b in entry.get("selected", []) if b in position]
-        out.append({"rule": name, "scores": x.tolist(), "single": agreement(x, gains), "loo": agreement(x, loo, 1),
-                    "regret": {k: regret(order[:k], mine[:k], gains) for k in ks},
-                    "selected": entry.get("selected"),
-                    "regret_selected": regret(order[:len(picked)], picked, gains) if picked else None})
+        out.append(
+            {
+                "rule": name,
+                "scores": x.tolist(),
+                "single": agreement(x, gains),
+                "loo": agreement(x, loo, 1),
+                "regret": {k: regret(order[:k], mine[:k], gains) for k in ks},
+                "selected": entry.get("selected"),
+                "regret_selected": regret(order[: len(picked)], picked, gains) if picked else None,
+            }
+        )
     return out
 
 
@@ -118,6 +136,14 @@ def aggregate_oracle(oracle: dict, diagnosis_rules: dict) -> dict:
     for r in rules:
         r["better_than_chance"] = better_than_chance(r)
     best = [blocks[i] for i in np.argsort(-np.array([r["gain"]["mean"] for r in rows]), kind="stable")]
-    return {"metric": metric, "blocks": blocks, "depth": oracle["depth"], "reference": ref, "table": rows,
-            "groups": oracle.get("groups", ["reference", "single", "leave-one-out"]),
-            "rules": rules, "oracle_order": best, "seeds": sorted({a["seed"] for a in arms})}
+    return {
+        "metric": metric,
+        "blocks": blocks,
+        "depth": oracle["depth"],
+        "reference": ref,
+        "table": rows,
+        "groups": oracle.get("groups", ["reference", "single", "leave-one-out"]),
+        "rules": rules,
+        "oracle_order": best,
+        "seeds": sorted({a["seed"] for a in arms}),
+    }

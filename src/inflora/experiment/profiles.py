@@ -1,4 +1,5 @@
 """Experiment profiles: the same SST-2 → target protocol (RT, TREC) at several sizes."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -10,13 +11,13 @@ from ..errors import ConfigError
 class Profile:
     name: str
     model: str
-    source_limit: int | None        # stratified SST-2 subsample (None: all of it)
-    under_epochs: int               # UNDER = the source run after this many epochs
-    over_epochs: int                # OVER = the same run at its end
+    source_limit: int | None  # stratified SST-2 subsample (None: all of it)
+    under_epochs: int  # UNDER = the source run after this many epochs
+    over_epochs: int  # OVER = the same run at its end
     source_lr: float
-    target_limit: int | None        # stratified RT train subsample
+    target_limit: int | None  # stratified RT train subsample
     target_epochs: int
-    eval_limit: int | None          # RT validation/test subsample (None: full 1066 each)
+    eval_limit: int | None  # RT validation/test subsample (None: full 1066 each)
     max_length: int
     batch_size: int
     diagnose_batches: int

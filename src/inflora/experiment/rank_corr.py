@@ -5,6 +5,7 @@ scipy's ``spearmanr``/``kendalltau`` called per row would dominate the report's 
 vectorised (and tested against scipy). Ties get average ranks (Spearman) and tau-b (Kendall);
 a constant vector gives NaN, as in scipy.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -19,7 +20,7 @@ def spearman_rows(x, ys) -> np.ndarray:
     rx = rankdata(np.asarray(x, dtype=float))
     ry = rankdata(np.atleast_2d(np.asarray(ys, dtype=float)), axis=1)
     rx, ry = rx - rx.mean(), ry - ry.mean(axis=1, keepdims=True)
-    denom = np.sqrt((rx ** 2).sum()) * np.sqrt((ry ** 2).sum(axis=1))
+    denom = np.sqrt((rx**2).sum()) * np.sqrt((ry**2).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denom > 0, ry @ rx / np.where(denom > 0, denom, 1), np.nan)
 

@@ -1,4 +1,5 @@
 """results.json / results.md / results.html for the SST-2 → RT and SST-2 → TREC experiments."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -33,8 +34,10 @@ def _trainable(row: dict) -> str:
 
 def _wall_time(meta: dict) -> str:
     """This invocation's wall time, and the total over every invocation on this folder (resumes)."""
-    text = (f"Wall time of this invocation {meta['wall_seconds'] / 60:.1f} min; units computed now "
-            f"{meta['computed_units']}, from cache {meta['cached_units']}.")
+    text = (
+        f"Wall time of this invocation {meta['wall_seconds'] / 60:.1f} min; units computed now "
+        f"{meta['computed_units']}, from cache {meta['cached_units']}."
+    )
     runs = meta.get("invocations") or []
     if len(runs) > 1:
         total = sum(r["wall_seconds"] for r in runs)
@@ -57,22 +60,37 @@ def _add_rule_section(rep, res: dict, label: str) -> None:
     if not any(recs.values()):
         return
     rep.heading("Which rule? The LoRA band arms as selection rules at the same K")
-    rep.text("lora-inflection is SKI, lora-random the random control, lora-all every block, lora-<rule> a peer rule. "
-             "A rule *wins* only when every other arm is below it by a paired t-test over seeds at Holm-corrected "
-             "p < 0.05; otherwise the cheapest arm that cannot be told apart from the best suffices (inputs: nothing "
-             "< weights < a forward pass < a backward pass; then trainable parameters).")
+    rep.text(
+        "lora-inflection is SKI, lora-random the random control, lora-all every block, lora-<rule> a peer rule. "
+        "A rule *wins* only when every other arm is below it by a paired t-test over seeds at Holm-corrected "
+        "p < 0.05; otherwise the cheapest arm that cannot be told apart from the best suffices (inputs: nothing "
+        "< weights < a forward pass < a backward pass; then trainable parameters)."
+    )
     for metric, by_regime in recs.items():
         for regime, rec in by_regime.items():
             rep.text(f"**{regime.upper()}, {_metric_name(metric, label)}:** {rec['text']}.")
 
 
 def _results_table(rep, res: dict, label: str, metrics: list[str]) -> None:
-    rep.text(f"Accuracy in % on the {label} test split (mean ± sd over seeds [95% t-interval])."
-             + (" *decontaminated* drops the test sentences that also occur in SST-2 train (761 of 1066 on the full "
-                "test)." if "test_decontaminated" in metrics else ""))
-    rows = [{"regime": r["regime"].upper(), "strategy": r["strategy"], "trainable": _trainable(r),
-             "layers": r["layers"], **{f"{label} test" + ("" if m == "test" else " (decontaminated)"): _acc(r[m])
-                                       for m in metrics}, "step s": r["step_seconds"]} for r in res["table"]]
+    rep.text(
+        f"Accuracy in % on the {label} test split (mean ± sd over seeds [95% t-interval])."
+        + (
+            " *decontaminated* drops the test sentences that also occur in SST-2 train (761 of 1066 on the full test)."
+            if "test_decontaminated" in metrics
+            else ""
+        )
+    )
+    rows = [
+        {
+            "regime": r["regime"].upper(),
+            "strategy": r["strategy"],
+            "trainable": _trainable(r),
+            "layers": r["layers"],
+            **{f"{label} test" + ("" if m == "test" else " (decontaminated)"): _acc(r[m]) for m in metrics},
+            "step s": r["step_seconds"],
+        }
+        for r in res["table"]
+    ]
     rep.heading("Results").table(rows)
 
 
@@ -101,7 +119,12 @@ def render(res: dict, meta: dict, out: Path) -> dict:
     _bands_section(rep, res, label)
     for metric in metrics:
         rep.heading(f"Claims ({_metric_name(metric, label)})")
-        rep.table([{"claim": f"({c['id']}) {c['claim']}", "verdict": c["verdict"], "evidence": c["evidence"]} for c in claims[metric]])
+        rep.table(
+            [
+                {"claim": f"({c['id']}) {c['claim']}", "verdict": c["verdict"], "evidence": c["evidence"]}
+                for c in claims[metric]
+            ]
+        )
     _profiles_section(rep, res)
     return rep.write(out, stem="results")
 
@@ -110,22 +133,35 @@ def _header(meta: dict, label: str) -> Report:
     """The title, the command that made the report, its profile and seeds, and the budget if any."""
     target = "Rotten Tomatoes" if label == "RT" else label
     rep = Report(f"SST-2 → {target}: inflection-layer LoRA vs other strategies")
-    rep.text(f"Command: `{meta['command']}`  \nProfile **{meta['profile']['name']}** ({meta['profile']['model']}), seeds "
-             f"{fmt(meta['seeds'])}. " + _wall_time(meta))
+    rep.text(
+        f"Command: `{meta['command']}`  \nProfile **{meta['profile']['name']}** ({meta['profile']['model']}), seeds "
+        f"{fmt(meta['seeds'])}. " + _wall_time(meta)
+    )
     if meta.get("budget_layers"):
-        rep.text(f"Budget: every band strategy trains **K = {meta['budget_layers']}** blocks (lora-inflection: SKI's band "
-                 "trimmed or extended to K by SKI score; lora-random: K random blocks; lora-<rule>: the rule's K blocks). "
-                 "SKI's own band per seed is in the Bands table below.")
+        rep.text(
+            f"Budget: every band strategy trains **K = {meta['budget_layers']}** blocks (lora-inflection: SKI's band "
+            "trimmed or extended to K by SKI score; lora-random: K random blocks; lora-<rule>: the rule's K blocks). "
+            "SKI's own band per seed is in the Bands table below."
+        )
     return rep
 
 
 def _paired_section(rep: Report, res: dict) -> None:
     """Each arm against lora-inflection, seed by seed (the seeds pair the runs)."""
     rep.heading("Paired differences against lora-inflection (points; positive = lora-inflection better)")
-    rep.table([{"regime": p["regime"].upper(), "metric": p["metric"], "comparison": p["comparison"],
+    rep.table(
+        [
+            {
+                "regime": p["regime"].upper(),
+                "metric": p["metric"],
+                "comparison": p["comparison"],
                 "per seed": ", ".join(f"{s}: {100 * v:+.2f}" for s, v in p["per_seed"].items()),
                 "mean": f"{100 * p['mean']:+.2f}" if p["n"] else "n/a",
-                "95% CI": f"[{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]" if p["n"] > 1 else "n/a"} for p in res["paired"]])
+                "95% CI": f"[{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]" if p["n"] > 1 else "n/a",
+            }
+            for p in res["paired"]
+        ]
+    )
 
 
 def _forgetting_section(rep: Report, res: dict, label: str, new_head: bool) -> None:
@@ -133,23 +169,49 @@ def _forgetting_section(rep: Report, res: dict, label: str, new_head: bool) -> N
     if not any(r["retention"]["n"] for r in res["table"]):
         return
     rep.heading(f"Forgetting: SST-2 validation accuracy after {label} fine-tuning")
-    rep.text("How much of the source task survives target training (the concern of KappaTune-style rules): the "
-             "SST-2 validation accuracy of each target run's final model, and the drop from its source checkpoint "
-             "(points; positive = forgotten)." + (" The target has its own new head, so SST-2 is scored by the "
-             "adapted backbone (LoRA merged) under the source checkpoint's own head (pooler and classifier)."
-             if new_head else ""))
-    rep.table([{"regime": r["regime"].upper(), "strategy": r["strategy"], "layers": r["layers"],
-                "SST-2 after": _acc(r["retention"]), "drop (points)": _acc(r["forgetting"])}
-               for r in res["table"]])
+    rep.text(
+        "How much of the source task survives target training (the concern of KappaTune-style rules): the "
+        "SST-2 validation accuracy of each target run's final model, and the drop from its source checkpoint "
+        "(points; positive = forgotten)."
+        + (
+            " The target has its own new head, so SST-2 is scored by the "
+            "adapted backbone (LoRA merged) under the source checkpoint's own head (pooler and classifier)."
+            if new_head
+            else ""
+        )
+    )
+    rep.table(
+        [
+            {
+                "regime": r["regime"].upper(),
+                "strategy": r["strategy"],
+                "layers": r["layers"],
+                "SST-2 after": _acc(r["retention"]),
+                "drop (points)": _acc(r["forgetting"]),
+            }
+            for r in res["table"]
+        ]
+    )
 
 
 def _gradient_section(rep: Report, res: dict) -> None:
     """The paper's gradient-suppression claim, OVER against UNDER per strategy."""
     rep.heading("Gradient suppression: OVER vs UNDER")
-    rep.table([{"strategy": s, "UNDER mean ‖∂L/∂h‖": f"{r['under_mean']:.3g}", "OVER mean ‖∂L/∂h‖": f"{r['over_mean']:.3g}",
-                "OVER/UNDER": f"{r['over_over_under']['mean']:.3g}", "per seed": fmt(list(r["per_seed"].values()), 3)}
-               for s, r in res["grad_ratio"].items()])
-    rep.text("The review of the paper reports ≈1.9e-6 (OVER) vs 3.5e-5 (UNDER) under shallow unfreezing, a ratio of ≈0.05.")
+    rep.table(
+        [
+            {
+                "strategy": s,
+                "UNDER mean ‖∂L/∂h‖": f"{r['under_mean']:.3g}",
+                "OVER mean ‖∂L/∂h‖": f"{r['over_mean']:.3g}",
+                "OVER/UNDER": f"{r['over_over_under']['mean']:.3g}",
+                "per seed": fmt(list(r["per_seed"].values()), 3),
+            }
+            for s, r in res["grad_ratio"].items()
+        ]
+    )
+    rep.text(
+        "The review of the paper reports ≈1.9e-6 (OVER) vs 3.5e-5 (UNDER) under shallow unfreezing, a ratio of ≈0.05."
+    )
 
 
 def _sources_section(rep: Report, res: dict) -> None:
@@ -157,17 +219,34 @@ def _sources_section(rep: Report, res: dict) -> None:
     if not res.get("sources"):
         return
     rep.heading("Source runs (SST-2 full fine-tuning; accuracy on SST-2 validation)")
-    rep.table([{"seed": seed, **{f"{g.upper()} (epoch {s[g]['epoch']})": f"{100 * s[g]['sst2_validation_accuracy']:.2f} % "
-                                  f"(train loss {s[g]['train_loss']:.3f})" for g in ("under", "over")}}
-               for seed, s in sorted(res["sources"].items())])
+    rep.table(
+        [
+            {
+                "seed": seed,
+                **{
+                    f"{g.upper()} (epoch {s[g]['epoch']})": f"{100 * s[g]['sst2_validation_accuracy']:.2f} % "
+                    f"(train loss {s[g]['train_loss']:.3f})"
+                    for g in ("under", "over")
+                },
+            }
+            for seed, s in sorted(res["sources"].items())
+        ]
+    )
 
 
 def _bands_section(rep: Report, res: dict, label: str) -> None:
     """Each source checkpoint's band and its stability on the target's validation split."""
     rep.heading(f"Bands (diagnosis of each source checkpoint on {label} validation)")
-    rep.table([{"seed": s, **{f"{g.upper()} band": b[g]["band"] for g in ("under", "over") if g in b},
-                **{f"{g.upper()} stability": fmt(b[g]["stability"], 2) for g in ("under", "over") if g in b}}
-               for s, b in sorted(res["bands"].items())])
+    rep.table(
+        [
+            {
+                "seed": s,
+                **{f"{g.upper()} band": b[g]["band"] for g in ("under", "over") if g in b},
+                **{f"{g.upper()} stability": fmt(b[g]["stability"], 2) for g in ("under", "over") if g in b},
+            }
+            for s, b in sorted(res["bands"].items())
+        ]
+    )
 
 
 def _profiles_section(rep: Report, res: dict) -> None:
@@ -178,7 +257,12 @@ def _profiles_section(rep: Report, res: dict) -> None:
         if not rows_r:
             continue
         band = common_band(res, regime)
-        for key, title, log in (("activation_grad_norm", "activation-gradient norm", True),
-                                ("param_grad_norm", "parameter-gradient norm", False), ("delta_cka", "ΔCKA source → target", False)):
-            fig = layer_profiles_figure({r["strategy"]: r["profiles"][key] for r in rows_r}, f"{regime.upper()}: {title}", title, band, log)
+        for key, title, log in (
+            ("activation_grad_norm", "activation-gradient norm", True),
+            ("param_grad_norm", "parameter-gradient norm", False),
+            ("delta_cka", "ΔCKA source → target", False),
+        ):
+            fig = layer_profiles_figure(
+                {r["strategy"]: r["profiles"][key] for r in rows_r}, f"{regime.upper()}: {title}", title, band, log
+            )
             rep.figure(fig, f"{regime}_{key}")

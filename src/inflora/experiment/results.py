@@ -1,5 +1,6 @@
 """From raw unit results to the experiment's tables: per regime × strategy summaries, paired
 differences against lora-inflection, the OVER/UNDER gradient ratio, bands and mean profiles."""
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,14 @@ def source_summary(sources: dict) -> dict:
         by_epoch = {h["epoch"]: h for h in src.get("history", [])}
         regimes = {g: by_epoch.get(src.get(f"{g}_epoch")) for g in ("under", "over")}
         if all(regimes.values()):
-            out[int(seed)] = {g: {"epoch": h["epoch"], "train_loss": h["train_loss"],
-                                  "sst2_validation_accuracy": h["validation_accuracy"]} for g, h in regimes.items()}
+            out[int(seed)] = {
+                g: {
+                    "epoch": h["epoch"],
+                    "train_loss": h["train_loss"],
+                    "sst2_validation_accuracy": h["validation_accuracy"],
+                }
+                for g, h in regimes.items()
+            }
             out[int(seed)]["train_seconds"] = src.get("train_seconds")
     return out
 
@@ -53,8 +60,11 @@ def source_summary(sources: dict) -> dict:
 def forgetting(retention: dict, sources: dict, regime: str) -> dict:
     """Per seed: the source checkpoint's SST-2 validation accuracy minus the same after target training
     (points lost; positive = forgotten)."""
-    per_seed = {s: sources[int(s)][regime]["sst2_validation_accuracy"] - acc
-                for s, acc in retention.items() if int(s) in sources}
+    per_seed = {
+        s: sources[int(s)][regime]["sst2_validation_accuracy"] - acc
+        for s, acc in retention.items()
+        if int(s) in sources
+    }
     return {"per_seed": per_seed, **summary(list(per_seed.values()))}
 
 
@@ -69,31 +79,43 @@ def rule_recommendations(table: list[dict], metric: str = "test") -> dict:
     arms = [(r, rule_behind(r["strategy"])) for r in table]
     out = {}
     for regime in sorted({r["regime"] for r in table}):
-        rows = [{**r, "rule": rule, "needs": sorted(rule_needs(rule))} for r, rule in arms
-                if r["regime"] == regime and rule]
+        rows = [
+            {**r, "rule": rule, "needs": sorted(rule_needs(rule))} for r, rule in arms if r["regime"] == regime and rule
+        ]
         if any(r["rule"] not in ("ski", "random", "all") for r in rows):
             out[regime] = recommend(rows, metric)
     return out
 
 
-def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
-              train_diagnoses: dict | None = None, metrics: tuple[str, ...] = METRICS) -> dict:
+def aggregate(
+    targets: list[dict],
+    diagnoses: dict,
+    sources: dict | None = None,
+    train_diagnoses: dict | None = None,
+    metrics: tuple[str, ...] = METRICS,
+) -> dict:
     """Tables, paired differences and claims' inputs over ``metrics`` (sst2-to-trec has no decontaminated test)."""
     by = {}
     for run in targets:
         by.setdefault((run["regime"], run["strategy"]), []).append(run)
     table = []
     for (regime, strategy), runs in sorted(by.items()):
-        row = {"regime": regime, "strategy": strategy, "seeds": sorted(r["seed"] for r in runs),
-               "trainable_params": int(np.mean([r["trainable_params"] for r in runs])),
-               "trainable_per_seed": {r["seed"]: r["trainable_params"] for r in runs},
-               "step_seconds": float(np.mean([1 / r["steps_per_second"] for r in runs if r["steps_per_second"]])),
-               "layers": runs[0]["layers"] if len({tuple(r["layers"]) for r in runs}) == 1 else "per seed",
-               "mean_activation_grad": {r["seed"]: mean_activation_grad(r) for r in runs},
-               "low_layer_delta_cka": {r["seed"]: low_layer_delta_cka(r["delta_cka"]) for r in runs},
-               "profiles": {"activation_grad_norm": mean_profile(runs, "activation_grad_norm"),
-                            "param_grad_norm": mean_profile(runs, "param_grad_norm"),
-                            "delta_cka": mean_profile(runs, "delta_cka")}}
+        row = {
+            "regime": regime,
+            "strategy": strategy,
+            "seeds": sorted(r["seed"] for r in runs),
+            "trainable_params": int(np.mean([r["trainable_params"] for r in runs])),
+            "trainable_per_seed": {r["seed"]: r["trainable_params"] for r in runs},
+            "step_seconds": float(np.mean([1 / r["steps_per_second"] for r in runs if r["steps_per_second"]])),
+            "layers": runs[0]["layers"] if len({tuple(r["layers"]) for r in runs}) == 1 else "per seed",
+            "mean_activation_grad": {r["seed"]: mean_activation_grad(r) for r in runs},
+            "low_layer_delta_cka": {r["seed"]: low_layer_delta_cka(r["delta_cka"]) for r in runs},
+            "profiles": {
+                "activation_grad_norm": mean_profile(runs, "activation_grad_norm"),
+                "param_grad_norm": mean_profile(runs, "param_grad_norm"),
+                "delta_cka": mean_profile(runs, "delta_cka"),
+            },
+        }
         for metric in (*metrics, "retention"):
             per_seed = {r["seed"]: r["accuracy"].get(metric) for r in runs if r["accuracy"].get(metric) is not None}
             row[metric] = {"per_seed": per_seed, **summary(list(per_seed.values()))}
@@ -106,7 +128,9 @@ def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
             continue
         for metric in metrics:
             diff = paired(ref[metric]["per_seed"], row[metric]["per_seed"])
-            paired_rows.append({"regime": row["regime"], "metric": metric, "comparison": f"{REFERENCE} − {row['strategy']}", **diff})
+            paired_rows.append(
+                {"regime": row["regime"], "metric": metric, "comparison": f"{REFERENCE} − {row['strategy']}", **diff}
+            )
     ratios = {}
     for strategy in ("shallow", "full"):
         under = next((r for r in table if r["regime"] == "under" and r["strategy"] == strategy), None)
@@ -114,15 +138,24 @@ def aggregate(targets: list[dict], diagnoses: dict, sources: dict | None = None,
         if under and over:
             seeds = sorted(set(under["mean_activation_grad"]) & set(over["mean_activation_grad"]))
             per_seed = {s: over["mean_activation_grad"][s] / under["mean_activation_grad"][s] for s in seeds}
-            ratios[strategy] = {"over_over_under": summary(list(per_seed.values())), "per_seed": per_seed,
-                                "under_mean": float(np.mean(list(under["mean_activation_grad"].values()))),
-                                "over_mean": float(np.mean(list(over["mean_activation_grad"].values())))}
+            ratios[strategy] = {
+                "over_over_under": summary(list(per_seed.values())),
+                "per_seed": per_seed,
+                "under_mean": float(np.mean(list(under["mean_activation_grad"].values()))),
+                "over_mean": float(np.mean(list(over["mean_activation_grad"].values()))),
+            }
     bands = {}
     for key, d in diagnoses.items():
         regime, seed = key.split("/")
         bands.setdefault(int(seed), {})[regime] = {"band": d["inflection_layers"], "stability": d["stability"]}
-    return {"table": table, "paired": paired_rows, "grad_ratio": ratios, "bands": bands, "metrics": list(metrics),
-            "rule_recommendations": {m: rule_recommendations(table, m) for m in metrics},
-            "versus_random": versus_random(table),
-            "sources": source_summary(sources or {}),
-            "saturation": saturation_summary(diagnoses, train_diagnoses, targets)}
+    return {
+        "table": table,
+        "paired": paired_rows,
+        "grad_ratio": ratios,
+        "bands": bands,
+        "metrics": list(metrics),
+        "rule_recommendations": {m: rule_recommendations(table, m) for m in metrics},
+        "versus_random": versus_random(table),
+        "sources": source_summary(sources or {}),
+        "saturation": saturation_summary(diagnoses, train_diagnoses, targets),
+    }

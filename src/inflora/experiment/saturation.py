@@ -12,6 +12,7 @@ difference then splits exactly (midpoint / Shapley form, bars = the mean of the 
 The same identity at the logits uses the output section (per example: wrong share, mean ‖p − y‖ of
 wrong and right examples).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,9 +20,18 @@ import math
 import numpy as np
 
 SPLITS = ("validation", "train")
-OUTPUT_KEYS = ("accuracy", "mean_confidence", "share_confidence_over_0.9", "share_confidence_over_0.99", "ece",
-               "grad_norm_correct", "grad_norm_wrong", "wrong_share", "wrong_confident_share",
-               "confident_wrong_grad_share")
+OUTPUT_KEYS = (
+    "accuracy",
+    "mean_confidence",
+    "share_confidence_over_0.9",
+    "share_confidence_over_0.99",
+    "ece",
+    "grad_norm_correct",
+    "grad_norm_wrong",
+    "wrong_share",
+    "wrong_confident_share",
+    "confident_wrong_grad_share",
+)
 
 
 def _layer_mean(layers: list[dict], key: str) -> float:
@@ -33,16 +43,23 @@ def _layer_mean(layers: list[dict], key: str) -> float:
 def gradient_parts(diagnosis: dict) -> dict:
     """(G, w, G_wrong, G_right) of one diagnosis: layer means of ‖∂L/∂h‖ and of its split."""
     layers = diagnosis.get("layers", [])
-    return {"total": _layer_mean(layers, "activation_grad_norm"), "share": _layer_mean(layers, "wrong_token_share"),
-            "wrong": _layer_mean(layers, "activation_grad_norm_wrong"),
-            "right": _layer_mean(layers, "activation_grad_norm_correct")}
+    return {
+        "total": _layer_mean(layers, "activation_grad_norm"),
+        "share": _layer_mean(layers, "wrong_token_share"),
+        "wrong": _layer_mean(layers, "activation_grad_norm_wrong"),
+        "right": _layer_mean(layers, "activation_grad_norm_correct"),
+    }
 
 
 def logit_parts(diagnosis: dict) -> dict:
     """The same four numbers at the logits: mean ‖p − y‖, wrong share, ‖p − y‖ of wrong / right."""
     o = diagnosis.get("output") or {}
-    return {"total": o.get("mean_grad_norm", math.nan), "share": o.get("wrong_share", math.nan),
-            "wrong": o.get("grad_norm_wrong", math.nan), "right": o.get("grad_norm_correct", math.nan)}
+    return {
+        "total": o.get("mean_grad_norm", math.nan),
+        "share": o.get("wrong_share", math.nan),
+        "wrong": o.get("grad_norm_wrong", math.nan),
+        "right": o.get("grad_norm_correct", math.nan),
+    }
 
 
 def decompose(under: dict, over: dict) -> dict:
@@ -52,13 +69,20 @@ def decompose(under: dict, over: dict) -> dict:
     w = (_f(under["share"]) + _f(over["share"])) / 2
     a = (_f(under["wrong"]) + _f(over["wrong"])) / 2
     b = (_f(under["right"]) + _f(over["right"])) / 2
-    terms = {"share_of_wrong": (_f(over["share"]) - _f(under["share"])) * (a - b),
-             "gradient_per_wrong": w * (_f(over["wrong"]) - _f(under["wrong"])),
-             "gradient_per_right": (1 - w) * (_f(over["right"]) - _f(under["right"]))}
+    terms = {
+        "share_of_wrong": (_f(over["share"]) - _f(under["share"])) * (a - b),
+        "gradient_per_wrong": w * (_f(over["wrong"]) - _f(under["wrong"])),
+        "gradient_per_right": (1 - w) * (_f(over["right"]) - _f(under["right"])),
+    }
     explained = terms["share_of_wrong"] + terms["gradient_per_wrong"]
-    return {"under": under, "over": over, "difference": delta, "ratio": _f(over["total"]) / _f(under["total"])
-            if _f(under["total"]) else math.nan, **terms,
-            "wrong_fraction": explained / delta if delta and math.isfinite(explained) else math.nan}
+    return {
+        "under": under,
+        "over": over,
+        "difference": delta,
+        "ratio": _f(over["total"]) / _f(under["total"]) if _f(under["total"]) else math.nan,
+        **terms,
+        "wrong_fraction": explained / delta if delta and math.isfinite(explained) else math.nan,
+    }
 
 
 def _f(value) -> float:
@@ -75,8 +99,12 @@ def training_parts(run: dict) -> dict | None:
     def mean(key):
         return float(np.nanmean(np.array([r[key] for r in rows], dtype=float)))
 
-    return {"total": mean("activation_grad_norm"), "share": mean("wrong_token_share"),
-            "wrong": mean("activation_grad_norm_wrong"), "right": mean("activation_grad_norm_correct")}
+    return {
+        "total": mean("activation_grad_norm"),
+        "share": mean("wrong_token_share"),
+        "wrong": mean("activation_grad_norm_wrong"),
+        "right": mean("activation_grad_norm_correct"),
+    }
 
 
 def training_decomposition(targets: list[dict]) -> list[dict]:
@@ -94,8 +122,16 @@ def training_decomposition(targets: list[dict]) -> list[dict]:
             continue
         d = decompose(*parts)
         d["residual"] = d["difference"] - d["share_of_wrong"] - d["gradient_per_wrong"] - d["gradient_per_right"]
-        out.append({"seed": seed, "strategy": strategy, "activation": d,
-                    "wrong_confident_share": {g: _mean_output(r, "wrong_confident_share") for g, r in (("under", run), ("over", over))}})
+        out.append(
+            {
+                "seed": seed,
+                "strategy": strategy,
+                "activation": d,
+                "wrong_confident_share": {
+                    g: _mean_output(r, "wrong_confident_share") for g, r in (("under", run), ("over", over))
+                },
+            }
+        )
     return out
 
 
@@ -116,13 +152,23 @@ def saturation_summary(diagnoses: dict, train_diagnoses: dict | None, targets: l
             pair = {g: found.get(f"{g}/{seed}") for g in ("under", "over")}
             for regime, d in pair.items():
                 if d and d.get("output"):
-                    out["outputs"].append({"seed": seed, "split": split, "regime": regime,
-                                           **{k: d["output"].get(k, math.nan) for k in OUTPUT_KEYS}})
+                    out["outputs"].append(
+                        {
+                            "seed": seed,
+                            "split": split,
+                            "regime": regime,
+                            **{k: d["output"].get(k, math.nan) for k in OUTPUT_KEYS},
+                        }
+                    )
             if all(pair.values()):
-                out["decomposition"].append({
-                    "seed": seed, "split": split,
-                    "activation": decompose(gradient_parts(pair["under"]), gradient_parts(pair["over"])),
-                    "logits": decompose(logit_parts(pair["under"]), logit_parts(pair["over"]))})
+                out["decomposition"].append(
+                    {
+                        "seed": seed,
+                        "split": split,
+                        "activation": decompose(gradient_parts(pair["under"]), gradient_parts(pair["over"])),
+                        "logits": decompose(logit_parts(pair["under"]), logit_parts(pair["over"])),
+                    }
+                )
     return out
 
 
@@ -139,7 +185,12 @@ def judge_confident_mistakes(res: dict) -> dict:
     sat = res.get("saturation") or {}
     rows = [r for r in sat.get("decomposition", []) if r["split"] == "train"]
     if not rows:
-        return {"id": "g", "claim": claim, "verdict": "inconclusive", "evidence": "no RT-train diagnosis of both regimes"}
+        return {
+            "id": "g",
+            "claim": claim,
+            "verdict": "inconclusive",
+            "evidence": "no RT-train diagnosis of both regimes",
+        }
     outputs = {(r["seed"], r["regime"]): r for r in sat["outputs"] if r["split"] == "train"}
     verdicts, evidence = [], []
     for r in rows:
@@ -159,7 +210,8 @@ def judge_confident_mistakes(res: dict) -> dict:
             f"share of wrong examples {act['share_of_wrong']:+.3g}, gradient per wrong {act['gradient_per_wrong']:+.3g}, "
             f"per right {act['gradient_per_right']:+.3g} (wrong examples: {_pct(frac)}); wrong answers made with "
             f"confidence > 0.9: UNDER {_pct(conf['under'])}, OVER {_pct(conf['over'])}; at the logits OVER/UNDER mean "
-            f"‖p − y‖ = {logit['ratio']:.3g}, so the network passes {transmission:.3g}× more ‖∂L/∂h‖ per unit of ‖p − y‖")
+            f"‖p − y‖ = {logit['ratio']:.3g}, so the network passes {transmission:.3g}× more ‖∂L/∂h‖ per unit of ‖p − y‖"
+        )
     v = verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
     return {"id": "g", "claim": claim, "verdict": v, "evidence": "; ".join(evidence)}
 
@@ -172,38 +224,83 @@ def add_saturation_section(rep, sat: dict) -> None:
     """The report's section: output numbers per checkpoint and split, and both decompositions."""
     rep.heading("Output saturation of the source checkpoints (RT train and validation)")
     if not sat or not sat.get("outputs"):
-        rep.text("_No output numbers: these units were computed before the output diagnostic existed; a fresh run "
-                 "(or removing the cached `diagnose-*` units) adds them._")
+        rep.text(
+            "_No output numbers: these units were computed before the output diagnostic existed; a fresh run "
+            "(or removing the cached `diagnose-*` units) adds them._"
+        )
         return
-    rep.text("Each source checkpoint probed on RT (the diagnosis batches, before any target training). The gradient at "
-             "the logits is p − y; *conf* is the max softmax probability; *confident-wrong grad* is the share of "
-             "Σ‖p − y‖ carried by wrong answers made with confidence > 0.9.")
-    rep.table([{"seed": r["seed"], "split": r["split"], "regime": r["regime"].upper(), "accuracy": _pct(r["accuracy"]),
-                "mean conf": r["mean_confidence"], "conf > 0.9": _pct(r["share_confidence_over_0.9"]),
-                "conf > 0.99": _pct(r["share_confidence_over_0.99"]), "ECE": r["ece"],
-                "‖p − y‖ right": r["grad_norm_correct"], "‖p − y‖ wrong": r["grad_norm_wrong"],
-                "wrong": _pct(r["wrong_share"]), "wrong with conf > 0.9": _pct(r["wrong_confident_share"]),
-                "confident-wrong grad": _pct(r["confident_wrong_grad_share"])} for r in sat["outputs"]], digits=3)
-    rep.text("Decomposition of OVER − UNDER in the layer-mean ‖∂L/∂h‖ (and, below it, in the mean ‖p − y‖ at the logits) "
-             "into the share of wrong examples, the gradient per wrong example and the gradient per right example "
-             "(exact: the three terms add up to the difference; see `inflora.experiment.saturation`).")
+    rep.text(
+        "Each source checkpoint probed on RT (the diagnosis batches, before any target training). The gradient at "
+        "the logits is p − y; *conf* is the max softmax probability; *confident-wrong grad* is the share of "
+        "Σ‖p − y‖ carried by wrong answers made with confidence > 0.9."
+    )
+    rep.table(
+        [
+            {
+                "seed": r["seed"],
+                "split": r["split"],
+                "regime": r["regime"].upper(),
+                "accuracy": _pct(r["accuracy"]),
+                "mean conf": r["mean_confidence"],
+                "conf > 0.9": _pct(r["share_confidence_over_0.9"]),
+                "conf > 0.99": _pct(r["share_confidence_over_0.99"]),
+                "ECE": r["ece"],
+                "‖p − y‖ right": r["grad_norm_correct"],
+                "‖p − y‖ wrong": r["grad_norm_wrong"],
+                "wrong": _pct(r["wrong_share"]),
+                "wrong with conf > 0.9": _pct(r["wrong_confident_share"]),
+                "confident-wrong grad": _pct(r["confident_wrong_grad_share"]),
+            }
+            for r in sat["outputs"]
+        ],
+        digits=3,
+    )
+    rep.text(
+        "Decomposition of OVER − UNDER in the layer-mean ‖∂L/∂h‖ (and, below it, in the mean ‖p − y‖ at the logits) "
+        "into the share of wrong examples, the gradient per wrong example and the gradient per right example "
+        "(exact: the three terms add up to the difference; see `inflora.experiment.saturation`)."
+    )
     rows = []
     for r in sat["decomposition"]:
         for level in ("activation", "logits"):
             d = r[level]
-            rows.append({"seed": r["seed"], "split": r["split"], "at": "‖∂L/∂h‖" if level == "activation" else "‖p − y‖",
-                         "UNDER": d["under"]["total"], "OVER": d["over"]["total"], "OVER/UNDER": d["ratio"],
-                         "share of wrong": d["share_of_wrong"], "per wrong": d["gradient_per_wrong"],
-                         "per right": d["gradient_per_right"], "wrong examples' part": _pct(d["wrong_fraction"])})
+            rows.append(
+                {
+                    "seed": r["seed"],
+                    "split": r["split"],
+                    "at": "‖∂L/∂h‖" if level == "activation" else "‖p − y‖",
+                    "UNDER": d["under"]["total"],
+                    "OVER": d["over"]["total"],
+                    "OVER/UNDER": d["ratio"],
+                    "share of wrong": d["share_of_wrong"],
+                    "per wrong": d["gradient_per_wrong"],
+                    "per right": d["gradient_per_right"],
+                    "wrong examples' part": _pct(d["wrong_fraction"]),
+                }
+            )
     rep.table(rows, digits=3)
     if sat.get("training"):
-        rep.text("The same split during target training (means over the logged steps and layers; the steps' own "
-                 "training batches, dropout on). *residual*: what the three terms leave, because the share of wrong "
-                 "examples and their gradient vary together from step to step.")
-        rep.table([{"seed": r["seed"], "strategy": r["strategy"], "UNDER": r["activation"]["under"]["total"],
-                    "OVER": r["activation"]["over"]["total"], "OVER/UNDER": r["activation"]["ratio"],
-                    "share of wrong": r["activation"]["share_of_wrong"], "per wrong": r["activation"]["gradient_per_wrong"],
-                    "per right": r["activation"]["gradient_per_right"], "residual": r["activation"]["residual"],
+        rep.text(
+            "The same split during target training (means over the logged steps and layers; the steps' own "
+            "training batches, dropout on). *residual*: what the three terms leave, because the share of wrong "
+            "examples and their gradient vary together from step to step."
+        )
+        rep.table(
+            [
+                {
+                    "seed": r["seed"],
+                    "strategy": r["strategy"],
+                    "UNDER": r["activation"]["under"]["total"],
+                    "OVER": r["activation"]["over"]["total"],
+                    "OVER/UNDER": r["activation"]["ratio"],
+                    "share of wrong": r["activation"]["share_of_wrong"],
+                    "per wrong": r["activation"]["gradient_per_wrong"],
+                    "per right": r["activation"]["gradient_per_right"],
+                    "residual": r["activation"]["residual"],
                     "wrong with conf > 0.9 (UNDER / OVER)": f"{_pct(r['wrong_confident_share']['under'])} / "
-                                                           f"{_pct(r['wrong_confident_share']['over'])}"}
-                   for r in sat["training"]], digits=3)
+                    f"{_pct(r['wrong_confident_share']['over'])}",
+                }
+                for r in sat["training"]
+            ],
+            digits=3,
+        )

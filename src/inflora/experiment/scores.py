@@ -5,6 +5,7 @@ LM's option accuracy where the completions are label options); else, for instruc
 options, the validation completion loss. Scores are "higher is better", so a loss enters as its
 negative and every paired difference, interval and ranking reads the same way.
 """
+
 from __future__ import annotations
 
 import numpy as np

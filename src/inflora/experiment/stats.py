@@ -1,11 +1,12 @@
 """Summaries over seeds: mean ± sd, a t-based 95% interval, and paired differences."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-EXAMPLE_BOOT = 2000   # resamples of a paired bootstrap over evaluation examples (selectors.md §10.4)
+EXAMPLE_BOOT = 2000  # resamples of a paired bootstrap over evaluation examples (selectors.md §10.4)
 
 
 def summary(values: list[float], level: float = 0.95) -> dict:
@@ -68,8 +69,9 @@ def verdict(ci: list[float], direction: int) -> str:
     return "inconclusive"
 
 
-def example_interval(pairs: list[tuple[np.ndarray, np.ndarray]], same_examples: bool = False,
-                     seed: int = 0) -> list[float] | None:
+def example_interval(
+    pairs: list[tuple[np.ndarray, np.ndarray]], same_examples: bool = False, seed: int = 0
+) -> list[float] | None:
     """95 % percentile interval of the mean paired difference a − b over examples (``EXAMPLE_BOOT`` resamples;
     a seed's a and b score the same examples). When every seed scores the same examples (no
     --limit-eval), one draw of examples serves all seeds; else each seed's examples are drawn on their

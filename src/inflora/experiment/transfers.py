@@ -6,6 +6,7 @@ backbone, so forgetting is SST-2 validation accuracy of the adapted backbone und
 model's own head (``training.source_head``); TREC questions share nothing with SST-2, so there is
 no decontaminated metric.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,20 +17,23 @@ from ..errors import ConfigError
 @dataclass(frozen=True)
 class Transfer:
     name: str
-    target: str                    # the task diagnosed (validation, train) and trained on
-    label: str                     # how reports name it
-    decontaminate: str | None      # also score the target test without this task's train rows
-    new_head: bool                 # a fresh head for the target's labels; forgetting with the source head
+    target: str  # the task diagnosed (validation, train) and trained on
+    label: str  # how reports name it
+    decontaminate: str | None  # also score the target test without this task's train rows
+    new_head: bool  # a fresh head for the target's labels; forgetting with the source head
 
     def metrics(self) -> tuple[str, ...]:
         """The test metrics its tables and claims are judged on."""
         return ("test", "test_decontaminated") if self.decontaminate else ("test",)
 
 
-TRANSFERS = {t.name: t for t in (
-    Transfer("sst2-to-rt", "rotten_tomatoes", "RT", "sst2", False),
-    Transfer("sst2-to-trec", "trec", "TREC", None, True),
-)}
+TRANSFERS = {
+    t.name: t
+    for t in (
+        Transfer("sst2-to-rt", "rotten_tomatoes", "RT", "sst2", False),
+        Transfer("sst2-to-trec", "trec", "TREC", None, True),
+    )
+}
 DEFAULT = "sst2-to-rt"
 
 

@@ -7,6 +7,7 @@ Rank r probes batches ``r, r + world, r + 2·world, ...`` (``diagnose`` shards w
 ``gather_batches`` interleaves the ranks' lists back into that global batch order, so the records,
 their float sums and any bootstrap over them are exactly those of one process.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,10 @@ class SumAccumulator:
         raises, so a sum can never be cut off or land in the wrong field."""
         missing, unknown = set(self.fields) - set(values), set(values) - set(self.fields)
         if missing or unknown:
-            raise ValueError(f"{type(self).__name__}.add: missing fields {sorted(missing)}, unknown fields "
-                             f"{sorted(unknown)}; its fields are {', '.join(self.fields)}")
+            raise ValueError(
+                f"{type(self).__name__}.add: missing fields {sorted(missing)}, unknown fields "
+                f"{sorted(unknown)}; its fields are {', '.join(self.fields)}"
+            )
         self.records.append({k: torch.as_tensor(values[k], dtype=torch.float64).detach().cpu() for k in self.fields})
 
     def add_to_step(self, step: int, **values) -> None:
@@ -61,7 +64,8 @@ class SumAccumulator:
     def stacked(self) -> dict[str, torch.Tensor]:
         """Each field's records stacked along a new first (batch) dimension."""
         same = len(self._stacked_from) == len(self.records) and all(
-            a is b for a, b in zip(self._stacked_from, self.records))
+            a is b for a, b in zip(self._stacked_from, self.records)
+        )
         if not same:
             self._stacked = {k: torch.stack([r[k] for r in self.records]) for k in self.fields}
             self._stacked_from = list(self.records)

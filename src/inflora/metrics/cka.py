@@ -3,6 +3,7 @@
 Linear CKA (Kornblith et al. 2019) on centred features, computed in a PCA basis fitted on the
 stacked [before; after] features so both live in the same low-dimensional coordinates.
 """
+
 from __future__ import annotations
 
 import torch
@@ -70,9 +71,11 @@ class FeatureProbe(ProbePlugin):
     def attach(self, ctx) -> None:
         self.features = [[] for _ in ctx.blocks]
         for store, block in zip(self.features, ctx.blocks):
+
             def hook(module, args, output, store=store):
                 if ctx.active:
                     store.append(pool_hidden(first_tensor(output), ctx.attention_mask, self.pooling).cpu())
+
             self.handles.append(block.register_forward_hook(hook))
 
     def num_batches(self) -> int:

@@ -6,6 +6,7 @@ pure functions, a streaming accumulator of sums, and a thin probe plugin. The un
 transformers reads the FFN layout from the architecture table: the units are the input of each
 block's ``ffn_down``. The ReDo remedy (``inflora.remedies.redo``) scores and recycles with these.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ _ACTS = (nn.ReLU, nn.GELU, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.Tanh, nn.Sigmoid, n
 
 
 # ---------------------------------------------------------------- pure functions
-def masked_abs_sums(acts: torch.Tensor, channel_dim: int = 1,
-                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+def masked_abs_sums(
+    acts: torch.Tensor, channel_dim: int = 1, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
     """(sum |h_i| per unit, number of positions summed) over every dim but ``channel_dim``;
     ``mask`` [B, T] leaves padding out. The one place the masked |activation| sum is computed."""
     a = acts.detach().float().abs().movedim(channel_dim, -1)
@@ -105,11 +107,11 @@ class UnitLayer:
     (transformer FFNs, gated or not). Gated FFNs have two incoming layers (gate and up)."""
 
     name: str
-    incoming: tuple[nn.Module, ...]   # nn.Linear / nn.Conv2d / transformers' Conv1D producing the units
-    next: nn.Module                   # consumer of the units
+    incoming: tuple[nn.Module, ...]  # nn.Linear / nn.Conv2d / transformers' Conv1D producing the units
+    next: nn.Module  # consumer of the units
     act: nn.Module | None = None
-    channel_dim: int = 1              # where the unit axis is in h (-1 for token-major transformers)
-    init_std: float | None = None     # normal(0, std) re-init (BERT); None: the torch default init
+    channel_dim: int = 1  # where the unit axis is in h (-1 for token-major transformers)
+    init_std: float | None = None  # normal(0, std) re-init (BERT); None: the torch default init
 
     def watch(self, fn: Callable[[torch.Tensor], None]):
         """Call ``fn(h)`` on every forward; returns the hook handle."""
@@ -142,8 +144,8 @@ def mlp_units(model: nn.Module) -> list[UnitLayer]:
         for k, (name, mod) in enumerate(mods):
             if not isinstance(mod, (nn.Linear, nn.Conv2d)):
                 continue
-            act = next((m for _, m in mods[k + 1:k + 2] if isinstance(m, _ACTS)), None)
-            nxt = next((m for _, m in mods[k + 1:] if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+            act = next((m for _, m in mods[k + 1 : k + 2] if isinstance(m, _ACTS)), None)
+            nxt = next((m for _, m in mods[k + 1 :] if isinstance(m, (nn.Linear, nn.Conv2d))), None)
             if act is not None and nxt is not None:
                 out.append(UnitLayer(f"{sname}.{name}".lstrip("."), (mod,), nxt, act, 1))
     return out
@@ -156,7 +158,9 @@ def find_units(model: nn.Module) -> list[UnitLayer]:
     except ArchitectureError:
         units = mlp_units(model)
         if not units:
-            raise ConfigError(f"ReDo found no hidden layers in {type(model).__name__}; pass layers explicitly") from None
+            raise ConfigError(
+                f"ReDo found no hidden layers in {type(model).__name__}; pass layers explicitly"
+            ) from None
         return units
 
 
@@ -236,8 +240,10 @@ class DormantProbe(ProbePlugin):
     def attach(self, ctx) -> None:
         self.layers = [DormantUnits() for _ in ctx.blocks]
         for unit in transformer_units(ctx.inner):  # blocks without a dense FFN have no unit: matched by name
+
             def add(h, acc=self.layers[int(unit.name.split(".")[1])]):
                 if ctx.active:  # a block run twice per forward (Dory, HRM) sums into one batch record
                     total, count = masked_abs_sums(h, -1, ctx.attention_mask)
                     acc.add_to_step(ctx.forwards, abs_sum=total, tokens=torch.tensor(count))
+
             self.handles.append(unit.watch(add))

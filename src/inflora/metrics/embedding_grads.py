@@ -13,6 +13,7 @@ true gradient A + S is then exact:
 ‖A + S‖² = ‖A‖² + Σ_{i ∈ U} (‖A_i + S_i‖² − ‖A_i‖²). Forward values and every other gradient are
 unchanged; everything is restored on ``close``.
 """
+
 from __future__ import annotations
 
 import types
@@ -50,7 +51,9 @@ class _Tied:
         self.sq, self.rows, self.sparse = torch.zeros((), dtype=torch.float64), None, None
 
     def unique_ids(self) -> torch.Tensor:
-        return torch.unique(torch.cat([i.flatten() for i in self.ids])) if self.ids else torch.zeros(0, dtype=torch.long)
+        return (
+            torch.unique(torch.cat([i.flatten() for i in self.ids])) if self.ids else torch.zeros(0, dtype=torch.long)
+        )
 
     def add_dense(self, g: torch.Tensor) -> None:
         if self.rows is not None:
@@ -120,12 +123,21 @@ class SparseEmbeddingGrads:
         self._restore: list = []
         self.handles: list = []
         for m in model.modules():
-            if isinstance(m, nn.Embedding) and m.weight.requires_grad and type(m.weight.data) is torch.Tensor \
-                    and type(m).forward is nn.Embedding.forward:  # a subclass (BART's learned positions, called
-                self._take_embedding(model, m)                      # with a shape, not ids) stays dense
+            if (
+                isinstance(m, nn.Embedding)
+                and m.weight.requires_grad
+                and type(m.weight.data) is torch.Tensor
+                and type(m).forward is nn.Embedding.forward
+            ):  # a subclass (BART's learned positions, called
+                self._take_embedding(model, m)  # with a shape, not ids) stays dense
         head = _output_head(model)
-        if isinstance(head, nn.Linear) and head.bias is None and head.weight.requires_grad \
-                and type(head.weight.data) is torch.Tensor and len(_owners(model, head.weight)) == 1 + (id(head.weight) in self.tied):
+        if (
+            isinstance(head, nn.Linear)
+            and head.bias is None
+            and head.weight.requires_grad
+            and type(head.weight.data) is torch.Tensor
+            and len(_owners(model, head.weight)) == 1 + (id(head.weight) in self.tied)
+        ):
             self._take_head(head)
 
     def _take_embedding(self, model: nn.Module, module: nn.Embedding) -> None:

@@ -4,6 +4,7 @@ Two ways in, one accumulator: ``attention_entropy_sums`` reads an eager attentio
 reference, and the path for families outside transformers' attention interface), and
 ``streaming_entropy_sums`` (``streaming_entropy.py``) streams the same sums beside SDPA.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,10 @@ def valid_key_mask(attention_mask: torch.Tensor, causal: bool, window: int | Non
 
 
 def attention_entropy_sums(
-    attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
+    attn: torch.Tensor,
+    attention_mask: torch.Tensor,
+    causal: bool = False,
+    window: int | None = None,
     sink: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-head sums over non-padding queries of -Σ_s a log a (natural log), and of the same divided
@@ -62,7 +66,9 @@ def attention_entropy_sums(
     return raw_sum, q.sum().expand(h).clone(), norm_sum, qn.sum().expand(h).clone()
 
 
-def attention_entropy(attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False) -> dict[str, torch.Tensor]:
+def attention_entropy(
+    attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False
+) -> dict[str, torch.Tensor]:
     """Mean entropy per head ([H]) over non-padding queries and examples, raw and normalised."""
     raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal)
     return {"head_entropy": raw / n.clamp_min(1), "head_entropy_norm": norm / nn_.clamp_min(1)}
@@ -76,12 +82,27 @@ class AttentionEntropy(SumAccumulator):
 
     fields = SUM_FIELDS
 
-    def update(self, attn: torch.Tensor, attention_mask: torch.Tensor, causal: bool = False, window: int | None = None,
-               sink: bool = False, step: int | None = None) -> None:
+    def update(
+        self,
+        attn: torch.Tensor,
+        attention_mask: torch.Tensor,
+        causal: bool = False,
+        window: int | None = None,
+        sink: bool = False,
+        step: int | None = None,
+    ) -> None:
         """One attention call's sums; calls of the same forward ``step`` (a looped block) share a record."""
         raw, n, norm, nn_ = attention_entropy_sums(attn, attention_mask, causal, window, sink)
-        values = dict(raw_sum=raw, raw_count=n, norm_sum=norm, norm_count=nn_, raw_var=torch.zeros_like(raw),
-                      mean_var=0.0, norm_mean_var=0.0, sampled=0.0)
+        values = dict(
+            raw_sum=raw,
+            raw_count=n,
+            norm_sum=norm,
+            norm_count=nn_,
+            raw_var=torch.zeros_like(raw),
+            mean_var=0.0,
+            norm_mean_var=0.0,
+            sampled=0.0,
+        )
         self.add(**values) if step is None else self.add_to_step(step, **values)
 
     def update_streaming(self, *sums: torch.Tensor) -> None:
@@ -144,8 +165,12 @@ class EntropyProbe(ProbePlugin):
 
     def _attach_sinks(self, ctx) -> None:
         generator = torch.Generator().manual_seed(self.seed) if self.queries is not None else None
-        options = {"queries": self.queries, "generator": generator, "fused": self.fused,
-                   **({"chunk": self.chunk} if self.chunk else {})}
+        options = {
+            "queries": self.queries,
+            "generator": generator,
+            "fused": self.fused,
+            **({"chunk": self.chunk} if self.chunk else {}),
+        }
         self.last_forward = [-1] * len(self.layers)
         for i, module in enumerate(ctx.attention):
             if module is None:  # no softmax attention in this block: nothing to stream, entropy stays NaN
@@ -159,8 +184,11 @@ class EntropyProbe(ProbePlugin):
             # once per model forward: a gradient-checkpointing recompute in backward calls attention again
             if ctx.active and self.last_forward[i] != ctx.forwards:
                 self.last_forward[i] = ctx.forwards
-                self.layers[i].update_streaming(*streaming_entropy_sums(
-                    query, key, mask, ctx.attention_mask, scaling=scaling, causal=causal, **options))
+                self.layers[i].update_streaming(
+                    *streaming_entropy_sums(
+                        query, key, mask, ctx.attention_mask, scaling=scaling, causal=causal, **options
+                    )
+                )
 
         return sink
 
@@ -175,7 +203,8 @@ class EntropyProbe(ProbePlugin):
                 self.unmeasured[layer] = (
                     "the attention module found at discovery did not run (the model replaced or bypassed it in its "
                     "forward, as BigBird swaps block-sparse for full attention on short inputs): entropy is left out "
-                    "(NaN); the gradient metrics are kept")
+                    "(NaN); the gradient metrics are kept"
+                )
             self.seen = set()
         missing = [i for i, f in enumerate(getattr(self, "last_forward", ())) if f is not None and f != ctx.forwards]
         if ctx.active and missing:
@@ -199,7 +228,9 @@ class EntropyProbe(ProbePlugin):
             if layer in self.unmeasured:
                 return
             attn = _map_of(output, ctx.spec.map_index)
-            if (attn is None or attn.dim() != 4) and getattr(ctx.inner.config, "_attn_implementation", "eager") != "eager":
+            if (attn is None or attn.dim() != 4) and getattr(
+                ctx.inner.config, "_attn_implementation", "eager"
+            ) != "eager":
                 raise ArchitectureError(
                     f"{type(module).__name__} returned no attention map; the probe needs attn_implementation='eager'"
                 )
@@ -208,8 +239,14 @@ class EntropyProbe(ProbePlugin):
                 acc.records.clear()
                 self.unmeasured[layer] = why
                 return
-            acc.update(attn, ctx.attention_mask, ctx.spec.causal, attention_window(module),
-                       sink=getattr(module, "sinks", None) is not None, step=ctx.forwards)
+            acc.update(
+                attn,
+                ctx.attention_mask,
+                ctx.spec.causal,
+                attention_window(module),
+                sink=getattr(module, "sinks", None) is not None,
+                step=ctx.forwards,
+            )
 
         return hook
 
@@ -217,9 +254,11 @@ class EntropyProbe(ProbePlugin):
 def no_map(module) -> str:
     """Why a module under eager attention gives no map: its attention is not a softmax map at all
     (MRA's multi-resolution approximation, YOSO's hashing), so there is no distribution to measure."""
-    return (f"{type(module).__name__} returns no attention map even under eager attention (an approximate or "
-            "kernelised attention, not a softmax over the tokens): entropy does not apply and is left out (NaN); "
-            "the gradient metrics are kept")
+    return (
+        f"{type(module).__name__} returns no attention map even under eager attention (an approximate or "
+        "kernelised attention, not a softmax over the tokens): entropy does not apply and is left out (NaN); "
+        "the gradient metrics are kept"
+    )
 
 
 def off_token_map(attn: torch.Tensor, attention_mask: torch.Tensor) -> str | None:
@@ -230,9 +269,11 @@ def off_token_map(attn: torch.Tensor, attention_mask: torch.Tensor) -> str | Non
     b, t = attention_mask.shape
     if attn.shape[0] == b and tuple(attn.shape[2:]) == (t, t):
         return None
-    return (f"its attention map has shape {tuple(attn.shape)} for {b} sequences of {t} tokens (pooled, downsampled, "
-            "banded or extended positions): it is not over the input's tokens, so entropy over the real tokens "
-            "cannot be measured exactly and is left out (NaN); the gradient metrics are kept")
+    return (
+        f"its attention map has shape {tuple(attn.shape)} for {b} sequences of {t} tokens (pooled, downsampled, "
+        "banded or extended positions): it is not over the input's tokens, so entropy over the real tokens "
+        "cannot be measured exactly and is left out (NaN); the gradient metrics are kept"
+    )
 
 
 def _map_of(output, index: int):

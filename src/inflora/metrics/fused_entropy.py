@@ -11,6 +11,7 @@ the scores and their difference is small, so half-precision inputs would cancel 
 without such a kernel, or one that refuses the shapes, returns None; the caller then takes the
 chunked path (``streaming_entropy.chunk_entropy``) and it is logged once per reason.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,23 +31,26 @@ def _additive(valid: torch.Tensor | None) -> torch.Tensor | None:
 
 def _cpu_kernel(q, k, mask, causal: bool, scaling: float):
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, k, k, 0.0, causal, attn_mask=mask, scale=scaling)
+        q, k, k, 0.0, causal, attn_mask=mask, scale=scaling
+    )
     return out, lse
 
 
 def _cuda_kernel(q, k, mask, causal: bool, scaling: float):
     if mask is not None:  # the kernel wants a bias of the full [B, H, Tq, S] shape
         mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-        q, k, k, mask, True, 0.0, causal, scale=scaling)[:2]
+    out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, k, mask, True, 0.0, causal, scale=scaling)[
+        :2
+    ]
     return out, lse[..., : q.shape[2]]  # the log-sum-exp may be padded to a multiple of the kernel's tile
 
 
 KERNELS = {"cpu": _cpu_kernel, "cuda": _cuda_kernel}
 
 
-def fused_row_entropy(query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None, *,
-                      scaling: float, causal: bool) -> torch.Tensor | None:
+def fused_row_entropy(
+    query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor | None, *, scaling: float, causal: bool
+) -> torch.Tensor | None:
     """Entropy (nats, float32) of every softmax row, ``[B, H, Tq]``, or None where no fused kernel
     takes these inputs. ``query`` [B, H, Tq, D]; ``key`` [B, Hkv, S, D] (grouped-query heads are
     repeated here); ``valid`` [B|1, H|1, Tq, S] booleans or None; ``causal`` SDPA's flag (no mask).

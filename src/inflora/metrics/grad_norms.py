@@ -1,4 +1,5 @@
 """Gradient norms: where the backward signal shrinks (activations) and what each block receives (parameters)."""
+
 from __future__ import annotations
 
 import math
@@ -116,8 +117,10 @@ class ParamGradNorm(_FiniteMean):
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         b = float(t["batches"])
-        return {"param_grad_norm": float(t["norm_sum"]) / b if b else math.nan,
-                "param_grad_nonfinite_batches": int(t["nonfinite"])}
+        return {
+            "param_grad_norm": float(t["norm_sum"]) / b if b else math.nan,
+            "param_grad_nonfinite_batches": int(t["nonfinite"]),
+        }
 
 
 class ActivationGradProbe(ProbePlugin):
@@ -128,13 +131,14 @@ class ActivationGradProbe(ProbePlugin):
     def attach(self, ctx) -> None:
         self.layers = [ActivationGradNorm() for _ in ctx.blocks]
         for acc, block in zip(self.layers, ctx.blocks):
+
             def hook(module, args, output, acc=acc):
                 h = first_tensor(output)
                 if ctx.active and torch.is_grad_enabled() and h.requires_grad:
                     mask, step = ctx.attention_mask, ctx.forwards
                     h.register_hook(lambda g: acc.update(g, mask, step))
-            self.handles.append(block.register_forward_hook(hook))
 
+            self.handles.append(block.register_forward_hook(hook))
 
     def resampled_profile(self, draws: torch.Tensor) -> torch.Tensor:
         """Each layer's mean per-token norm on every bootstrap resample at once: ``[R, layers]``."""
@@ -215,4 +219,6 @@ class ParamGradProbe(ProbePlugin):
         return out
 
     def group_results(self, batches: list[int] | None = None) -> dict:
-        return {f"param_grad_norm_{k}": self.groups[k].compute(batches)["param_grad_norm"] for k in ("embeddings", "head")}
+        return {
+            f"param_grad_norm_{k}": self.groups[k].compute(batches)["param_grad_norm"] for k in ("embeddings", "head")
+        }

@@ -12,6 +12,7 @@ weights. Both are read over the probe's non-padding tokens:
 
 Pure functions, an accumulator of sums each, and one probe plugin, like ``entropy.py``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,12 @@ def router_sums(logits: torch.Tensor, picks: torch.Tensor, token_mask: torch.Ten
     p = logp.exp()
     e = logits.shape[-1]
     counts = torch.bincount(picks.detach()[keep].reshape(-1).long(), minlength=e)[:e]
-    return {"picks": counts.double().cpu(), "tokens": torch.tensor(float(keep.sum()), dtype=torch.float64),
-            "entropy_sum": (-(p * logp).sum()).double().cpu(), "prob_sum": p.sum(0).double().cpu()}
+    return {
+        "picks": counts.double().cpu(),
+        "tokens": torch.tensor(float(keep.sum()), dtype=torch.float64),
+        "entropy_sum": (-(p * logp).sum()).double().cpu(),
+        "prob_sum": p.sum(0).double().cpu(),
+    }
 
 
 def router_output(output, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,15 +82,24 @@ class RouterLoad(SumAccumulator):
         tokens = float(t["tokens"].sum())
         if tokens == 0:
             nan = [math.nan] * self.num_experts
-            return {"expert_load": nan, "router_entropy": math.nan, "router_entropy_norm": math.nan,
-                    "expert_load_max_ratio": math.nan, "dead_experts": 0, "router_prob": nan}
+            return {
+                "expert_load": nan,
+                "router_entropy": math.nan,
+                "router_entropy_norm": math.nan,
+                "expert_load_max_ratio": math.nan,
+                "dead_experts": 0,
+                "router_prob": nan,
+            }
         load = (t["picks"] / (tokens * self.top_k)).tolist()
         entropy = float(t["entropy_sum"].sum()) / tokens
-        return {"expert_load": load, "router_entropy": entropy,
-                "router_entropy_norm": entropy / math.log(self.num_experts),
-                "expert_load_max_ratio": max(load) * self.num_experts,
-                "dead_experts": sum(1 for v in t["picks"].tolist() if v == 0),
-                "router_prob": (t["prob_sum"] / tokens).tolist()}
+        return {
+            "expert_load": load,
+            "router_entropy": entropy,
+            "router_entropy_norm": entropy / math.log(self.num_experts),
+            "expert_load_max_ratio": max(load) * self.num_experts,
+            "dead_experts": sum(1 for v in t["picks"].tolist() if v == 0),
+            "router_prob": (t["prob_sum"] / tokens).tolist(),
+        }
 
 
 class ExpertGradNorms(SumAccumulator):
@@ -108,8 +122,11 @@ class ExpertGradNorms(SumAccumulator):
         norms = (t["expert_norm_sum"] / b).tolist() if b else [math.nan] * self.num_experts
         if not isinstance(norms, list) or len(norms) != self.num_experts:
             norms = [math.nan] * self.num_experts
-        return {"expert_grad_norm": norms, "router_grad_norm": float(t["router_norm_sum"].sum()) / b if b else math.nan,
-                "expert_grad_nonfinite_batches": int(t["nonfinite"].sum())}
+        return {
+            "expert_grad_norm": norms,
+            "router_grad_norm": float(t["router_norm_sum"].sum()) / b if b else math.nan,
+            "expert_grad_nonfinite_batches": int(t["nonfinite"].sum()),
+        }
 
 
 class _MoeBlock:

@@ -16,6 +16,7 @@ reads the logits of the probe's own forward pass and, per block, splits ‖∂L/
 of wrong and right examples, so a difference in gradient can be traced to the share of mistakes or
 to the gradient each mistake sends.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def selected_rows(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False,
-                  ignore_index: int = IGNORE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def selected_rows(
+    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False, ignore_index: int = IGNORE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits as rows ``[M, C]``, a view where the logits are contiguous; ``[N]`` indices of the
     rows whose label is not ignored; their ``[N]`` labels; ``[N]`` example index). The rows
     ``output_rows`` copies, named instead of copied, so they can be read a chunk at a time."""
@@ -56,8 +58,9 @@ def selected_rows(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = F
     return z.reshape(-1, z.shape[-1]), index[keep.to(index.device)], y[keep].long(), example[keep]
 
 
-def output_rows(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False,
-                ignore_index: int = IGNORE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def output_rows(
+    logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False, ignore_index: int = IGNORE
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """([N, C] fp32 logits, [N] labels, [N] example index) of the rows whose label is not ignored
     (the logits keep their graph: a loss may be built on them). ``shift``: causal-LM logits [B, T, V]
     and labels [B, T]; position t predicts label t + 1. Rows are selected before the cast, so a
@@ -99,16 +102,24 @@ def check_labels(labels: torch.Tensor, classes: int, ignore_index: int = IGNORE)
         raise DataError(f"a batch has no labelled example: every label is {ignore_index} (ignored)")
     bad = valid[(valid < 0) | (valid >= max(classes, 2))]
     if bad.numel():
-        raise DataError(f"label ids {sorted(set(bad.tolist()))[:5]} are outside the model's {max(classes, 2)} classes "
-                        f"(0 … {max(classes, 2) - 1}; {ignore_index} marks an ignored position)")
+        raise DataError(
+            f"label ids {sorted(set(bad.tolist()))[:5]} are outside the model's {max(classes, 2)} classes "
+            f"(0 … {max(classes, 2) - 1}; {ignore_index} marks an ignored position)"
+        )
 
 
 ROW_CHUNK_ELEMENTS = 1 << 22  # logits (rows × classes) copied to fp32 and soft-maxed at once: 16 MB
 
 
 @torch.no_grad()
-def output_saturation(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False,
-                      ignore_index: int = IGNORE, chunk_rows: int | None = None) -> dict[str, torch.Tensor]:
+def output_saturation(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    shift: bool = False,
+    ignore_index: int = IGNORE,
+    chunk_rows: int | None = None,
+) -> dict[str, torch.Tensor]:
     """Per non-ignored row: ``confidence`` (max p), ``p_true``, ``grad_norm`` = ‖p − y‖₂ (the gradient
     of the row's cross-entropy at its logits; |σ − y| for a single binary logit), ``correct`` and
     ``example`` (the batch index the row belongs to).
@@ -124,11 +135,18 @@ def output_saturation(logits: torch.Tensor, labels: torch.Tensor, *, shift: bool
         s = torch.sigmoid(z)
         target = (y > 0).to(s.dtype)
         p_true = torch.where(target > 0, s, 1 - s)
-        return {"confidence": torch.maximum(s, 1 - s), "p_true": p_true, "grad_norm": (s - target).abs(),
-                "correct": (z > 0) == (target > 0), "example": example}
+        return {
+            "confidence": torch.maximum(s, 1 - s),
+            "p_true": p_true,
+            "grad_norm": (s - target).abs(),
+            "correct": (z > 0) == (target > 0),
+            "example": example,
+        }
     step = chunk_rows or max(1, ROW_CHUNK_ELEMENTS // classes)
-    parts = [_softmax_rows(at_least_fp32(flat.index_select(0, index[i:i + step])), y[i:i + step])
-             for i in range(0, len(y), step)] or [_softmax_rows(at_least_fp32(flat[:0]), y)]
+    parts = [
+        _softmax_rows(at_least_fp32(flat.index_select(0, index[i : i + step])), y[i : i + step])
+        for i in range(0, len(y), step)
+    ] or [_softmax_rows(at_least_fp32(flat[:0]), y)]
     rows = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
     return {**rows, "example": example}
 
@@ -153,12 +171,23 @@ def saturation_sums(rows: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     def per_bin(values: torch.Tensor) -> torch.Tensor:
         return torch.zeros(BINS, dtype=torch.float64).index_add_(0, bins.cpu(), values.double().cpu())
 
-    return {"rows": torch.tensor(float(len(conf))), "correct": right.sum(), "conf_sum": conf.sum(),
-            "p_true_sum": rows["p_true"].double().sum(), "grad_sum": grad.sum(), "grad_sum_correct": grad[right].sum(),
-            "grad_sum_wrong": grad[wrong].sum(), "over_confident": (conf > CONFIDENT).sum(),
-            "over_saturated": (conf > SATURATED).sum(), "p_true_saturated": (rows["p_true"] > SATURATED).sum(),
-            "confident_wrong": confident_wrong.sum(), "grad_sum_confident_wrong": grad[confident_wrong].sum(),
-            "bin_count": per_bin(torch.ones_like(conf)), "bin_conf_sum": per_bin(conf), "bin_correct": per_bin(right)}
+    return {
+        "rows": torch.tensor(float(len(conf))),
+        "correct": right.sum(),
+        "conf_sum": conf.sum(),
+        "p_true_sum": rows["p_true"].double().sum(),
+        "grad_sum": grad.sum(),
+        "grad_sum_correct": grad[right].sum(),
+        "grad_sum_wrong": grad[wrong].sum(),
+        "over_confident": (conf > CONFIDENT).sum(),
+        "over_saturated": (conf > SATURATED).sum(),
+        "p_true_saturated": (rows["p_true"] > SATURATED).sum(),
+        "confident_wrong": confident_wrong.sum(),
+        "grad_sum_confident_wrong": grad[confident_wrong].sum(),
+        "bin_count": per_bin(torch.ones_like(conf)),
+        "bin_conf_sum": per_bin(conf),
+        "bin_correct": per_bin(right),
+    }
 
 
 def expected_calibration_error(count, conf_sum, correct_sum) -> float:
@@ -171,9 +200,24 @@ def expected_calibration_error(count, conf_sum, correct_sum) -> float:
 class OutputSaturation(SumAccumulator):
     """Streams the output numbers over batches; a batch with non-finite logits is counted, not added."""
 
-    fields = ("rows", "correct", "conf_sum", "p_true_sum", "grad_sum", "grad_sum_correct", "grad_sum_wrong",
-              "over_confident", "over_saturated", "p_true_saturated", "confident_wrong", "grad_sum_confident_wrong",
-              "bin_count", "bin_conf_sum", "bin_correct", "nonfinite")
+    fields = (
+        "rows",
+        "correct",
+        "conf_sum",
+        "p_true_sum",
+        "grad_sum",
+        "grad_sum_correct",
+        "grad_sum_wrong",
+        "over_confident",
+        "over_saturated",
+        "p_true_saturated",
+        "confident_wrong",
+        "grad_sum_confident_wrong",
+        "bin_count",
+        "bin_conf_sum",
+        "bin_correct",
+        "nonfinite",
+    )
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, *, shift: bool = False) -> dict[str, torch.Tensor]:
         rows = output_saturation(logits, labels, shift=shift)
@@ -195,18 +239,24 @@ class OutputSaturation(SumAccumulator):
 
         counts = t["bin_count"]
         return {
-            "predictions": int(n), "accuracy": ratio(right, n), "mean_confidence": ratio(t["conf_sum"], n),
-            "mean_true_class_prob": ratio(t["p_true_sum"], n), "mean_grad_norm": ratio(t["grad_sum"], n),
-            "grad_norm_correct": ratio(t["grad_sum_correct"], right), "grad_norm_wrong": ratio(t["grad_sum_wrong"], wrong),
+            "predictions": int(n),
+            "accuracy": ratio(right, n),
+            "mean_confidence": ratio(t["conf_sum"], n),
+            "mean_true_class_prob": ratio(t["p_true_sum"], n),
+            "mean_grad_norm": ratio(t["grad_sum"], n),
+            "grad_norm_correct": ratio(t["grad_sum_correct"], right),
+            "grad_norm_wrong": ratio(t["grad_sum_wrong"], wrong),
             "share_confidence_over_0.9": ratio(t["over_confident"], n),
             "share_confidence_over_0.99": ratio(t["over_saturated"], n),
             "share_true_class_over_0.99": ratio(t["p_true_saturated"], n),
-            "wrong_share": ratio(wrong, n), "wrong_confident_share": ratio(t["confident_wrong"], wrong),
+            "wrong_share": ratio(wrong, n),
+            "wrong_confident_share": ratio(t["confident_wrong"], wrong),
             "wrong_grad_share": ratio(t["grad_sum_wrong"], t["grad_sum"]),
             "confident_wrong_grad_share": ratio(t["grad_sum_confident_wrong"], t["grad_sum"]),
             "ece": expected_calibration_error(counts, t["bin_conf_sum"], t["bin_correct"]),
             "histogram": {
-                "edges": [i / BINS for i in range(BINS + 1)], "count": [int(c) for c in counts],
+                "edges": [i / BINS for i in range(BINS + 1)],
+                "count": [int(c) for c in counts],
                 "mean_confidence": [ratio(s, c) for s, c in zip(t["bin_conf_sum"], counts)],
                 "accuracy": [ratio(s, c) for s, c in zip(t["bin_correct"], counts)],
             },
@@ -228,9 +278,11 @@ class WrongRightGradSplit(SumAccumulator):
 
     def compute_from(self, t: dict[str, torch.Tensor]) -> dict:
         w_n, r_n = float(t["wrong_tokens"]), float(t["right_tokens"])
-        return {"activation_grad_norm_wrong": float(t["wrong_sum"]) / w_n if w_n else math.nan,
-                "activation_grad_norm_correct": float(t["right_sum"]) / r_n if r_n else math.nan,
-                "wrong_token_share": w_n / (w_n + r_n) if w_n + r_n else math.nan}
+        return {
+            "activation_grad_norm_wrong": float(t["wrong_sum"]) / w_n if w_n else math.nan,
+            "activation_grad_norm_correct": float(t["right_sum"]) / r_n if r_n else math.nan,
+            "wrong_token_share": w_n / (w_n + r_n) if w_n + r_n else math.nan,
+        }
 
 
 class OutputProbe(ProbePlugin):
@@ -250,12 +302,14 @@ class OutputProbe(ProbePlugin):
         self.handles.append(inner.register_forward_pre_hook(self._labels_hook(ctx, inner), with_kwargs=True))
         self.handles.append(inner.register_forward_hook(self._logits_hook(ctx)))
         for acc, block in zip(self.layers, ctx.blocks):
+
             def hook(module, args, output, acc=acc):
                 h = first_tensor(output)
                 sequence_labels = self._labels is not None and self._labels.dim() == 1
                 if ctx.active and torch.is_grad_enabled() and h.requires_grad and sequence_labels:
                     mask = ctx.attention_mask  # the wrong examples are known once the logits exist
                     h.register_hook(lambda g: acc.update(g, mask, self._wrong))
+
             self.handles.append(block.register_forward_hook(hook))
 
     def _labels_hook(self, ctx, inner):
@@ -270,6 +324,7 @@ class OutputProbe(ProbePlugin):
             if classes is not None:
                 check_labels(labels[:, 1:] if token_level else labels, int(classes))
             self._labels = labels
+
         return hook
 
     def _logits_hook(self, ctx):
@@ -283,6 +338,7 @@ class OutputProbe(ProbePlugin):
             if not token_level:
                 self._wrong = torch.zeros(logits.shape[0], dtype=torch.bool)
                 self._wrong[rows["example"].cpu()] = ~rows["correct"].cpu()
+
         return hook
 
     def accumulators(self) -> list[SumAccumulator]:

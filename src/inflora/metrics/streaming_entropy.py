@@ -13,6 +13,7 @@ skipped. The block output itself comes from transformers' ``sdpa_attention_forwa
 replacement) and returns Horvitz-Thompson totals: unbiased for the same mean, with a variance
 estimate (simple random sampling without replacement within each sequence) for its standard error.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,9 @@ def key_validity(mask: torch.Tensor | None, batch: int, heads: int, q_len: int, 
     if mask.dtype == torch.bool:
         return mask
     if not mask.is_floating_point():
-        raise ArchitectureError(f"streaming entropy cannot interpret an attention mask of dtype {mask.dtype}; use attention='eager'")
+        raise ArchitectureError(
+            f"streaming entropy cannot interpret an attention mask of dtype {mask.dtype}; use attention='eager'"
+        )
     return ~(mask <= torch.finfo(mask.dtype).min / 2)
 
 
@@ -146,9 +149,17 @@ def chunk_entropy(query, key, rows, pos, *, scaling: float, causal: bool, bias=N
 
 
 def streaming_entropy_sums(
-    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, query_mask: torch.Tensor,
-    *, scaling: float | None = None, causal: bool = False, chunk: int = CHUNK,
-    queries: int | None = None, generator: torch.Generator | None = None, fused: bool = True,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    query_mask: torch.Tensor,
+    *,
+    scaling: float | None = None,
+    causal: bool = False,
+    chunk: int = CHUNK,
+    queries: int | None = None,
+    generator: torch.Generator | None = None,
+    fused: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """Per-head entropy sums of one attention layer, the same as ``attention_entropy_sums`` computes
     from the eager map, but from ``query`` [B, H, T, D] and ``key`` [B, Hkv, S, D]: from one fused
@@ -162,11 +173,15 @@ def streaming_entropy_sums(
     b, h, t, d = query.shape
     hkv, s_len = key.shape[1], key.shape[2]
     if h % hkv:
-        raise ArchitectureError(f"{h} query heads cannot share {hkv} key/value heads (grouped-query attention needs a divisor)")
+        raise ArchitectureError(
+            f"{h} query heads cannot share {hkv} key/value heads (grouped-query attention needs a divisor)"
+        )
     if tuple(query_mask.shape) != (b, t):
-        raise ArchitectureError(f"the padding mask has shape {tuple(query_mask.shape)}, the attention has {b} × {t} queries")
+        raise ArchitectureError(
+            f"the padding mask has shape {tuple(query_mask.shape)}, the attention has {b} × {t} queries"
+        )
     with torch.no_grad():
-        scaling = d ** -0.5 if scaling is None else float(scaling)
+        scaling = d**-0.5 if scaling is None else float(scaling)
         valid = key_validity(attention_mask, b, h, t, s_len)
         bias = additive_bias(attention_mask)
         query_mask = query_mask.bool().to(query.device)
@@ -179,8 +194,9 @@ def streaming_entropy_sums(
         if fused and bias is None:  # H = L − scale·⟨q, O'⟩ holds without a bias only
             ent = _fused(query, key, valid, pos, take, sampling=sampling, causal=causal, scaling=scaling)
         if ent is None:
-            ent = _chunked(query, key, valid, pos, taken, sampling=sampling, causal=causal, scaling=scaling,
-                           chunk=chunk, bias=bias)
+            ent = _chunked(
+                query, key, valid, pos, taken, sampling=sampling, causal=causal, scaling=scaling, chunk=chunk, bias=bias
+            )
         ent = ent.double()
         norm_ok = take(normable[..., None])[..., 0].expand(b, h, -1)
         log_n = take(n_keys.clamp_min(2).double().log()[..., None])[..., 0]
@@ -198,7 +214,7 @@ def _fused(query, key, valid, pos, take, *, sampling: bool, causal: bool, scalin
         return fused_row_entropy(query, key, valid, scaling=scaling, causal=causal)
     rows = None if valid is None else take(valid)
     if rows is None and causal:
-        rows = (torch.arange(key.shape[2], device=pos.device)[None, None, None] <= pos[:, None, :, None])
+        rows = torch.arange(key.shape[2], device=pos.device)[None, None, None] <= pos[:, None, :, None]
     return fused_row_entropy(take(query), key, rows, scaling=scaling, causal=False)
 
 
@@ -213,11 +229,17 @@ def _chunked(query, key, valid, pos, taken, *, sampling: bool, causal: bool, sca
             parts.append(torch.zeros(b, h, p.shape[1], device=query.device))
             continue
         # exact: the chunk is the same contiguous positions in every sequence, a slice; sampled: a gather
-        take = ((lambda x, i0=i0: x[:, :, i0 : i0 + chunk]) if not sampling  # noqa: E731
-                else (lambda x, p=p: _rows(x, p)))
+        take = (
+            (lambda x, i0=i0: x[:, :, i0 : i0 + chunk])
+            if not sampling  # noqa: E731
+            else (lambda x, p=p: _rows(x, p))
+        )
         rows = None if valid is None else take(valid)
-        parts.append(chunk_entropy(take(query), key, rows, p, scaling=scaling, causal=causal,
-                                   bias=None if bias is None else take(bias)))
+        parts.append(
+            chunk_entropy(
+                take(query), key, rows, p, scaling=scaling, causal=causal, bias=None if bias is None else take(bias)
+            )
+        )
     return torch.cat(parts, dim=-1)
 
 
@@ -259,8 +281,16 @@ class _Moments:
         mean_var = self._variance(self.mean, self.mean2, n_valid).reshape(1)
         norm_var = self._variance(self.nmean, self.nmean2, n_valid).reshape(1)
         n_sampled = self.n.sum().reshape(1) if sampled else torch.zeros(1, dtype=torch.float64)
-        return ((self.raw * scale).sum(0), count, (self.norm * scale).sum(0), norm_count,
-                raw_var, mean_var, norm_var, n_sampled)
+        return (
+            (self.raw * scale).sum(0),
+            count,
+            (self.norm * scale).sum(0),
+            norm_count,
+            raw_var,
+            mean_var,
+            norm_var,
+            n_sampled,
+        )
 
 
 def standard_error(var_sum: float, count: float) -> float:

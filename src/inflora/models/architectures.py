@@ -7,6 +7,7 @@ with (``tests/test_discovery.py`` checks discovery agrees with every row). Paths
 attribute paths; ``blocks`` and ``embeddings`` are relative to ``model.base_model`` and the
 others relative to one block (see ``spec.py``).
 """
+
 from __future__ import annotations
 
 import weakref
@@ -19,14 +20,28 @@ from .spec import FFN, ArchSpec, MoESpec  # noqa: F401  (re-exported)
 
 
 _BERT_LIKE = dict(
-    blocks="encoder.layer", attention="attention.self", query="attention.self.query",
-    key="attention.self.key", value="attention.self.value", output="attention.output.dense",
-    embeddings=("embeddings",), ffn_up="intermediate.dense", ffn_down="output.dense",
+    blocks="encoder.layer",
+    attention="attention.self",
+    query="attention.self.query",
+    key="attention.self.key",
+    value="attention.self.value",
+    output="attention.output.dense",
+    embeddings=("embeddings",),
+    ffn_up="intermediate.dense",
+    ffn_down="output.dense",
 )
 _LLAMA_LIKE = dict(
-    blocks="layers", attention="self_attn", query="self_attn.q_proj", key="self_attn.k_proj",
-    value="self_attn.v_proj", output="self_attn.o_proj", embeddings=("embed_tokens",), causal=True,
-    ffn_gate="mlp.gate_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
+    blocks="layers",
+    attention="self_attn",
+    query="self_attn.q_proj",
+    key="self_attn.k_proj",
+    value="self_attn.v_proj",
+    output="self_attn.o_proj",
+    embeddings=("embed_tokens",),
+    causal=True,
+    ffn_gate="mlp.gate_proj",
+    ffn_up="mlp.up_proj",
+    ffn_down="mlp.down_proj",
 )
 
 
@@ -35,23 +50,52 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec("roberta", ("roberta", "xlm-roberta"), **_BERT_LIKE),
     ArchSpec("electra", ("electra",), **_BERT_LIKE),
     ArchSpec(
-        "distilbert", ("distilbert",), blocks="transformer.layer", attention="attention",
-        query="attention.q_lin", key="attention.k_lin", value="attention.v_lin",
-        output="attention.out_lin", embeddings=("embeddings",), ffn_up="ffn.lin1", ffn_down="ffn.lin2",
+        "distilbert",
+        ("distilbert",),
+        blocks="transformer.layer",
+        attention="attention",
+        query="attention.q_lin",
+        key="attention.k_lin",
+        value="attention.v_lin",
+        output="attention.out_lin",
+        embeddings=("embeddings",),
+        ffn_up="ffn.lin1",
+        ffn_down="ffn.lin2",
     ),
     ArchSpec(
-        "mpnet", ("mpnet",), blocks="encoder.layer", attention="attention.attn",
-        query="attention.attn.q", key="attention.attn.k", value="attention.attn.v",
-        output="attention.attn.o", embeddings=("embeddings",), maps_need_output_attentions=True,
-        ffn_up="intermediate.dense", ffn_down="output.dense",
-        attention_interface=False, entropy_note=(
+        "mpnet",
+        ("mpnet",),
+        blocks="encoder.layer",
+        attention="attention.attn",
+        query="attention.attn.q",
+        key="attention.attn.k",
+        value="attention.attn.v",
+        output="attention.attn.o",
+        embeddings=("embeddings",),
+        maps_need_output_attentions=True,
+        ffn_up="intermediate.dense",
+        ffn_down="output.dense",
+        attention_interface=False,
+        entropy_note=(
             "its attention code does not go through transformers' attention interface (relative position "
-            "bias); entropy read from eager maps"),
+            "bias); entropy read from eager maps"
+        ),
     ),
     ArchSpec(
-        "gpt2", ("gpt2",), blocks="h", attention="attn", query="attn.c_attn", key="attn.c_attn",
-        value="attn.c_attn", output="attn.c_proj", embeddings=("wte", "wpe"), causal=True, fused_qkv=True,
-        ffn_up="mlp.c_fc", ffn_down="mlp.c_proj", fused_conv1d=True,
+        "gpt2",
+        ("gpt2",),
+        blocks="h",
+        attention="attn",
+        query="attn.c_attn",
+        key="attn.c_attn",
+        value="attn.c_attn",
+        output="attn.c_proj",
+        embeddings=("wte", "wpe"),
+        causal=True,
+        fused_qkv=True,
+        ffn_up="mlp.c_fc",
+        ffn_down="mlp.c_proj",
+        fused_conv1d=True,
     ),
     ArchSpec("llama", ("llama", "mistral", "qwen2"), **_LLAMA_LIKE),
 )
@@ -86,8 +130,10 @@ def _spec_of(model: nn.Module, tower: str) -> ArchSpec:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type is None:
-        raise ArchitectureError(f"unsupported architecture {type(model).__name__!r}: not a transformers model "
-                                "(no config.model_type), so its blocks cannot be discovered")
+        raise ArchitectureError(
+            f"unsupported architecture {type(model).__name__!r}: not a transformers model "
+            "(no config.model_type), so its blocks cannot be discovered"
+        )
     if tower == "language" and model_type in _BY_TYPE:
         return _with_qkv_layout(model, _BY_TYPE[model_type])
     return discover(model, base_model(model), tower)
@@ -142,7 +188,9 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
     try:
         return root.get_submodule(path)
     except AttributeError:
-        raise ArchitectureError(f"{type(root).__name__} has no module {path!r}; the architecture spec does not match this model") from None
+        raise ArchitectureError(
+            f"{type(root).__name__} has no module {path!r}; the architecture spec does not match this model"
+        ) from None
 
 
 def hf_model(model: nn.Module) -> nn.Module:

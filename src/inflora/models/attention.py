@@ -7,6 +7,7 @@ the model passed it, the scaling and SDPA's causal flag. The probe's entropy plu
 with none registered the function is plain SDPA. Masks are built by transformers' ``sdpa_mask``
 (booleans, or None where SDPA's ``is_causal`` suffices), so the sink sees what SDPA sees.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,16 +28,21 @@ ATTENTION_MODES = ("streaming", "eager")
 SINKS: "weakref.WeakKeyDictionary[nn.Module, Callable]" = weakref.WeakKeyDictionary()
 
 
-def streaming_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+def streaming_attention_forward(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
     """transformers' SDPA attention, and the registered sink (if any) called beside it."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                 is_causal=is_causal, **kwargs)
+    out = sdpa_attention_forward(
+        module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+    )
     sink = SINKS.get(module)
     if sink is not None:
         if kwargs.get("position_bias") is not None:
-            raise ArchitectureError(f"{type(module).__name__} adds a position bias that streaming entropy cannot read; use attention='eager'")
+            raise ArchitectureError(
+                f"{type(module).__name__} adds a position bias that streaming entropy cannot read; use attention='eager'"
+            )
         causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
         # SDPA's own rule: the causal flag applies only without a mask and to more than one query
         causal = bool(causal) and attention_mask is None and query.shape[2] > 1

@@ -8,6 +8,7 @@ layer-pattern names (``layers``, ``h``, ``block``…) break ties. Every structur
 (shapes of a fused q/k/v, the FFN's widths); what cannot be found raises an ``ArchitectureError``
 naming what was looked for and how to add a row to the override table.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,7 +42,6 @@ def _has_attention(block: nn.Module) -> bool:
     return any(is_attention_class(m) for m in block.modules())
 
 
-
 def block_lists(base: nn.Module, declared: set[str]) -> list[tuple[str, nn.ModuleList]]:
     """Every ``ModuleList`` (path relative to ``base``) whose repeated children are blocks: of a
     class named in ``_no_split_modules``, or holding a submodule whose class name says Attention."""
@@ -60,9 +60,15 @@ def block_lists(base: nn.Module, declared: set[str]) -> list[tuple[str, nn.Modul
 def repeated_lists(base: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     """Where no block class is declared and no block holds attention (FNet's Fourier mixing): the
     ``ModuleList``s of two or more same-class modules under one of PEFT's layer-pattern names."""
-    return [(path, mod) for path, mod in base.named_modules()
-            if isinstance(mod, nn.ModuleList) and len(mod) > 1 and path.split(".")[-1] in PEFT_LAYER_NAMES
-            and _same_class(list(mod)) and any(True for _ in mod[0].parameters())]
+    return [
+        (path, mod)
+        for path, mod in base.named_modules()
+        if isinstance(mod, nn.ModuleList)
+        and len(mod) > 1
+        and path.split(".")[-1] in PEFT_LAYER_NAMES
+        and _same_class(list(mod))
+        and any(True for _ in mod[0].parameters())
+    ]
 
 
 def tower_of(path: str, block: nn.Module) -> str:
@@ -78,7 +84,8 @@ def choose_blocks(model: nn.Module, base: nn.Module, tower: str) -> tuple[str, n
         raise ArchitectureError(
             f"{type(model).__name__}: found no block list (an nn.ModuleList of repeated modules of a class in "
             f"_no_split_modules {sorted(declared) or '(none declared)'}, or holding an *Attention module); "
-            f"to support it, {HOW_TO_OVERRIDE}")
+            f"to support it, {HOW_TO_OVERRIDE}"
+        )
     by_tower: dict[str, list[tuple[str, nn.ModuleList]]] = {}
     for path, mod in found:
         if any(path.startswith(p + ".") for p, _ in found if p != path):
@@ -104,11 +111,16 @@ def find_attention(block: nn.Module) -> tuple[str, str]:
     the map); a decoder's cross-attention (declared after its self-attention) is never chosen."""
     attn = [(n, m) for n, m in block.named_modules() if n and is_attention_class(m)]
     if not attn:
-        raise ArchitectureError(f"{type(block).__name__}: found no attention module (a submodule whose class "
-                                f"name contains 'Attention'); to support it, {HOW_TO_OVERRIDE}")
+        raise ArchitectureError(
+            f"{type(block).__name__}: found no attention module (a submodule whose class "
+            f"name contains 'Attention'); to support it, {HOW_TO_OVERRIDE}"
+        )
     container = attn[0][0]
-    inner = [n for n, m in attn if (n == container or n.startswith(container + "."))
-             and any(is_projection(c) for c in m.children())]
+    inner = [
+        n
+        for n, m in attn
+        if (n == container or n.startswith(container + ".")) and any(is_projection(c) for c in m.children())
+    ]
     return container, (inner[-1] if inner else container)
 
 
@@ -119,12 +131,20 @@ def attention_projections(block: nn.Module, container: str, attention: str, hidd
     leaf = {short: path for path, short, _ in projs}
     fused = [p for p, s, _ in projs if _FUSED.match(s)]
     mla = [leaf[s] for s in _MLA if s in leaf and ("kv_a_proj_with_mqa" in leaf)]
-    out_candidates = [p for p, _, m in projs if io_features(m)[1] == hidden and p not in fused + mla
-                      and not _Q.match(role_name(p)) and not _K.match(role_name(p))
-                      and not _V.match(role_name(p))]
+    out_candidates = [
+        p
+        for p, _, m in projs
+        if io_features(m)[1] == hidden
+        and p not in fused + mla
+        and not _Q.match(role_name(p))
+        and not _K.match(role_name(p))
+        and not _V.match(role_name(p))
+    ]
     if not out_candidates:
-        raise ArchitectureError(f"{type(block).__name__}: found no attention output projection (a Linear of "
-                                f"{container} writing {hidden} features); to support it, {HOW_TO_OVERRIDE}")
+        raise ArchitectureError(
+            f"{type(block).__name__}: found no attention output projection (a Linear of "
+            f"{container} writing {hidden} features); to support it, {HOW_TO_OVERRIDE}"
+        )
     output = out_candidates[-1]
     if mla:
         q = leaf.get("q_b_proj") or leaf.get("q_proj") or mla[0]
@@ -137,7 +157,8 @@ def attention_projections(block: nn.Module, container: str, attention: str, hidd
         raise ArchitectureError(
             f"{type(block).__name__}: found no {'/'.join(missing)} projection in {container} (looked for Linear "
             f"modules named q_proj/query/q_lin/q, k_proj/key/…, or a fused qkv_proj/query_key_value/c_attn); "
-            f"to support it, {HOW_TO_OVERRIDE}")
+            f"to support it, {HOW_TO_OVERRIDE}"
+        )
     return dict(query=found["query"][0], key=found["key"][0], value=found["value"][0], output=output)
 
 
@@ -152,10 +173,11 @@ def container_width(block: nn.Module, container: str) -> int:
     """The block's residual width: what the attention's query (or fused q/k/v) projection reads."""
     projs = projections(block.get_submodule(container))
     if not projs:
-        raise ArchitectureError(f"{type(block).__name__}: the attention module {container!r} holds no Linear "
-                                f"projection; to support it, {HOW_TO_OVERRIDE}")
-    reads = [m for n, m in projs if _Q.match(role_name(n)) or _FUSED.match(role_name(n))
-             or role_name(n) == "q_a_proj"]
+        raise ArchitectureError(
+            f"{type(block).__name__}: the attention module {container!r} holds no Linear "
+            f"projection; to support it, {HOW_TO_OVERRIDE}"
+        )
+    reads = [m for n, m in projs if _Q.match(role_name(n)) or _FUSED.match(role_name(n)) or role_name(n) == "q_a_proj"]
     return io_features((reads or [projs[0][1]])[0])[0]
 
 
@@ -185,12 +207,17 @@ def entropy_decision(model: nn.Module, attention: nn.Module) -> tuple[bool, str 
     if getattr(config, "attn_logit_softcapping", None):
         return False, "logit soft-capping (attn_logit_softcapping) changes the softmax; entropy read from eager maps"
     if getattr(attention, "sinks", None) is not None:
-        return False, ("learned attention sinks join the softmax; entropy read from eager maps, "
-                       "with each row's sink share counted as one more outcome")
+        return False, (
+            "learned attention sinks join the softmax; entropy read from eager maps, "
+            "with each row's sink share counted as one more outcome"
+        )
     if getattr(config, "alibi", False) or getattr(config, "model_type", "") in ("bloom", "mpt"):
         return False, "ALiBi adds a position bias to the scores; entropy read from eager maps"
     if not getattr(model, "_supports_attention_backend", False):
-        return False, "its attention code does not go through transformers' attention interface; entropy read from eager maps"
+        return (
+            False,
+            "its attention code does not go through transformers' attention interface; entropy read from eager maps",
+        )
     return True, None
 
 
@@ -212,7 +239,8 @@ def is_causal(model: nn.Module, attention: nn.Module) -> bool:
     if flag is not None:
         return bool(flag)
     from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
     )
 
     kind = getattr(getattr(model, "config", None), "model_type", None)
@@ -234,17 +262,30 @@ def discover(model: nn.Module, base: nn.Module, tower: str = "language") -> Arch
     cls = type(block.get_submodule(attention)).__name__
     free = tuple(i for i, b in enumerate(blocks) if not _has_module(b, attention, cls))
     if free:
-        note = (f"{note}; " if note else "") + f"blocks {list(free)} have no softmax attention: entropy does not apply there"
+        note = (
+            f"{note}; " if note else ""
+        ) + f"blocks {list(free)} have no softmax attention: entropy does not apply there"
     all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
     kind = getattr(model.config, "model_type", type(model).__name__)
     return ArchSpec(
-        family=kind if tower == "language" else f"{kind}:{tower}", model_types=(kind,), blocks=blocks_path,
-        attention=attention, embeddings=embedding_paths(base, blocks_path, all_lists), **projections, **ffn,
+        family=kind if tower == "language" else f"{kind}:{tower}",
+        model_types=(kind,),
+        blocks=blocks_path,
+        attention=attention,
+        embeddings=embedding_paths(base, blocks_path, all_lists),
+        **projections,
+        **ffn,
         causal=is_causal(model, block.get_submodule(attention)) and tower == "language",
-        maps_need_output_attentions=not streaming, attention_interface=streaming, entropy_note=note,
-        tower=tower, towers=tuple(towers), discovered=True,
-        fused_conv1d=type(getattr(q := block.get_submodule(projections["query"]), "base_layer", q)).__name__ == "Conv1D",
-        attention_class=cls, attention_free_blocks=free,
+        maps_need_output_attentions=not streaming,
+        attention_interface=streaming,
+        entropy_note=note,
+        tower=tower,
+        towers=tuple(towers),
+        discovered=True,
+        fused_conv1d=type(getattr(q := block.get_submodule(projections["query"]), "base_layer", q)).__name__
+        == "Conv1D",
+        attention_class=cls,
+        attention_free_blocks=free,
         map_index=attention_map_index(model, block.get_submodule(attention)),
         qkv_layout=qkv_layout_of(model, block, projections["query"], tower) if projections.get("fused_qkv") else None,
     )
@@ -275,8 +316,10 @@ def softmax_attention(blocks: nn.ModuleList, layer_types=None):
         try:
             container, attention = find_attention(block)
             if any(role_name(n) in _RECURRENT for n, _ in projections(block.get_submodule(container))):
-                raise ArchitectureError(f"{type(block).__name__}: found no attention module with a softmax "
-                                        f"({container!r} is recurrent time-mixing)")
+                raise ArchitectureError(
+                    f"{type(block).__name__}: found no attention module with a softmax "
+                    f"({container!r} is recurrent time-mixing)"
+                )
             hidden = container_width(block, container)
             return i, container, attention, attention_projections(block, container, attention, hidden)
         except ArchitectureError as exc:
@@ -291,8 +334,10 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
     block projections; entropy does not apply (said in the diagnosis, never a number)."""
     hidden = getattr(model.config.get_text_config(), "hidden_size", None)
     if hidden is None:
-        raise ArchitectureError(f"{type(model).__name__}: found no attention module and no config.hidden_size to "
-                                f"find the block's projections by; to support it, {HOW_TO_OVERRIDE}")
+        raise ArchitectureError(
+            f"{type(model).__name__}: found no attention module and no config.hidden_size to "
+            f"find the block's projections by; to support it, {HOW_TO_OVERRIDE}"
+        )
     try:
         ffn, targets = discover_ffn(blocks, "", hidden, model.config), ()
     except ArchitectureError:  # a state-space mixer whose input projection also makes gates and states (Mamba-2)
@@ -302,11 +347,23 @@ def attention_free(model, base, blocks_path, blocks, tower, towers) -> ArchSpec:
     all_lists = [p for p, _ in block_lists(base, set(getattr(model, "_no_split_modules", None) or ()))]
     kind = model.config.model_type
     return ArchSpec(
-        family=kind if tower == "language" else f"{kind}:{tower}", model_types=(kind,), blocks=blocks_path,
-        attention=None, query=None, key=None, value=None, output=None,
-        embeddings=embedding_paths(base, blocks_path, all_lists), **ffn, causal=True, attention_interface=False,
+        family=kind if tower == "language" else f"{kind}:{tower}",
+        model_types=(kind,),
+        blocks=blocks_path,
+        attention=None,
+        query=None,
+        key=None,
+        value=None,
+        output=None,
+        embeddings=embedding_paths(base, blocks_path, all_lists),
+        **ffn,
+        causal=True,
+        attention_interface=False,
         entropy_note="no block has softmax attention (a state-space, recurrent or Fourier-mixing model): entropy does not apply",
-        tower=tower, towers=tuple(towers), discovered=True, attention_free_blocks=tuple(range(len(blocks))),
+        tower=tower,
+        towers=tuple(towers),
+        discovered=True,
+        attention_free_blocks=tuple(range(len(blocks))),
         block_targets=targets,
     )
 
@@ -317,6 +374,8 @@ def mixer_projections(block: nn.Module, hidden: int) -> tuple[str, ...]:
     not one projection's output, so the FFN metrics (dormant units, ReDo) skip it and say so."""
     found = tuple(p for p, m in projections(block) if hidden in io_features(m))
     if not found:
-        raise ArchitectureError(f"{type(block).__name__}: found no attention, no feed-forward and no projection "
-                                f"reading or writing {hidden} features; to support it, {HOW_TO_OVERRIDE}")
+        raise ArchitectureError(
+            f"{type(block).__name__}: found no attention, no feed-forward and no projection "
+            f"reading or writing {hidden} features; to support it, {HOW_TO_OVERRIDE}"
+        )
     return found

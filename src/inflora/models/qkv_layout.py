@@ -14,6 +14,7 @@ The head counts and head size are read from the attention module (falling back t
 the layout kind is known per family (the three above), and for other families the ``[q|k|v]``
 order is assumed, which ``source`` says. A fused width that does not fit the heads gives no layout.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -24,13 +25,16 @@ from .spec import QKVLayout
 PER_HEAD = ("gpt_neox", "bloom")
 
 
-def fused_qkv_layout(attention: nn.Module, config, model_type: str, out_features: int, conv1d: bool) -> QKVLayout | None:
+def fused_qkv_layout(
+    attention: nn.Module, config, model_type: str, out_features: int, conv1d: bool
+) -> QKVLayout | None:
     heads, kv_heads, head_dim = head_counts(attention, config)
     if not heads or not head_dim:
         return None
     kind, groups, pattern = _pattern(model_type, config, heads, kv_heads)
-    layout = QKVLayout(axis="columns" if conv1d else "rows", head_dim=head_dim, groups=groups, pattern=pattern,
-                       source=kind)
+    layout = QKVLayout(
+        axis="columns" if conv1d else "rows", head_dim=head_dim, groups=groups, pattern=pattern, source=kind
+    )
     return layout if layout.width == out_features else None
 
 
@@ -73,5 +77,6 @@ def qkv_layout_of(model: nn.Module, block: nn.Module, query: str, tower: str) ->
     config = model.config
     tower_config = getattr(config, "vision_config", None) if tower == "vision" else config.get_text_config()
     conv1d = type(getattr(proj, "base_layer", proj)).__name__ == "Conv1D"
-    return fused_qkv_layout(holder, tower_config or config, getattr(config, "model_type", ""),
-                            io_features(proj)[1], conv1d)
+    return fused_qkv_layout(
+        holder, tower_config or config, getattr(config, "model_type", ""), io_features(proj)[1], conv1d
+    )

@@ -3,6 +3,7 @@
 torch's own ``fully_shard`` does the work (on CPU with gloo too, torch ≥ 2.6); this only chooses
 what to shard (the architecture table's blocks), so per-layer parameter gradients are per-block
 sharded ``DTensor``s whose full norms ``metrics.grad_norms.param_grad_norm`` reassembles."""
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,9 @@ def fsdp_shard(model: torch.nn.Module, device: str = "cpu") -> torch.nn.Module:
     from torch.distributed.fsdp import fully_shard
 
     if launched_world_size() < 2:
-        raise ConfigError("FSDP needs several processes: start with torchrun --nproc-per-node N -m inflora diagnose --fsdp …")
+        raise ConfigError(
+            "FSDP needs several processes: start with torchrun --nproc-per-node N -m inflora diagnose --fsdp …"
+        )
     state = init_processes(device)
     model.to(state.device)
     mesh = init_device_mesh(state.device.type, (dist.get_world_size(),))

@@ -6,6 +6,7 @@ Paths are dotted attribute paths; ``blocks`` and ``embeddings`` are relative to
 ``ffn_down`` out of them; the units h are always ``ffn_down``'s input, so every family's FFN
 activations can be read the same way (ReDo, the dormant diagnostic).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
@@ -16,19 +17,19 @@ from torch import nn
 @dataclass(frozen=True)
 class MoESpec:
     """Where a mixture-of-experts FFN keeps its parts, relative to one block (plain paths, so the
-    expert metrics and expert LoRA can address them). ``blocks`` are the block indices that are MoE
-    (DeepSeek-V3 keeps its first blocks dense). Found by ``models.moe.discover_moe``, the one MoE
-discovery; ``models.moe.moe_layout`` re-reads it for the probe, LoRA and exports."""
+        expert metrics and expert LoRA can address them). ``blocks`` are the block indices that are MoE
+        (DeepSeek-V3 keeps its first blocks dense). Found by ``models.moe.discover_moe``, the one MoE
+    discovery; ``models.moe.moe_layout`` re-reads it for the probe, LoRA and exports."""
 
-    module: str                        # e.g. mlp
-    router: str | None                 # e.g. mlp.gate (weight [E, H])
-    experts: str                       # e.g. mlp.experts
-    expert_parameters: tuple[str, ...] = ()   # fused 3-D parameters of ``experts`` (gate_up_proj, down_proj)
+    module: str  # e.g. mlp
+    router: str | None  # e.g. mlp.gate (weight [E, H])
+    experts: str  # e.g. mlp.experts
+    expert_parameters: tuple[str, ...] = ()  # fused 3-D parameters of ``experts`` (gate_up_proj, down_proj)
     shared_experts: str | None = None  # e.g. mlp.shared_experts (an ordinary MLP beside the routed ones)
     num_experts: int = 0
     blocks: tuple[int, ...] = ()
-    top_k: int = 0                     # experts each token picks (router.top_k or config.num_experts_per_tok)
-    shared: tuple[str, ...] = ()       # the shared experts' Linear paths (adapted by the ``mlp`` preset)
+    top_k: int = 0  # experts each token picks (router.top_k or config.num_experts_per_tok)
+    shared: tuple[str, ...] = ()  # the shared experts' Linear paths (adapted by the ``mlp`` preset)
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,11 @@ class QKVLayout:
     a Linear weight [out, in], columns of a Conv1D weight [in, out]. The output is ``groups`` groups
     of ``len(pattern)`` head-sized slots, slot i of each group holding role ``pattern[i]``."""
 
-    axis: str                      # "rows" | "columns"
+    axis: str  # "rows" | "columns"
     head_dim: int
     groups: int
-    pattern: tuple[str, ...]       # e.g. ("q", "k", "v") per head, or ("q",) * H + ("k",) * G + ("v",) * G
-    source: str                    # how the layout is known (the family's rule, or assumed)
+    pattern: tuple[str, ...]  # e.g. ("q", "k", "v") per head, or ("q",) * H + ("k",) * G + ("v",) * G
+    source: str  # how the layout is known (the family's rule, or assumed)
 
     @property
     def width(self) -> int:
@@ -81,32 +82,34 @@ class QKVLayout:
 class ArchSpec:
     family: str
     model_types: tuple[str, ...]
-    blocks: str                      # ModuleList of transformer blocks (relative to base_model)
-    attention: str | None            # module whose output[map_index] is the attention map [B, H, Tq, Tk]
-    query: str | None                # None (with attention, key, value, output): no softmax attention at all
+    blocks: str  # ModuleList of transformer blocks (relative to base_model)
+    attention: str | None  # module whose output[map_index] is the attention map [B, H, Tq, Tk]
+    query: str | None  # None (with attention, key, value, output): no softmax attention at all
     key: str | None
     value: str | None
-    output: str | None               # attention output projection
-    embeddings: tuple[str, ...]      # embedding modules (relative to base_model)
-    ffn_up: str | None               # feed-forward input projection (into the hidden units); None: MoE only
-    ffn_down: str | None             # feed-forward output projection (its input is the hidden units)
-    ffn_gate: str | None = None      # gated FFNs (SwiGLU): the gate projection beside ffn_up
+    output: str | None  # attention output projection
+    embeddings: tuple[str, ...]  # embedding modules (relative to base_model)
+    ffn_up: str | None  # feed-forward input projection (into the hidden units); None: MoE only
+    ffn_down: str | None  # feed-forward output projection (its input is the hidden units)
+    ffn_gate: str | None = None  # gated FFNs (SwiGLU): the gate projection beside ffn_up
     causal: bool = False
-    fused_qkv: bool = False          # one weight holds q, k and v (GPT-2's Conv1D c_attn, GPT-NeoX, Phi-3)
+    fused_qkv: bool = False  # one weight holds q, k and v (GPT-2's Conv1D c_attn, GPT-NeoX, Phi-3)
     maps_need_output_attentions: bool = False  # the module returns its map only when asked
     attention_interface: bool = True  # streaming entropy works: the attention interface with a plain masked softmax
-    entropy_note: str | None = None   # why entropy is read from eager maps (soft-capping, sinks, ALiBi...)
+    entropy_note: str | None = None  # why entropy is read from eager maps (soft-capping, sinks, ALiBi...)
     qkv_targets: tuple[str, ...] | None = None  # projections that make q/k/v where not q/k/v (latent attention)
-    fused_gate_up: bool = False      # ffn_up holds the gate and up halves in one weight (Phi-3, ModernBERT)
+    fused_gate_up: bool = False  # ffn_up holds the gate and up halves in one weight (Phi-3, ModernBERT)
     moe: MoESpec | None = None
     tower: str = "language"
     towers: tuple[str, ...] = ("language",)
-    discovered: bool = False         # derived from the model (False: a verified row of the table)
+    discovered: bool = False  # derived from the model (False: a verified row of the table)
     fused_conv1d: bool = field(default=False, compare=False)  # projections are Conv1D ([in, out] weights)
     attention_class: str | None = None  # discovered: the attention class (blocks holding another have none)
     attention_free_blocks: tuple[int, ...] = ()  # blocks without softmax attention (hybrids, state-space)
-    block_targets: tuple[str, ...] = ()  # attention-free blocks without a readable FFN (Mamba-2 mixers): their in/out projections
-    map_index: int = 1               # where the eager map sits in the attention's output tuple (T5: -1, after its position bias)
+    block_targets: tuple[
+        str, ...
+    ] = ()  # attention-free blocks without a readable FFN (Mamba-2 mixers): their in/out projections
+    map_index: int = 1  # where the eager map sits in the attention's output tuple (T5: -1, after its position bias)
     qkv_layout: QKVLayout | None = field(default=None, compare=False)  # fused q/k/v: which features are q, k, v
 
     @property
@@ -139,7 +142,9 @@ class ArchSpec:
         """The dense FFN paths re-rooted under the MoE's shared experts (empty without them)."""
         if not (self.moe and self.moe.shared_experts) or not self.ffn_down:
             return ()
-        return tuple(f"{self.moe.shared_experts}.{p.split('.')[-1]}" for p in (self.ffn_gate, self.ffn_up, self.ffn_down) if p)
+        return tuple(
+            f"{self.moe.shared_experts}.{p.split('.')[-1]}" for p in (self.ffn_gate, self.ffn_up, self.ffn_down) if p
+        )
 
     @property
     def base_family(self) -> str:

@@ -8,6 +8,7 @@ Mixtral: ``experts.gate_up_proj`` [E, 2I, H] from the checkpoint's ``experts.<e>
 ``weight_blocks.block_matrix_types`` picks the matrices from them by the same rule as the scan. A
 family stored fused (gpt-oss) keeps its 3-D experts, read as one matrix per expert.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -31,12 +32,17 @@ def stored_block_matrices(model: nn.Module) -> tuple[int, Callable[[int], dict[s
     prefix = next(name for name, module in inner.named_modules() if module is blocks)
 
     def fetch(i: int) -> dict[str, torch.Tensor]:
-        own = {f"{prefix}.{i}.{n.replace('.base_layer', '')}": p.detach()
-               for n, p in blocks[i].named_parameters() if not any(s in n for s in SKIPPED)}
+        own = {
+            f"{prefix}.{i}.{n.replace('.base_layer', '')}": p.detach()
+            for n, p in blocks[i].named_parameters()
+            if not any(s in n for s in SKIPPED)
+        }
         meta = [n for n, p in own.items() if p.is_meta]
         if meta:
-            raise ConfigError(f"the weight rules read weights, but the model's weights are on the meta "
-                              f"device (e.g. {meta[0]}); load the real weights first")
+            raise ConfigError(
+                f"the weight rules read weights, but the model's weights are on the meta "
+                f"device (e.g. {meta[0]}); load the real weights first"
+            )
         return _matrices(_as_stored(inner, own))
 
     return len(blocks), fetch

@@ -10,6 +10,7 @@ tensors except embeddings, and each expert of a fused 3-D expert tensor (``block
 keyed by their path, as the in-memory rules read them (``models.stored_matrices``), so both give the
 same scores.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -29,10 +30,10 @@ class BlockLayout:
     folder: Path
     block_list: str
     blocks: tuple[dict[str, TensorRef], ...]
-    other_lists: dict[str, int]          # numbered lists not scanned -> their number of blocks
+    other_lists: dict[str, int]  # numbered lists not scanned -> their number of blocks
     files: int
     bytes: int
-    largest: TensorRef                   # the largest tensor of the whole checkpoint
+    largest: TensorRef  # the largest tensor of the whole checkpoint
 
     @property
     def num_blocks(self) -> int:
@@ -50,7 +51,7 @@ def split_block_name(name: str) -> tuple[str, int, str] | None:
     parts = name.split(".")
     for i in range(1, len(parts) - 1):
         if parts[i].isdigit():
-            return ".".join(parts[:i]), int(parts[i]), ".".join(parts[i + 1:])
+            return ".".join(parts[:i]), int(parts[i]), ".".join(parts[i + 1 :])
     return None
 
 
@@ -88,27 +89,36 @@ def block_layout(refs: list[TensorRef], folder: Path) -> BlockLayout:
         raise ArchitectureError(
             f"no blocks in the tensor names of {folder}: looked for 2-D weights named <list>.<block "
             f"number>.<path>.weight (e.g. model.layers.0.self_attn.q_proj.weight) among {len(refs)} "
-            f"tensors such as {refs[0].name!r}")
+            f"tensors such as {refs[0].name!r}"
+        )
     weight = {p: sum(r.numel for blk in b.values() for r in blk.values()) for p, b in lists.items()}
     chosen = max(sorted(lists), key=lambda p: weight[p])
     found = sorted(lists[chosen])
     if found != list(range(len(found))):
         gaps = sorted(set(range(found[-1] + 1)) - set(found))
-        raise DataError(f"the blocks of {chosen} in {folder} are not numbered 0..{found[-1]}: "
-                        f"block {gaps[0]} has no weight matrix")
+        raise DataError(
+            f"the blocks of {chosen} in {folder} are not numbered 0..{found[-1]}: block {gaps[0]} has no weight matrix"
+        )
     _check_float(lists[chosen])
-    return BlockLayout(folder, chosen, tuple(dict(lists[chosen][i]) for i in found),
-                       {p: len(b) for p, b in lists.items() if p != chosen}, len({r.shard for r in refs}),
-                       sum(r.shard.stat().st_size for r in {r.shard: r for r in refs}.values()),
-                       max(refs, key=lambda r: r.numel))
+    return BlockLayout(
+        folder,
+        chosen,
+        tuple(dict(lists[chosen][i]) for i in found),
+        {p: len(b) for p, b in lists.items() if p != chosen},
+        len({r.shard for r in refs}),
+        sum(r.shard.stat().st_size for r in {r.shard: r for r in refs}.values()),
+        max(refs, key=lambda r: r.numel),
+    )
 
 
 def _check_float(blocks: dict[int, dict[str, TensorRef]]) -> None:
     for mats in blocks.values():
         for ref in mats.values():
             if ref.dtype not in FLOAT_DTYPES:
-                raise DataError(f"{ref.name} in {ref.shard.name} is stored as {ref.dtype}; the weight rules "
-                                f"read floating-point weights ({', '.join(FLOAT_DTYPES)}): dequantize first")
+                raise DataError(
+                    f"{ref.name} in {ref.shard.name} is stored as {ref.dtype}; the weight rules "
+                    f"read floating-point weights ({', '.join(FLOAT_DTYPES)}): dequantize first"
+                )
 
 
 def checkpoint_layout(name_or_path: str) -> BlockLayout:

@@ -6,6 +6,7 @@ JSON object whose ``weight_map`` names shards inside the folder, every shard mus
 safetensors, and the index and the shards' own headers must agree on which tensor lives where.
 Only headers are read here; ``checkpoint_tensors`` is the table the weights-only scan walks.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,10 @@ def _hub_snapshot(name: str) -> Path:
     except HFValidationError:
         raise ConfigError(f"model {name!r} is neither a local folder nor a hub name") from None
     except LocalEntryNotFoundError:
-        raise ConfigError(f"model {name!r} is not a local folder and not in the hub cache, and the hub "
-                          "is offline (HF_HUB_OFFLINE=1); download it first or give its folder") from None
+        raise ConfigError(
+            f"model {name!r} is not a local folder and not in the hub cache, and the hub "
+            "is offline (HF_HUB_OFFLINE=1); download it first or give its folder"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot fetch {name!r} from the hub: {str(exc).splitlines()[0]}") from None
 
@@ -79,8 +82,10 @@ def shard_files(folder: Path) -> tuple[list[Path], dict[str, str] | None]:
         return [folder / n for n in names], weight_map
     if (folder / SINGLE_FILE).is_file():
         return [folder / SINGLE_FILE], None
-    raise ConfigError(f"no safetensors weights in {folder}: looked for {SINGLE_FILE} and {INDEX_FILE} "
-                      "(a .bin checkpoint can be converted with save_pretrained(safe_serialization=True))")
+    raise ConfigError(
+        f"no safetensors weights in {folder}: looked for {SINGLE_FILE} and {INDEX_FILE} "
+        "(a .bin checkpoint can be converted with save_pretrained(safe_serialization=True))"
+    )
 
 
 def _read_index(index: Path) -> dict[str, str]:
@@ -103,8 +108,9 @@ def shard_tensors(shard: Path) -> list[TensorRef]:
 
     try:
         with safe_open(str(shard), framework="pt") as f:
-            return [TensorRef(shard, k, tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
-                    for k in f.keys()]
+            return [
+                TensorRef(shard, k, tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()
+            ]
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{shard} is not a readable safetensors file: {str(exc).splitlines()[0]}") from None
 
@@ -117,8 +123,9 @@ def checkpoint_tensors(folder: Path) -> list[TensorRef]:
         found = {ref.name: ref.shard.name for ref in refs}
         for name, shard in weight_map.items():
             if found.get(name) != shard:
-                raise DataError(f"{folder / INDEX_FILE} puts {name!r} in {shard}, but that shard's header "
-                                f"does not hold it")
+                raise DataError(
+                    f"{folder / INDEX_FILE} puts {name!r} in {shard}, but that shard's header does not hold it"
+                )
         if len(found) != len(refs) or set(found) != set(weight_map):
             extra = sorted(set(found) - set(weight_map)) or ["a tensor name twice"]
             raise DataError(f"the shards of {folder} hold {extra[0]!r}, which the index does not list")

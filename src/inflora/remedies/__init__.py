@@ -4,23 +4,55 @@
 ``REMEDIES.get(name).from_options(**flags)`` and read its flags from ``cls.options``
 (name -> Option(type, default, help, arg)). Adding a remedy is one module plus one line here.
 """
+
 from ..errors import ConfigError
 from ..registry import Registry
 from .base import Option, Remedy
 from .dal import DAL, DriftAdjustedLR, curvature_along_gradient, dal_lr, hvp_exact, hvp_fd, lambda_max
 from .grokfast import GrokTracker, Grokfast, generalization_gap, gradfilter_ema, gradfilter_ma, steps_to_threshold
 from .nm_sparsity import (
-    NMConv2d, NMLinear, NMSparsity, FlipRateMeter, GradNormCV, export_masked, grad_cv, mask_flip_rate, nm_mask,
-    pruned_mag_ratio, sdgf_frames, sdgf_schedule, sparse_layers, sparsify,
+    NMConv2d,
+    NMLinear,
+    NMSparsity,
+    FlipRateMeter,
+    GradNormCV,
+    export_masked,
+    grad_cv,
+    mask_flip_rate,
+    nm_mask,
+    pruned_mag_ratio,
+    sdgf_frames,
+    sdgf_schedule,
+    sparse_layers,
+    sparsify,
 )
 from .redo import (  # the measurement itself lives in inflora.metrics.dormant
-    DormantAccumulator, ReDo, dormant_fraction, dormant_fractions, dormant_mask, dormant_scores, find_units,
-    layer_scores, recycle, score_histogram,
+    DormantAccumulator,
+    ReDo,
+    dormant_fraction,
+    dormant_fractions,
+    dormant_mask,
+    dormant_scores,
+    find_units,
+    layer_scores,
+    recycle,
+    score_histogram,
 )
 from .spam import SPAM, SpikeMonitor, spike_stats, warmup_scale
 from .spectral_decoupling import (
-    SpectralDecoupling, StarvationMeter, boundary_margin, feature_responses, grad_weights, group_gap, logit_sq, ntk_modes,
-    response_ratio, saturated_fraction, sd_binary_loss, sd_cross_entropy, sd_penalty,
+    SpectralDecoupling,
+    StarvationMeter,
+    boundary_margin,
+    feature_responses,
+    grad_weights,
+    group_gap,
+    logit_sq,
+    ntk_modes,
+    response_ratio,
+    saturated_fraction,
+    sd_binary_loss,
+    sd_cross_entropy,
+    sd_penalty,
 )
 
 REMEDIES: Registry[type[Remedy]] = Registry("remedy")
@@ -63,9 +95,13 @@ def options_by_remedy(selected: list[str], values: dict) -> dict[str, dict]:
             continue
         flag = "--" + key.replace("_", "-")
         if key not in owners:
-            raise ConfigError(f"unknown remedy option {flag}; options: {', '.join('--' + k.replace('_', '-') for k in owners)}")
+            raise ConfigError(
+                f"unknown remedy option {flag}; options: {', '.join('--' + k.replace('_', '-') for k in owners)}"
+            )
         if owners[key] not in out:
-            raise ConfigError(f"{flag} is an option of remedy {owners[key]!r}, which was not chosen; add --remedy {owners[key]}")
+            raise ConfigError(
+                f"{flag} is an option of remedy {owners[key]!r}, which was not chosen; add --remedy {owners[key]}"
+            )
         out[owners[key]][key] = value
     out = typed_remedy_options(out)
     for name, opts in out.items():
@@ -74,12 +110,65 @@ def options_by_remedy(selected: list[str], values: dict) -> dict[str, dict]:
 
 
 __all__ = [
-    "DAL", "DormantAccumulator", "DriftAdjustedLR", "FlipRateMeter", "GradNormCV", "GrokTracker", "Grokfast",
-    "NMConv2d", "NMLinear", "NMSparsity", "Option", "REMEDIES", "option_owners", "options_by_remedy", "typed_remedy_options", "ReDo", "Remedy", "SPAM", "SpectralDecoupling",
-    "SpikeMonitor", "StarvationMeter", "boundary_margin", "build_remedy", "curvature_along_gradient", "dal_lr", "dormant_fraction",
-    "dormant_fractions", "dormant_mask", "dormant_scores", "export_masked", "feature_responses", "find_units",
-    "generalization_gap", "grad_cv", "grad_weights", "gradfilter_ema", "gradfilter_ma", "group_gap", "hvp_exact",
-    "hvp_fd", "lambda_max", "layer_scores", "logit_sq", "mask_flip_rate", "nm_mask", "ntk_modes",
-    "pruned_mag_ratio", "recycle", "response_ratio", "score_histogram", "saturated_fraction", "sd_binary_loss", "sd_cross_entropy",
-    "sd_penalty", "sdgf_frames", "sdgf_schedule", "sparse_layers", "sparsify", "spike_stats", "steps_to_threshold", "warmup_scale",
+    "DAL",
+    "DormantAccumulator",
+    "DriftAdjustedLR",
+    "FlipRateMeter",
+    "GradNormCV",
+    "GrokTracker",
+    "Grokfast",
+    "NMConv2d",
+    "NMLinear",
+    "NMSparsity",
+    "Option",
+    "REMEDIES",
+    "option_owners",
+    "options_by_remedy",
+    "typed_remedy_options",
+    "ReDo",
+    "Remedy",
+    "SPAM",
+    "SpectralDecoupling",
+    "SpikeMonitor",
+    "StarvationMeter",
+    "boundary_margin",
+    "build_remedy",
+    "curvature_along_gradient",
+    "dal_lr",
+    "dormant_fraction",
+    "dormant_fractions",
+    "dormant_mask",
+    "dormant_scores",
+    "export_masked",
+    "feature_responses",
+    "find_units",
+    "generalization_gap",
+    "grad_cv",
+    "grad_weights",
+    "gradfilter_ema",
+    "gradfilter_ma",
+    "group_gap",
+    "hvp_exact",
+    "hvp_fd",
+    "lambda_max",
+    "layer_scores",
+    "logit_sq",
+    "mask_flip_rate",
+    "nm_mask",
+    "ntk_modes",
+    "pruned_mag_ratio",
+    "recycle",
+    "response_ratio",
+    "score_histogram",
+    "saturated_fraction",
+    "sd_binary_loss",
+    "sd_cross_entropy",
+    "sd_penalty",
+    "sdgf_frames",
+    "sdgf_schedule",
+    "sparse_layers",
+    "sparsify",
+    "spike_stats",
+    "steps_to_threshold",
+    "warmup_scale",
 ]

@@ -9,6 +9,7 @@ hooks tiny lets one trainer run every remedy without knowing any of them.
 runs before the first ``optimizer.step()`` and ``after_step(model, opt, 0, batch)`` right after it.
 Under gradient accumulation call ``after_backward`` once, after the last micro-batch.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple

@@ -6,6 +6,7 @@ v = ||Hg||/||g|| (one Hessian-vector product, exact or by one extra gradient), a
 eta = min(2/v^p, eta_max). With p = 1 the drift (eta^2/2)||Hg|| equals the step length eta*||g||.
 Meant for plain (S)GD: momentum moves the stability edge to ~2(1+mu)/lambda, Adam rescales g.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,9 @@ def _second(g: Sequence[torch.Tensor], params: Sequence[torch.Tensor], vec: Sequ
     live = [i for i, x in enumerate(g) if x.requires_grad]
     out = [torch.zeros_like(p) for p in params]
     if live:
-        hv = torch.autograd.grad([g[i] for i in live], params, grad_outputs=[vec[i] for i in live],
-                                 allow_unused=True, materialize_grads=True)
+        hv = torch.autograd.grad(
+            [g[i] for i in live], params, grad_outputs=[vec[i] for i in live], allow_unused=True, materialize_grads=True
+        )
         out = [h.detach() for h in hv]
     return out
 
@@ -38,7 +40,7 @@ def dal_lr(v: float, p: float = 1.0, lr_max: float = 5.0) -> float:
     """eta = min(2 / v^p, eta_max); v = 0 (flat along g) gives eta_max."""
     if not v > 0:
         return float(lr_max)
-    return float(min(2.0 / v ** p, lr_max))
+    return float(min(2.0 / v**p, lr_max))
 
 
 def hvp_exact(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], vec: Sequence[torch.Tensor]):
@@ -55,8 +57,13 @@ def _shift(params, direction, eps):
         p.add_(d, alpha=eps)
 
 
-def hvp_fd(grad_fn: Callable[[], Sequence[torch.Tensor]], params: Sequence[torch.Tensor],
-           g: Sequence[torch.Tensor], eps: float | None = None, eps_scale: float = 0.01):
+def hvp_fd(
+    grad_fn: Callable[[], Sequence[torch.Tensor]],
+    params: Sequence[torch.Tensor],
+    g: Sequence[torch.Tensor],
+    eps: float | None = None,
+    eps_scale: float = 0.01,
+):
     """H g ~ (grad(theta + eps*g) - g)/eps with eps = 0.01/||g||. Needs a deterministic forward
     (same batch, same dropout mask, no batch-norm update). Parameters are restored exactly."""
     gn = float(_norm(g))
@@ -74,7 +81,9 @@ def hvp_fd(grad_fn: Callable[[], Sequence[torch.Tensor]], params: Sequence[torch
     return [(b.detach() - a) / eps for a, b in zip(g, g2)]
 
 
-def curvature_along_gradient(loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], method: str = "exact"):
+def curvature_along_gradient(
+    loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], method: str = "exact"
+):
     """(v, loss, g, Hg) with v = ||Hg|| / ||g|| (negative curvature counts as positive)."""
     params = list(params)
     if method == "exact":
@@ -116,8 +125,17 @@ class DAL(torch.optim.Optimizer):
     window start < t < stop the static ``lr`` is used; v is refreshed every ``every_k`` steps.
     """
 
-    def __init__(self, params, lr: float = 0.01, p: float = 1.0, lr_max: float = 5.0, hvp: str = "fd",
-                 every_k: int = 1, start: int | None = None, stop: int | None = None):
+    def __init__(
+        self,
+        params,
+        lr: float = 0.01,
+        p: float = 1.0,
+        lr_max: float = 5.0,
+        hvp: str = "fd",
+        every_k: int = 1,
+        start: int | None = None,
+        stop: int | None = None,
+    ):
         if hvp not in ("exact", "fd"):
             raise ConfigError(f"DAL hvp must be exact or fd, got {hvp!r}")
         if every_k < 1 or lr_max <= 0:
@@ -175,8 +193,13 @@ class DAL(torch.optim.Optimizer):
         if self.v is None:
             return {}
         eta = self.history[-1]["lr"] if self.history else self.eta
-        return {"drift.v": self.v, "drift.lr": eta, "drift.hv": eta * self.v, "drift.ratio": eta * self.v / 2,
-                "drift.overhead": (self.time_grad + self.time_extra) / max(self.time_grad, 1e-12)}
+        return {
+            "drift.v": self.v,
+            "drift.lr": eta,
+            "drift.hv": eta * self.v,
+            "drift.ratio": eta * self.v / 2,
+            "drift.overhead": (self.time_grad + self.time_extra) / max(self.time_grad, 1e-12),
+        }
 
 
 class DriftAdjustedLR(Remedy):
@@ -190,16 +213,37 @@ class DriftAdjustedLR(Remedy):
 
     name = "dal"
     options = {
-        "dal_p": Option(float, 1.0, "exponent p in eta = min(2/v^p, lr_max); only p=1 is loss-scale invariant", "p", Bound(0, "an exponent", open_low=True, integer=False)),
-        "dal_lr_max": Option(float, 5.0, "cap on the learning rate", "lr_max", Bound(0, "a learning rate", open_low=True, integer=False)),
+        "dal_p": Option(
+            float,
+            1.0,
+            "exponent p in eta = min(2/v^p, lr_max); only p=1 is loss-scale invariant",
+            "p",
+            Bound(0, "an exponent", open_low=True, integer=False),
+        ),
+        "dal_lr_max": Option(
+            float, 5.0, "cap on the learning rate", "lr_max", Bound(0, "a learning rate", open_low=True, integer=False)
+        ),
         "dal_every": Option(int, 1, "measure v every k steps (reuse eta in between)", "every_k", Bound(1, "steps")),
         "dal_start": Option(int, None, "DAL only for steps t > start", "start", Bound(0, "a step")),
         "dal_stop": Option(int, None, "DAL only for steps t < stop", "stop", Bound(1, "a step")),
-        "dal_base_lr": Option(float, None, "optimizer lr, used only to rescale step 0's gradient", "base_lr", Bound(0, "a learning rate", open_low=True, integer=False)),
+        "dal_base_lr": Option(
+            float,
+            None,
+            "optimizer lr, used only to rescale step 0's gradient",
+            "base_lr",
+            Bound(0, "a learning rate", open_low=True, integer=False),
+        ),
     }
 
-    def __init__(self, p: float = 1.0, lr_max: float = 5.0, every_k: int = 1, start: int | None = None,
-                 stop: int | None = None, base_lr: float | None = None):
+    def __init__(
+        self,
+        p: float = 1.0,
+        lr_max: float = 5.0,
+        every_k: int = 1,
+        start: int | None = None,
+        stop: int | None = None,
+        base_lr: float | None = None,
+    ):
         if every_k < 1 or lr_max <= 0:
             raise ConfigError("--dal-every must be >= 1 and --dal-lr-max > 0")
         self.p, self.lr_max, self.every_k, self.start, self.stop = p, lr_max, every_k, start, stop
@@ -246,8 +290,13 @@ class DriftAdjustedLR(Remedy):
         if self.eta is None or step % self.every_k == 0:
             g = [p.grad.detach().clone() for p in params]
             call = self._call
-            hg = hvp_fd(lambda: [torch.zeros_like(p) if x is None else x
-                                 for p, x in zip(params, self._replay_grad(model, params))], params, g)
+            hg = hvp_fd(
+                lambda: [
+                    torch.zeros_like(p) if x is None else x for p, x in zip(params, self._replay_grad(model, params))
+                ],
+                params,
+                g,
+            )
             self._call = call
             gn = float(_norm(g))
             self.v = float(_norm(hg)) / gn if gn > 0 else 0.0
@@ -260,8 +309,12 @@ class DriftAdjustedLR(Remedy):
                 scale = self.eta / self.base_lr if self.base_lr else 0.0
                 for p in params:
                     p.grad.mul_(scale)
-        self._last = {"drift.v": self.v, "drift.lr": self.eta, "drift.hv": self.eta * self.v,
-                      "drift.ratio": self.eta * self.v / 2}
+        self._last = {
+            "drift.v": self.v,
+            "drift.lr": self.eta,
+            "drift.hv": self.eta * self.v,
+            "drift.ratio": self.eta * self.v / 2,
+        }
 
     def after_step(self, model, optimizer, step, batch):
         self.optimizer = optimizer
@@ -269,8 +322,11 @@ class DriftAdjustedLR(Remedy):
             self._warned = True
             momentum = optimizer.param_groups[0].get("momentum", 0) if optimizer.param_groups else 0
             if not isinstance(optimizer, torch.optim.SGD) or momentum:
-                warnings.warn(f"DAL assumes plain SGD; {type(optimizer).__name__} (momentum={momentum}) moves the "
-                              "stability edge, so eta = 2/v is no longer the edge", stacklevel=2)
+                warnings.warn(
+                    f"DAL assumes plain SGD; {type(optimizer).__name__} (momentum={momentum}) moves the "
+                    "stability edge, so eta = 2/v is no longer the edge",
+                    stacklevel=2,
+                )
 
     def metrics(self) -> dict[str, float]:
         return dict(self._last)

@@ -4,6 +4,7 @@ Treats each parameter's gradient sequence as a signal and amplifies its slow com
 what eventually generalises: g <- g + lamb * lowpass(g). Call the filter once per optimizer step,
 between backward (after AMP unscaling) and clipping/step. Checkpoint the filter state.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -21,8 +22,9 @@ from .base import Option, Remedy
 def gradfilter_ema(model: nn.Module, grads: dict | None = None, alpha: float = 0.98, lamb: float = 2.0) -> dict:
     """EMA filter: mu_0 = g_0, mu <- alpha*mu + (1-alpha)*g, g <- g + lamb*mu. Returns the state."""
     if grads is None:
-        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
-                 if p.requires_grad and p.grad is not None}
+        grads = {
+            n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None
+        }
     for n, p in model.named_parameters():
         if p.requires_grad and p.grad is not None:
             if n not in grads:
@@ -34,8 +36,9 @@ def gradfilter_ema(model: nn.Module, grads: dict | None = None, alpha: float = 0
 
 
 @torch.no_grad()
-def gradfilter_ma(model: nn.Module, grads: dict | None = None, window_size: int = 100, lamb: float = 5.0,
-                  warmup: bool = True) -> dict:
+def gradfilter_ma(
+    model: nn.Module, grads: dict | None = None, window_size: int = 100, lamb: float = 5.0, warmup: bool = True
+) -> dict:
     """MA filter: g <- g + lamb * mean of the last ``window_size`` gradients, once the window is full."""
     if grads is None:
         grads = {}
@@ -82,8 +85,16 @@ class Grokfast(Remedy):
     name = "grokfast"
     options = {
         "grokfast_mode": Option(str, "ema", "ema or ma", "mode"),
-        "grokfast_alpha": Option(float, 0.98, "EMA momentum alpha (alpha^N ~ 0.1 for an N-fold speed-up)", "alpha", Bound(0, "an EMA momentum", high=1, integer=False)),
-        "grokfast_lamb": Option(float, 2.0, "amplification lambda (MA default 5)", "lamb", Bound(0, "an amplification", integer=False)),
+        "grokfast_alpha": Option(
+            float,
+            0.98,
+            "EMA momentum alpha (alpha^N ~ 0.1 for an N-fold speed-up)",
+            "alpha",
+            Bound(0, "an EMA momentum", high=1, integer=False),
+        ),
+        "grokfast_lamb": Option(
+            float, 2.0, "amplification lambda (MA default 5)", "lamb", Bound(0, "an amplification", integer=False)
+        ),
         "grokfast_window": Option(int, 100, "MA window size", "window", Bound(1, "steps")),
     }
 

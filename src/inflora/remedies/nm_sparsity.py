@@ -6,6 +6,7 @@ MDGF keeps pruned weights in the forward pass at a decaying weight beta_t; SDGF 
 in stages. The diagnostic is the mask flip rate (SAD) and the gradient-norm CV per sparse layer.
 Every recipe uses the identity (straight-through) backward: dL/dW := dL/dW_eff.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,9 @@ def nm_mask(weight: torch.Tensor, n: int, m: int, mode: str = "row") -> torch.Te
     w = w.movedim(dim, -1)
     length = w.shape[-1]
     if length % m:
-        raise ConfigError(f"N:M {n}:{m}: group length {length} (dim {dim} of {tuple(weight.shape)}) is not divisible by {m}")
+        raise ConfigError(
+            f"N:M {n}:{m}: group length {length} (dim {dim} of {tuple(weight.shape)}) is not divisible by {m}"
+        )
     groups = w.reshape(-1, m)
     if min(n, m - n) <= 2:
         mask = _pick_few(groups, n)
@@ -100,7 +103,9 @@ def sdgf_frames(n: int, m: int, kind: str = "stepwise") -> list[tuple[int, int]]
     raise ConfigError(f"SDGF schedule must be stepwise or geometric, got {kind!r}")
 
 
-def sdgf_schedule(n: int, m: int, kind: str, total: int, dense: int = 0, finetune: int = 0) -> list[tuple[int, int, int]]:
+def sdgf_schedule(
+    n: int, m: int, kind: str, total: int, dense: int = 0, finetune: int = 0
+) -> list[tuple[int, int, int]]:
     """[(start, N_k, M_k)]: the span total - dense - finetune cut into equal frames."""
     frames = sdgf_frames(n, m, kind)
     span = total - dense - finetune
@@ -217,7 +222,9 @@ def default_targets(model: nn.Module, targets: str = "ffn", layers: Sequence[int
     return out
 
 
-def sparsify(model: nn.Module, n: int, m: int, names: Sequence[str] | None = None, mode: str = "row") -> dict[str, NMLinear]:
+def sparsify(
+    model: nn.Module, n: int, m: int, names: Sequence[str] | None = None, mode: str = "row"
+) -> dict[str, NMLinear]:
     """Replace the named nn.Linear modules (default: ``default_targets``) by NMLinear in place."""
     names = default_targets(model) if names is None else list(names)
     if not names:
@@ -307,20 +314,44 @@ class NMSparsity(Remedy):
     options = {
         "nm": Option(str, "2:4", "N:M pattern, e.g. 2:4, 1:8, 1:32", "pattern"),
         "nm_recipe": Option(str, "mdgf-exp", "ste|sr-ste|mdgf-linear|mdgf-exp|sdgf-stepwise|sdgf-geometric", "recipe"),
-        "nm_alpha": Option(float, 1e-4, "MDGF decay rate alpha per optimizer step", "alpha", Bound(0, "a decay rate", integer=False)),
+        "nm_alpha": Option(
+            float, 1e-4, "MDGF decay rate alpha per optimizer step", "alpha", Bound(0, "a decay rate", integer=False)
+        ),
         "nm_mode": Option(str, "row", "group along inputs (row) or outputs (column)", "mode"),
-        "nm_dense_steps": Option(int, 0, "optimizer steps trained dense before masking", "dense_steps", Bound(0, "steps")),
-        "nm_final_steps": Option(int, 0, "last steps forced to beta=0 and the target pattern (needs total steps)", "final_steps", Bound(0, "steps")),
-        "nm_total_steps": Option(int, None, "total optimizer steps (needed by SDGF and the final phase)", "total_steps", Bound(1, "steps")),
-        "nm_srste_lambda": Option(float, 2e-4, "SR-STE decay lambda_W on pruned weights", "srste_lambda", Bound(0, "a decay", integer=False)),
+        "nm_dense_steps": Option(
+            int, 0, "optimizer steps trained dense before masking", "dense_steps", Bound(0, "steps")
+        ),
+        "nm_final_steps": Option(
+            int,
+            0,
+            "last steps forced to beta=0 and the target pattern (needs total steps)",
+            "final_steps",
+            Bound(0, "steps"),
+        ),
+        "nm_total_steps": Option(
+            int, None, "total optimizer steps (needed by SDGF and the final phase)", "total_steps", Bound(1, "steps")
+        ),
+        "nm_srste_lambda": Option(
+            float, 2e-4, "SR-STE decay lambda_W on pruned weights", "srste_lambda", Bound(0, "a decay", integer=False)
+        ),
         "nm_targets": Option(str, "ffn", "ffn|ffn+qkv or comma-separated module names", "targets"),
         "nm_layers": Option(str, None, "comma-separated block indices (default: all)", "layers"),
     }
 
-    def __init__(self, pattern: str | tuple[int, int] = "2:4", recipe: str = "mdgf-exp", alpha: float = 1e-4,
-                 mode: str = "row", dense_steps: int = 0, final_steps: int = 0, total_steps: int | None = None,
-                 srste_lambda: float = 2e-4, targets: str | Sequence[str] | None = "ffn",
-                 layers: str | Sequence[int] | None = None, cv_window: int = 200):
+    def __init__(
+        self,
+        pattern: str | tuple[int, int] = "2:4",
+        recipe: str = "mdgf-exp",
+        alpha: float = 1e-4,
+        mode: str = "row",
+        dense_steps: int = 0,
+        final_steps: int = 0,
+        total_steps: int | None = None,
+        srste_lambda: float = 2e-4,
+        targets: str | Sequence[str] | None = "ffn",
+        layers: str | Sequence[int] | None = None,
+        cv_window: int = 200,
+    ):
         self.n, self.m = parse_pattern(pattern) if isinstance(pattern, str) else pattern
         if recipe not in RECIPES:
             raise ConfigError(f"--nm-recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
@@ -336,10 +367,15 @@ class NMSparsity(Remedy):
             try:
                 layers = [int(v) for v in layers.split(",") if v.strip()]
             except ValueError:
-                raise ConfigError(f"--nm-layers expects comma-separated block indices like 0,2, got {layers!r}") from None
+                raise ConfigError(
+                    f"--nm-layers expects comma-separated block indices like 0,2, got {layers!r}"
+                ) from None
         self.targets, self.layers = targets, layers
-        self.schedule = (sdgf_schedule(self.n, self.m, recipe.split("-")[1], total_steps, dense_steps, final_steps)
-                         if recipe.startswith("sdgf") else None)
+        self.schedule = (
+            sdgf_schedule(self.n, self.m, recipe.split("-")[1], total_steps, dense_steps, final_steps)
+            if recipe.startswith("sdgf")
+            else None
+        )
         self.layers_: dict[str, NMLinear] = {}
         self.flips: dict[str, FlipRateMeter] = {}
         self.gnorm: dict[str, GradNormCV] = {}

@@ -6,6 +6,7 @@ unit's mean |post-activation| to its layer's mean (so tau does not depend on wid
 re-draws a dormant unit's incoming weights and zeroes its bias and outgoing weights, which is
 function-preserving for dead units, and clears Adam's moments at the touched entries.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,16 +17,38 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..metrics.dormant import (  # the measurement lives with the metrics; this module recycles
-    DormantAccumulator, UnitLayer, dormant_fraction, dormant_fractions, dormant_mask, dormant_scores, find_units,
-    layer_scores, mlp_units, score_histogram, transformer_units, unit_means,
+    DormantAccumulator,
+    UnitLayer,
+    dormant_fraction,
+    dormant_fractions,
+    dormant_mask,
+    dormant_scores,
+    find_units,
+    layer_scores,
+    mlp_units,
+    score_histogram,
+    transformer_units,
+    unit_means,
 )
 from ..validate import Bound
 from .base import Option, Remedy
 
 __all__ = [
-    "DormantAccumulator", "ReDo", "UnitLayer", "dormant_fraction", "dormant_fractions", "dormant_mask",
-    "dormant_scores", "expand_to_inputs", "find_units", "layer_scores", "mlp_units", "recycle", "score_histogram",
-    "transformer_units", "unit_means",
+    "DormantAccumulator",
+    "ReDo",
+    "UnitLayer",
+    "dormant_fraction",
+    "dormant_fractions",
+    "dormant_mask",
+    "dormant_scores",
+    "expand_to_inputs",
+    "find_units",
+    "layer_scores",
+    "mlp_units",
+    "recycle",
+    "score_histogram",
+    "transformer_units",
+    "unit_means",
 ]
 
 
@@ -82,8 +105,9 @@ def rows_of_units(dead: torch.Tensor, layer: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def recycle(unit: UnitLayer, dead: torch.Tensor, optimizer=None, adam_step: str = "reset_tensor",
-            init: str = "default") -> int:
+def recycle(
+    unit: UnitLayer, dead: torch.Tensor, optimizer=None, adam_step: str = "reset_tensor", init: str = "default"
+) -> int:
     """Recycle the ``dead`` units of one hidden layer; returns how many were recycled. Every
     incoming layer (up, and gate in gated FFNs) gets fresh rows and a zero bias there; the
     outgoing weights of the units are zeroed, so dead units are recycled without changing the output."""
@@ -111,17 +135,36 @@ class ReDo(Remedy):
 
     name = "redo"
     options = {
-        "redo_tau": Option(float, 0.025, "dormancy threshold tau (0.1 for high replay / fast drift)", "tau", Bound(0, "a dormancy threshold", integer=False)),
+        "redo_tau": Option(
+            float,
+            0.025,
+            "dormancy threshold tau (0.1 for high replay / fast drift)",
+            "tau",
+            Bound(0, "a dormancy threshold", integer=False),
+        ),
         "redo_every": Option(int, 1000, "recycle every F optimizer steps", "every", Bound(1, "steps")),
         "redo_start": Option(int, 0, "first step at which recycling may fire", "start", Bound(0, "a step")),
         "redo_end": Option(int, None, "no recycling from this step on", "end", Bound(1, "a step")),
-        "redo_adam_step": Option(str, "reset_tensor", "Adam step count of touched tensors: reset_tensor|keep", "adam_step"),
-        "redo_init": Option(str, "default", "re-init of incoming weights: default|xavier (BERT: normal(0, initializer_range))", "init"),
+        "redo_adam_step": Option(
+            str, "reset_tensor", "Adam step count of touched tensors: reset_tensor|keep", "adam_step"
+        ),
+        "redo_init": Option(
+            str, "default", "re-init of incoming weights: default|xavier (BERT: normal(0, initializer_range))", "init"
+        ),
     }
 
-    def __init__(self, tau: float = 0.025, every: int = 1000, start: int = 0, end: int | None = None,
-                 adam_step: str = "reset_tensor", init: str = "default", units: Sequence[UnitLayer] | None = None,
-                 score_batch=None, log_taus: Sequence[float] = (0.0, 0.025, 0.1)):
+    def __init__(
+        self,
+        tau: float = 0.025,
+        every: int = 1000,
+        start: int = 0,
+        end: int | None = None,
+        adam_step: str = "reset_tensor",
+        init: str = "default",
+        units: Sequence[UnitLayer] | None = None,
+        score_batch=None,
+        log_taus: Sequence[float] = (0.0, 0.025, 0.1),
+    ):
         if adam_step not in ("reset_tensor", "keep"):
             raise ConfigError(f"--redo-adam-step must be reset_tensor or keep, got {adam_step!r}")
         if init not in ("default", "xavier"):
@@ -158,8 +201,11 @@ class ReDo(Remedy):
                 row[f"{u.name}@{t}"] = dormant_fraction(s, t)
             rec += recycle(u, dormant_mask(s, self.tau), optimizer, self.adam_step, self.init)
         fr = [dormant_fraction(s, self.tau) for s in scores]
-        self._last = {"redo.dormant_frac": sum(fr) / len(fr), "redo.recycled": float(rec),
-                      "redo.dead_frac": sum(dormant_fraction(s, 0.0) for s in scores) / len(scores)}
+        self._last = {
+            "redo.dormant_frac": sum(fr) / len(fr),
+            "redo.recycled": float(rec),
+            "redo.dead_frac": sum(dormant_fraction(s, 0.0) for s in scores) / len(scores),
+        }
         self._last.update({f"redo.dormant_frac.{u.name}": f for u, f in zip(self.units, fr)})
         self.history.append(row)
 

@@ -5,6 +5,7 @@ coordinates with g^2 > theta * v_prev to sign(g)*sqrt(theta * v_prev) (v_prev: s
 this update), zeroes m and v every Delta_T steps (the step count is kept), and ramps the update back
 in along a cosine over N steps after each reset, since the first post-reset update would be ~3.2*lr.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,18 @@ class SPAM(torch.optim.Optimizer):
     as torch's AdamW does (the official code applies it after; the difference is O(lr^2*wd)).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6, weight_decay: float = 0.0,
-                 theta: float = 5000.0, delta_t: int | float | None = 500, warmup: int = 150, grace: int = 20):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        theta: float = 5000.0,
+        delta_t: int | float | None = 500,
+        warmup: int = 150,
+        grace: int = 20,
+    ):
         if lr < 0 or eps < 0 or theta < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ConfigError("SPAM needs lr, eps, theta >= 0 and betas in [0, 1)")
         if delta_t is not None and not delta_t > 0:
@@ -51,7 +62,7 @@ class SPAM(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.theta, self.warmup, self.grace = float(theta), int(warmup), int(grace)
         self.delta_t = None if delta_t is None or math.isinf(delta_t) else int(delta_t)
-        self.total_step = 0           # t, counts every step (never reset)
+        self.total_step = 0  # t, counts every step (never reset)
         self.since_reset: int | None = None
         self.last_stats: dict[str, float] = {}
 
@@ -87,7 +98,9 @@ class SPAM(torch.optim.Optimizer):
                 if reset:
                     m.zero_()
                     v.zero_()
-                stats = spike_stats(grad, v, self.theta) if self.theta > 0 else {"spike.frac": 0.0, "spike.max_ratio": 0.0}
+                stats = (
+                    spike_stats(grad, v, self.theta) if self.theta > 0 else {"spike.frac": 0.0, "spike.max_ratio": 0.0}
+                )
                 n_spike += stats["spike.frac"] * grad.numel()
                 n_total += grad.numel()
                 max_ratio = max(max_ratio, stats["spike.max_ratio"])
@@ -101,8 +114,8 @@ class SPAM(torch.optim.Optimizer):
                 p.mul_(1 - lr * wd)
                 m.lerp_(grad, 1 - beta1)
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                bc1, bc2 = 1 - beta1 ** step, 1 - beta2 ** step
-                denom = (v.sqrt() / bc2 ** 0.5).add_(eps)
+                bc1, bc2 = 1 - beta1**step, 1 - beta2**step
+                denom = (v.sqrt() / bc2**0.5).add_(eps)
                 p.addcdiv_(m, denom, value=-(lr / bc1) * scale if scale != 1.0 else -(lr / bc1))
         self.last_stats = {"spike.frac": n_spike / max(n_total, 1), "spike.max_ratio": max_ratio, "spam.scale": scale}
         self.total_step += 1
@@ -129,8 +142,16 @@ class SpikeMonitor(Remedy):
 
     name = "spam"
     options = {
-        "spam_theta": Option(float, 5000.0, "spike threshold theta (g^2 > theta * v)", "theta", Bound(0, "a spike threshold", open_low=True, integer=False)),
-        "spam_delta_t": Option(int, 500, "momentum reset interval Delta_T (used by make_optimizer)", "delta_t", Bound(1, "steps")),
+        "spam_theta": Option(
+            float,
+            5000.0,
+            "spike threshold theta (g^2 > theta * v)",
+            "theta",
+            Bound(0, "a spike threshold", open_low=True, integer=False),
+        ),
+        "spam_delta_t": Option(
+            int, 500, "momentum reset interval Delta_T (used by make_optimizer)", "delta_t", Bound(1, "steps")
+        ),
         "spam_warmup": Option(int, 150, "cosine ramp length N after each reset", "warmup", Bound(0, "steps")),
     }
 
@@ -141,8 +162,9 @@ class SpikeMonitor(Remedy):
 
     def make_optimizer(self, params, lr: float = 1e-3, weight_decay: float = 0.0, **kw) -> SPAM:
         """The SPAM optimizer configured from this remedy's options."""
-        return SPAM(params, lr=lr, weight_decay=weight_decay, theta=self.theta, delta_t=self.delta_t,
-                    warmup=self.warmup, **kw)
+        return SPAM(
+            params, lr=lr, weight_decay=weight_decay, theta=self.theta, delta_t=self.delta_t, warmup=self.warmup, **kw
+        )
 
     @torch.no_grad()
     def after_backward(self, model, step):

@@ -5,6 +5,7 @@ e^{-margin}: once a fast feature separates an example, the example stops teachin
 An L2 penalty on the *logits* gives every example a finite optimal margin, so it keeps sending
 gradient until it gets there. Penalties use the code's mean convention (code-lambda ~ paper-lambda/2).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,9 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+
 # The measurement (per-example gradient weight 1 - p_y, saturated share) lives in metrics.output.
 from ..metrics.output import (  # noqa: F401 - grad_weights, saturated_fraction are re-exported
-    IGNORE, at_least_fp32, grad_weights, output_rows, saturated_fraction, signed, true_class_prob,
+    IGNORE,
+    at_least_fp32,
+    grad_weights,
+    output_rows,
+    saturated_fraction,
+    signed,
+    true_class_prob,
 )
 from ..validate import Bound
 from .base import Option, Remedy
@@ -41,8 +49,11 @@ def _binary_logit(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def sd_penalty(
-    logits: torch.Tensor, labels: torch.Tensor | None = None, lam: float = 0.1,
-    targets: Sequence[float] | None = None, ignore_index: int = IGNORE,
+    logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    lam: float = 0.1,
+    targets: Sequence[float] | None = None,
+    ignore_index: int = IGNORE,
 ) -> torch.Tensor:
     """SD penalty in fp32. Plain: lam*mean over rows x classes of z^2. Per-class targets:
     sum_c lam*mean_{i: y_i=c}(yhat_i - gamma_c)^2; a class absent from the batch adds 0."""
@@ -71,8 +82,11 @@ def sd_binary_loss(logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.00
 
 
 def sd_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, lam: float = 0.1,
-    targets: Sequence[float] | None = None, ignore_index: int = IGNORE,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lam: float = 0.1,
+    targets: Sequence[float] | None = None,
+    ignore_index: int = IGNORE,
 ) -> torch.Tensor:
     """CE + SD penalty (DomainBed multi-class form)."""
     z, y = _rows(logits, labels, ignore_index)
@@ -113,7 +127,7 @@ def feature_responses(yhat: torch.Tensor, modes: torch.Tensor) -> torch.Tensor:
 
 def response_ratio(z: torch.Tensor, strong: tuple[int, int] = (0, 3), weak: tuple[int, int] = (3, 20)) -> float:
     """R = ||z_{3..19}|| / ||z_{0..2}||: how much the weak modes were learned relative to the strong."""
-    return float(z[weak[0]:weak[1]].norm() / z[strong[0]:strong[1]].norm().clamp_min(1e-300))
+    return float(z[weak[0] : weak[1]].norm() / z[strong[0] : strong[1]].norm().clamp_min(1e-300))
 
 
 @torch.no_grad()
@@ -180,7 +194,13 @@ class SpectralDecoupling(Remedy):
 
     name = "spectral-decoupling"
     options = {
-        "sd_lambda": Option(float, 0.1, "SD penalty weight (mean convention; multi-class default 0.1)", "lam", Bound(0, "a penalty weight", integer=False)),
+        "sd_lambda": Option(
+            float,
+            0.1,
+            "SD penalty weight (mean convention; multi-class default 0.1)",
+            "lam",
+            Bound(0, "a penalty weight", integer=False),
+        ),
         "sd_targets": Option(str, None, "per-class logit targets gamma_c, comma-separated (e.g. 0.44,2.5)", "targets"),
     }
 

@@ -6,6 +6,7 @@ text, never run. Only the images the report itself embeds become elements. Title
 table cells are put on one line (``validate.printable``), so a line break in a name cannot start a
 Markdown block of its own.
 """
+
 from __future__ import annotations
 
 import base64
@@ -43,7 +44,11 @@ def fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "n/a"
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+        return (
+            f"{value:.{digits}g}"
+            if abs(value) < 1e-3 or abs(value) >= 1e4
+            else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+        )
     if isinstance(value, (list, tuple)):
         return "{" + ", ".join(fmt(v, digits) for v in value) + "}"
     return str(value)

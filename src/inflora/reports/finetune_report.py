@@ -1,4 +1,5 @@
 """The fine-tuning report: training curves, gradient profiles during training, ΔCKA, band shaded."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,18 +19,24 @@ def _curves(m: dict):
     a.set_ylabel("training loss (logged steps)")
     hist = m["history"]
     causal = all("validation" in h for h in hist) and hist
-    b.plot([h["epoch"] for h in hist], [h["validation"]["completion_loss"] if causal else h["validation_accuracy"]
-                                        for h in hist], "o-")
+    b.plot(
+        [h["epoch"] for h in hist],
+        [h["validation"]["completion_loss"] if causal else h["validation_accuracy"] for h in hist],
+        "o-",
+    )
     b.set_xlabel("epoch")
     b.set_ylabel("validation completion loss" if causal else "validation accuracy")
     fig.tight_layout()
     return fig
 
 
-SATURATION_CURVES = (("accuracy", "accuracy"), ("mean_confidence", "mean confidence"),
-                     ("share_confidence_over_0.9", "share with confidence > 0.9"),
-                     ("mean_grad_norm", "mean ‖p − y‖ (gradient at the logits)"),
-                     ("confident_wrong_grad_share", "share of ‖p − y‖ from wrong answers with confidence > 0.9"))
+SATURATION_CURVES = (
+    ("accuracy", "accuracy"),
+    ("mean_confidence", "mean confidence"),
+    ("share_confidence_over_0.9", "share with confidence > 0.9"),
+    ("mean_grad_norm", "mean ‖p − y‖ (gradient at the logits)"),
+    ("confident_wrong_grad_share", "share of ‖p − y‖ from wrong answers with confidence > 0.9"),
+)
 
 
 def saturation_figure(m: dict):
@@ -71,37 +78,71 @@ def write_finetune_report(m: dict, out_dir: str | Path) -> dict:
         f"{m['total_params']:,} parameters trainable ({100 * m['trainable_params'] / m['total_params']:.2f}%), "
         f"lr {m['lr']}. Best epoch {m['best_epoch']}; accuracy: {acc}. "
         f"{m['steps']} steps in {m['train_seconds']:.1f} s ({m['steps_per_second']:.2f} steps/s), peak RSS {m['peak_rss_mb']:.0f} MB."
-        + (f" Ran on {m['device']} in {m['precision']} with {m['world_size']} process(es), global batch "
-           f"{m['global_batch_size']} ({m['grad_accum']} micro-batch(es) per step)." if "device" in m else "")
-        + (f" The shaded layers are the inflection band {fmt(band)} ({m['band_info'].get('source', '')})." if band else "")
+        + (
+            f" Ran on {m['device']} in {m['precision']} with {m['world_size']} process(es), global batch "
+            f"{m['global_batch_size']} ({m['grad_accum']} micro-batch(es) per step)."
+            if "device" in m
+            else ""
+        )
+        + (
+            f" The shaded layers are the inflection band {fmt(band)} ({m['band_info'].get('source', '')})."
+            if band
+            else ""
+        )
     )
     if m.get("completion"):
         rep.heading("Completion loss (causal LM, loss on completion tokens only)")
-        rows = [{"split": "validation, before training", **m["completion_before"]}] if m.get("completion_before") else []
+        rows = (
+            [{"split": "validation, before training", **m["completion_before"]}] if m.get("completion_before") else []
+        )
         rep.table(rows + [{"split": name, **scores} for name, scores in m["completion"].items()])
     rep.heading("Training curves").figure(_curves(m), "curves")
     rep.heading("Gradient flow during training")
-    rep.text("Does the loss signal reach the low layers (activation gradients), and do the adapted layers receive "
-             "updates (parameter gradients)? Curves at a few logged steps:")
-    rep.figure(layer_profiles_figure(grad_profile_snapshots(m, "activation_grad_norm"), "activation-gradient norm ‖∂L/∂h‖",
-                                     "norm", band, log=True), "activation_grads")
-    rep.figure(layer_profiles_figure(grad_profile_snapshots(m, "param_grad_norm"), "parameter-gradient norm ‖∇θL‖",
-                                     "norm", band), "param_grads")
+    rep.text(
+        "Does the loss signal reach the low layers (activation gradients), and do the adapted layers receive "
+        "updates (parameter gradients)? Curves at a few logged steps:"
+    )
+    rep.figure(
+        layer_profiles_figure(
+            grad_profile_snapshots(m, "activation_grad_norm"),
+            "activation-gradient norm ‖∂L/∂h‖",
+            "norm",
+            band,
+            log=True,
+        ),
+        "activation_grads",
+    )
+    rep.figure(
+        layer_profiles_figure(
+            grad_profile_snapshots(m, "param_grad_norm"), "parameter-gradient norm ‖∇θL‖", "norm", band
+        ),
+        "param_grads",
+    )
     if m["grad_profile"] and "attention_entropy" in m["grad_profile"][0]:
-        rep.figure(layer_profiles_figure(grad_profile_snapshots(m, "attention_entropy"), "attention entropy",
-                                         "nats", band), "attention_entropy")
+        rep.figure(
+            layer_profiles_figure(grad_profile_snapshots(m, "attention_entropy"), "attention entropy", "nats", band),
+            "attention_entropy",
+        )
     saturation = saturation_figure(m)
     if saturation is not None:
         rep.heading("Output saturation during training")
-        rep.text("The gradient at the logits is p − y: as the model grows confident and right, ‖p − y‖ and with it every "
-                 "gradient below shrink; confident mistakes keep it large. Numbers of each logged step's own batch.")
+        rep.text(
+            "The gradient at the logits is p − y: as the model grows confident and right, ‖p − y‖ and with it every "
+            "gradient below shrink; confident mistakes keep it large. Numbers of each logged step's own batch."
+        )
         rep.figure(saturation, "saturation")
     rep.heading("Where representations changed (ΔCKA, start → end)")
-    rep.text("ΔCKA = 1 − CKA of pooled block outputs on a fixed probe set: changes in upper layers mean feature "
-             "recombination, changes in lower layers mean low-level features were rebuilt.")
+    rep.text(
+        "ΔCKA = 1 − CKA of pooled block outputs on a fixed probe set: changes in upper layers mean feature "
+        "recombination, changes in lower layers mean low-level features were rebuilt."
+    )
     rep.figure(layer_profiles_figure({m["strategy"]: m["delta_cka"]}, "ΔCKA per layer", "1 − CKA", band), "delta_cka")
-    rows = [{"layer": i, "mean ‖∂L/∂h‖": a, "mean ‖∇θL‖": p, "ΔCKA": c, "adapted": "●" if i in m["layers"] else ""}
-            for i, (a, p, c) in enumerate(zip(mean_profile(m, "activation_grad_norm"), mean_profile(m, "param_grad_norm"), m["delta_cka"]))]
+    rows = [
+        {"layer": i, "mean ‖∂L/∂h‖": a, "mean ‖∇θL‖": p, "ΔCKA": c, "adapted": "●" if i in m["layers"] else ""}
+        for i, (a, p, c) in enumerate(
+            zip(mean_profile(m, "activation_grad_norm"), mean_profile(m, "param_grad_norm"), m["delta_cka"])
+        )
+    ]
     rep.table(rows)
     rep.heading("History").table(m["history"])
     return rep.write(out_dir)

@@ -1,4 +1,5 @@
 """Matplotlib figures shared by the diagnosis, fine-tuning and experiment reports."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -8,10 +9,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-
 def ski_alpha(d):
     """The α SKI was computed with (files written before it was recorded keep it in the rule's parameters)."""
     return (d.selection.get("ski") or d.selection["parameters"]).get("alpha", "n/a")
+
 
 def shade_band(ax, band: list[int], label: str | None = "inflection band") -> None:
     for k, layer in enumerate(sorted(band)):
@@ -52,7 +53,9 @@ def profile_figure(d) -> plt.Figure:
     ax = axes.flat[5]
     ax.bar(layers, d.stability, color="tab:green")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"stability: share of {d.selection.get('resamples', '')} bootstrap resamples choosing the layer", fontsize=9)
+    ax.set_title(
+        f"stability: share of {d.selection.get('resamples', '')} bootstrap resamples choosing the layer", fontsize=9
+    )
     shade_band(ax, d.inflection_layers, label=None)
     for ax in axes.flat:
         ax.set_xlabel("layer")
@@ -75,8 +78,9 @@ def head_heatmap(d) -> plt.Figure:
     return fig
 
 
-def layer_profiles_figure(profiles: dict[str, list[float]], title: str, ylabel: str, band: list[int] | None = None,
-                          log: bool = False) -> plt.Figure:
+def layer_profiles_figure(
+    profiles: dict[str, list[float]], title: str, ylabel: str, band: list[int] | None = None, log: bool = False
+) -> plt.Figure:
     """Several per-layer curves (e.g. one per strategy or training step) on one axis."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, values in profiles.items():
@@ -105,11 +109,22 @@ def reliability_figure(output: dict) -> plt.Figure:
     width = np.diff(edges)[filled]
     acc = np.asarray([hist["accuracy"][i] for i in filled], dtype=float)
     bars = ax.bar(left, acc, width=width, align="edge", color="tab:blue", edgecolor="k", alpha=0.75, label="accuracy")
-    ax.plot(left + width / 2, [hist["mean_confidence"][i] for i in filled], "o", color="tab:red", ms=4,
-            label="mean confidence")
+    ax.plot(
+        left + width / 2,
+        [hist["mean_confidence"][i] for i in filled],
+        "o",
+        color="tab:red",
+        ms=4,
+        label="mean confidence",
+    )
     for bar, i in zip(bars, filled):
-        ax.annotate(f"n={hist['count'][i]}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=7)
+        ax.annotate(
+            f"n={hist['count'][i]}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.1)
     ax.set_xlabel(f"confidence (max softmax probability) per {output.get('unit', 'example')}")

@@ -6,6 +6,7 @@ smallest Kolmogorov–Smirnov distance wins. The window's lower bound reproduces
 (it compares λ with log₁₀(0.95·x*), a looser bound than 0.95·x*). Higher α (less well trained) is
 selected.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,5 +52,6 @@ def alpha_hts(singular_values, shape=None, bins: int = 100) -> float:
     return best_alpha
 
 
-RULES.register("alpha-hts")(matrix_rule(
-    "alpha-hts", "high", alpha_hts, "float32", "AlphaLoRA: highest heavy-tail exponent α (weights only)"))
+RULES.register("alpha-hts")(
+    matrix_rule("alpha-hts", "high", alpha_hts, "float32", "AlphaLoRA: highest heavy-tail exponent α (weights only)")
+)

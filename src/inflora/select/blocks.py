@@ -6,6 +6,7 @@ A rule returns the *raw* metric per block and the end that is selected (``direct
 they need from ``RuleInputs``: the weights (``weights``), forward features (``forward``) or the
 probe's backward profiles (``backward``); a missing input is a one-line ``ConfigError``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,14 +31,19 @@ class BlockScores:
 
     rule: str
     raw: list[float]
-    direction: str                                   # "high" | "low" | "none" (random/all: no order)
+    direction: str  # "high" | "low" | "none" (random/all: no order)
     per_module: dict[str, float] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     picker: Callable[[int], list[int]] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {"rule": self.rule, "raw": self.raw, "direction": self.direction, "per_module": self.per_module,
-                "meta": self.meta}
+        return {
+            "rule": self.rule,
+            "raw": self.raw,
+            "direction": self.direction,
+            "per_module": self.per_module,
+            "meta": self.meta,
+        }
 
     def order(self) -> list[int]:
         """Blocks from most to least preferred: by direction, NaN last, ties to the lower index."""
@@ -54,7 +60,7 @@ class BlockScores:
             return sorted(self.picker(k))
         if skip_best + k > n:
             raise ConfigError(f"cannot skip {skip_best} and still choose {k} of {n} blocks")
-        return sorted(self.order()[skip_best: skip_best + k])
+        return sorted(self.order()[skip_best : skip_best + k])
 
 
 def check_k(k: int, n: int) -> None:
@@ -68,10 +74,10 @@ class RuleInputs:
     (``attention_entropy``, ``activation_grad_norm``, ``param_grad_norm``, ``io_cka``)."""
 
     num_layers: int
-    blocks: list[nn.Module] | None = None    # the model's transformer blocks (``models.get_blocks``)
+    blocks: list[nn.Module] | None = None  # the model's transformer blocks (``models.get_blocks``)
     profiles: dict[str, list[float]] = field(default_factory=dict)
     seed: int = 0
-    spectra: Spectra | None = None           # singular values of the block matrices (a scanned checkpoint)
+    spectra: Spectra | None = None  # singular values of the block matrices (a scanned checkpoint)
 
     def weight_spectra(self, rule: str) -> Spectra:
         """The block matrices' spectra: scanned ones, else computed lazily from ``blocks`` and kept,
@@ -91,6 +97,7 @@ class RuleInputs:
 
 
 # --------------------------------------------------------------------------- weight matrices
+
 
 def block_matrices(blocks) -> list[dict[str, nn.Parameter]]:
     """Per block, its 2-D weight matrices keyed by the exact path after the block index (the *type*):
@@ -116,8 +123,10 @@ def weight_matrices(blocks, rule: str) -> list[dict[str, nn.Parameter]]:
     mats = block_matrices(blocks)
     meta = [t for m in mats for t, w in m.items() if w.is_meta]
     if meta:
-        raise ConfigError(f"rule {rule!r} reads weights, but the model's weights are on the meta device "
-                          f"(e.g. {meta[0]}); load the real weights first")
+        raise ConfigError(
+            f"rule {rule!r} reads weights, but the model's weights are on the meta device "
+            f"(e.g. {meta[0]}); load the real weights first"
+        )
     return mats
 
 

@@ -5,10 +5,17 @@ Features: the last non-padding token for decoders (as the reference); for encode
 tokens [ours] instead of the reference's [CLS]: block 0's input at position 0 is the [CLS] embedding
 plus position 0, the same vector for every example, so its CKA is undefined (0/0).
 """
+
 from __future__ import annotations
 
 from .score_rule import profile_rule
 from .rule_registry import RULES
 
-RULES.register("cka-io")(profile_rule(
-    "cka-io", "io_cka", "low", "layer-wise LoRA with CKA: the lowest CKA between a block's input and output (needs data)"))
+RULES.register("cka-io")(
+    profile_rule(
+        "cka-io",
+        "io_cka",
+        "low",
+        "layer-wise LoRA with CKA: the lowest CKA between a block's input and output (needs data)",
+    )
+)

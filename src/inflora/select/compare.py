@@ -4,6 +4,7 @@ Every rule is asked the same way (``protocol.SelectionRule``): ``score(inputs).s
 function rule's band is fitted to K by SKI (``function_rule.fit_band``), so every rule adapts the
 same number of blocks.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,8 +28,10 @@ def check_rules(names: list[str], available: set[str]) -> None:
     for name in names:
         missing = rule_needs(name) - available
         if missing:
-            raise ConfigError(f"rule {name!r} needs {NEEDS_TEXT[min(missing)]}; "
-                              f"without data only these rules run: {', '.join(weight_only_rules())}")
+            raise ConfigError(
+                f"rule {name!r} needs {NEEDS_TEXT[min(missing)]}; "
+                f"without data only these rules run: {', '.join(weight_only_rules())}"
+            )
 
 
 def weight_only_rules() -> list[str]:

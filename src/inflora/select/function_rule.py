@@ -6,6 +6,7 @@ A function's parameters and defaults are written once, in its signature (keyword
 and read from there once, here. At a budget of K blocks the band is trimmed (lowest SKI first) or
 extended (highest SKI outside it first) to K [ours], so every rule adapts the same number of blocks.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,8 +25,11 @@ SKI_KEYS = ("alpha", "variant")  # the parameters that shape the SKI score a ban
 
 def keyword_defaults(fn: Callable) -> dict[str, Any]:
     """The keyword-only parameters of ``fn`` (a function or a ``functools.partial``) with their defaults."""
-    return {name: p.default for name, p in inspect.signature(fn).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 def fit_band(band: list[int], score, k: int) -> list[int]:

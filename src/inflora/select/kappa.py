@@ -3,6 +3,7 @@
 Low κ (isotropic) blocks are selected: they absorb new information with less forgetting. κ of a
 square random matrix is huge and of a wide one small, so blocks are compared per module type.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,5 +17,6 @@ def condition_number(singular_values, shape=None) -> float:
     return float(s.max() / (s.min() + 1e-8))
 
 
-RULES.register("kappa")(matrix_rule(
-    "kappa", "low", condition_number, "float64", "KappaTune: lowest condition number (weights only)"))
+RULES.register("kappa")(
+    matrix_rule("kappa", "low", condition_number, "float64", "KappaTune: lowest condition number (weights only)")
+)

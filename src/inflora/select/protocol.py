@@ -7,6 +7,7 @@ rules, ``score_rule.py``) and ``FunctionRule`` (one function of the entropy and 
 that returns a band: SKI and its variants, ``function_rule.py``). Any other object with these
 members registers as well; ``check_rule`` says at registration what one lacks.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
@@ -51,8 +52,11 @@ class SelectionRule(Protocol):
 def check_rule(name: str, rule: Any) -> None:
     """Refuse, at registration, an object that is not a rule: a programming error, not a user's."""
     if not isinstance(rule, SelectionRule):
-        missing = [m for m in ("name", "needs", "parameters", "arm", "spectrum_dtype", "doc", "score", "choose")
-                   if not hasattr(rule, m)]
+        missing = [
+            m
+            for m in ("name", "needs", "parameters", "arm", "spectrum_dtype", "doc", "score", "choose")
+            if not hasattr(rule, m)
+        ]
         raise TypeError(f"selection rule {name!r} lacks {', '.join(missing)} (see select/protocol.py)")
     if rule.name != name:
         raise TypeError(f"selection rule registered as {name!r} calls itself {rule.name!r}")

@@ -1,5 +1,6 @@
 """``RULES``, the one registry of selection rules: a rule is one file and one line,
 ``RULES.register("name")(rule)``; ``select/__init__.py`` imports each file once."""
+
 from __future__ import annotations
 
 from typing import Any, Callable

@@ -4,6 +4,7 @@ satisfies ``protocol.SelectionRule``) in its own file plus one registry line (``
 A rule's parameters and their defaults are written once: a function rule's in its signature (read
 once by ``FunctionRule.of``), any other rule's in its ``parameters``; ``rule_parameters`` reads them
 from there for everything that records or reports them."""
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -22,8 +23,10 @@ def rule_parameters(rule: str, given: dict | None = None) -> dict:
     given = dict(given or {})
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ConfigError(f"rule {rule!r} has no parameter {', '.join(map(repr, unknown))}; "
-                          f"its parameters: {', '.join(f'{k}={v}' for k, v in defaults.items()) or 'none'}")
+        raise ConfigError(
+            f"rule {rule!r} has no parameter {', '.join(map(repr, unknown))}; "
+            f"its parameters: {', '.join(f'{k}={v}' for k, v in defaults.items()) or 'none'}"
+        )
     for key, value in given.items():
         check_like(key, value, defaults[key], f"--param {key}")
     return {**defaults, **given}
@@ -34,7 +37,9 @@ def select_layers(rule: str, entropy, grad, **params) -> list[int]:
     each bootstrap resample's): only rules that read nothing else can run here."""
     chosen = RULES.get(rule)
     if not set(chosen.needs) <= {"backward"}:
-        raise ConfigError(f"rule {rule!r} needs {NEEDS_TEXT[min(chosen.needs)]}, not only probe profiles; "
-                          "use it through --rules (score_rules)")
+        raise ConfigError(
+            f"rule {rule!r} needs {NEEDS_TEXT[min(chosen.needs)]}, not only probe profiles; "
+            "use it through --rules (score_rules)"
+        )
     inputs = RuleInputs(len(entropy), profiles={"attention_entropy": list(entropy), "activation_grad_norm": list(grad)})
     return [int(i) for i in chosen.choose(inputs, **params)]

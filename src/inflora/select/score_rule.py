@@ -4,6 +4,7 @@
 scores each block matrix's singular values and compares blocks within a module type. On its own
 (``choose``) such a rule takes its top ``k`` blocks; at a budget (``score(...).select(K)``) its top K.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,8 +56,10 @@ class ScoreRule:
     def _checked(self, params: dict) -> dict:
         unknown = sorted(set(params) - set(self.parameters))
         if unknown:
-            raise ConfigError(f"bad parameters for rule {self.name!r}: no parameter {', '.join(map(repr, unknown))}; "
-                              f"its parameters: {', '.join(f'{k}={v}' for k, v in self.parameters.items())}")
+            raise ConfigError(
+                f"bad parameters for rule {self.name!r}: no parameter {', '.join(map(repr, unknown))}; "
+                f"its parameters: {', '.join(f'{k}={v}' for k, v in self.parameters.items())}"
+            )
         return params
 
 
@@ -66,8 +69,9 @@ def profile_rule(name: str, key: str, direction: str, doc: str) -> ScoreRule:
     return ScoreRule(name, needs, direction, lambda inp: (inp.profile(key, name), {}, {"profile": key}), doc)
 
 
-def matrix_rule(name: str, direction: str, metric: Callable[[np.ndarray, tuple[int, int]], float],
-                dtype: str, doc: str) -> ScoreRule:
+def matrix_rule(
+    name: str, direction: str, metric: Callable[[np.ndarray, tuple[int, int]], float], dtype: str, doc: str
+) -> ScoreRule:
     """A weight-only rule: ``metric(singular_values, shape)`` per block matrix, with the singular values
     computed in ``dtype`` (``spectra.singular_values``), then within-type percentiles."""
 
@@ -80,6 +84,10 @@ def matrix_rule(name: str, direction: str, metric: Callable[[np.ndarray, tuple[i
                 row[t] = float(metric(spectra.values(i, t, dtype), spectra.shapes[i][t]))
                 per_module[f"{i}.{t}"] = row[t]
             per_block.append(row)
-        return within_type_percentile(per_block), per_module, {"n_svd": len(per_module), "aggregate": "within-type percentile"}
+        return (
+            within_type_percentile(per_block),
+            per_module,
+            {"n_svd": len(per_module), "aggregate": "within-type percentile"},
+        )
 
     return ScoreRule(name, frozenset({"weights"}), direction, score, doc, spectrum_dtype=dtype)

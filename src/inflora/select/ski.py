@@ -4,6 +4,7 @@ SKI(l) = α·H̃(l) + (1 − α)·G̃(l), with H̃ the min–max normalised inve
 normalised inverse activation-gradient norm (``level``) or inverse ratio G(l)/G(l+1) (``decay``:
 a steep drop into layer l scores high). Peaks of SKI are the inflection candidates.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -7,6 +7,7 @@ or a stream of ``(block, type, tensor)`` read from a checkpoint one tensor at a 
 workspace whatever the checkpoint's size. Both go through ``singular_values``, so a scanned
 checkpoint and the same model in memory give identical scores.
 """
+
 from __future__ import annotations
 
 import time
@@ -39,7 +40,7 @@ class Spectra:
         self.num_blocks = num_blocks
         self.shapes: list[dict[str, tuple[int, int]]] = [{} for _ in range(num_blocks)]
         self.block_seconds = [0.0] * num_blocks
-        self.resumed: list[int] = []              # blocks taken from an earlier run's cache
+        self.resumed: list[int] = []  # blocks taken from an earlier run's cache
         self._values: dict[tuple[int, str, str], np.ndarray] = {}
         self._fetch: Callable[[int], dict[str, torch.Tensor]] | None = None
         self._held: tuple[int, dict[str, torch.Tensor]] | None = None  # the one block fetched last
@@ -89,7 +90,6 @@ class Spectra:
         for dtype in dtypes:
             self._values[(block, type_, dtype)] = singular_values(w, dtype)
 
-
     def restore(self, cache: BlockCache, dtypes: list[str]) -> set[int]:
         """Blocks a previous run of the same scan finished (``spectra_cache``)."""
         done = set()
@@ -106,9 +106,15 @@ class Spectra:
         cache.save(block, self.shapes[block], values, self.block_seconds[block])
 
 
-def scan_spectra(items: Iterable[tuple[int, str, object]], num_blocks: int, dtypes: list[str],
-                 read=lambda x: x, total: int | None = None, progress: bool = False,
-                 cache: BlockCache | None = None) -> Spectra:
+def scan_spectra(
+    items: Iterable[tuple[int, str, object]],
+    num_blocks: int,
+    dtypes: list[str],
+    read=lambda x: x,
+    total: int | None = None,
+    progress: bool = False,
+    cache: BlockCache | None = None,
+) -> Spectra:
     """Singular values of every streamed matrix in each of ``dtypes``; ``read(item)`` turns an item's
     handle into its tensor (reading it from disk), and the tensor is dropped, its pages given back
     (``return_freed_memory``), before the next one is read: without that, glibc kept the freed

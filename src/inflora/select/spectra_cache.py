@@ -5,6 +5,7 @@ A block file is used only when its ``key`` matches (the checkpoint's files with 
 modification times, the block list and the dtypes), so an edited checkpoint or other rules start
 afresh. The files are read as untrusted: no pickles, and anything malformed is recomputed.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,8 +24,9 @@ class BlockCache:
     def path(self, block: int) -> Path:
         return self.folder / f"block-{block:05d}.npz"
 
-    def save(self, block: int, shapes: dict[str, tuple], values: dict[tuple[str, str], np.ndarray],
-             seconds: float) -> None:
+    def save(
+        self, block: int, shapes: dict[str, tuple], values: dict[tuple[str, str], np.ndarray], seconds: float
+    ) -> None:
         arrays = {"key": np.array(self.key), "seconds": np.array(seconds), "types": np.array(list(shapes), dtype=str)}
         for i, shape in enumerate(shapes.values()):
             arrays[f"shape{i}"] = np.array(shape, dtype=np.int64)

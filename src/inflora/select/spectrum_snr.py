@@ -4,6 +4,7 @@
 noise = Σσ≤τ (1 when empty); SNR = signal / noise / σ₁. Highest SNR is selected. τ is not the
 Marchenko–Pastur edge (no dimension scaling), so values are compared only within a module type.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,6 +26,8 @@ def spectrum_snr(singular_values, shape: tuple[int, int]) -> float:
     return float(signal / noise / s[0]) if s[0] > 0 else math.nan
 
 
-RULES.register("spectrum-snr")(matrix_rule(
-    "spectrum-snr", "high", spectrum_snr, "float32",
-    "Spectrum: highest weight signal-to-noise ratio (weights only)"))
+RULES.register("spectrum-snr")(
+    matrix_rule(
+        "spectrum-snr", "high", spectrum_snr, "float32", "Spectrum: highest weight signal-to-noise ratio (weights only)"
+    )
+)

@@ -1,4 +1,5 @@
 """How stable is the chosen band? Re-select on bootstrap resamples of the probe batches."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,14 @@ from .rules import select_layers
 
 
 def bootstrap_stability(
-    profile_for, n_batches: int, num_layers: int, rule: str, params: dict, *, resamples: int = 200, seed: int = 0,
+    profile_for,
+    n_batches: int,
+    num_layers: int,
+    rule: str,
+    params: dict,
+    *,
+    resamples: int = 200,
+    seed: int = 0,
     profiles_for=None,
 ) -> list[float]:
     """Fraction of resamples in which each layer is chosen.

@@ -1,4 +1,5 @@
 """``threshold``: every block whose SKI reaches ``tau``."""
+
 from __future__ import annotations
 
 from .rule_registry import RULES

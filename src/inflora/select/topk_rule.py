@@ -1,4 +1,5 @@
 """``topk``: the ``k`` blocks of highest SKI, peaks or not."""
+
 from __future__ import annotations
 
 import numpy as np

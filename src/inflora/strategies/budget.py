@@ -5,6 +5,7 @@ rank is the largest r whose trainable LoRA parameters r·Σ(m + n) over its targ
 N, so rules that choose different blocks (or all of them) train equal counts within one rank step.
 The classification head trains in every arm and is counted separately.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,8 @@ BUDGET_KINDS = ("layers", "params")
 
 @dataclass(frozen=True)
 class Budget:
-    layers: int | None = None   # K blocks per rule; None: K = SKI's band size
-    params: int | None = None   # N trainable LoRA parameters per rule (rank adjusted); None: the given rank
+    layers: int | None = None  # K blocks per rule; None: K = SKI's band size
+    params: int | None = None  # N trainable LoRA parameters per rule (rank adjusted); None: the given rank
     targets: tuple[str, ...] | None = None  # LoRA targets counted (as --lora-targets); None: the family's q/k/v
 
     @property
@@ -45,8 +46,12 @@ class Budget:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "layers": self.layers, "params": self.params,
-                "targets": list(self.targets) if self.targets else None}
+        return {
+            "kind": self.kind,
+            "layers": self.layers,
+            "params": self.params,
+            "targets": list(self.targets) if self.targets else None,
+        }
 
 
 def _whole(kind: str, raw: str) -> int:
@@ -65,8 +70,7 @@ def lora_params_per_rank(model: nn.Module, layers: list[int], targets=None) -> i
     PEFT config built by ``lora_config`` (the one builder) would adapt, found with PEFT's own matcher."""
     from peft.tuners.tuners_utils import check_target_module_exists
 
-    config = lora_config(arch_for(model), sorted(layers), r=1, targets=targets, dropout=0.0,
-                         moe=moe_layout(model))
+    config = lora_config(arch_for(model), sorted(layers), r=1, targets=targets, dropout=0.0, moe=moe_layout(model))
     total = 0
     for name, module in model.named_modules():
         w = getattr(module, "weight", None)
@@ -84,13 +88,16 @@ def rank_for_params(model: nn.Module, layers: list[int], n_params: int, targets=
     if step == 0:
         raise ConfigError(f"blocks {layers} hold no LoRA target matrix; check the LoRA targets")
     if n_params < step:
-        raise ConfigError(f"a budget of {n_params:,} LoRA parameters is below one rank step ({step:,} on blocks "
-                          f"{layers}); no rank can meet it: give at least params={step}")
+        raise ConfigError(
+            f"a budget of {n_params:,} LoRA parameters is below one rank step ({step:,} on blocks "
+            f"{layers}); no rank can meet it: give at least params={step}"
+        )
     return n_params // step
 
 
-def match_budget(model: nn.Module, selections: dict[str, list[int]], budget: Budget,
-                 r: int = LORA_DEFAULTS.r) -> dict[str, dict]:
+def match_budget(
+    model: nn.Module, selections: dict[str, list[int]], budget: Budget, r: int = LORA_DEFAULTS.r
+) -> dict[str, dict]:
     """Per rule: its LoRA rank and trainable LoRA parameter count at ``budget``."""
     targets = list(budget.targets) if budget.targets else None
     out = {}

@@ -4,6 +4,7 @@ A fresh classifier is random, so the gradients a diagnosis measures are shaped b
 few steps of head-only training (the ``head`` strategy's parameters, AdamW) remove that part. The
 backbone is untouched; which parameters require grad is restored afterwards.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,5 +46,9 @@ def warm_head(model: nn.Module, batches: list[dict], steps: int, lr: float = 1e-
         model.train(was_training)
         for p, flag in saved.items():
             p.requires_grad = flag
-    return {"steps": steps, "lr": lr, "first_loss": losses[0] if losses else math.nan,
-            "last_loss": losses[-1] if losses else math.nan}
+    return {
+        "steps": steps,
+        "lr": lr,
+        "first_loss": losses[0] if losses else math.nan,
+        "last_loss": losses[-1] if losses else math.nan,
+    }

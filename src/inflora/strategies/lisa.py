@@ -8,6 +8,7 @@ steps nor decays it, and its moments wait for its next turn (LISA's behaviour; n
 for interval i is seeded by (seed, i) alone, so a resumed run continues the same schedule. Freezing
 during training is incompatible with DDP: one process only.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ and ``inflora export``; ``HEAD_MODULES`` is the one list of heads that stay trai
 ``match_lora_targets`` dry-runs a config against a model with PEFT's own matcher, so a target or a
 band layer that matches nothing is an error instead of a silently smaller adapter.
 """
+
 from __future__ import annotations
 
 import copy
@@ -47,8 +48,10 @@ def check_target_names(targets) -> None:
     """Each LoRA target is a preset or a module name, whatever the model (checked before loading one)."""
     for t in _split(targets):
         if t not in TARGET_PRESETS and not MODULE_NAME.fullmatch(t):
-            raise ConfigError(f"LoRA target {t!r} is neither a preset ({', '.join(TARGET_PRESETS)}) nor a module "
-                              "name (letters, digits, _ . -)")
+            raise ConfigError(
+                f"LoRA target {t!r} is neither a preset ({', '.join(TARGET_PRESETS)}) nor a module "
+                "name (letters, digits, _ . -)"
+            )
 
 
 def _split(targets: str | list[str] | None) -> list[str]:
@@ -80,8 +83,9 @@ def resolve_targets(family: str | ArchSpec, targets: str | list[str] | None, moe
     return _unique(out)
 
 
-def resolve_parameters(family: str, targets: str | list[str] | None, moe: MoeLayout | None,
-                       layers: list[int] | None) -> list[str]:
+def resolve_parameters(
+    family: str, targets: str | list[str] | None, moe: MoeLayout | None, layers: list[int] | None
+) -> list[str]:
     """PEFT ``target_parameters``: the fused expert weights that ``experts``, ``mlp`` and ``all`` name
     on a mixture-of-experts model. PEFT matches parameters by name only (it ignores
     ``layers_to_transform`` for them), so a band is written into each name: ``layers.3.mlp.experts.down_proj``
@@ -91,8 +95,10 @@ def resolve_parameters(family: str, targets: str | list[str] | None, moe: MoeLay
         return []
     if moe is None:
         if "experts" in wanted:
-            raise ConfigError(f"--lora-targets experts needs a mixture-of-experts model; this {family_spec(family).family} model has dense "
-                              f"feed-forward layers (use mlp)")
+            raise ConfigError(
+                f"--lora-targets experts needs a mixture-of-experts model; this {family_spec(family).family} model has dense "
+                f"feed-forward layers (use mlp)"
+            )
         return []
     if layers is None:
         return list(moe.expert_parameters)
@@ -110,8 +116,15 @@ def _shadowed(spec: ArchSpec, paths: list[str]) -> list[str] | None:
 
 
 def lora_config(
-    family: str | ArchSpec, layers: list[int] | None, *, r: int = LORA_DEFAULTS.r, alpha: int = LORA_DEFAULTS.alpha,
-    dropout: float = LORA_DEFAULTS.dropout, targets: str | list[str] | None = None, modules_to_save: list[str] | None = None, task_type: str | None = "SEQ_CLS",
+    family: str | ArchSpec,
+    layers: list[int] | None,
+    *,
+    r: int = LORA_DEFAULTS.r,
+    alpha: int = LORA_DEFAULTS.alpha,
+    dropout: float = LORA_DEFAULTS.dropout,
+    targets: str | list[str] | None = None,
+    modules_to_save: list[str] | None = None,
+    task_type: str | None = "SEQ_CLS",
     moe: MoeLayout | None = None,
 ):
     """A ``LoraConfig`` restricted to ``layers`` (None: every block); ``targets`` as in
@@ -129,17 +142,26 @@ def lora_config(
     paths = resolve_targets(family, targets, moe)
     parameters = resolve_parameters(family, targets, moe, layers)
     if parameters and dropout:
-        raise ConfigError(f"LoRA on fused expert parameters (PEFT target_parameters) cannot use dropout, got "
-                          f"{dropout}; pass --lora-dropout 0")
+        raise ConfigError(
+            f"LoRA on fused expert parameters (PEFT target_parameters) cannot use dropout, got "
+            f"{dropout}; pass --lora-dropout 0"
+        )
     if not paths and not parameters:
-        raise ConfigError(f"--lora-targets {targets!r} names nothing to adapt in {family_spec(family).family} blocks {layers}")
+        raise ConfigError(
+            f"--lora-targets {targets!r} names nothing to adapt in {family_spec(family).family} blocks {layers}"
+        )
     return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout,
-        target_modules=paths, exclude_modules=_shadowed(spec, paths), target_parameters=parameters or None,
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=paths,
+        exclude_modules=_shadowed(spec, paths),
+        target_parameters=parameters or None,
         layers_to_transform=sorted(set(layers)) if layers is not None else None,
         layers_pattern=layers_pattern(spec) if layers is not None else None,
         fan_in_fan_out=spec.fused_conv1d,
-        modules_to_save=list(modules_to_save) if modules_to_save else None, task_type=task_type,
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+        task_type=task_type,
     )
 
 
@@ -173,9 +195,13 @@ def _layer_of(name: str, pattern: str | None) -> int | None:
 
 def parameter_hits(model: nn.Module, target: str) -> list[str]:
     """Parameter names PEFT's ``target_parameters`` matcher takes for ``target`` (exact, or a suffix)."""
-    return [f"{m}.{p}" for m, module in model.named_modules() if m
-            for p, _ in module.named_parameters(recurse=False)
-            if f"{m}.{p}" == target or f"{m}.{p}".endswith("." + target)]
+    return [
+        f"{m}.{p}"
+        for m, module in model.named_modules()
+        if m
+        for p, _ in module.named_parameters(recurse=False)
+        if f"{m}.{p}" == target or f"{m}.{p}".endswith("." + target)
+    ]
 
 
 def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
@@ -200,22 +226,31 @@ def match_lora_targets(model: nn.Module, config) -> dict[str, int]:
     kind = getattr(model.config, "model_type", type(model).__name__)
     if missing:
         where = f" in layers {config.layers_to_transform}" if config.layers_to_transform else ""
-        raise ConfigError(f"LoRA target(s) {missing} match no module of this {kind} model{where}; "
-                          f"presets: {', '.join(TARGET_PRESETS)}, or module names such as {_examples(model)}")
+        raise ConfigError(
+            f"LoRA target(s) {missing} match no module of this {kind} model{where}; "
+            f"presets: {', '.join(TARGET_PRESETS)}, or module names such as {_examples(model)}"
+        )
     empty = [i for i in config.layers_to_transform or [] if i not in layers_hit]
     if empty:
-        raise ConfigError(f"layer(s) {empty} of the band match no module: this {kind} model has "
-                          f"{num_layers(model)} blocks (0-{num_layers(model) - 1})")
+        raise ConfigError(
+            f"layer(s) {empty} of the band match no module: this {kind} model has "
+            f"{num_layers(model)} blocks (0-{num_layers(model) - 1})"
+        )
     return counts
 
 
-def check_lora_targets(model_name: str, targets: str | list[str] | None, task: str = CLASSIFICATION,
-                       dropout: float = LORA_DEFAULTS.dropout) -> dict[str, int]:
+def check_lora_targets(
+    model_name: str, targets: str | list[str] | None, task: str = CLASSIFICATION, dropout: float = LORA_DEFAULTS.dropout
+) -> dict[str, int]:
     """Dry-run ``targets`` on every block of ``model_name`` built on the meta device: a target the
     model lacks (or expert targets with dropout) fails before any data or weights are loaded."""
     model = meta_model(model_name, task)
-    return match_lora_targets(model, lora_config(arch_for(model), None, targets=targets, dropout=dropout,
-                                                 task_type=TASK_TYPES[task], moe=moe_layout(model)))
+    return match_lora_targets(
+        model,
+        lora_config(
+            arch_for(model), None, targets=targets, dropout=dropout, task_type=TASK_TYPES[task], moe=moe_layout(model)
+        ),
+    )
 
 
 def _examples(model: nn.Module) -> str:
@@ -224,8 +259,16 @@ def _examples(model: nn.Module) -> str:
     return ", ".join(_unique([*spec.lora_targets, spec.output, *spec.mlp_targets])[:6])
 
 
-def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = LORA_DEFAULTS.r,
-                alpha: int = LORA_DEFAULTS.alpha, dropout: float = LORA_DEFAULTS.dropout, targets: str | list[str] | None = None, train_head: bool = True):
+def inject_lora(
+    model: nn.Module,
+    layers: list[int] | None,
+    *,
+    r: int = LORA_DEFAULTS.r,
+    alpha: int = LORA_DEFAULTS.alpha,
+    dropout: float = LORA_DEFAULTS.dropout,
+    targets: str | list[str] | None = None,
+    train_head: bool = True,
+):
     """Wrap ``model`` in a PEFT model with LoRA on ``layers`` only (None = all blocks); the
     classifier (and pooler) stay trainable. Returns the PEFT model."""
     from peft import get_peft_model
@@ -236,9 +279,15 @@ def inject_lora(model: nn.Module, layers: list[int] | None, *, r: int = LORA_DEF
         raise ConfigError(f"layers {sorted(layers)} out of range for a {n}-layer model")
     task = task_type_of(model)
     config = lora_config(
-        spec, layers, r=r, alpha=alpha, dropout=dropout, targets=targets,
+        spec,
+        layers,
+        r=r,
+        alpha=alpha,
+        dropout=dropout,
+        targets=targets,
         modules_to_save=head_modules(model) if train_head and task == CLASSIFICATION else None,
-        task_type=TASK_TYPES[task], moe=moe_layout(model),
+        task_type=TASK_TYPES[task],
+        moe=moe_layout(model),
     )
     match_lora_targets(model, config)
     return get_peft_model(model, config)

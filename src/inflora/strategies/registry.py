@@ -3,6 +3,7 @@
 Each strategy takes the loaded model and returns ``Applied`` (the possibly wrapped model, the
 blocks it adapts, and its default learning rate). The classifier and pooler train in every strategy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,8 +22,8 @@ from .rule_arms import arm_rules
 
 @dataclass
 class StrategyOptions:
-    layers: list[int] | None = None     # the inflection band (lora-inflection, size for lora-random)
-    k: int = 2                          # shallow: top-k blocks
+    layers: list[int] | None = None  # the inflection band (lora-inflection, size for lora-random)
+    k: int = 2  # shallow: top-k blocks
     r: int = LORA_DEFAULTS.r
     alpha: int = LORA_DEFAULTS.alpha
     dropout: float = LORA_DEFAULTS.dropout
@@ -36,7 +37,7 @@ class Applied:
     model: nn.Module
     layers: list[int]
     lr: float
-    schedule: object | None = None      # a training-time rule (lisa): ``before_step(step)`` each step
+    schedule: object | None = None  # a training-time rule (lisa): ``before_step(step)`` each step
 
 
 STRATEGIES: Registry = Registry("strategy")
@@ -124,8 +125,10 @@ def lisa(model: nn.Module, opt: StrategyOptions) -> Applied:
 def _rule_arm(rule: str):
     def arm(model: nn.Module, opt: StrategyOptions) -> Applied:
         if not opt.layers:
-            raise ConfigError(f"lora-{rule} needs the blocks rule {rule!r} chose: --diagnosis FILE from "
-                              f"`inflora diagnose --rules {rule}`, or --layers")
+            raise ConfigError(
+                f"lora-{rule} needs the blocks rule {rule!r} chose: --diagnosis FILE from "
+                f"`inflora diagnose --rules {rule}`, or --layers"
+            )
         return _lora(model, opt.layers, opt)
 
     arm.__doc__ = f"LoRA on the blocks chosen by rule {rule!r}."
@@ -155,5 +158,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-__all__ = ["Applied", "NEEDS_BAND", "STRATEGIES", "StrategyOptions", "apply_strategy", "count_parameters",
-           "parameter_groups", "random_band"]
+__all__ = [
+    "Applied",
+    "NEEDS_BAND",
+    "STRATEGIES",
+    "StrategyOptions",
+    "apply_strategy",
+    "count_parameters",
+    "parameter_groups",
+    "random_band",
+]

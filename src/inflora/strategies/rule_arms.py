@@ -6,6 +6,7 @@ One strategy per ordered rule (``lora-kappa``, ``lora-spectrum-snr``, ``lora-top
 ``lora-all`` and ``lora-random`` already exist, and ``lora-inflection`` is SKI's arm; a rule's
 ``arm`` (``select.ARMS``) says which of these trains it.
 """
+
 from __future__ import annotations
 
 from ..errors import ConfigError
@@ -43,6 +44,8 @@ def blocks_from_diagnosis(strategy: str, diagnosis) -> list[int]:
         return list(diagnosis.inflection_layers)
     chosen = (getattr(diagnosis, "rules", None) or {}).get("rules", {}).get(rule)
     if chosen is None:
-        raise ConfigError(f"the diagnosis has no selection by rule {rule!r} (needed by {strategy}); "
-                          f"diagnose with --rules {rule}, or pass --layers")
+        raise ConfigError(
+            f"the diagnosis has no selection by rule {rule!r} (needed by {strategy}); "
+            f"diagnose with --rules {rule}, or pass --layers"
+        )
     return list(chosen["selected"])

@@ -1,4 +1,5 @@
 """Training: the resumable fine-tuning loop, training-time diagnostics, and a Trainer callback."""
+
 from .callback import InflectionCallback
 from .config import FinetuneConfig
 from .finetune import finetune, save_final_model

@@ -11,6 +11,7 @@ Every term below names the tensor it counts (elements per token unless it says o
 ``s`` sequence length. ``tests/test_memory_plan.py`` checks the sums against the bytes autograd
 really saves (a ``saved_tensors_hooks`` count on tiny models of each family and strategy).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,15 +40,24 @@ class Shapes:
     @classmethod
     def of(cls, config, family: str) -> Shapes:
         if family not in ENCODER_FAMILIES + DECODER_FAMILIES:
-            raise ArchitectureError(f"no activation formula for the {family!r} family yet; "
-                                    f"plan supports: {', '.join(ENCODER_FAMILIES + DECODER_FAMILIES)}")
+            raise ArchitectureError(
+                f"no activation formula for the {family!r} family yet; "
+                f"plan supports: {', '.join(ENCODER_FAMILIES + DECODER_FAMILIES)}"
+            )
         heads = config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        return cls(family, config.num_hidden_layers, config.hidden_size, kv_heads * head_dim,
-                   config.intermediate_size, heads, config.vocab_size,
-                   float(getattr(config, "attention_probs_dropout_prob", getattr(config, "attention_dropout", 0.0)) or 0),
-                   float(getattr(config, "hidden_dropout_prob", 0.0) or 0))
+        return cls(
+            family,
+            config.num_hidden_layers,
+            config.hidden_size,
+            kv_heads * head_dim,
+            config.intermediate_size,
+            heads,
+            config.vocab_size,
+            float(getattr(config, "attention_probs_dropout_prob", getattr(config, "attention_dropout", 0.0)) or 0),
+            float(getattr(config, "hidden_dropout_prob", 0.0) or 0),
+        )
 
 
 @dataclass(frozen=True)
@@ -78,18 +88,18 @@ def encoder_block(sh: Shapes, role: BlockRole, s: int, fused: bool, training: bo
     drop = training and sh.hidden_dropout > 0
     w, h, f = role.weights, sh.hidden, sh.ffn
     lora_in = role.lora * (h * (1 + (role.input_grad or 0)) + role.rank)  # dropped input (+ mask), A's output
-    qkv = 3 * h                                           # q, k, v kept by the score and context products
+    qkv = 3 * h  # q, k, v kept by the score and context products
     if fused:
-        attn = h + sh.heads                               # output + log-sum-exp; the output is the context
+        attn = h + sh.heads  # output + log-sum-exp; the output is the context
         ctx = 0
     else:
         probs = 3 if training and sh.attn_dropout > 0 else 1  # softmax output, dropout mask, dropped probs
         attn = probs * sh.heads * s
-        ctx = h * w                                       # context, kept by the output dense
-    block_in = h * w                                      # kept by q/k/v (weights' gradient)
-    norms = 2 * h + 4                                     # LN inputs + mean/rstd, twice
-    masks = 2 * h * drop                                  # attention-output and FFN-output dropout masks
-    ffn = f + f * w + h * w                               # GELU input; GELU output, LN1 output for weights
+        ctx = h * w  # context, kept by the output dense
+    block_in = h * w  # kept by q/k/v (weights' gradient)
+    norms = 2 * h + 4  # LN inputs + mean/rstd, twice
+    masks = 2 * h * drop  # attention-output and FFN-output dropout masks
+    ffn = f + f * w + h * w  # GELU input; GELU output, LN1 output for weights
     return block_in + lora_in + qkv + attn + ctx + norms + masks + ffn
 
 
@@ -98,16 +108,16 @@ def decoder_block(sh: Shapes, role: BlockRole, s: int, fused: bool, training: bo
     if not role.on_path:
         return 0.0
     w, g, h, f = role.weights, role.input_grad, sh.hidden, sh.ffn
-    norm1 = (h + 1) * g + h * w                          # input and rsqrt for the input's gradient; normed x
-    lora_in = role.lora * (h * (1 + g) + role.rank)      # (HF RMSNorm keeps x·rsqrt for the weight)
-    qkv_in = h * w                                       # q/k/v input for their weights' gradient
+    norm1 = (h + 1) * g + h * w  # input and rsqrt for the input's gradient; normed x
+    lora_in = role.lora * (h * (1 + g) + role.rank)  # (HF RMSNorm keeps x·rsqrt for the weight)
+    qkv_in = h * w  # q/k/v input for their weights' gradient
     if fused:
-        attn = 2 * h + 2 * sh.kv + sh.heads              # q, k, v (GQA width), output (= o_proj input), LSE
+        attn = 2 * h + 2 * sh.kv + sh.heads  # q, k, v (GQA width), output (= o_proj input), LSE
     else:
         probs = 3 if training and sh.attn_dropout > 0 else 1  # softmax output (+ dropout mask, dropped)
-        attn = 3 * h + probs * sh.heads * s + h * w      # q, repeated k and v, probabilities, o_proj input
+        attn = 3 * h + probs * sh.heads * s + h * w  # q, repeated k and v, probabilities, o_proj input
     norm2 = h + 1 + h * w
-    ffn = 3 * f + h * w + f * w                          # gate, act(gate), up; FFN input and down's input
+    ffn = 3 * f + h * w + f * w  # gate, act(gate), up; FFN input and down's input
     return norm1 + lora_in + qkv_in + attn + norm2 + ffn
 
 
@@ -117,8 +127,9 @@ def block_floats(sh: Shapes, role: BlockRole, s: int, attention: str, training: 
     return fn(sh, role, s, fused, training)
 
 
-def outside_floats(sh: Shapes, embeddings_train: bool, final_norm_train: bool, blocks_on_path: bool,
-                   training: bool) -> float:
+def outside_floats(
+    sh: Shapes, embeddings_train: bool, final_norm_train: bool, blocks_on_path: bool, training: bool
+) -> float:
     """Floats per token outside the blocks: the embedding LayerNorm (encoders) or the final norm and
     the score head's input (decoder classifiers, which score every position)."""
     if sh.family in ENCODER_FAMILIES:
@@ -135,8 +146,9 @@ def head_floats(sh: Shapes) -> float:
     return (3 if sh.family == "bert" else 4) * sh.hidden if sh.family in ENCODER_FAMILIES else 0.0
 
 
-def transient_floats(sh: Shapes, s: int, attention: str, training: bool, last_on_path: bool,
-                     any_on_path: bool) -> float:
+def transient_floats(
+    sh: Shapes, s: int, attention: str, training: bool, last_on_path: bool, any_on_path: bool
+) -> float:
     """Floats per token alive for a moment beyond what autograd keeps: the workspace.
 
     Forward, in the last block (where the kept activations are all there): the tensors of its

@@ -12,6 +12,7 @@ The per-step recording is ``GradProfileRecorder`` (the same code as ``inflora fi
 accumulation, and under DDP every rank records the numbers of one process with the same global
 batch (one rank writes the files).
 """
+
 from __future__ import annotations
 
 import logging
@@ -71,9 +72,15 @@ class InflectionCallback(TrainerCallback):
     After training, ``rows`` and ``delta_cka`` hold the results.
     """
 
-    def __init__(self, every: int = 10, json_path: str | os.PathLike | None = None, *,
-                 cka_batches: list[dict] | None = None, cka_pooling: str = "mean",
-                 tensorboard_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        every: int = 10,
+        json_path: str | os.PathLike | None = None,
+        *,
+        cka_batches: list[dict] | None = None,
+        cka_pooling: str = "mean",
+        tensorboard_dir: str | os.PathLike | None = None,
+    ):
         if int(every) < 1:
             raise ConfigError(f"InflectionCallback(every=...) must be at least 1, got {every}")
         if cka_batches is not None and not cka_batches:
@@ -106,8 +113,12 @@ class InflectionCallback(TrainerCallback):
         if state.is_world_process_zero and _reports_tensorboard(args.report_to):
             from torch.utils.tensorboard import SummaryWriter
 
-            logdir = (self.tensorboard_dir or getattr(args, "logging_dir", None)
-                      or os.getenv("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs", "inflora"))
+            logdir = (
+                self.tensorboard_dir
+                or getattr(args, "logging_dir", None)
+                or os.getenv("TENSORBOARD_LOGGING_DIR")
+                or os.path.join(args.output_dir, "runs", "inflora")
+            )
             self.writer = SummaryWriter(log_dir=str(logdir))
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -186,11 +197,18 @@ class InflectionCallback(TrainerCallback):
         if not state.is_world_process_zero:
             return
         path = self.json_path or Path(args.output_dir) / JSON_NAME
-        atomic_write_json(path, {
-            "every": self.every, "model": self._model_name, "global_step": state.global_step,
-            "grad_profile": self.rows, "delta_cka": self.delta_cka,
-            "pre_clip": True, "versions": versions(),
-        })
+        atomic_write_json(
+            path,
+            {
+                "every": self.every,
+                "model": self._model_name,
+                "global_step": state.global_step,
+                "grad_profile": self.rows,
+                "delta_cka": self.delta_cka,
+                "pre_clip": True,
+                "versions": versions(),
+            },
+        )
 
 
 __all__ = ["InflectionCallback", "batch_features"]

@@ -5,6 +5,7 @@ Nothing in a checkpoint can run code when loaded: weights are safetensors, metad
 ``torch.load(..., weights_only=True)``. A ``state.pt`` that needs more (a pickled object, e.g. a
 tampered run folder) is refused with a one-line error rather than unpickled.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,6 +43,7 @@ class CheckpointMeta(BaseModel):
     world_size: Annotated[int, Field(ge=1)] = 1
     precision: str = "fp32"
 
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Only what training changes: the trainable parameters (small for LoRA and head-only runs)."""
     return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -63,8 +65,13 @@ def rng_state() -> dict:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": {"version": version, "state": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
     }
 
 
@@ -76,7 +83,9 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
 
 
 def load_state(path: Path) -> dict:
@@ -85,8 +94,10 @@ def load_state(path: Path) -> dict:
         return torch.load(Path(path), weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"refusing to load {path}: it holds more than tensors and plain values "
-                          f"({reason[:120]}); delete the checkpoint folder to start over") from None
+        raise ConfigError(
+            f"refusing to load {path}: it holds more than tensors and plain values "
+            f"({reason[:120]}); delete the checkpoint folder to start over"
+        ) from None
 
 
 def _no_barrier() -> None:
@@ -98,8 +109,17 @@ def rank_rng_file(rank: int) -> str:
     return f"rng-rank{rank}.pt"
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, meta: dict, *, rank: int = 0, world: int = 1,
-                    barrier: Callable[[], None] = _no_barrier) -> Path:
+def save_checkpoint(
+    path: Path,
+    model,
+    optimizer,
+    scheduler,
+    meta: dict,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = _no_barrier,
+) -> Path:
     """Write ``path`` as a whole or not at all. Under several processes rank 0 writes the (identical)
     weights and optimizer state, and every rank its own RNG state, into one temporary folder that
     rank 0 renames once all are written: a resumed run continues every rank's random stream."""
@@ -109,8 +129,10 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, meta: dict, *, rank
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                   tmp / "state.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+            tmp / "state.pt",
+        )
     barrier()
     if rank != 0:
         torch.save(rng_state(), tmp / rank_rng_file(rank))
@@ -133,8 +155,10 @@ def load_checkpoint(path: Path, model, optimizer=None, scheduler=None, *, rank: 
     meta = load_json(path / "meta.json", CheckpointMeta)
     saved_world = int(meta.get("world_size", 1))
     if saved_world != world:
-        raise ConfigError(f"{path.parent.parent} was started with {saved_world} process(es) and this run has {world}; "
-                          f"resume it with {saved_world} or choose another --out")
+        raise ConfigError(
+            f"{path.parent.parent} was started with {saved_world} process(es) and this run has {world}; "
+            f"resume it with {saved_world} or choose another --out"
+        )
     load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
     if optimizer is not None:
         state = load_state(path / "state.pt")

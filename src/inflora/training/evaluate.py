@@ -1,5 +1,6 @@
 """Accuracy on a split, in eval mode and without gradients; under several processes each rank
 scores its share and the predictions are gathered (accelerate drops the padding duplicates)."""
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,7 @@ def correct_rows(model, split: EncodedSplit, batch_size: int = 128) -> list[int]
     device = next(model.parameters()).device
     rows, right = split.row_order(by_length=True), [0] * len(split)
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         batch = {k: v.to(device) for k, v in split.collate_rows(chunk).items()}
         labels = batch.pop("labels")
         for row, ok in zip(chunk, (model(**batch).logits.argmax(-1) == labels).tolist()):

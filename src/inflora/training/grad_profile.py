@@ -16,6 +16,7 @@ sums are added across ranks and scaled by 1/world, because each rank's loss is t
 examples only. Every rank therefore records the numbers one process would record with the same
 global batch. An fp16 loss scale is divided out (``loss_scale``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,8 +58,11 @@ class GradProfileRecorder:
         spec = arch_for(hf_model(model))
         self.entropy = entropy and spec.attention_interface
         if entropy and not self.entropy:
-            log.info("attention entropy is not recorded during training: %s attention does not go through "
-                     "transformers' attention interface, and eager maps would slow every step", spec.family)
+            log.info(
+                "attention entropy is not recorded during training: %s attention does not go through "
+                "transformers' attention interface, and eager maps would slow every step",
+                spec.family,
+            )
         diagnostics = ["activation_grad", "output"] + (["attention_entropy"] if self.entropy else [])
         self.probe = LayerProbe(model, diagnostics, attention="streaming" if self.entropy else None)
         self.probe.ctx.active = False
@@ -88,12 +92,17 @@ class GradProfileRecorder:
             return None
         n = self.probe.ctx.num_layers
         norms = self._param_norms()
-        row = {"step": step, "loss": loss,
-               "activation_grad_norm": self._token_means(self._plugin("activation_grad").layers, "token_norm_sum",
-                                                         "token_count"),
-               "param_grad_norm": [norms[f"block.{i}"] for i in range(n)],
-               "param_grad_norm_embeddings": norms["embeddings"], "param_grad_norm_head": norms["head"],
-               "output": self._output_numbers()}
+        row = {
+            "step": step,
+            "loss": loss,
+            "activation_grad_norm": self._token_means(
+                self._plugin("activation_grad").layers, "token_norm_sum", "token_count"
+            ),
+            "param_grad_norm": [norms[f"block.{i}"] for i in range(n)],
+            "param_grad_norm_embeddings": norms["embeddings"],
+            "param_grad_norm_head": norms["head"],
+            "output": self._output_numbers(),
+        }
         if self.entropy:
             row["attention_entropy"] = self._entropies()
         row.update(self._wrong_right_split())
@@ -134,14 +143,17 @@ class GradProfileRecorder:
     def _entropies(self) -> list[float]:
         """Mean attention entropy per block over the step's micro-batches (and ranks): head sums / queries."""
         totals = [acc.totals() for acc in self._plugin("attention_entropy").layers]
-        sums = torch.tensor([[float(t["raw_sum"].sum()), float(t["raw_count"].sum())] for t in totals], dtype=torch.float64)
+        sums = torch.tensor(
+            [[float(t["raw_sum"].sum()), float(t["raw_count"].sum())] for t in totals], dtype=torch.float64
+        )
         sums = _all_reduce(sums, self.device)
         return [float(s / n) if n else math.nan for s, n in sums.tolist()]
 
     def _token_means(self, accs, sum_key: str, count_key: str) -> list[float]:
         """Per layer: Σ per-token ‖∂L/∂h‖ / token count over the step's micro-batches and all ranks."""
-        sums = torch.tensor([[float(acc.totals()[sum_key]), float(acc.totals()[count_key])] for acc in accs],
-                            dtype=torch.float64)
+        sums = torch.tensor(
+            [[float(acc.totals()[sum_key]), float(acc.totals()[count_key])] for acc in accs], dtype=torch.float64
+        )
         sums = _all_reduce(sums, self.device)
         scale = (float(self.loss_scale()) if self.loss_scale else 1.0) * self.world
         return [float(s / n) / scale if n else math.nan for s, n in sums.tolist()]
@@ -153,10 +165,14 @@ class GradProfileRecorder:
         if not any(len(acc) for acc in split):
             return {}
         t = split[0].totals()
-        wrong, right = _all_reduce(torch.stack([t["wrong_tokens"].sum(), t["right_tokens"].sum()]), self.device).tolist()
-        return {"activation_grad_norm_wrong": self._token_means(split, "wrong_sum", "wrong_tokens"),
-                "activation_grad_norm_correct": self._token_means(split, "right_sum", "right_tokens"),
-                "wrong_token_share": wrong / (wrong + right) if wrong + right else math.nan}
+        wrong, right = _all_reduce(
+            torch.stack([t["wrong_tokens"].sum(), t["right_tokens"].sum()]), self.device
+        ).tolist()
+        return {
+            "activation_grad_norm_wrong": self._token_means(split, "wrong_sum", "wrong_tokens"),
+            "activation_grad_norm_correct": self._token_means(split, "right_sum", "right_tokens"),
+            "wrong_token_share": wrong / (wrong + right) if wrong + right else math.nan,
+        }
 
     def _output_numbers(self) -> dict:
         """The output-saturation numbers of the step's own batches (all ranks), without the histogram."""
@@ -166,7 +182,9 @@ class GradProfileRecorder:
         totals = acc.totals()
         flat = _all_reduce(torch.cat([totals[k].reshape(-1) for k in acc.fields]), self.device)
         sizes = [totals[k].numel() for k in acc.fields]
-        merged = dict(zip(acc.fields, (part.reshape(totals[k].shape) for part, k in zip(flat.split(sizes), acc.fields))))
+        merged = dict(
+            zip(acc.fields, (part.reshape(totals[k].shape) for part, k in zip(flat.split(sizes), acc.fields)))
+        )
         numbers = acc.compute_from(merged)
         numbers.pop("histogram")
         return numbers

@@ -5,6 +5,7 @@ Loss and perplexity are token-weighted over completion tokens only (exp of the m
 scoring gives each example's prompt every option as its completion and predicts the option with the
 lowest summed NLL (the log-likelihood ranking of lm-evaluation-harness' ``acc``).
 """
+
 from __future__ import annotations
 
 import math
@@ -41,7 +42,7 @@ def _row_nll(model, split: EncodedInstructions, batch_size: int) -> tuple[list[f
     sums, counts = [0.0] * len(split), [0] * len(split)
     rows = split.row_order(by_length=True)
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         s, c = sequence_nll(model, {k: v.to(device) for k, v in split.collate_rows(chunk).items()})
         for i, row in enumerate(chunk):
             sums[row], counts[row] = float(s[i]), int(c[i])
@@ -51,12 +52,12 @@ def _row_nll(model, split: EncodedInstructions, batch_size: int) -> tuple[list[f
 class OptionSplit(EncodedInstructions):
     """Every (example, option) pair of an instruction split, with completion-only labels."""
 
-    def __init__(self, split: EncodedInstructions):  # noqa: super().__init__ would re-tokenise the split
+    def __init__(self, split: EncodedInstructions):  # no super().__init__: it would re-tokenise the split
         ds, tok = split.ds, split.tokenizer
         self.ds, self.tokenizer, self.causal_lm, self.max_length = ds, tok, True, split.max_length
         self.ids, self.prompt_lens, self.pairs = [], [], []
         for j, row in enumerate(split.rows):
-            prompt = split.ids[j][:split.prompt_lens[j]]
+            prompt = split.ids[j][: split.prompt_lens[j]]
             for k, option in enumerate(ds.options):
                 ids, kept, _ = fit(prompt, tokenize_example(tok, ds.prompts[row], option)[1], split.max_length)
                 if ids:
@@ -90,8 +91,11 @@ def completion_metrics(model, split: EncodedInstructions, batch_size: int = 64) 
     try:
         sums, counts = _row_nll(model, split, batch_size)
         loss = sum(sums) / max(sum(counts), 1)
-        out = {"completion_loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf,
-               "completion_tokens": sum(counts)}
+        out = {
+            "completion_loss": loss,
+            "perplexity": math.exp(loss) if loss < 700 else math.inf,
+            "completion_tokens": sum(counts),
+        }
         if split.ds.options:
             out["accuracy"] = option_accuracy(model, split, batch_size)
     finally:
@@ -106,8 +110,11 @@ def evaluate_split(model, split, batch_size: int = 64, accelerator=None) -> dict
     if isinstance(split, EncodedInstructions):
         out = completion_metrics(model, split, batch_size)
     else:
-        out = {"accuracy": accuracy(model, split, batch_size, accelerator) if accelerator else
-               accuracy(model, split, batch_size)}
+        out = {
+            "accuracy": accuracy(model, split, batch_size, accelerator)
+            if accelerator
+            else accuracy(model, split, batch_size)
+        }
     out["score"] = out["accuracy"] if "accuracy" in out else -out["completion_loss"]
     return out
 
@@ -135,7 +142,8 @@ def check_instruction_run(cfg, splits: dict) -> bool:
     so they are refused here rather than misapplied to next-token logits."""
     causal = task_type(splits["train"]) == CAUSAL_LM
     if causal and cfg.remedies:
-        raise ConfigError(f"remedies ({', '.join(cfg.remedies)}) act on classification losses; "
-                          "they cannot be used with instruction data")
+        raise ConfigError(
+            f"remedies ({', '.join(cfg.remedies)}) act on classification losses; "
+            "they cannot be used with instruction data"
+        )
     return causal
-

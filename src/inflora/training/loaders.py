@@ -10,6 +10,7 @@ a rank left without examples gets one zero-weight example, so every rank runs th
 Evaluation: fixed shortest-first batches; under several processes accelerate pads the last round
 with duplicates and ``gather_for_metrics`` drops them, so each example is counted exactly once.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,7 +31,9 @@ class _Items(Dataset):
         return self.items[i]
 
 
-def micro_batches(split: EncodedSplit, batch_size: int, world: int, accum: int, seed: int) -> list[list[tuple[int, float]]]:
+def micro_batches(
+    split: EncodedSplit, batch_size: int, world: int, accum: int, seed: int
+) -> list[list[tuple[int, float]]]:
     """The epoch's micro-batches, each a list of (row, loss weight); a multiple of world × accum of them."""
     parts = world * accum
     out = []

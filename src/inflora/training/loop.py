@@ -3,6 +3,7 @@ accumulation and DDP are accelerate's; what is ours is what the run must keep ex
 the very step whose loss is non-finite (on every rank at once), remedy hooks, the training-time
 gradient profile, and an atomic checkpoint at each epoch end from which a re-run resumes exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,7 +61,7 @@ class Run:
     cfg: FinetuneConfig
     out: Path
     accelerator: object
-    model: torch.nn.Module          # as prepared (DDP-wrapped under several processes)
+    model: torch.nn.Module  # as prepared (DDP-wrapped under several processes)
     optimizer: object
     scheduler: object
     remedies: list
@@ -89,8 +90,11 @@ def _any_rank(run: Run, flag: bool) -> bool:
 def _global_sum(run: Run, value: float) -> float:
     if run.accelerator.num_processes == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64 if run.accelerator.device.type != "mps" else torch.float32,
-                     device=run.accelerator.device)
+    t = torch.tensor(
+        [value],
+        dtype=torch.float64 if run.accelerator.device.type != "mps" else torch.float32,
+        device=run.accelerator.device,
+    )
     return float(run.accelerator.reduce(t, "sum").item())
 
 
@@ -104,7 +108,8 @@ def _micro_step(run: Run, recorder: GradProfileRecorder, batch: dict, weight: to
     if _any_rank(run, not math.isfinite(value)):
         raise TrainingError(
             f"non-finite loss ({value}) at step {run.state.steps} (epoch {epoch}); the last good checkpoint is "
-            f"{run.last if is_complete(run.last) else 'none (first epoch)'}; lower --lr or check the data")
+            f"{run.last if is_complete(run.last) else 'none (first epoch)'}; lower --lr or check the data"
+        )
     run.accelerator.backward(loss * weight if float(weight) != 1.0 else loss)
     return value * float(weight) / (run.accelerator.num_processes * run.accelerator.gradient_accumulation_steps)
 
@@ -134,11 +139,17 @@ def _optimizer_step(run: Run, recorder: GradProfileRecorder, batch: dict, step_l
 def train_epoch(run: Run, recorder: GradProfileRecorder, epoch: int) -> float:
     """One pass over the training split; returns the epoch's mean step loss."""
     cfg, acc = run.cfg, run.accelerator
-    loader = train_loader(run.encoded["train"], cfg.batch_size, acc.num_processes, cfg.grad_accum,
-                          cfg.seed * 1000 + epoch, acc)
+    loader = train_loader(
+        run.encoded["train"], cfg.batch_size, acc.num_processes, cfg.grad_accum, cfg.seed * 1000 + epoch, acc
+    )
     losses, step_loss, fresh = [], 0.0, True
-    bar = tqdm(total=len(loader) // cfg.grad_accum, desc=f"{cfg.strategy} epoch {epoch}/{cfg.epochs}",
-               unit="step", disable=not (run.progress and acc.is_main_process), leave=False)
+    bar = tqdm(
+        total=len(loader) // cfg.grad_accum,
+        desc=f"{cfg.strategy} epoch {epoch}/{cfg.epochs}",
+        unit="step",
+        disable=not (run.progress and acc.is_main_process),
+        leave=False,
+    )
     for batch, weight in loader:
         if fresh:
             if run.schedule is not None:
@@ -162,8 +173,14 @@ def end_epoch(run: Run, epoch: int, train_loss: float) -> None:
     state, cfg, acc = run.state, run.cfg, run.accelerator
     scores = evaluate_split(run.inner, run.encoded["validation"], cfg.eval_batch_size, acc)
     val_acc = scores.pop("score")  # accuracy, or minus the completion loss for free-text completions
-    state.history.append({"epoch": epoch, "train_loss": train_loss, "validation_accuracy": scores.get("accuracy"),
-                          **({"validation": scores} if "completion_loss" in scores else {})})
+    state.history.append(
+        {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "validation_accuracy": scores.get("accuracy"),
+            **({"validation": scores} if "completion_loss" in scores else {}),
+        }
+    )
     ckpt = run.out / "checkpoints"
     if state.best_epoch is None or val_acc > state.best_acc:  # the score can be negative (minus a loss)
         state.best_acc, state.best_epoch = val_acc, epoch
@@ -172,22 +189,35 @@ def end_epoch(run: Run, epoch: int, train_loss: float) -> None:
             save_file(trainable_state(run.inner), str(ckpt / ".best.tmp"))
             (ckpt / ".best.tmp").replace(ckpt / "best.safetensors")
     state.epoch = epoch
-    save_checkpoint(run.last, run.inner, run.optimizer, run.scheduler, state.to_dict(),
-                    rank=acc.process_index, world=acc.num_processes, barrier=acc.wait_for_everyone)
+    save_checkpoint(
+        run.last,
+        run.inner,
+        run.optimizer,
+        run.scheduler,
+        state.to_dict(),
+        rank=acc.process_index,
+        world=acc.num_processes,
+        barrier=acc.wait_for_everyone,
+    )
     if epoch in cfg.save_epochs and acc.is_main_process:
         save_final_model(run.inner, run.tokenizer, run.out / f"model-epoch{epoch}")
     acc.wait_for_everyone()
     if run.progress and acc.is_main_process:
-        tqdm.write(f"epoch {epoch}: train loss {train_loss:.4f}, validation "
-                   + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in scores.items() if k != "completion_tokens"))
+        tqdm.write(
+            f"epoch {epoch}: train loss {train_loss:.4f}, validation "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in scores.items() if k != "completion_tokens")
+        )
     if os.environ.get(KILL_AFTER_EPOCH) == str(epoch):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_epochs(run: Run, on_epoch_end: Callable[[int], None] | None = None) -> None:
     """Train from the epoch after ``run.state.epoch`` to ``cfg.epochs``."""
-    recorder = GradProfileRecorder(run.inner, run.cfg.log_every, loss_scale=(
-        run.accelerator.scaler.get_scale if run.accelerator.scaler is not None else None))
+    recorder = GradProfileRecorder(
+        run.inner,
+        run.cfg.log_every,
+        loss_scale=(run.accelerator.scaler.get_scale if run.accelerator.scaler is not None else None),
+    )
     run.model.train()
     try:
         for epoch in range(run.state.epoch + 1, run.cfg.epochs + 1):

@@ -15,6 +15,7 @@ After a warm-up forward without gradients (one-time kernel set-up), the baseline
   ``plain_malloc=True`` measures with glibc's default.
 - CUDA: ``torch.cuda.max_memory_allocated()`` minus the memory allocated before the steps.
 """
+
 from __future__ import annotations
 
 import gc
@@ -44,20 +45,32 @@ def status_kb(field: str) -> int | None:
     return None
 
 
-def measure(spec, strategy: str, steps: int = 3, device: str = "cpu", threads: int = 0,
-            plain_malloc: bool = False) -> dict:
+def measure(
+    spec, strategy: str, steps: int = 3, device: str = "cpu", threads: int = 0, plain_malloc: bool = False
+) -> dict:
     """Run ``steps`` steps of ``strategy`` in a fresh process; its peak memory above the loaded model.
     Unless ``plain_malloc``, glibc's mmap threshold is fixed (see the module docstring)."""
-    payload = {"spec": {**asdict(spec), "budget": spec.budget.to_dict() if spec.budget else None},
-               "strategy": strategy, "steps": steps, "device": device, "threads": threads}
+    payload = {
+        "spec": {**asdict(spec), "budget": spec.budget.to_dict() if spec.budget else None},
+        "strategy": strategy,
+        "steps": steps,
+        "device": device,
+        "threads": threads,
+    }
     env = dict(os.environ) if plain_malloc else {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
-    proc = subprocess.run([sys.executable, "-m", __name__], input=json.dumps(payload), capture_output=True,
-                          text=True, check=False, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", __name__],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)), None)
     if proc.returncode != 0 or line is None:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise TrainingError(f"measuring {strategy} failed: {tail}")
-    return json.loads(line[len(MARK):])
+    return json.loads(line[len(MARK) :])
 
 
 def _spec_from(payload: dict):
@@ -86,8 +99,11 @@ def synthetic_batch(spec, vocab: int) -> dict:
 
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, min(vocab, 30000), (spec.batch_size, spec.length), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "labels": torch.randint(0, 2, (spec.batch_size,), generator=g)}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.randint(0, 2, (spec.batch_size,), generator=g),
+    }
 
 
 def training_steps(spec, strategy: str, model, batch: dict, steps: int, device_type: str):
@@ -170,10 +186,17 @@ def child(payload: dict) -> dict:
     before = _baseline(device.type)
     run()
     peak = _peak(device.type)
-    return {"strategy": strategy, "peak_above_model": peak - before, "trainable": trainable, "total": total,
-            "steps": steps, "device": str(device),
-            "method": "max_memory_allocated" if device.type == "cuda" else
-            f"VmHWM - VmRSS (clear_refs, malloc_trim; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')})"}
+    return {
+        "strategy": strategy,
+        "peak_above_model": peak - before,
+        "trainable": trainable,
+        "total": total,
+        "steps": steps,
+        "device": str(device),
+        "method": "max_memory_allocated"
+        if device.type == "cuda"
+        else f"VmHWM - VmRSS (clear_refs, malloc_trim; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_', 'glibc default')})",
+    }
 
 
 if __name__ == "__main__":
@@ -194,8 +217,9 @@ def check_measure_options(device: str, steps: int, threads: int) -> None:
         raise ConfigError(f"unknown --device {device!r}; choose one of cpu, cuda, cuda:N")
 
 
-def measured_rows(spec, plans: list, steps: int = 3, device: str = "cpu", threads: int = 0,
-                  plain_malloc: bool = False, on_row=None) -> list[dict]:
+def measured_rows(
+    spec, plans: list, steps: int = 3, device: str = "cpu", threads: int = 0, plain_malloc: bool = False, on_row=None
+) -> list[dict]:
     """Each plan beside its measurement: the measured peak above the model and the relative error
     of the prediction, (predicted − measured) / measured; ``on_row(row)`` as each one is done."""
     check_measure_options(device, steps, threads)
@@ -203,10 +227,19 @@ def measured_rows(spec, plans: list, steps: int = 3, device: str = "cpu", thread
     for p in plans:
         m = measure(spec, p.strategy, steps, device, threads, plain_malloc)
         if m["trainable"] != p.trainable:
-            raise TrainingError(f"{p.strategy}: planned {p.trainable:,} trainable parameters, the run has {m['trainable']:,}")
+            raise TrainingError(
+                f"{p.strategy}: planned {p.trainable:,} trainable parameters, the run has {m['trainable']:,}"
+            )
         got = m["peak_above_model"]
-        rows.append({**p.to_dict(), "measured_above_model": got, "device": m["device"], "method": m["method"],
-                     "error": (p.peak_above_model - got) / got if got > 0 else None})
+        rows.append(
+            {
+                **p.to_dict(),
+                "measured_above_model": got,
+                "device": m["device"],
+                "method": m["method"],
+                "error": (p.peak_above_model - got) / got if got > 0 else None,
+            }
+        )
         if on_row is not None:
             on_row(rows[-1])
     return rows

@@ -13,6 +13,7 @@ peak together (the sum is linear in the block reached, so its maximum is at an e
 is planned as it runs once its gradients are measured in post-accumulate hooks (issue 19): no
 optimizer, and at most one block's parameter gradients alive beside the activations.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -54,11 +55,12 @@ class PlanSpec:
     k: int = 2
     r: int = LORA_DEFAULTS.r
     lisa_interval: int = 20
-    steps: int | None = None     # optimizer steps taken (LISA's state grows with them); None: a long run
+    steps: int | None = None  # optimizer steps taken (LISA's state grows with them); None: a long run
 
     def check(self) -> None:
-        check_values(batch_size=self.batch_size, length=self.length, k=self.k, lisa_interval=self.lisa_interval,
-                     steps=self.steps)
+        check_values(
+            batch_size=self.batch_size, length=self.length, k=self.k, lisa_interval=self.lisa_interval, steps=self.steps
+        )
         check_value("lora_r", self.r)
         if self.precision not in ELEMENT_BYTES:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(ELEMENT_BYTES)}")
@@ -131,8 +133,11 @@ def applied_model(spec: PlanSpec, strategy: str, model: nn.Module):
             p.requires_grad = True
         return model, list(range(len(get_blocks(model)))), None, None
     layers, rank = band_for(spec, model) if strategy == "lora-inflection" else (None, spec.r)
-    applied = apply_strategy(strategy, model, StrategyOptions(
-        layers=layers, k=spec.k, r=rank, seed=42, extra={"lisa_interval": spec.lisa_interval}))
+    applied = apply_strategy(
+        strategy,
+        model,
+        StrategyOptions(layers=layers, k=spec.k, r=rank, seed=42, extra={"lisa_interval": spec.lisa_interval}),
+    )
     if applied.schedule is not None:
         applied.schedule.before_step(max((spec.steps or 1) - 1, 0))
     return applied.model, applied.layers, rank if strategy.startswith("lora") else None, applied.schedule
@@ -167,8 +172,9 @@ def activation_bytes(spec: PlanSpec, model: nn.Module, shapes: Shapes, training:
 def transient_workspace(spec: PlanSpec, shapes: Shapes, model: nn.Module, training: bool = True) -> int:
     """The forward's and backward's short-lived tensors beside the kept activations (bytes)."""
     roles, _ = block_roles(model)
-    floats = transient_floats(shapes, spec.length, spec.attention, training, roles[-1].on_path,
-                              any(r.on_path for r in roles))
+    floats = transient_floats(
+        shapes, spec.length, spec.attention, training, roles[-1].on_path, any(r.on_path for r in roles)
+    )
     return int(spec.batch_size * spec.length * floats * ELEMENT_BYTES[spec.precision])
 
 
@@ -189,8 +195,11 @@ def optimizer_state_bytes(spec: PlanSpec, model: nn.Module, schedule) -> int:
     if schedule is None:
         return 2 * FP32 * sum(p.numel() for p in params)
     blocks = get_blocks(model)
-    drawn = set(range(len(blocks))) if spec.steps is None else \
-        {i for step in range(spec.steps) for i in schedule.blocks_at(step)}
+    drawn = (
+        set(range(len(blocks)))
+        if spec.steps is None
+        else {i for step in range(spec.steps) for i in schedule.blocks_at(step)}
+    )
     in_blocks = {id(p) for b in blocks for p in b.parameters()}
     outside = sum(p.numel() for p in model.parameters() if id(p) not in in_blocks and p.requires_grad)
     return 2 * FP32 * (outside + sum(p.numel() for i in drawn for p in blocks[i].parameters()))
@@ -224,4 +233,3 @@ def plan(spec: PlanSpec) -> list[StrategyPlan]:
     """One ``StrategyPlan`` per strategy of ``spec`` (each on a fresh meta model)."""
     spec.check()
     return [plan_strategy(spec, s) for s in spec.strategies]
-

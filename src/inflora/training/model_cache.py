@@ -6,6 +6,7 @@ identity includes the random state loading leaves behind (``model_factory`` seed
 head is drawn), so the cache keeps that state beside the model and restores it with each copy:
 a run given a copy goes on exactly as one that loaded the checkpoint itself.
 """
+
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,6 @@
 """The parts of a fine-tuning run, each doing one job: data, model, band, remedies, optimizer, CKA
 start snapshot. ``finetune`` chains them; the experiment harness and benchmarks reuse them."""
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..data import (CAUSAL_LM, EncodedSplit, decontaminate, encode_split, is_user_file, load_any, load_task,
-                    task_type)
+from ..data import CAUSAL_LM, EncodedSplit, decontaminate, encode_split, is_user_file, load_any, load_task, task_type
 from ..errors import ConfigError, DataError, TrainingError
 from ..models import load_model
 from ..strategies import NEEDS_BAND, StrategyOptions, apply_strategy
@@ -34,9 +34,16 @@ def seed_everything(seed: int) -> None:
 
 def load_split(cfg: FinetuneConfig, split: str):
     """One split of ``cfg.task``: a built-in task or a user file (see ``inflora.data.load_any``)."""
-    return load_any(cfg.task, split, cfg.data_dir, text_column=cfg.text_column, label_column=cfg.label_column,
-                    prompt_column=cfg.prompt_column, completion_column=cfg.completion_column,
-                    messages_column=cfg.messages_column)
+    return load_any(
+        cfg.task,
+        split,
+        cfg.data_dir,
+        text_column=cfg.text_column,
+        label_column=cfg.label_column,
+        prompt_column=cfg.prompt_column,
+        completion_column=cfg.completion_column,
+        messages_column=cfg.messages_column,
+    )
 
 
 def load_splits(cfg: FinetuneConfig) -> dict:
@@ -45,7 +52,9 @@ def load_splits(cfg: FinetuneConfig) -> dict:
     val = load_split(cfg, "validation").stratified(cfg.limit_eval, cfg.seed).require_nonempty()
     splits = {"train": train, "validation": val}
     if cfg.retention_task:  # forgetting: the source task's validation accuracy after target training
-        splits["retention"] = load_task(cfg.retention_task, "validation", cfg.data_dir).stratified(cfg.limit_eval, cfg.seed)
+        splits["retention"] = load_task(cfg.retention_task, "validation", cfg.data_dir).stratified(
+            cfg.limit_eval, cfg.seed
+        )
     try:
         test = load_split(cfg, "test")
     except DataError:
@@ -57,8 +66,11 @@ def load_splits(cfg: FinetuneConfig) -> dict:
         if len(clean):
             splits["test_decontaminated"] = clean
         else:  # a small --limit-eval subset can lie wholly inside the source; not a reason to fail the run
-            log.warning("every %s test example also occurs in %s/train; no decontaminated test accuracy",
-                        cfg.task, cfg.decontaminate_against)
+            log.warning(
+                "every %s test example also occurs in %s/train; no decontaminated test accuracy",
+                cfg.task,
+                cfg.decontaminate_against,
+            )
     return splits
 
 
@@ -82,8 +94,16 @@ def model_factory(cfg: FinetuneConfig, splits: dict, models: ModelCache | None =
     def make(attn: str):
         if models is None:
             return load(attn)
-        key = (str(source), cfg.seed, is_instruction_data(splits), cfg.new_head, bool(cfg.init),
-               getattr(splits["train"], "num_labels", None), attn, cfg.tower)
+        key = (
+            str(source),
+            cfg.seed,
+            is_instruction_data(splits),
+            cfg.new_head,
+            bool(cfg.init),
+            getattr(splits["train"], "num_labels", None),
+            attn,
+            cfg.tower,
+        )
         return models.get(key, lambda: load(attn))
 
     return make
@@ -92,8 +112,9 @@ def model_factory(cfg: FinetuneConfig, splits: dict, models: ModelCache | None =
 def load_under_new_head(source: str, num_labels: int, attn: str = "eager", tower: str = "language"):
     """A saved classifier's backbone under a fresh head for ``num_labels`` classes (SST-2 -> TREC): the
     head weights whose shapes differ are drawn anew from the current torch seed."""
-    return load_model(source, num_labels=num_labels, attn_implementation=attn, ignore_mismatched_sizes=True,
-                      tower=tower)
+    return load_model(
+        source, num_labels=num_labels, attn_implementation=attn, ignore_mismatched_sizes=True, tower=tower
+    )
 
 
 def resolve_band(cfg: FinetuneConfig, make_model) -> tuple[list[int] | None, dict]:
@@ -114,9 +135,18 @@ def resolve_band(cfg: FinetuneConfig, make_model) -> tuple[list[int] | None, dic
 
     model, tok = make_model("eager")
     val = load_split(cfg, "validation")
-    d = diagnose(model, val, tok, batches=cfg.diagnose_batches, max_length=cfg.max_length, seed=cfg.seed,
-                 progress=False, device=cfg.device, precision=cfg.precision,
-                 rules=[rule_of(cfg.strategy)] if rule_of(cfg.strategy) else None)
+    d = diagnose(
+        model,
+        val,
+        tok,
+        batches=cfg.diagnose_batches,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        progress=False,
+        device=cfg.device,
+        precision=cfg.precision,
+        rules=[rule_of(cfg.strategy)] if rule_of(cfg.strategy) else None,
+    )
     if not d.inflection_layers:
         raise TrainingError("on-the-fly diagnosis selected no layers: " + "; ".join(d.flags))
     return blocks_from_diagnosis(cfg.strategy, d), {"source": "on-the-fly", "ski": d.ski, "stability": d.stability}
@@ -138,18 +168,30 @@ class Adapted:
     layers: list[int]
     lr: float
     remedies: list
-    schedule: object | None = None      # lisa: blocks switched before each optimizer step
+    schedule: object | None = None  # lisa: blocks switched before each optimizer step
 
 
 def adapt_model(cfg: FinetuneConfig, model, band: list[int] | None) -> Adapted:
     remedies = build_remedies(cfg)
     for r in remedies:
         model = r.wrap_model(model)
-    applied = apply_strategy(cfg.strategy, model, StrategyOptions(
-        layers=band, k=cfg.k, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-        targets=cfg.lora_targets, seed=cfg.seed, extra={"lisa_interval": cfg.lisa_interval}))
-    return Adapted(applied.model, applied.layers, cfg.lr if cfg.lr is not None else applied.lr, remedies,
-                   applied.schedule)
+    applied = apply_strategy(
+        cfg.strategy,
+        model,
+        StrategyOptions(
+            layers=band,
+            k=cfg.k,
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            dropout=cfg.lora_dropout,
+            targets=cfg.lora_targets,
+            seed=cfg.seed,
+            extra={"lisa_interval": cfg.lisa_interval},
+        ),
+    )
+    return Adapted(
+        applied.model, applied.layers, cfg.lr if cfg.lr is not None else applied.lr, remedies, applied.schedule
+    )
 
 
 def build_optimizer(model, lr: float, weight_decay: float, remedies: list = (), kind: str = "adamw"):
@@ -198,8 +240,9 @@ def check_checkpoint_labels(source: str, n: int, task: str) -> None:
         raise DataError(f"the model {source} is a classifier with {conf.num_labels} labels but task {task!r} has {n}")
 
 
-def cka_start(cfg: FinetuneConfig, model, splits: dict, tok, out: Path, *, is_main: bool = True, barrier=lambda: None
-              ) -> tuple[EncodedSplit | None, dict]:
+def cka_start(
+    cfg: FinetuneConfig, model, splits: dict, tok, out: Path, *, is_main: bool = True, barrier=lambda: None
+) -> tuple[EncodedSplit | None, dict]:
     """The ΔCKA probe set and the start model's features, saved once (a resumed run reads them back)."""
     if not cfg.cka_examples:
         return None, {}

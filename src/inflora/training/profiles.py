@@ -1,4 +1,5 @@
 """Representation profiles for ΔCKA: pooled block outputs on a fixed probe set."""
+
 from __future__ import annotations
 
 import torch

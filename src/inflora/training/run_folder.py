@@ -1,4 +1,5 @@
 """The run folder's guard: one configuration per ``--out``, finished runs returned at once."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,6 +39,7 @@ class RunRecord(BaseModel):
     config_key: str
     config: StoredConfig = Field(default_factory=StoredConfig)
 
+
 # Options that change the numbers but that a user may well mistake for "how", not "what": a resume
 # with another value gets its own message instead of "a different configuration".
 _NAMED = ("precision",)
@@ -48,8 +50,10 @@ def _differs(stored: dict, cfg: FinetuneConfig, out: Path, state: str) -> Config
     for name in _NAMED:
         mine = getattr(cfg, name)
         if old.get(name, FinetuneConfig.__dataclass_fields__[name].default) != mine:
-            return ConfigError(f"{out} holds {state} run started with --{name} {old.get(name)}, not {mine}; "
-                               f"use --{name} {old.get(name)} to resume it, or choose another --out")
+            return ConfigError(
+                f"{out} holds {state} run started with --{name} {old.get(name)}, not {mine}; "
+                f"use --{name} {old.get(name)} to resume it, or choose another --out"
+            )
     return ConfigError(f"{out} holds {state} run with a different configuration; choose another --out")
 
 

@@ -5,6 +5,7 @@ only be asked of the *backbone*: the adapted backbone (LoRA merged) with the sou
 own head modules (the ``HEAD_MODULES`` every strategy trains: pooler and classifier for BERT)
 put back. A backbone left unchanged therefore scores exactly the source model's accuracy.
 """
+
 from __future__ import annotations
 
 import copy
