@@ -46,13 +46,33 @@ def _p(p) -> str:
 
 
 def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
+    """compare.json, then compare.md/.html: the recommendation, the scores, the paired differences,
+    the rules side by side and the configuration."""
     out = Path(out)
     atomic_write_json(
         out / "compare.json", {**res, "diagnosis_rules": diagnosis["rules"], "meta": meta, "versions": versions()}
     )
+    plan = meta["plan"]
+    rep = Report(f"Which blocks to adapt? {len(res['table'])} rules on {plan['model']} / {plan['task']}")
+    _intro(rep, res, diagnosis, meta)
+    _scores(rep, res)
+    _paired(rep, res, len(plan["seeds"]))
+    add_rules_section(rep, diagnosis["rules"], diagnosis["num_layers"])
+    if "random" in diagnosis["rules"]["rules"]:
+        rep.text(
+            "`random` above is the diagnosis' own draw; each training seed draws its own K blocks (see the "
+            "blocks column of the accuracy table)."
+        )
+    rep.heading("Configuration").table([{k: v for k, v in plan.items() if k not in ("rules", "seeds")}]).text(
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items())
+    )
+    return rep.write(out, stem="compare")
+
+
+def _intro(rep: Report, res: dict, diagnosis: dict, meta: dict) -> None:
+    """The command, its wall time, the recommendation and the budget every arm was given."""
     plan, k = meta["plan"], diagnosis["rules"]["k"]
     budget = diagnosis["rules"]["budget"]
-    rep = Report(f"Which blocks to adapt? {len(res['table'])} rules on {plan['model']} / {plan['task']}")
     rep.text(f"Command: `{meta['command']}`  \n" + _wall_time(meta))
     rep.heading("Recommendation").text(res["recommendation"]["text"] + ".")
     rep.text(
@@ -67,6 +87,10 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
         f"{plan['limit_train'] or 'all'} training examples; evaluation on {plan['limit_eval'] or 'all'} examples "
         "per split."
     )
+
+
+def _scores(rep: Report, res: dict) -> None:
+    """One row per rule, best first: blocks, sizes, step time and every metric measured."""
     metric = res["metric"]
     rep.heading(
         f"Scores (accuracy in %, completion loss in nats per token; mean ± sd over seeds [95 % t-interval]; "
@@ -94,6 +118,11 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
         ],
         digits=3,
     )
+
+
+def _paired(rep: Report, res: dict, n: int) -> None:
+    """The paired differences with their intervals and Holm-corrected p, and how to read them."""
+    metric = res["metric"]
     unit = "nats of completion loss, positive = lower loss" if metric == LOSS else "points"
     rep.heading(f"Paired differences ({metric}, {unit}, same seed [95 % t-interval]; negative = worse)")
     best = res["recommendation"].get("best_mean")
@@ -114,7 +143,6 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
             for p in res["paired"]
         ]
     )
-    n = len(plan["seeds"])
     if n > 1:
         from scipy import stats
 
@@ -126,13 +154,3 @@ def render_compare(res: dict, diagnosis: dict, meta: dict, out: Path) -> dict:
             "are not corrected. `examples`: a paired bootstrap over evaluation examples (2,000 resamples; "
             "the seeds pooled), which shows how much of the spread is the test set's rather than the seeds'."
         )
-    add_rules_section(rep, diagnosis["rules"], diagnosis["num_layers"])
-    if "random" in diagnosis["rules"]["rules"]:
-        rep.text(
-            "`random` above is the diagnosis' own draw; each training seed draws its own K blocks (see the "
-            "blocks column of the accuracy table)."
-        )
-    rep.heading("Configuration").table([{k: v for k, v in plan.items() if k not in ("rules", "seeds")}]).text(
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items())
-    )
-    return rep.write(out, stem="compare")

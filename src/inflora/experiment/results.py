@@ -95,6 +95,27 @@ def aggregate(
     metrics: tuple[str, ...] = METRICS,
 ) -> dict:
     """Tables, paired differences and claims' inputs over ``metrics`` (sst2-to-trec has no decontaminated test)."""
+    table = _strategy_rows(targets, metrics, sources)
+    bands = {}
+    for key, d in diagnoses.items():
+        regime, seed = key.split("/")
+        bands.setdefault(int(seed), {})[regime] = {"band": d["inflection_layers"], "stability": d["stability"]}
+    return {
+        "table": table,
+        "paired": _paired_rows(table, metrics),
+        "grad_ratio": _grad_ratios(table),
+        "bands": bands,
+        "metrics": list(metrics),
+        "rule_recommendations": {m: rule_recommendations(table, m) for m in metrics},
+        "versus_random": versus_random(table),
+        "sources": source_summary(sources or {}),
+        "saturation": saturation_summary(diagnoses, train_diagnoses, targets),
+    }
+
+
+def _strategy_rows(targets: list[dict], metrics: tuple[str, ...], sources: dict | None) -> list[dict]:
+    """One row per (regime, strategy): sizes, speed, blocks, gradient and ΔCKA profiles, every metric
+    per seed with its summary, and the forgetting against the source checkpoint."""
     by = {}
     for run in targets:
         by.setdefault((run["regime"], run["strategy"]), []).append(run)
@@ -121,6 +142,11 @@ def aggregate(
             row[metric] = {"per_seed": per_seed, **summary(list(per_seed.values()))}
         row["forgetting"] = forgetting(row["retention"]["per_seed"], source_summary(sources or {}), regime)
         table.append(row)
+    return table
+
+
+def _paired_rows(table: list[dict], metrics: tuple[str, ...]) -> list[dict]:
+    """Each strategy against the reference, paired by seed, per regime and metric."""
     paired_rows = []
     for row in table:
         ref = next((r for r in table if r["regime"] == row["regime"] and r["strategy"] == REFERENCE), None)
@@ -131,6 +157,11 @@ def aggregate(
             paired_rows.append(
                 {"regime": row["regime"], "metric": metric, "comparison": f"{REFERENCE} − {row['strategy']}", **diff}
             )
+    return paired_rows
+
+
+def _grad_ratios(table: list[dict]) -> dict:
+    """OVER / UNDER mean activation gradient per seed, for shallow and full (claim d)."""
     ratios = {}
     for strategy in ("shallow", "full"):
         under = next((r for r in table if r["regime"] == "under" and r["strategy"] == strategy), None)
@@ -144,18 +175,4 @@ def aggregate(
                 "under_mean": float(np.mean(list(under["mean_activation_grad"].values()))),
                 "over_mean": float(np.mean(list(over["mean_activation_grad"].values()))),
             }
-    bands = {}
-    for key, d in diagnoses.items():
-        regime, seed = key.split("/")
-        bands.setdefault(int(seed), {})[regime] = {"band": d["inflection_layers"], "stability": d["stability"]}
-    return {
-        "table": table,
-        "paired": paired_rows,
-        "grad_ratio": ratios,
-        "bands": bands,
-        "metrics": list(metrics),
-        "rule_recommendations": {m: rule_recommendations(table, m) for m in metrics},
-        "versus_random": versus_random(table),
-        "sources": source_summary(sources or {}),
-        "saturation": saturation_summary(diagnoses, train_diagnoses, targets),
-    }
+    return ratios

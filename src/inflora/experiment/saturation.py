@@ -229,6 +229,14 @@ def add_saturation_section(rep, sat: dict) -> None:
             "(or removing the cached `diagnose-*` units) adds them._"
         )
         return
+    _outputs_table(rep, sat["outputs"])
+    _decomposition_table(rep, sat["decomposition"])
+    if sat.get("training"):
+        _training_table(rep, sat["training"])
+
+
+def _outputs_table(rep, outputs: list[dict]) -> None:
+    """Per source checkpoint and split: accuracy, confidence, calibration and the gradient at the logits."""
     rep.text(
         "Each source checkpoint probed on RT (the diagnosis batches, before any target training). The gradient at "
         "the logits is p − y; *conf* is the max softmax probability; *confident-wrong grad* is the share of "
@@ -251,17 +259,21 @@ def add_saturation_section(rep, sat: dict) -> None:
                 "wrong with conf > 0.9": _pct(r["wrong_confident_share"]),
                 "confident-wrong grad": _pct(r["confident_wrong_grad_share"]),
             }
-            for r in sat["outputs"]
+            for r in outputs
         ],
         digits=3,
     )
+
+
+def _decomposition_table(rep, decomposition: list[dict]) -> None:
+    """OVER − UNDER split exactly into the share of wrong examples and the gradient per wrong / right one."""
     rep.text(
         "Decomposition of OVER − UNDER in the layer-mean ‖∂L/∂h‖ (and, below it, in the mean ‖p − y‖ at the logits) "
         "into the share of wrong examples, the gradient per wrong example and the gradient per right example "
         "(exact: the three terms add up to the difference; see `inflora.experiment.saturation`)."
     )
     rows = []
-    for r in sat["decomposition"]:
+    for r in decomposition:
         for level in ("activation", "logits"):
             d = r[level]
             rows.append(
@@ -279,28 +291,31 @@ def add_saturation_section(rep, sat: dict) -> None:
                 }
             )
     rep.table(rows, digits=3)
-    if sat.get("training"):
-        rep.text(
-            "The same split during target training (means over the logged steps and layers; the steps' own "
-            "training batches, dropout on). *residual*: what the three terms leave, because the share of wrong "
-            "examples and their gradient vary together from step to step."
-        )
-        rep.table(
-            [
-                {
-                    "seed": r["seed"],
-                    "strategy": r["strategy"],
-                    "UNDER": r["activation"]["under"]["total"],
-                    "OVER": r["activation"]["over"]["total"],
-                    "OVER/UNDER": r["activation"]["ratio"],
-                    "share of wrong": r["activation"]["share_of_wrong"],
-                    "per wrong": r["activation"]["gradient_per_wrong"],
-                    "per right": r["activation"]["gradient_per_right"],
-                    "residual": r["activation"]["residual"],
-                    "wrong with conf > 0.9 (UNDER / OVER)": f"{_pct(r['wrong_confident_share']['under'])} / "
-                    f"{_pct(r['wrong_confident_share']['over'])}",
-                }
-                for r in sat["training"]
-            ],
-            digits=3,
-        )
+
+
+def _training_table(rep, training: list[dict]) -> None:
+    """The same decomposition during target training, with what the three terms leave (residual)."""
+    rep.text(
+        "The same split during target training (means over the logged steps and layers; the steps' own "
+        "training batches, dropout on). *residual*: what the three terms leave, because the share of wrong "
+        "examples and their gradient vary together from step to step."
+    )
+    rep.table(
+        [
+            {
+                "seed": r["seed"],
+                "strategy": r["strategy"],
+                "UNDER": r["activation"]["under"]["total"],
+                "OVER": r["activation"]["over"]["total"],
+                "OVER/UNDER": r["activation"]["ratio"],
+                "share of wrong": r["activation"]["share_of_wrong"],
+                "per wrong": r["activation"]["gradient_per_wrong"],
+                "per right": r["activation"]["gradient_per_right"],
+                "residual": r["activation"]["residual"],
+                "wrong with conf > 0.9 (UNDER / OVER)": f"{_pct(r['wrong_confident_share']['under'])} / "
+                f"{_pct(r['wrong_confident_share']['over'])}",
+            }
+            for r in training
+        ],
+        digits=3,
+    )

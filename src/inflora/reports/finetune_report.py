@@ -70,8 +70,46 @@ def mean_profile(m: dict, key: str) -> list[float]:
 
 
 def write_finetune_report(m: dict, out_dir: str | Path) -> dict:
+    """report.md/.html of one fine-tuning run: what was adapted and how it went, the completion loss
+    (causal LM), the curves, the gradient flow, output saturation and where representations changed."""
     band = m.get("band") or []
     rep = Report(f"inflora fine-tuning — {m['strategy']} on {m['config']['task']}")
+    _summary(rep, m, band)
+    if m.get("completion"):
+        rep.heading("Completion loss (causal LM, loss on completion tokens only)")
+        rows = (
+            [{"split": "validation, before training", **m["completion_before"]}] if m.get("completion_before") else []
+        )
+        rep.table(rows + [{"split": name, **scores} for name, scores in m["completion"].items()])
+    rep.heading("Training curves").figure(_curves(m), "curves")
+    _gradient_flow(rep, m, band)
+    saturation = saturation_figure(m)
+    if saturation is not None:
+        rep.heading("Output saturation during training")
+        rep.text(
+            "The gradient at the logits is p − y: as the model grows confident and right, ‖p − y‖ and with it every "
+            "gradient below shrink; confident mistakes keep it large. Numbers of each logged step's own batch."
+        )
+        rep.figure(saturation, "saturation")
+    rep.heading("Where representations changed (ΔCKA, start → end)")
+    rep.text(
+        "ΔCKA = 1 − CKA of pooled block outputs on a fixed probe set: changes in upper layers mean feature "
+        "recombination, changes in lower layers mean low-level features were rebuilt."
+    )
+    rep.figure(layer_profiles_figure({m["strategy"]: m["delta_cka"]}, "ΔCKA per layer", "1 − CKA", band), "delta_cka")
+    rows = [
+        {"layer": i, "mean ‖∂L/∂h‖": a, "mean ‖∇θL‖": p, "ΔCKA": c, "adapted": "●" if i in m["layers"] else ""}
+        for i, (a, p, c) in enumerate(
+            zip(mean_profile(m, "activation_grad_norm"), mean_profile(m, "param_grad_norm"), m["delta_cka"])
+        )
+    ]
+    rep.table(rows)
+    rep.heading("History").table(m["history"])
+    return rep.write(out_dir)
+
+
+def _summary(rep: Report, m: dict, band: list[int]) -> None:
+    """One paragraph: the blocks, the trainable share, the accuracy, speed, memory and placement."""
     acc = ", ".join(f"{k} {fmt(v)}" for k, v in m["accuracy"].items())
     rep.text(
         f"Strategy **{m['strategy']}** adapted blocks {fmt(m['layers'])} with {m['trainable_params']:,} of "
@@ -90,13 +128,10 @@ def write_finetune_report(m: dict, out_dir: str | Path) -> dict:
             else ""
         )
     )
-    if m.get("completion"):
-        rep.heading("Completion loss (causal LM, loss on completion tokens only)")
-        rows = (
-            [{"split": "validation, before training", **m["completion_before"]}] if m.get("completion_before") else []
-        )
-        rep.table(rows + [{"split": name, **scores} for name, scores in m["completion"].items()])
-    rep.heading("Training curves").figure(_curves(m), "curves")
+
+
+def _gradient_flow(rep: Report, m: dict, band: list[int]) -> None:
+    """Activation- and parameter-gradient norms (and attention entropy) per layer at a few logged steps."""
     rep.heading("Gradient flow during training")
     rep.text(
         "Does the loss signal reach the low layers (activation gradients), and do the adapted layers receive "
@@ -123,26 +158,3 @@ def write_finetune_report(m: dict, out_dir: str | Path) -> dict:
             layer_profiles_figure(grad_profile_snapshots(m, "attention_entropy"), "attention entropy", "nats", band),
             "attention_entropy",
         )
-    saturation = saturation_figure(m)
-    if saturation is not None:
-        rep.heading("Output saturation during training")
-        rep.text(
-            "The gradient at the logits is p − y: as the model grows confident and right, ‖p − y‖ and with it every "
-            "gradient below shrink; confident mistakes keep it large. Numbers of each logged step's own batch."
-        )
-        rep.figure(saturation, "saturation")
-    rep.heading("Where representations changed (ΔCKA, start → end)")
-    rep.text(
-        "ΔCKA = 1 − CKA of pooled block outputs on a fixed probe set: changes in upper layers mean feature "
-        "recombination, changes in lower layers mean low-level features were rebuilt."
-    )
-    rep.figure(layer_profiles_figure({m["strategy"]: m["delta_cka"]}, "ΔCKA per layer", "1 − CKA", band), "delta_cka")
-    rows = [
-        {"layer": i, "mean ‖∂L/∂h‖": a, "mean ‖∇θL‖": p, "ΔCKA": c, "adapted": "●" if i in m["layers"] else ""}
-        for i, (a, p, c) in enumerate(
-            zip(mean_profile(m, "activation_grad_norm"), mean_profile(m, "param_grad_norm"), m["delta_cka"])
-        )
-    ]
-    rep.table(rows)
-    rep.heading("History").table(m["history"])
-    return rep.write(out_dir)
