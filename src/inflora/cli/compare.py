@@ -130,7 +130,7 @@ def _budget(budget: str | None, lora_targets: str | None):
 def _run(plan, out: Path) -> None:
     """Run (or resume) the plan's units, then write the report and print the table; the oracle's
     report is written as soon as its arms are done."""
-    from ..experiment.cache import UnitCache
+    from ..experiment.cache import UnitCache, unit_counts
     from ..experiment.compare import count_units, run_compare
     from ..experiment.compare_report import render_compare
     from ..experiment.compare_results import aggregate_compare
@@ -148,8 +148,7 @@ def _run(plan, out: Path) -> None:
         "plan": plan.to_dict(),
         "wall_seconds": wall,
         "invocations": log["invocations"],
-        "cached_units": min(log["units_before"], total),
-        "computed_units": total - min(log["units_before"], total),
+        **unit_counts(log, total),
     }
     render_compare(res, raw["diagnosis"], meta, out)
     _print(res)

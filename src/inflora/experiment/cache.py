@@ -103,3 +103,11 @@ class UnitCache:
         atomic_write_json(folder / "unit.json", {"kind": kind, "config": config})
         atomic_write_json(folder / "result.json", result)
         return result
+
+
+def unit_counts(log: dict, total: int) -> dict:
+    """``cached_units`` and ``computed_units`` of one invocation of a plan of ``total`` units, from its
+    ``logged`` record: computed = units finished during it. A folder may also hold other plans' units
+    (a 5-seed run beside a 3-seed one), so the folder's count before the run is not this plan's."""
+    computed = min(log["invocations"][-1]["units_after"] - log["units_before"], total)
+    return {"cached_units": total - computed, "computed_units": computed}

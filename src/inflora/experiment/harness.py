@@ -17,7 +17,7 @@ from ..errors import ConfigError
 from ..validate import check_seeds
 from ..strategies import NEEDS_BAND, STRATEGIES
 from ..strategies.rule_arms import rule_of
-from .cache import UnitCache
+from .cache import UnitCache, unit_counts
 from .profiles import Profile
 from .transfers import DEFAULT, Transfer, get_transfer
 
@@ -362,7 +362,7 @@ def run_logged(plan: Plan, out: str | Path, command_line: str, *, progress: bool
     """``run_experiment`` plus its record: every invocation (also an interrupted one, whose time counts
     toward the total) is appended to ``invocations.json``. Returns the raw results and the run's meta."""
     raw, log = UnitCache(Path(out)).logged(command_line, lambda: run_experiment(plan, out, progress=progress))
-    wall, invocations, cached = log["wall_seconds"], log["invocations"], min(log["units_before"], plan.num_units)
+    wall, invocations = log["wall_seconds"], log["invocations"]
     meta = {
         "command": command_line,
         "profile": plan.profile.to_dict(),
@@ -370,8 +370,7 @@ def run_logged(plan: Plan, out: str | Path, command_line: str, *, progress: bool
         "regimes": plan.regimes,
         "strategies": plan.strategies,
         "wall_seconds": wall,
-        "cached_units": cached,
-        "computed_units": plan.num_units - cached,
+        **unit_counts(log, plan.num_units),
         "invocations": invocations,
         "budget_layers": plan.budget,
         "transfer": plan.transfer,
