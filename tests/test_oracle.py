@@ -200,7 +200,7 @@ def test_oracle_runs_a_few_steps_per_arm_on_real_minilm(tmp_path, data_dir):
         "--model",
         "minilm",
         "--rules",
-        "ski",
+        "ski,all",
         "--seeds",
         "42",
         "--oracle",
@@ -232,6 +232,9 @@ def test_oracle_runs_a_few_steps_per_arm_on_real_minilm(tmp_path, data_dir):
     assert set(units) == {"head", "all", "block-5", "without-5", "ski"}
     assert units["without-5"]["layers"] == [0, 1, 2, 3, 4] and all(u["steps"] == 2 for u in units.values())
     assert all(len(u["per_example"]["test"]["correct"]) == 48 for u in units.values())
+    # the rule `all` and the oracle's `all` are one unit, counted once in the report
+    made = len(list((tmp_path / "units").iterdir()))
+    assert f"units computed now {made}, from cache 0." in (tmp_path / "compare.md").read_text()
 
 
 def test_example_bootstrap_pairs_examples_within_seeds():

@@ -259,12 +259,13 @@ def split_targets(text: str | None) -> list[str] | None:
 
 
 def count_units(plan: ComparePlan) -> int:
-    """The diagnosis, one arm per rule and seed, and the oracle's arms (an oracle arm that is also a
-    rule's, ``all`` at the same rank, is one unit counted twice)."""
+    """The diagnosis, one arm per rule and seed, and the oracle's arms. The oracle's ``all`` arm is the
+    rule ``all``'s own unit when both train at the same rank (no parameter budget), so it counts once."""
     from .oracle import count_oracle_arms
 
     oracle = count_oracle_arms(len(plan.oracle_blocks()[0]), len(plan.seeds)) if plan.oracle else 0
-    return 1 + len(plan.rules) * len(plan.seeds) + oracle
+    shared = len(plan.seeds) if plan.oracle and "all" in plan.rules and not plan.budget.params else 0
+    return 1 + len(plan.rules) * len(plan.seeds) + oracle - shared
 
 
 def run_compare(plan: ComparePlan, out: str | Path, *, progress: bool = True, on_oracle=None) -> dict:
