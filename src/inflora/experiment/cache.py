@@ -68,25 +68,25 @@ class UnitCache:
 
     def logged(self, command_line: str, work):
         """``work()`` with its record appended to ``invocations.json`` (also when interrupted: its time
-        counts toward the total). Returns ``(result, {"wall_seconds", "units_before", "invocations"})``."""
+        counts toward the total). Returns ``(result, {"wall_seconds", "units_before", "units_after", "invocations"})``."""
         earlier = self.invocations()  # a damaged log is refused before the work, not after it
         before, t0, finished = self.count_done(), time.perf_counter(), False
         try:
             result = work()
             finished = True
         finally:
-            wall = time.perf_counter() - t0
+            wall, after = time.perf_counter() - t0, self.count_done()
             invocations = self.log_invocation(
                 {
                     "command": command_line,
                     "wall_seconds": wall,
                     "finished": finished,
                     "units_before": before,
-                    "units_after": self.count_done(),
+                    "units_after": after,
                 },
                 earlier,
             )
-        return result, {"wall_seconds": wall, "units_before": before, "invocations": invocations}
+        return result, {"wall_seconds": wall, "units_before": before, "units_after": after, "invocations": invocations}
 
     def invocations(self) -> list[dict]:
         path = self.root.parent / "invocations.json"
@@ -109,5 +109,5 @@ def unit_counts(log: dict, total: int) -> dict:
     """``cached_units`` and ``computed_units`` of one invocation of a plan of ``total`` units, from its
     ``logged`` record: computed = units finished during it. A folder may also hold other plans' units
     (a 5-seed run beside a 3-seed one), so the folder's count before the run is not this plan's."""
-    computed = min(log["invocations"][-1]["units_after"] - log["units_before"], total)
+    computed = min(log["units_after"] - log["units_before"], total)
     return {"cached_units": total - computed, "computed_units": computed}
